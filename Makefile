@@ -1,0 +1,25 @@
+# The two commands (README): `make demo` runs the pipeline end to end, `make test` runs the tests.
+# Both create the environment first when it is missing or out of date.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ds-distil-installed
+export DS_ACCELERATOR ?= cpu
+export TOKENIZERS_PARALLELISM ?= false
+PYTEST_ARGS ?=
+
+.PHONY: demo test env clean-demo
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/setup_env.sh
+	bash scripts/setup_env.sh $(VENV)
+	touch $@
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf runs/demo
