@@ -1,0 +1,138 @@
+"""`ds-distil <subcommand>`: thin wrappers over library functions.
+
+Flags of a subcommand are generated from its config dataclass (`ds_distil.config`), so the help
+text, the types and the YAML keys have one source. Errors the user can fix are one line on stderr
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import typing
+
+from ds_distil import __version__
+from ds_distil.config import DataConfig, PrepareConfig, from_dict, load_dict, parse_value
+from ds_distil.errors import UserError
+
+log = logging.getLogger("ds_distil")
+
+
+def setup_logging() -> None:
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("datasets", "urllib3", "httpx", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ----------------------------------------------------------------- dataclass -> argparse -> dataclass
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One --flag per field of `cls`; values are parsed as YAML scalars and type-checked by config.from_dict."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else (None if f.default_factory is dataclasses.MISSING else f.default_factory())
+        help_text = f.metadata.get("help", "") + ("" if default in (None, []) else f" (default: {default})")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(hints[f.name]) is list:
+            parser.add_argument(flag, dest=f.name, nargs="+", metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("--config", action="append", default=[], metavar="YAML", help="YAML file(s) with these keys; flags win")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="more settings, e.g. seq_len=256")
+
+
+def config_from_args(args: argparse.Namespace, cls: type, section: str | None = None):
+    data = load_dict(args.config, args.overrides)
+    if section:
+        data = data.get(section, {})
+    for f in dataclasses.fields(cls):
+        if f.name in vars(args):
+            value = getattr(args, f.name)
+            data[f.name] = value if isinstance(value, (list, bool)) else parse_value(value)
+    return from_dict(cls, data)
+
+
+# ------------------------------------------------------------------------------------- commands
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Tokenize a corpus into packed WebDataset shards with a manifest."""
+    from ds_distil.data.shards import prepare
+
+    cfg = config_from_args(args, PrepareConfig)
+    manifest = prepare(cfg)
+    for split, s in manifest["splits"].items():
+        print(f"{split}: {s['samples']:,} samples of {manifest['seq_len']} tokens, {s['tokens']:,} tokens, "
+              f"{len(s['shards'])} shards, {s['bytes'] / 2**20:.1f} MiB")
+    print(f"documents: {json.dumps(manifest['documents'])}")
+    print(f"wrote {cfg.out}/manifest.json")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Stream a few batches from prepared shards and show what a training rank would see."""
+    from ds_distil.data import MLMStream, load_manifest
+    from ds_distil.tokenizer import load_tokenizer
+
+    manifest = load_manifest(args.shards)
+    data_cfg = from_dict(DataConfig, {**load_dict(args.config, args.overrides).get("data", {}), "shards": args.shards})
+    tokenizer = load_tokenizer(str(manifest.tokenizer_dir))
+    stream = MLMStream(manifest, data_cfg, batch_size=args.batch_size, split=args.split)
+    t = manifest.tokenizer
+    print(f"shards: {args.shards} | split {args.split}: {stream.n_samples:,} samples x {manifest.seq_len} tokens in "
+          f"{len(stream.shards)} shards | tokenizer {t['name']} (vocab {t['vocab_size']:,}, sha256 {t['vocab_sha256'][:12]})")
+    print(f"rank {stream.rank}/{stream.world_size}, {stream.workers} worker(s), micro batch {args.batch_size}: "
+          f"{stream.steps_per_epoch:,} steps per epoch")
+    for i, batch in enumerate(stream.epoch_batches()):
+        if i == args.batches:
+            break
+        real = batch["attention_mask"].sum().item()
+        masked = (batch["labels"] != -100).sum().item()
+        print(f"batch {i}: input_ids {tuple(batch['input_ids'].shape)}, {real} real tokens, {masked} masked "
+              f"({masked / max(real, 1):.1%}), samples {batch['index'][:4].tolist()}...")
+        if i == 0:
+            first = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+            print("  first sample, as the model sees it:", tokenizer.decode(first)[:300])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ds-distil", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ds-distil {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
+    add_config_flags(p, PrepareConfig)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__)
+    p.add_argument("--shards", required=True, help="directory written by `ds-distil prepare`")
+    p.add_argument("--split", default="train", choices=["train", "val"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=3, help="batches to show")
+    p.add_argument("--config", action="append", default=[], metavar="YAML", help="run config whose `data` section to use")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"ds-distil {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ds-distil {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,274 @@
+"""Typed configuration: dataclasses loaded from YAML files plus `section.key=value` overrides.
+
+Unknown keys and values of the wrong type are refused with a message naming the dotted key.
+`to_dict` / `save` give back the resolved configuration, which every command writes next to
+its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from ds_distil.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError):
+    pass
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (converted where lossless)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"config key '{key}': expected one of {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return [_convert(v, get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a section (mapping), got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a path or name that YAML read as a number
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(cls: type, key: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(cls, key, prefix)
+        kwargs[key] = _convert(value, hints[key], prefix + key)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing config key '{prefix}{missing[0]}' (no default; set it in the YAML or as {prefix}{missing[0]}=...)")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # __post_init__ validation
+        raise ConfigError(f"config section '{prefix.rstrip('.') or cls.__name__}': {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value, read as YAML (so `3`, `1e-4`, `true`, `null`, `[a, b]` get their types)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `section.key=value` override to a nested dict, in place."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not of the form section.key=value")
+    dotted, _, raw = override.partition("=")
+    parts = dotted.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
+    node[parts[-1]] = parse_value(raw)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass an existing YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {p}{line} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
+    data.pop("base", None)
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_dict(paths: list[str | Path] = (), overrides: list[str] = ()) -> dict[str, Any]:
+    """Merge YAML files (a file may name `base: other.yaml`, relative to itself) and overrides."""
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = _merge(data, _with_bases(Path(path), seen=()))
+    for override in overrides:
+        apply_override(data, override)
+    return data
+
+
+def _with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through 'base'")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    data = read_yaml(path)
+    base = raw.get("base") if isinstance(raw, dict) else None
+    if base is None:
+        return data
+    bases = base if isinstance(base, list) else [base]
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = _merge(merged, _with_bases(path.parent / str(b), seen + (path.resolve(),)))
+    return _merge(merged, data)
+
+
+def load(cls: type[T], paths: list[str | Path] = (), overrides: list[str] = ()) -> T:
+    return from_dict(cls, load_dict(paths, overrides))
+
+
+def save(obj: Any, path: str | Path) -> None:
+    """Write a resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Field metadata "help" is the CLI help text (see cli.py); defaults are the paper's
+# or, where the paper is silent, what fits a small-compute user.
+# --------------------------------------------------------------------------------------------
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return dataclasses.field(metadata={"help": text}, **kw)
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """`ds-distil prepare`: raw text -> tokenized, packed WebDataset shards + manifest.json."""
+
+    out: str = _help("output directory for shards, manifest.json and tokenizer/")
+    input: list[str] = _help(
+        "local text files: .txt (one document per line), .jsonl (one JSON object per line), .gz of either",
+        default_factory=list,
+    )
+    hf_dataset: str | None = _help("Hugging Face dataset to stream instead, e.g. oscar-corpus/OSCAR-2301", default=None)
+    hf_config: str | None = _help("its configuration, e.g. tl", default=None)
+    hf_split: str = _help("its split", default="train")
+    text_field: str = _help("field holding the text (.jsonl input and HF datasets)", default="text")
+    tokenizer: str = _help("tokenizer: a hub name or a local directory", default="bert-base-multilingual-cased")
+    seq_len: int = _help("tokens per sample, [CLS] included", default=128)
+    samples_per_shard: int = _help("samples per .tar shard", default=4096)
+    val_fraction: float = _help("fraction of documents held out for validation (chosen before --fraction)", default=0.01)
+    fraction: float = _help("fraction of the training documents kept (the paper's 100/80/50%% ablation)", default=1.0)
+    seed: int = _help("seed for the validation split, --fraction and document shuffling", default=0)
+    doc_shuffle_buffer: int = _help("documents shuffled in a buffer of this size before packing (0: keep order)", default=10000)
+    workers: int = _help("tokenizer processes (0: one per CPU core)", default=0)
+    max_docs: int | None = _help("stop after this many documents (after selection); for trials", default=None)
+    skip_bad_lines: bool = _help("skip lines that are not valid UTF-8 / JSON instead of stopping", default=False)
+    overwrite: bool = _help("replace an existing prepared directory", default=False)
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 8:
+            raise ValueError(f"seq_len must be >= 8, got {self.seq_len}")
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0 or self.doc_shuffle_buffer < 0:
+            raise ValueError("workers and doc_shuffle_buffer must be >= 0")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """How prepared shards are streamed to the ranks (section `data`)."""
+
+    shards: str = _help("directory written by `ds-distil prepare`")
+    num_workers: int = _help("DataLoader worker processes per rank", default=2)
+    shuffle: bool = _help("shuffle shard order and samples (per-epoch seed)", default=True)
+    shuffle_buffer: int = _help("samples in each worker's shuffle buffer", default=10000)
+    mlm_probability: float = _help("fraction of maskable tokens chosen for MLM", default=0.15)
+    mask_token_prob: float = _help("of those: replaced by [MASK]", default=0.8)
+    random_token_prob: float = _help("of those: replaced by a random token (the rest are kept)", default=0.1)
+    seed: int = _help("seed of shuffling and masking", default=0)
+    verify_checksums: bool = _help("check shard sha256 against the manifest at start (each rank a share)", default=True)
+    skip_corrupt_shards: bool = _help("skip unreadable shards (counted and logged) instead of stopping", default=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.mask_token_prob < 0 or self.random_token_prob < 0 or self.mask_token_prob + self.random_token_prob > 1.0:
+            raise ValueError("mask_token_prob and random_token_prob must be >= 0 and sum to <= 1")
+        if self.num_workers < 0 or self.shuffle_buffer < 1:
+            raise ValueError("num_workers must be >= 0 and shuffle_buffer >= 1")

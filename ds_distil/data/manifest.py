@@ -1,0 +1,102 @@
+"""manifest.json: what a prepared shard directory holds, and the checks made before streaming it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ds_distil.errors import CorruptShardError, UserError
+
+FORMAT = "ds-distil-shards/1"
+MANIFEST = "manifest.json"
+SAMPLE_KEY = "input_ids.npy"  # the one file of every sample: int32[seq_len] token ids (np.save, no pickle)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    samples: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    directory: Path
+    data: dict[str, Any]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.data["seq_len"])
+
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        return self.data["tokenizer"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.directory / "tokenizer"
+
+    def shards(self, split: str) -> list[ShardInfo]:
+        splits = self.data["splits"]
+        if split not in splits:
+            raise UserError(f"{self.directory / MANIFEST} has no split '{split}' (it has: {', '.join(splits)})")
+        return [
+            ShardInfo(self.directory / s["name"], int(s["samples"]), int(s["tokens"]), int(s["bytes"]), s["sha256"])
+            for s in splits[split]["shards"]
+        ]
+
+    def num_samples(self, split: str) -> int:
+        return sum(s.samples for s in self.shards(split))
+
+    def check_tokenizer(self, vocab_sha256: str, vocab_size: int, what: str = "the tokenizer in use") -> None:
+        """Refuse shards made with another vocabulary than `what`."""
+        tok = self.tokenizer
+        if tok["vocab_sha256"] != vocab_sha256 or int(tok["vocab_size"]) != vocab_size:
+            raise UserError(
+                f"{self.directory / MANIFEST} was made with tokenizer '{tok['name']}' (vocab {tok['vocab_size']}, "
+                f"sha256 {tok['vocab_sha256'][:12]}) but {what} has vocab {vocab_size}, sha256 {vocab_sha256[:12]}; "
+                "re-run `ds-distil prepare` with the model's tokenizer"
+            )
+
+    def verify(self, split: str, checksums: bool, rank: int = 0, world_size: int = 1) -> None:
+        """Every shard exists with its recorded size; with `checksums`, this rank's share is hashed too."""
+        for i, shard in enumerate(self.shards(split)):
+            if not shard.path.is_file():
+                raise UserError(f"shard {shard.path} listed in {MANIFEST} is missing; re-run `ds-distil prepare`")
+            size = shard.path.stat().st_size
+            if size != shard.bytes:
+                raise CorruptShardError(str(shard.path), f"{size} bytes on disk, {shard.bytes} in the manifest (truncated?)")
+            if checksums and i % world_size == rank and sha256_file(shard.path) != shard.sha256:
+                raise CorruptShardError(str(shard.path), "sha256 differs from the manifest")
+
+
+def load_manifest(directory: str | Path) -> Manifest:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise UserError(f"shard directory {directory} does not exist; create it with `ds-distil prepare --out {directory} ...`")
+    if not path.is_file():
+        partial = " (an interrupted `prepare` left it incomplete)" if (directory / ".prepare-tmp").exists() else ""
+        raise UserError(
+            f"{directory} has no {MANIFEST}{partial}; it is not a finished `ds-distil prepare` output: run prepare again"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-run `ds-distil prepare`") from None
+    if data.get("format") != FORMAT:
+        raise UserError(f"{path} has format {data.get('format')!r}, expected {FORMAT!r}; re-run `ds-distil prepare`")
+    return Manifest(directory, data)

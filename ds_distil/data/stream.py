@@ -1,0 +1,318 @@
+"""Streaming prepared shards to the ranks: split, shuffle, MLM masking, equal steps, exact resume.
+
+How an epoch is laid out (all of it is a pure function of seed, epoch, world size, workers and
+micro-batch size, which is what makes resuming exact):
+
+* The shards are put in a seeded per-epoch order and read as one sequence of N samples.
+* Rank r gets a contiguous range of about N / W of them (sizes differ by at most one). Every rank
+  runs the same T = ceil(N / (W * B)) steps; the few slots left over at the end of a rank's last
+  batches are padding samples (all [PAD], no MLM target), so every real sample is seen exactly
+  once per epoch and no rank waits for another at the epoch's end.
+* Rank batch j comes from DataLoader worker j % K. Each worker owns a contiguous part of the
+  rank's range, reads it with webdataset's tar reader (whole shards mostly, a boundary shard
+  from an offset), shuffles it in a bounded buffer seeded by (seed, epoch, rank, worker), and
+  fills its batches; its padding slots come last.
+* The MLM masking of rank batch j is drawn from a generator seeded by (seed, epoch, rank, j).
+
+The position is (epoch, batches delivered in that epoch). A worker resumes by replaying its
+tar range and shuffle buffer up to the samples it had already produced (raw bytes only, no
+decoding), so no sample is repeated or skipped. We split shards by sample ranges rather than
+with `wds.split_by_node` because whole-shard splitting cannot give equal steps or
+exactly-once epochs when the shard count is not a multiple of ranks x workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ds_distil.config import DataConfig
+from ds_distil.data.manifest import SAMPLE_KEY, Manifest
+from ds_distil.errors import CorruptShardError, UserError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def dist_rank_world() -> tuple[int, int]:
+    import os
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ------------------------------------------------------------------------------------ the layout
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    start: int  # first position (in the epoch's sample sequence) this worker reads
+    real: int  # real samples it reads
+    batches: list[int]  # the rank batch indices it produces, in order
+
+
+def plan_rank(n_samples: int, world_size: int, batch_size: int, workers: int, rank: int) -> tuple[int, list[WorkerPlan]]:
+    """Steps per epoch T and each worker's share of rank `rank` (see the module docstring)."""
+    steps = math.ceil(n_samples / (world_size * batch_size))
+    base, extra = divmod(n_samples, world_size)
+    rank_start = rank * base + min(rank, extra)
+    rank_real = base + (1 if rank < extra else 0)
+    plans, offset = [], rank_start
+    for k in range(workers):
+        batches = list(range(k, steps, workers))
+        real = sum(min(batch_size, max(0, rank_real - j * batch_size)) for j in batches)
+        plans.append(WorkerPlan(offset, real, batches))
+        offset += real
+    return steps, plans
+
+
+@dataclass
+class StreamPosition:
+    epoch: int = 0
+    step: int = 0  # batches delivered to this rank in `epoch`
+
+
+# ------------------------------------------------------------------------------------ one epoch
+
+
+class _EpochDataset(IterableDataset):
+    """One rank's batches of one epoch, from batch `start_step` on. Plain data: picklable."""
+
+    def __init__(self, stream: MLMStream, epoch: int, start_step: int):
+        self.shards = [(str(s.path), s.samples) for s in stream.shards]
+        self.cfg = stream.cfg
+        self.split_seed = stream.seed
+        self.shuffle = stream.shuffle
+        self.epoch, self.start_step = epoch, start_step
+        self.rank, self.world_size = stream.rank, stream.world_size
+        self.batch_size, self.workers = stream.batch_size, stream.workers
+        self.seq_len, self.vocab_size = stream.seq_len, stream.vocab_size
+        self.pad_id, self.mask_id = stream.pad_id, stream.mask_id
+        self.special_ids = stream.special_ids
+        self.random_ids = stream.random_ids
+
+    # -- reading
+
+    def _epoch_order(self) -> list[tuple[str, int]]:
+        if not self.shuffle:
+            return self.shards
+        perm = np.random.default_rng(_seed(self.split_seed, self.epoch, "shards")).permutation(len(self.shards))
+        return [self.shards[i] for i in perm]
+
+    def _read_range(self, start: int, count: int) -> Iterator[tuple[str, bytes]]:
+        """Raw samples at positions [start, start+count) of the epoch's sequence: (shard, npy bytes)."""
+        from webdataset.tariterators import tar_file_iterator
+
+        pos = 0
+        for path, n in self._epoch_order():
+            if count <= 0:
+                return
+            if pos + n <= start:
+                pos += n
+                continue
+            skip = max(0, start - pos)
+            take = min(n - skip, count)
+            pos += n
+            got = 0
+            try:
+                with open(path, "rb") as f:
+                    for i, member in enumerate(tar_file_iterator(f)):
+                        if i < skip:
+                            continue
+                        if not member["fname"].endswith("." + SAMPLE_KEY):
+                            raise CorruptShardError(path, f"unexpected member {member['fname']!r}")
+                        yield path, member["fname"], member["data"]
+                        got += 1
+                        if got == take:
+                            break
+                if got < take:
+                    raise CorruptShardError(path, f"ended after {skip + got} samples, the manifest says {n} (truncated?)")
+            except CorruptShardError:
+                if not self.cfg.skip_corrupt_shards:
+                    raise
+                log.warning("skipping the rest of corrupt shard %s (%d samples)", path, take - got)
+            except Exception as e:  # tarfile.ReadError, EOFError, ...: the tar itself is broken
+                if not self.cfg.skip_corrupt_shards:
+                    raise CorruptShardError(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                log.warning("skipping the rest of corrupt shard %s (%d samples): %s", path, take - got, e)
+            count -= take
+            start = pos
+
+    def _worker_items(self, plan: WorkerPlan) -> Iterator[tuple[str, str, bytes] | None]:
+        """The worker's slots in order: its real samples (shuffled), then None for padding."""
+        items = self._read_range(plan.start, plan.real)
+        if self.shuffle:
+            from webdataset.filters import _shuffle
+
+            rng = random.Random(_seed(self.split_seed, self.epoch, self.rank, plan.start, "buffer"))
+            size = min(self.cfg.shuffle_buffer, max(plan.real, 1))
+            items = _shuffle(items, bufsize=size, initial=size, rng=rng)
+        n = 0
+        for item in items:
+            n += 1
+            yield item
+        while n < len(plan.batches) * self.batch_size:  # padding, and samples of skipped corrupt shards
+            n += 1
+            yield None
+
+    # -- decoding, masking
+
+    def _decode(self, item: tuple[str, str, bytes] | None) -> tuple[np.ndarray, int]:
+        if item is None:
+            return np.full(self.seq_len, self.pad_id, dtype=np.int32), -1
+        path, fname, data = item
+        try:
+            ids = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+        except Exception as e:
+            raise CorruptShardError(path, f"sample {fname} is not a valid .npy ({e})") from None
+        if ids.shape != (self.seq_len,) or ids.dtype != np.int32 or ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise CorruptShardError(path, f"sample {fname} is not int32[{self.seq_len}] ids below {self.vocab_size}")
+        return ids, int(re.search(r"(\d+)\.", fname).group(1))
+
+    def _batch(self, items: list, step: int) -> dict[str, torch.Tensor]:
+        decoded = [self._decode(it) for it in items]
+        ids = torch.from_numpy(np.stack([d[0] for d in decoded]).astype(np.int64))
+        g = torch.Generator().manual_seed(_seed(self.split_seed, self.epoch, self.rank, step, "mask") % 2**63)
+        batch = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id, self.cfg, g)
+        batch["attention_mask"] = (ids != self.pad_id).long()
+        batch["index"] = torch.tensor([d[1] for d in decoded], dtype=torch.long)
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        physical, n_physical = (info.id, info.num_workers) if info else (0, 1)
+        assert n_physical == self.workers, "the DataLoader must have the stream's worker count"
+        steps, plans = plan_rank(sum(n for _, n in self.shards), self.world_size, self.batch_size, self.workers, self.rank)
+        # DataLoader always starts its round-robin at worker 0; the next batch due is start_step.
+        plan = plans[(self.start_step + physical) % self.workers]
+        done = sum(1 for j in plan.batches if j < self.start_step)
+        items = self._worker_items(plan)
+        for _ in range(done * self.batch_size):  # replay: raw bytes only
+            next(items)
+        for j in plan.batches[done:]:
+            yield self._batch([next(items) for _ in range(self.batch_size)], j)
+
+
+def mask_tokens(ids: torch.Tensor, special_ids: torch.Tensor, random_ids: torch.Tensor, mask_id: int, cfg: DataConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """BERT masking: round(p * maskable) positions per sequence (at least one), never special tokens
+    or padding; of those mask_token_prob -> [MASK], random_token_prob -> a random ordinary token,
+    the rest kept. Returns input_ids and labels (IGNORE_INDEX where not chosen)."""
+    maskable = ~torch.isin(ids, special_ids)
+    n_maskable = maskable.sum(1)
+    n_mask = torch.where(n_maskable > 0, (n_maskable * cfg.mlm_probability).round().clamp(min=1), 0)
+    scores = torch.rand(ids.shape, generator=g).masked_fill(~maskable, 2.0)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    chosen = ranks < n_mask[:, None]
+    u = torch.rand(ids.shape, generator=g)
+    to_mask = chosen & (u < cfg.mask_token_prob)
+    to_random = chosen & (u >= cfg.mask_token_prob) & (u < cfg.mask_token_prob + cfg.random_token_prob)
+    random_tokens = random_ids[torch.randint(len(random_ids), ids.shape, generator=g)]
+    input_ids = torch.where(to_mask, mask_id, torch.where(to_random, random_tokens, ids))
+    labels = torch.where(chosen, ids, IGNORE_INDEX)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------- the stream
+
+
+class MLMStream:
+    """Batches for one rank, epoch after epoch, with a position that can be saved and restored.
+
+    `for batch in stream` runs forever (the trainer decides when to stop); `epoch_batches()` runs to
+    the end of the current epoch. Each batch has input_ids, attention_mask, labels (MLM targets,
+    IGNORE_INDEX elsewhere) and index (the sample's index in its split, -1 for padding).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        cfg: DataConfig,
+        batch_size: int,
+        split: str = "train",
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: bool | None = None,
+    ):
+        if rank is None or world_size is None:
+            rank, world_size = dist_rank_world()
+        if batch_size < 1:
+            raise UserError(f"micro batch size must be >= 1, got {batch_size}")
+        self.manifest, self.cfg, self.split = manifest, cfg, split
+        self.shards = manifest.shards(split)
+        self.n_samples = sum(s.samples for s in self.shards)
+        if self.n_samples == 0:
+            raise UserError(f"{manifest.directory} has no '{split}' samples; prepare more data (or a larger val_fraction)")
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.workers = max(cfg.num_workers, 1)
+        self.shuffle = cfg.shuffle if shuffle is None else shuffle
+        self.seed = _seed(cfg.seed, split)
+        tok = manifest.tokenizer
+        self.seq_len, self.vocab_size = manifest.seq_len, int(tok["vocab_size"])
+        self.pad_id, self.mask_id = int(tok["pad_id"]), int(tok["mask_id"])
+        self.special_ids = torch.tensor(tok["special_ids"], dtype=torch.long)
+        self.random_ids = _ordinary_ids(manifest)
+        self.steps_per_epoch, _ = plan_rank(self.n_samples, world_size, batch_size, self.workers, rank)
+        self.position = StreamPosition()
+        self.manifest.verify(split, checksums=cfg.verify_checksums, rank=rank, world_size=world_size)
+
+    def loader(self, epoch: int, start_step: int) -> DataLoader:
+        dataset = _EpochDataset(self, epoch, start_step)
+        k = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=None, num_workers=k, prefetch_factor=4 if k else None, pin_memory=torch.cuda.is_available())
+
+    def epoch_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of the current epoch; the position advances as batches are handed out."""
+        pos = self.position
+        if pos.step < self.steps_per_epoch:
+            for batch in self.loader(pos.epoch, pos.step):
+                pos.step += 1
+                yield batch
+        pos.epoch, pos.step = pos.epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            yield from self.epoch_batches()
+
+    def _layout(self) -> dict:
+        shard_ids = hashlib.sha256("".join(s.sha256 for s in self.shards).encode()).hexdigest()
+        return {"world_size": self.world_size, "workers": self.workers, "batch_size": self.batch_size, "seed": self.cfg.seed,
+                "shuffle": self.shuffle, "split": self.split, "shards_sha256": shard_ids}
+
+    def state_dict(self) -> dict:
+        return {"position": asdict(self.position), "layout": self._layout()}
+
+    def load_state_dict(self, state: dict) -> None:
+        pos = StreamPosition(**state["position"])
+        if pos.step and state["layout"] != self._layout():
+            changed = {k: (v, self._layout()[k]) for k, v in state["layout"].items() if self._layout().get(k) != v}
+            raise UserError(
+                f"cannot resume mid-epoch (epoch {pos.epoch}, step {pos.step}) with a different data layout "
+                f"{changed} (saved, now); resume with the same ranks, data.num_workers, micro batch and shards"
+            )
+        self.position = pos
+
+
+def _ordinary_ids(manifest: Manifest) -> torch.Tensor:
+    """Ids a random replacement may draw: every vocabulary entry but special and [unusedN] tokens."""
+    from ds_distil.tokenizer import load_tokenizer
+
+    vocab = load_tokenizer(str(manifest.tokenizer_dir)).get_vocab()
+    special = set(manifest.tokenizer["special_ids"])
+    unused = re.compile(r"^\[unused\d+\]$")
+    return torch.tensor(sorted(i for t, i in vocab.items() if i not in special and not unused.match(t)), dtype=torch.long)
