@@ -154,7 +154,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p}{line} is not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
-    data.pop("base", None)
     return data
 
 
@@ -178,9 +177,8 @@ def load_dict(paths: list[str | Path] = (), overrides: list[str] = ()) -> dict[s
 def _with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"config file {path} includes itself through 'base'")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     data = read_yaml(path)
-    base = raw.get("base") if isinstance(raw, dict) else None
+    base = data.pop("base", None)
     if base is None:
         return data
     bases = base if isinstance(base, list) else [base]

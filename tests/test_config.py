@@ -1,0 +1,76 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from ds_distil.config import ConfigError, DataConfig, PrepareConfig, from_dict, load, load_dict, save, to_dict
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-4
+    steps: int = 10
+    name: str | None = None
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    flag: bool = False
+    tags: list[str] = field(default_factory=list)
+
+
+def test_unknown_key_is_refused_with_its_dotted_name_and_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner\.stepz' \(did you mean 'inner\.steps'\?\)"):
+        from_dict(Outer, {"inner": {"stepz": 3}})
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"inner": {"steps": "ten"}}, "inner.steps"),
+        ({"inner": {"steps": 2.5}}, "inner.steps"),
+        ({"inner": {"steps": True}}, "inner.steps"),  # a bool is not an int
+        ({"flag": 1}, "flag"),
+        ({"inner": 3}, "inner"),
+        ({"tags": {"a": 1}}, "tags"),
+    ],
+)
+def test_wrong_types_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        from_dict(Outer, data)
+
+
+def test_overrides_are_typed_and_win_over_yaml(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("inner:\n  lr: 0.001\n  steps: 5\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nflag: true\n")
+    cfg = load(Outer, [child], ["inner.steps=7", "inner.name=null", "tags=[a, b]"])
+    assert cfg == Outer(inner=Inner(lr=0.001, steps=7, name=None), flag=True, tags=["a", "b"])
+    assert isinstance(cfg.inner.lr, float)
+
+
+def test_int_is_accepted_for_float_and_resolved_config_round_trips(tmp_path):
+    cfg = from_dict(Outer, {"inner": {"lr": 1}})
+    assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
+    save(cfg, tmp_path / "resolved.yaml")
+    assert load(Outer, [tmp_path / "resolved.yaml"]) == cfg
+
+
+def test_missing_file_bad_yaml_and_bad_override_give_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_dict([tmp_path / "nope.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_dict([bad])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_dict([], ["no_equals_sign"])
+
+
+def test_section_validation_names_the_problem():
+    with pytest.raises(ConfigError, match="fraction must be in"):
+        from_dict(PrepareConfig, {"out": "x", "fraction": 1.5})
+    with pytest.raises(ConfigError, match="missing config key 'shards'"):
+        from_dict(DataConfig, {})
+    assert to_dict(from_dict(DataConfig, {"shards": "d"}))["mlm_probability"] == 0.15

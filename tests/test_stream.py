@@ -1,0 +1,161 @@
+"""Streaming shards: rank/worker split, exactly-once epochs, equal steps, exact resume, MLM masking."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ds_distil.config import DataConfig
+from ds_distil.data import MLMStream, load_manifest
+from ds_distil.data.stream import IGNORE_INDEX, mask_tokens, plan_rank
+
+HELPER = Path(__file__).parent / "helpers" / "stream_ranks.py"
+
+
+@pytest.mark.parametrize("n, world, batch, workers", itertools.product([1, 7, 100, 1001], [1, 2, 3, 8], [1, 4, 32], [1, 2, 3]))
+def test_plan_covers_every_sample_once_with_equal_steps(n, world, batch, workers):
+    positions, steps_seen = [], set()
+    for rank in range(world):
+        steps, plans = plan_rank(n, world, batch, workers, rank)
+        steps_seen.add(steps)
+        assert sorted(j for p in plans for j in p.batches) == list(range(steps))
+        for p in plans:
+            assert p.real <= len(p.batches) * batch
+            positions += range(p.start, p.start + p.real)
+    assert len(steps_seen) == 1
+    assert sorted(positions) == list(range(n))
+
+
+def stream(shards, batch_size=4, workers=2, **kw):
+    cfg = DataConfig(shards=str(shards), num_workers=workers, **{k: v for k, v in kw.items() if k in DataConfig.__dataclass_fields__})
+    rest = {k: v for k, v in kw.items() if k not in DataConfig.__dataclass_fields__}
+    return MLMStream(load_manifest(shards), cfg, batch_size=batch_size, **rest)
+
+
+def as_lists(batches):
+    return [(b["index"].tolist(), b["input_ids"].tolist(), b["labels"].tolist()) for b in batches]
+
+
+def test_one_rank_two_workers_sees_every_sample_once_per_epoch_reshuffled(small_shards):
+    s = stream(small_shards, batch_size=8, workers=2)
+    epoch0 = list(s.epoch_batches())
+    assert s.position.epoch == 1 and s.position.step == 0
+    epoch1 = list(s.epoch_batches())
+    n = s.n_samples
+    for ep in (epoch0, epoch1):
+        assert len(ep) == s.steps_per_epoch
+        idx = [i for b in ep for i in b["index"].tolist() if i >= 0]
+        assert sorted(idx) == list(range(n))
+    order0 = [i for b in epoch0 for i in b["index"].tolist()]
+    order1 = [i for b in epoch1 for i in b["index"].tolist()]
+    assert order0 != order1  # a new shuffle each epoch
+    assert order0 != sorted(order0)
+
+
+def test_padding_slots_carry_no_targets(small_shards):
+    s = stream(small_shards, batch_size=64, workers=1)
+    pads = 0
+    for b in s.epoch_batches():
+        is_pad = b["index"] < 0
+        pads += int(is_pad.sum())
+        assert (b["attention_mask"][is_pad] == 0).all()
+        assert (b["labels"][is_pad] == IGNORE_INDEX).all()
+    assert pads == s.steps_per_epoch * 64 - s.n_samples
+
+
+@pytest.mark.parametrize("workers, stop", [(0, 5), (2, 7), (3, 4)])
+def test_resume_mid_epoch_continues_with_exactly_the_remaining_batches(small_shards, workers, stop):
+    ref = stream(small_shards, workers=workers)
+    full = as_lists(ref.epoch_batches()) + as_lists(itertools.islice(ref.epoch_batches(), 3))
+
+    first = stream(small_shards, workers=workers)
+    head = as_lists(itertools.islice(iter(first), stop))
+    state = json.loads(json.dumps(first.state_dict()))  # as it would go through a checkpoint
+    assert state["position"] == {"epoch": 0, "step": stop}
+
+    second = stream(small_shards, workers=workers)
+    second.load_state_dict(state)
+    tail = as_lists(itertools.islice(iter(second), len(full) - stop))
+    assert head + tail == full  # same samples, same order, same masking; into the next epoch too
+
+
+def test_resume_with_another_layout_is_refused_mid_epoch(small_shards):
+    s = stream(small_shards, workers=2)
+    list(itertools.islice(iter(s), 3))
+    other = stream(small_shards, workers=1)
+    with pytest.raises(Exception, match="cannot resume mid-epoch"):
+        other.load_state_dict(s.state_dict())
+
+
+def test_masking_rates_and_special_tokens(small_shards):
+    s = stream(small_shards, batch_size=64, workers=0, shuffle=False)
+    tok = load_manifest(small_shards).tokenizer
+    special = torch.tensor(tok["special_ids"])
+    chosen = masked = randomised = kept = maskable_total = 0
+    for b in itertools.islice(s.epoch_batches(), 10):
+        labels, inputs = b["labels"], b["input_ids"]
+        is_target = labels != IGNORE_INDEX
+        original = torch.where(is_target, labels, inputs)
+        maskable = ~torch.isin(original, special)
+        assert not (is_target & ~maskable).any(), "special tokens and padding are never targets"
+        assert (b["attention_mask"] == (original != tok["pad_id"]).long()).all()
+        per_row = is_target.sum(1)
+        expected = (maskable.sum(1) * 0.15).round().clamp(min=1)
+        assert torch.equal(per_row, torch.where(maskable.sum(1) > 0, expected, 0).long())
+        chosen += int(is_target.sum())
+        maskable_total += int(maskable.sum())
+        masked += int((inputs[is_target] == tok["mask_id"]).sum())
+        kept += int((inputs[is_target] == labels[is_target]).sum())
+        randomised += int(((inputs[is_target] != labels[is_target]) & (inputs[is_target] != tok["mask_id"])).sum())
+    assert abs(chosen / maskable_total - 0.15) < 0.005
+    assert abs(masked / chosen - 0.8) < 0.02
+    assert abs(randomised / chosen - 0.1) < 0.015
+    assert abs(kept / chosen - 0.1) < 0.015
+
+
+def test_mask_tokens_never_draws_special_random_tokens():
+    cfg = DataConfig(shards="x", mask_token_prob=0.0, random_token_prob=1.0)
+    ids = torch.full((4, 64), 7)
+    ids[:, 0] = 101
+    out = mask_tokens(ids, torch.tensor([0, 101, 102, 103]), torch.arange(200, 300), 103, cfg, torch.Generator().manual_seed(0))
+    targets = out["labels"] != IGNORE_INDEX
+    assert ((out["input_ids"][targets] >= 200) & (out["input_ids"][targets] < 300)).all()
+    assert not targets[:, 0].any()
+
+
+def torchrun(shards, out, *extra, nproc=2, timeout=240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(29500 + os.getpid() % 1000),
+           str(HELPER), "--shards", str(shards), "--out", str(out), *map(str, extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.mark.slow
+def test_two_ranks_two_workers_see_every_sample_exactly_once(small_shards, tmp_path):
+    ranks = torchrun(small_shards, tmp_path / "epoch", "--batch-size", 4, "--workers", 2)
+    n = load_manifest(small_shards).num_samples("train")
+    assert ranks[0]["steps_per_epoch"] == ranks[1]["steps_per_epoch"] == len(ranks[0]["batches"]) == len(ranks[1]["batches"])
+    seen = [i for r in ranks for b in r["batches"] for i in b["index"] if i >= 0]
+    assert sorted(seen) == list(range(n))
+    assert set(i for b in ranks[0]["batches"] for i in b["index"]) - {-1} != set(seen)  # ranks got different samples
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_mid_epoch_see_exactly_the_remaining_samples(small_shards, tmp_path):
+    full = torchrun(small_shards, tmp_path / "full", "--batch-size", 4, "--workers", 2)
+    steps = full[0]["steps_per_epoch"]
+    head = torchrun(small_shards, tmp_path / "head", "--batch-size", 4, "--workers", 2, "--steps", 9)
+    tail = torchrun(small_shards, tmp_path / "tail", "--batch-size", 4, "--workers", 2, "--steps", steps - 9,
+                    "--resume", tmp_path / "head")
+    for r in range(2):
+        assert head[r]["batches"] + tail[r]["batches"] == full[r]["batches"]
+        assert tail[r]["state"]["position"] == {"epoch": 0, "step": steps}
