@@ -85,8 +85,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     manifest = load_manifest(args.shards)
     data_cfg = from_dict(DataConfig, {**load_dict(args.config, args.overrides).get("data", {}), "shards": args.shards})
-    tokenizer = load_tokenizer(str(manifest.tokenizer_dir))
-    stream = MLMStream(manifest, data_cfg, batch_size=args.batch_size, split=args.split)
+    tokenizer = load_tokenizer(args.tokenizer or str(manifest.tokenizer_dir))
+    stream = MLMStream(manifest, data_cfg, batch_size=args.batch_size, split=args.split, tokenizer=tokenizer)
     t = manifest.tokenizer
     print(f"shards: {args.shards} | split {args.split}: {stream.n_samples:,} samples x {manifest.seq_len} tokens in "
           f"{len(stream.shards)} shards | tokenizer {t['name']} (vocab {t['vocab_size']:,}, sha256 {t['vocab_sha256'][:12]})")
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__)
     p.add_argument("--shards", required=True, help="directory written by `ds-distil prepare`")
     p.add_argument("--split", default="train", choices=["train", "val"])
+    p.add_argument("--tokenizer", help="check the shards against this tokenizer (default: the one saved with them)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--batches", type=int, default=3, help="batches to show")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="run config whose `data` section to use")

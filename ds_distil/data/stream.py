@@ -15,8 +15,8 @@ micro-batch size, which is what makes resuming exact):
 * The MLM masking of rank batch j is drawn from a generator seeded by (seed, epoch, rank, j).
 
 The position is (epoch, batches delivered in that epoch). A worker resumes by replaying its
-tar range and shuffle buffer up to the samples it had already produced (raw bytes only, no
-decoding), so no sample is repeated or skipped. We split shards by sample ranges rather than
+tar range and shuffle buffer up to the samples it had already produced (no masking or
+masking), so no sample is repeated or skipped. We split shards by sample ranges rather than
 with `wds.split_by_node` because whole-shard splitting cannot give equal steps or
 exactly-once epochs when the shard count is not a multiple of ranks x workers.
 """
@@ -106,6 +106,7 @@ class _EpochDataset(IterableDataset):
         self.pad_id, self.mask_id = stream.pad_id, stream.mask_id
         self.special_ids = stream.special_ids
         self.random_ids = stream.random_ids
+        self.skipped_shards = 0
 
     # -- reading
 
@@ -115,8 +116,12 @@ class _EpochDataset(IterableDataset):
         perm = np.random.default_rng(_seed(self.split_seed, self.epoch, "shards")).permutation(len(self.shards))
         return [self.shards[i] for i in perm]
 
-    def _read_range(self, start: int, count: int) -> Iterator[tuple[str, bytes]]:
-        """Raw samples at positions [start, start+count) of the epoch's sequence: (shard, npy bytes)."""
+    def _read_range(self, start: int, count: int) -> Iterator[tuple[np.ndarray, int]]:
+        """Samples at positions [start, start+count) of the epoch's sequence, as (ids, index in split).
+
+        Each sample is checked as it is read (.npy of int32[seq_len], ids inside the vocabulary), so a
+        corrupt shard is named here, or with skip_corrupt_shards the rest of it is skipped and counted.
+        """
         from webdataset.tariterators import tar_file_iterator
 
         pos = 0
@@ -135,26 +140,35 @@ class _EpochDataset(IterableDataset):
                     for i, member in enumerate(tar_file_iterator(f)):
                         if i < skip:
                             continue
-                        if not member["fname"].endswith("." + SAMPLE_KEY):
-                            raise CorruptShardError(path, f"unexpected member {member['fname']!r}")
-                        yield path, member["fname"], member["data"]
+                        yield self._decode(path, member["fname"], member["data"])
                         got += 1
                         if got == take:
                             break
                 if got < take:
                     raise CorruptShardError(path, f"ended after {skip + got} samples, the manifest says {n} (truncated?)")
-            except CorruptShardError:
+            except Exception as e:  # CorruptShardError, or tarfile.ReadError, EOFError, ...: the tar itself is broken
+                if not isinstance(e, CorruptShardError):
+                    e = CorruptShardError(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                 if not self.cfg.skip_corrupt_shards:
-                    raise
-                log.warning("skipping the rest of corrupt shard %s (%d samples)", path, take - got)
-            except Exception as e:  # tarfile.ReadError, EOFError, ...: the tar itself is broken
-                if not self.cfg.skip_corrupt_shards:
-                    raise CorruptShardError(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-                log.warning("skipping the rest of corrupt shard %s (%d samples): %s", path, take - got, e)
+                    raise e from None
+                self.skipped_shards += 1
+                log.warning("skipping the rest of corrupt shard %s (%d samples; %d shard(s) skipped by this worker): %s",
+                            path, take - got, self.skipped_shards, e)
             count -= take
             start = pos
 
-    def _worker_items(self, plan: WorkerPlan) -> Iterator[tuple[str, str, bytes] | None]:
+    def _decode(self, path: str, fname: str, data: bytes) -> tuple[np.ndarray, int]:
+        if not fname.endswith("." + SAMPLE_KEY):
+            raise CorruptShardError(path, f"unexpected member {fname!r}")
+        try:
+            ids = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+        except Exception as e:
+            raise CorruptShardError(path, f"sample {fname} is not a valid .npy ({e})") from None
+        if ids.shape != (self.seq_len,) or ids.dtype != np.int32 or ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise CorruptShardError(path, f"sample {fname} is not int32[{self.seq_len}] ids below {self.vocab_size}")
+        return ids, int(fname[fname.index("-") + 1 : fname.index(".")])
+
+    def _worker_items(self, plan: WorkerPlan) -> Iterator[tuple[np.ndarray, int] | None]:
         """The worker's slots in order: its real samples (shuffled), then None for padding."""
         items = self._read_range(plan.start, plan.real)
         if self.shuffle:
@@ -171,22 +185,11 @@ class _EpochDataset(IterableDataset):
             n += 1
             yield None
 
-    # -- decoding, masking
-
-    def _decode(self, item: tuple[str, str, bytes] | None) -> tuple[np.ndarray, int]:
-        if item is None:
-            return np.full(self.seq_len, self.pad_id, dtype=np.int32), -1
-        path, fname, data = item
-        try:
-            ids = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-        except Exception as e:
-            raise CorruptShardError(path, f"sample {fname} is not a valid .npy ({e})") from None
-        if ids.shape != (self.seq_len,) or ids.dtype != np.int32 or ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise CorruptShardError(path, f"sample {fname} is not int32[{self.seq_len}] ids below {self.vocab_size}")
-        return ids, int(re.search(r"(\d+)\.", fname).group(1))
+    # -- masking, collation
 
     def _batch(self, items: list, step: int) -> dict[str, torch.Tensor]:
-        decoded = [self._decode(it) for it in items]
+        pad = (np.full(self.seq_len, self.pad_id, dtype=np.int32), -1)
+        decoded = [pad if it is None else it for it in items]
         ids = torch.from_numpy(np.stack([d[0] for d in decoded]).astype(np.int64))
         g = torch.Generator().manual_seed(_seed(self.split_seed, self.epoch, self.rank, step, "mask") % 2**63)
         batch = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id, self.cfg, g)
@@ -203,7 +206,7 @@ class _EpochDataset(IterableDataset):
         plan = plans[(self.start_step + physical) % self.workers]
         done = sum(1 for j in plan.batches if j < self.start_step)
         items = self._worker_items(plan)
-        for _ in range(done * self.batch_size):  # replay: raw bytes only
+        for _ in range(done * self.batch_size):  # replay: read and shuffle, no masking or collation
             next(items)
         for j in plan.batches[done:]:
             yield self._batch([next(items) for _ in range(self.batch_size)], j)
@@ -248,12 +251,17 @@ class MLMStream:
         rank: int | None = None,
         world_size: int | None = None,
         shuffle: bool | None = None,
+        tokenizer=None,
     ):
         if rank is None or world_size is None:
             rank, world_size = dist_rank_world()
         if batch_size < 1:
             raise UserError(f"micro batch size must be >= 1, got {batch_size}")
         self.manifest, self.cfg, self.split = manifest, cfg, split
+        if tokenizer is not None:
+            from ds_distil.tokenizer import vocab_hash
+
+            manifest.check_tokenizer(vocab_hash(tokenizer), len(tokenizer), what=f"tokenizer '{tokenizer.name_or_path}'")
         self.shards = manifest.shards(split)
         self.n_samples = sum(s.samples for s in self.shards)
         if self.n_samples == 0:
