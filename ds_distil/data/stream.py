@@ -16,7 +16,7 @@ micro-batch size, which is what makes resuming exact):
 
 The position is (epoch, batches delivered in that epoch). A worker resumes by replaying its
 tar range and shuffle buffer up to the samples it had already produced (no masking or
-masking), so no sample is repeated or skipped. We split shards by sample ranges rather than
+collation), so no sample is repeated or skipped. We split shards by sample ranges rather than
 with `wds.split_by_node` because whole-shard splitting cannot give equal steps or
 exactly-once epochs when the shard count is not a multiple of ranks x workers.
 """

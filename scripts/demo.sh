@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make demo`: the main job end to end on the default data (../shared/data, or $DS_DISTIL_DATA).
+# Writes under runs/demo/. Each step is the CLI command a user would type.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DS_DISTIL_DATA:-$(cd .. && pwd)/shared/data}
+OUT=${DEMO_OUT:-runs/demo}
+if [ ! -f "$DATA/corpus/tl_corpus_combined.txt" ] || [ ! -f "$DATA/mbert_tokenizer/vocab.txt" ]; then
+  echo "demo: no Tagalog data at $DATA: point DS_DISTIL_DATA at the data directory (with corpus/ and mbert_tokenizer/), or prepare OSCAR from the hub instead: ds-distil prepare --hf-dataset oscar-corpus/OSCAR-2301 --hf-config tl --tokenizer bert-base-multilingual-cased --out $OUT/shards" >&2
+  exit 2
+fi
+run() { echo "+ $*"; "$@"; }
+
+echo "== 1. prepare: the Tagalog corpus -> mBERT-tokenized WebDataset shards"
+run ds-distil prepare --input "$DATA/corpus/tl_corpus_combined.txt" --tokenizer "$DATA/mbert_tokenizer" \
+  --out "$OUT/shards" --seq-len 128 --overwrite
+
+echo "== 2. stream: a few masked batches as one training rank sees them"
+run ds-distil inspect --shards "$OUT/shards" --batch-size 8 --batches 3
+
+echo "demo: shards and manifest in $OUT/shards"

@@ -1,0 +1,54 @@
+"""The CLI surface: every subcommand has --help, shipped presets load, the demo says where its data is."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from ds_distil.cli import build_parser
+from ds_distil.config import PrepareConfig, load
+
+SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_each_subcommand_has_help(command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0 and "usage: ds-distil " + command in proc.stdout
+
+
+def test_console_script_is_installed():
+    exe = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "ds-distil"
+    proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("ds-distil ")
+
+
+def test_prepare_flags_yaml_and_overrides_resolve_to_one_config(tmp_path):
+    from ds_distil.cli import config_from_args
+
+    (tmp_path / "p.yaml").write_text("seq_len: 256\nfraction: 0.8\ntokenizer: t\n")
+    args = build_parser().parse_args(["prepare", "--config", str(tmp_path / "p.yaml"), "--out", "o", "--input", "a.txt", "b.txt",
+                                      "--fraction", "0.5", "--skip-bad-lines", "seed=4"])
+    cfg = config_from_args(args, PrepareConfig)
+    assert cfg == PrepareConfig(out="o", input=["a.txt", "b.txt"], tokenizer="t", seq_len=256, fraction=0.5, seed=4, skip_bad_lines=True)
+
+
+def test_bad_flag_value_is_a_one_line_error(tmp_path):
+    proc = run_cli("prepare", "--out", str(tmp_path), "--input", "x.txt", "--seq-len", "many")
+    assert proc.returncode == 2 and "config key 'seq_len': expected int" in proc.stderr
+
+
+def test_shipped_prepare_presets_load():
+    for path in sorted((ROOT / "configs").glob("prepare-*.yaml")):
+        cfg = load(PrepareConfig, [path], ["out=x"])
+        assert cfg.tokenizer
+
+
+def test_demo_without_data_says_where_to_point_it(tmp_path):
+    env = {**os.environ, "DS_DISTIL_DATA": str(tmp_path / "nowhere"), "DEMO_OUT": str(tmp_path / "demo")}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "DS_DISTIL_DATA" in proc.stderr and "--hf-dataset oscar-corpus/OSCAR-2301" in proc.stderr
