@@ -4,62 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
-import re
-import subprocess
 from pathlib import Path
 
+from ds_distil.env_info import device_info, versions  # noqa: F401  (re-exported for the benchmarks)
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_info() -> dict:
-    """GPU name and memory through nvidia-ml-py when there is one, else the CPU model and core count."""
-    info = {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "gpu": None}
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(handle)
-        info["gpu"] = name.decode() if isinstance(name, bytes) else name
-        info["gpu_count"] = pynvml.nvmlDeviceGetCount()
-        info["gpu_memory_gib"] = round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1)
-    except Exception:  # no driver (NVMLError_LibraryNotFound), no GPU
-        pass
-    info["label"] = slug(info["gpu"]) if info["gpu"] else f"cpu{info['cpu_cores']}"
-    return info
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "deepspeed", "transformers", "tokenizers", "webdataset", "numpy", "ds-distil"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        out["git_commit"] = None
-    return out
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def write_report(what: str, result: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:

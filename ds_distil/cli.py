@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import typing
+import warnings
 
 from ds_distil import __version__
 from ds_distil.config import DataConfig, PrepareConfig, from_dict, load_dict, parse_value
@@ -28,6 +29,8 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("datasets", "urllib3", "httpx", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # torch 2.13 deprecates collectives DeepSpeed's ZeRO code still calls: harmless, and printed per call site
+    warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated", category=FutureWarning)
 
 
 # ----------------------------------------------------------------- dataclass -> argparse -> dataclass
@@ -105,9 +108,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student."""
+    from ds_distil.config import DistillConfig, load
+    from ds_distil.trainer import run_distill
+
+    cfg = load(DistillConfig, args.config, args.overrides)
+    return run_distill(cfg, args.out, resume=args.resume)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer)."""
+    from ds_distil.checkpoint import export_student
+
+    path = export_student(args.run, out=args.out, tag=args.tag)
+    print(f"exported {path} (load it with AutoModelForMaskedLM.from_pretrained)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ds-distil", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ds-distil {__version__}")
+    # the deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
@@ -123,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="run config whose `data` section to use")
     p.add_argument("overrides", nargs="*", metavar="data.key=value")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("distill", help=cmd_distill.__doc__, description=cmd_distill.__doc__ + " Runs as a single process, "
+                       "under `deepspeed --num_gpus N --module ds_distil distill ...` and `torchrun --nproc_per_node N -m ds_distil distill ...`.")
+    p.add_argument("--config", action="append", required=True, metavar="YAML", help="run config (configs/*.yaml); several are merged in order")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory: resolved config, checkpoints, TensorBoard, student/")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in DIR (start fresh if none)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100 data.num_workers=0")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory of `ds-distil distill`")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the model (default: DIR/student)")
+    p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step00001000 (default: the newest complete one)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -270,3 +270,134 @@ class DataConfig:
             raise ValueError("mask_token_prob and random_token_prob must be >= 0 and sum to <= 1")
         if self.num_workers < 0 or self.shuffle_buffer < 1:
             raise ValueError("num_workers must be >= 0 and shuffle_buffer >= 1")
+
+
+PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tiny", "micro")
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    """The frozen teacher (section `teacher`). Set exactly one of pretrained / config / preset, or
+    enabled=false for MLM-only training (teacher conditioning, from-scratch baselines)."""
+
+    enabled: bool = _help("false: no teacher, MLM loss only", default=True)
+    pretrained: str | None = _help("weights: a hub name (bert-base-multilingual-cased) or a local HF directory", default=None)
+    config: str | None = _help("architecture config.json for a randomly initialised teacher", default=None)
+    preset: str | None = _help(f"architecture preset for a randomly initialised teacher: {', '.join(PRESETS)}", default=None)
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = _help("teacher precision; auto: fp16 on GPU, fp32 on CPU", default="auto")
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("pretrained", "config", "preset") if getattr(self, k)]
+        if self.enabled and len(given) != 1:
+            raise ValueError("set exactly one of pretrained, config or preset (or enabled: false for MLM only); "
+                             f"got {', '.join(given) or 'none'}")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    """The model trained (section `student`): a preset, sizes overriding it, or pretrained weights."""
+
+    preset: str | None = _help(f"architecture preset: {', '.join(PRESETS)}", default="dbert-tiny")
+    num_layers: int | None = _help("override the preset's layer count", default=None)
+    hidden_size: int | None = _help("override the preset's hidden size", default=None)
+    intermediate_size: int | None = _help("override the preset's FFN size", default=None)
+    num_heads: int | None = _help("override the preset's attention heads", default=None)
+    max_positions: int | None = _help("override the preset's position count", default=None)
+    pretrained: str | None = _help("start from these weights instead (hub name or HF directory), e.g. to MLM-condition a teacher", default=None)
+    embeddings: Literal["random", "teacher", "teacher-pca"] = _help(
+        "word/position/type embeddings: random; copied from the teacher (same hidden size only); "
+        "or the teacher's projected onto the student's size by PCA", default="random")
+    freeze_embeddings: bool = _help("keep the embeddings fixed during training", default=False)
+    dropout: float = _help("hidden and attention dropout", default=0.1)
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
+        if self.preset is None and self.pretrained is None:
+            raise ValueError("set a preset or pretrained weights")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """`a_kl * T^2 * KL(teacher || student) + a_mlm * CE + a_hidden * hidden`, per masked token (section `loss`)."""
+
+    a_kl: float = _help("weight of the distillation KL term", default=0.5)
+    a_mlm: float = _help("weight of the MLM cross-entropy term", default=0.5)
+    temperature: float = _help("softmax temperature T, applied to teacher and student", default=2.0)
+    a_hidden: float = _help("weight of the last-hidden-state term (needs equal hidden sizes)", default=0.0)
+    hidden_kind: Literal["cosine", "mse"] = _help("hidden-state term: 1 - cosine, or mean squared error", default="cosine")
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if min(self.a_kl, self.a_mlm, self.a_hidden) < 0 or self.a_kl + self.a_mlm + self.a_hidden == 0:
+            raise ValueError("loss weights must be >= 0 and not all 0")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Batch sizes, schedule, optimizer: the one source the DeepSpeed config is filled from (section `train`)."""
+
+    micro_batch_size: int = _help("samples per rank per forward pass", default=32)
+    grad_accum_steps: int = _help("micro batches per optimizer step; global batch = micro x accum x ranks", default=1)
+    epochs: float = _help("passes over the training shards (the paper: 3)", default=3.0)
+    max_steps: int | None = _help("stop after this many optimizer steps instead of epochs", default=None)
+    lr: float = _help("peak learning rate", default=5e-4)
+    warmup_ratio: float = _help("share of steps warming up linearly", default=0.05)
+    schedule: Literal["linear", "cosine"] = _help("decay after warm-up", default="linear")
+    weight_decay: float = _help("AdamW weight decay (not on biases and LayerNorm)", default=0.01)
+    adam_betas: list[float] = _help("AdamW betas", default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = _help("AdamW epsilon", default=1e-6)
+    grad_clip: float = _help("gradient norm clipping (0: off)", default=1.0)
+    seed: int = _help("seed of model init and dropout", default=42)
+    max_nonfinite_steps: int = _help("stop when the loss is NaN/inf this many steps in a row", default=10)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("micro_batch_size and grad_accum_steps must be >= 1")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError("set epochs > 0 or max_steps")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Section `checkpoint`."""
+
+    every_steps: int = _help("save every N optimizer steps (and at the end; 0: only at the end)", default=1000)
+    keep: int = _help("complete checkpoints kept (older ones are deleted)", default=2)
+    export: bool = _help("export the student as a Hugging Face directory at the end", default=True)
+
+
+@dataclasses.dataclass
+class LogConfig:
+    """Section `log`."""
+
+    every_steps: int = _help("log scalars every N optimizer steps", default=10)
+    tensorboard: bool = _help("write TensorBoard events under DIR/tensorboard", default=True)
+    peak_tflops: float | None = _help("device peak TFLOP/s for MFU (default: known GPUs; none on CPU)", default=None)
+
+
+@dataclasses.dataclass
+class DeepSpeedConfig:
+    """Section `deepspeed`: the JSON holding ZeRO and precision settings. Batch sizes, optimizer,
+    scheduler and clipping come from `train` and must not be in it."""
+
+    config: str = _help("DeepSpeed JSON (see ds_configs/)", default="ds_configs/zero2-fp32.json")
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """`ds-distil distill --config FILE --out DIR [section.key=value ...]`."""
+
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=DeepSpeedConfig)

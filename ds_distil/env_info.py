@@ -1,0 +1,66 @@
+"""What ran where: device, package versions, git commit. Written next to every run and benchmark."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_info() -> dict | None:
+    """Name, count and memory of the GPUs through nvidia-ml-py; None without a driver or GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        return {"name": name.decode() if isinstance(name, bytes) else name, "count": pynvml.nvmlDeviceGetCount(),
+                "memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1)}
+    except Exception:  # NVMLError_LibraryNotFound (no driver), no device
+        return None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def device_info() -> dict:
+    gpu = gpu_info()
+    info = {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "gpu": gpu["name"] if gpu else None}
+    if gpu:
+        info.update(gpu_count=gpu["count"], gpu_memory_gib=gpu["memory_gib"])
+    info["label"] = slug(info["gpu"]) if info["gpu"] else f"cpu{info['cpu_cores']}"
+    return info
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "deepspeed", "transformers", "tokenizers", "webdataset", "numpy", "ds-distil"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    out["git_commit"] = git_commit()
+    return out

@@ -1,0 +1,312 @@
+"""The distillation loop: `setup` builds everything from the run config, `Trainer.fit` trains.
+
+One micro step: the frozen teacher (no autograd) and the student run on the batch; both LM heads
+are evaluated at the masked positions only; the losses are per-token means over the masked
+tokens of the whole global batch (counts all-reduced), so any split over ranks gives the same
+objective. DeepSpeed does the backward, ZeRO-2 reduction, clipping, loss scaling, optimizer and
+schedule. Checkpoints are taken at optimizer-step boundaries and carry the data position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ds_distil import checkpoint, engine as eng
+from ds_distil.config import DistillConfig, save, to_dict
+from ds_distil.data import MLMStream, load_manifest
+from ds_distil.data.stream import IGNORE_INDEX
+from ds_distil.env_info import device_info, versions
+from ds_distil.errors import UserError
+from ds_distil.flops import Arch, distill_step_flops, peak_flops
+from ds_distil.losses import distillation_losses
+from ds_distil.metrics import DeviceStats, Metrics
+from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters, masked_lm_forward
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75  # a signal asked us to stop; a checkpoint was written: requeue and --resume
+STATS = ("total", "kl", "mlm", "hidden", "tokens", "samples", "masked", "nonfinite", "stop")
+RESUMABLE_SECTIONS = ("teacher", "student", "loss", "train")
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps
+    micro_steps: int = 0  # micro batches consumed
+    tokens: int = 0  # real (non-padding) tokens seen, all ranks
+    samples: int = 0
+    nonfinite_run: int = 0
+    nonfinite_total: int = 0
+    data: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, cfg: DistillConfig, run_dir: Path, d: eng.Dist, stream: MLMStream, model_engine, teacher,
+                 num_steps: int, state: TrainerState):
+        self.cfg, self.run_dir, self.d = cfg, run_dir, d
+        self.stream, self.engine, self.teacher = stream, model_engine, teacher
+        self.num_steps, self.state = num_steps, state
+        self.batches: Iterator[dict] = iter(stream)
+        self.stop_requested = False
+        student = model_engine.module.model
+        self.student_arch = Arch.of(student)
+        self.teacher_arch = Arch.of(teacher) if teacher is not None else None
+        self.device_stats = DeviceStats(d.device)
+        self.peak = peak_flops(self.device_stats.name, cfg.log.peak_tflops)
+
+    # -- one micro step
+
+    def _micro_step(self, batch: dict) -> torch.Tensor:
+        dev = self.d.device
+        input_ids = batch["input_ids"].to(dev, non_blocking=True)
+        attention_mask = batch["attention_mask"].to(dev, non_blocking=True)
+        labels = batch["labels"].to(dev, non_blocking=True).view(-1)
+        positions = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+        targets = labels.index_select(0, positions)
+        n_masked = torch.tensor([float(positions.numel())], device=dev)
+        dist.all_reduce(n_masked)  # the global count every rank divides by
+
+        teacher_logits = teacher_hidden = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits, teacher_hidden = masked_lm_forward(self.teacher, input_ids, attention_mask, positions)
+        student_logits, student_hidden = self.engine(input_ids, attention_mask, positions)
+        real = attention_mask.bool()
+        want_hidden = self.teacher is not None and self.cfg.loss.a_hidden > 0
+        n_real = torch.tensor([float(real.sum())], device=dev)
+        if want_hidden:
+            dist.all_reduce(n_real)
+        terms = distillation_losses(
+            self.cfg.loss, student_logits, targets, n_masked[0], teacher_logits,
+            student_hidden[real] if want_hidden else None, teacher_hidden[real] if want_hidden else None, n_real[0],
+        )
+        zero = torch.zeros((), device=dev)
+        stats = torch.stack([
+            terms["total"].detach(), terms.get("kl", zero).detach(), terms["mlm"].detach(), terms.get("hidden", zero).detach(),
+            attention_mask.sum(), (batch["index"] >= 0).sum().to(dev), torch.tensor(positions.numel(), device=dev),
+            (~torch.isfinite(terms["total"].detach())).to(dev), torch.tensor(self.stop_requested, device=dev),
+        ]).to(torch.float64)
+        dist.all_reduce(stats)  # sums: global per-token means for the loss terms (each rank holds its share)
+        if stats[STATS.index("nonfinite")] == 0:
+            # DeepSpeed averages gradients over ranks; our terms are already shares of the global mean.
+            self.engine.backward(terms["total"] * self.d.world_size)
+            self.engine.step()
+        return stats
+
+    # -- the loop
+
+    def fit(self) -> int:
+        """Train to num_steps (or a stop signal); returns a process exit status."""
+        cfg, st = self.cfg, self.state
+        metrics = Metrics(self.run_dir, self.d.rank == 0, cfg.log.tensorboard, self.num_steps, st.step)
+        self._install_signal_handlers()
+        acc = torch.zeros(len(STATS), dtype=torch.float64)
+        flops, t0, micro_in_window = 0.0, time.perf_counter(), 0
+        status = 0
+        try:
+            while st.step < self.num_steps:
+                boundary = self.engine.is_gradient_accumulation_boundary()
+                stats = self._micro_step(next(self.batches)).cpu()
+                st.micro_steps += 1
+                st.tokens += int(stats[STATS.index("tokens")])
+                st.samples += int(stats[STATS.index("samples")])
+                masked_local = stats[STATS.index("masked")].item() / self.d.world_size
+                flops += distill_step_flops(self.student_arch, self.teacher_arch, self.cfg.train.micro_batch_size,
+                                            self.stream.seq_len, masked_local)
+                if stats[STATS.index("nonfinite")] > 0:
+                    st.nonfinite_run += 1
+                    st.nonfinite_total += 1
+                    log.warning("non-finite loss at step %d (%d in a row); micro batch skipped", st.step, st.nonfinite_run)
+                    if st.nonfinite_run >= cfg.train.max_nonfinite_steps:
+                        raise UserError(
+                            f"loss was NaN/inf for {st.nonfinite_run} micro steps in a row at step {st.step}; stopping instead "
+                            "of burning compute: lower train.lr, use ds_configs/zero2-bf16.json instead of fp16, or check the data"
+                        )
+                    continue
+                st.nonfinite_run = 0
+                acc += stats
+                micro_in_window += 1
+                if not boundary:
+                    continue
+                st.step += 1
+                metrics.step(1, loss=f"{stats[0].item():.3f}")
+                if st.step % cfg.log.every_steps == 0 or st.step == self.num_steps:
+                    elapsed = time.perf_counter() - t0
+                    self._log(metrics, acc / max(micro_in_window, 1), acc, elapsed, flops)
+                    acc.zero_()
+                    flops, t0, micro_in_window = 0.0, time.perf_counter(), 0
+                stop = stats[STATS.index("stop")] > 0
+                every = cfg.checkpoint.every_steps
+                if stop or st.step == self.num_steps or (every and st.step % every == 0):
+                    self.save()
+                if stop:
+                    log.warning("stop requested by signal: checkpoint %s written; exiting for requeue (--resume continues)",
+                                checkpoint.tag_for(st.step))
+                    status = EXIT_PREEMPTED
+                    break
+        finally:
+            metrics.close()
+        return status
+
+    def _log(self, metrics: Metrics, mean: torch.Tensor, acc: torch.Tensor, elapsed: float, flops: float) -> None:
+        e = self.engine
+        values = {
+            "loss/total": mean[STATS.index("total")].item(),
+            "loss/mlm": mean[STATS.index("mlm")].item(),
+            "lr": e.get_lr()[0],
+            "throughput/tokens_per_s": acc[STATS.index("tokens")].item() / elapsed,
+            "throughput/samples_per_s": acc[STATS.index("samples")].item() / elapsed,
+            "train/tokens_seen": float(self.state.tokens),
+            "train/epoch": self.stream.position.epoch + self.stream.position.step / self.stream.steps_per_epoch,
+            "train/overflow_skipped_steps": float(e.skipped_steps),
+            "train/nonfinite_skipped_micro_steps": float(self.state.nonfinite_total),
+        }
+        if self.teacher is not None:
+            values["loss/kl"] = mean[STATS.index("kl")].item()
+            if self.cfg.loss.a_hidden > 0:
+                values["loss/hidden"] = mean[STATS.index("hidden")].item()
+        norm = e.get_global_grad_norm()
+        if norm is not None:
+            values["grad_norm"] = float(norm)
+        if eng.precision(e.config) == "fp16":
+            values["loss_scale"] = float(e.optimizer.cur_scale)
+        values["throughput/tflops_per_device"] = flops / elapsed / 1e12
+        if self.peak:
+            values["throughput/mfu"] = flops / elapsed / self.peak
+        values.update(self.device_stats.read())
+        metrics.scalars(self.state.step, values)
+        if self.d.rank == 0:
+            log.info("step %d/%d | loss %.4f | %slr %.2e | %.0f tokens/s", self.state.step, self.num_steps, values["loss/total"],
+                     f"kl {values['loss/kl']:.4f} | " if "loss/kl" in values else "", values["lr"], values["throughput/tokens_per_s"])
+
+    def save(self) -> Path:
+        self.state.data = self.stream.state_dict()
+        trainer_state = {"trainer": {k: v for k, v in vars(self.state).items() if k != "data"}, "data": self.state.data,
+                         "config": to_dict(self.cfg)}
+        return checkpoint.save(self.engine, self.run_dir, self.state.step, trainer_state, self.cfg.checkpoint.keep)
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, _frame):
+            log.warning("received %s: will checkpoint after the current step and stop", signal.Signals(signum).name)
+            self.stop_requested = True
+
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, request_stop)
+
+
+# ------------------------------------------------------------------------------------- set-up
+
+
+def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, manifest, ds_config: dict) -> None:
+    ckpt_dir = run_dir / "checkpoints"
+    has_checkpoints = checkpoint.latest_tag(ckpt_dir) is not None
+    if has_checkpoints and not resume:
+        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or choose another --out")
+    if resume and has_checkpoints:
+        saved = json.loads((ckpt_dir / checkpoint.latest_tag(ckpt_dir) / "trainer_state.json").read_text())["config"]
+        now = to_dict(cfg)
+        changed = [f"{s}.{k}" for s in RESUMABLE_SECTIONS for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
+        if changed:
+            raise UserError(f"--resume with a changed config ({', '.join(changed)}) differs from the checkpoint's; "
+                            "resume with the run's own config (DIR/run_config.yaml)")
+    if d.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save(cfg, run_dir / "run_config.yaml")
+        (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=1))
+        (run_dir / "environment.json").write_text(json.dumps({"versions": versions(), "device": device_info(),
+                                                              "world_size": d.world_size, "backend": d.backend}, indent=1))
+        student.config.save_pretrained(str(run_dir / "student_config"))
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(manifest.tokenizer_dir)).save_pretrained(str(run_dir / "tokenizer"))
+    dist.barrier()
+
+
+def _check_vocabularies(cfg: DistillConfig, manifest) -> None:
+    """A pretrained teacher or student brings its own tokenizer: it must be the shards' one."""
+    from ds_distil.tokenizer import load_tokenizer, vocab_hash
+
+    for what, name in (("teacher", cfg.teacher.pretrained if cfg.teacher.enabled else None), ("student", cfg.student.pretrained)):
+        if not name:
+            continue
+        try:
+            tok = load_tokenizer(name)
+        except UserError:
+            log.warning("%s %s has no tokenizer to compare with the shards'; checking the vocabulary size only", what, name)
+            continue
+        manifest.check_tokenizer(vocab_hash(tok), len(tok), what=f"the {what} '{name}'")
+
+
+def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
+    run_dir = Path(out)
+    d = eng.init_distributed()
+    manifest = load_manifest(cfg.data.shards)
+    tok = manifest.tokenizer
+    vocab, pad = int(tok["vocab_size"]), int(tok["pad_id"])
+    _check_vocabularies(cfg, manifest)
+
+    torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
+    teacher = build_teacher(cfg.teacher, vocab, pad)
+    student = build_student(cfg.student, vocab, pad, teacher)
+    if cfg.loss.a_hidden > 0 and teacher is not None and teacher.config.hidden_size != student.config.hidden_size:
+        raise UserError(f"loss.a_hidden needs equal hidden sizes (teacher {teacher.config.hidden_size}, student "
+                        f"{student.config.hidden_size}); set loss.a_hidden=0")
+    torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs between ranks
+
+    stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size)
+    num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
+    ds_config = eng.build_ds_config(cfg, d.world_size, num_steps)
+    _prepare_run_dir(cfg, run_dir, resume, d, student, manifest, ds_config)
+    t_params, s_params = count_parameters(teacher), count_parameters(student)
+    model_engine = eng.initialize(MaskedLM(student), ds_config, cfg.train.weight_decay)
+    t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
+    teacher = eng.place_teacher(teacher, d.device, t_dtype)
+
+    state = TrainerState()
+    if resume:
+        saved = checkpoint.load(model_engine, run_dir)
+        if saved is not None:
+            state = TrainerState(**saved["trainer"], data=saved["data"])
+            stream.load_state_dict(saved["data"])
+            log.info("resumed from step %d (epoch %d, micro batch %d of it)", state.step, stream.position.epoch, stream.position.step)
+        else:
+            log.info("--resume: no complete checkpoint in %s yet; starting from the beginning", run_dir)
+
+    if d.rank == 0:
+        t = cfg.train
+        global_batch = t.micro_batch_size * t.grad_accum_steps * d.world_size
+        source = cfg.teacher.pretrained or cfg.teacher.config or (f"preset {cfg.teacher.preset}" if cfg.teacher.preset else None)
+        log.info("distill: %d rank(s), backend %s, device %s, student precision %s", d.world_size, d.backend, d.device, eng.precision(ds_config))
+        log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
+                 if teacher is not None else "none (MLM only)")
+        log.info("student: %s, %.1fM params (%.1fM embeddings), %.1fM trainable", cfg.student.pretrained or cfg.student.preset,
+                 s_params["total"] / 1e6, s_params["embeddings"] / 1e6, s_params["trainable"] / 1e6)
+        log.info("batch: micro %d x accumulation %d x %d rank(s) = %d samples (%d tokens) per optimizer step",
+                 t.micro_batch_size, t.grad_accum_steps, d.world_size, global_batch, global_batch * stream.seq_len)
+        log.info("data: %s, %s train samples (%s tokens) in %d shards, %d micro batches per epoch per rank",
+                 cfg.data.shards, f"{stream.n_samples:,}", f"{manifest.data['splits']['train']['tokens']:,}", len(stream.shards),
+                 stream.steps_per_epoch)
+        log.info("run: %d optimizer steps (%.2f epochs) from step %d; loss %s", num_steps,
+                 num_steps * t.grad_accum_steps / stream.steps_per_epoch, state.step,
+                 f"{cfg.loss.a_kl} * T^2 * KL + {cfg.loss.a_mlm} * MLM (T={cfg.loss.temperature})" if teacher is not None else "MLM")
+    return Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state)
+
+
+def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> int:
+    trainer = setup(cfg, out, resume)
+    status = trainer.fit()
+    if status == 0 and cfg.checkpoint.export:
+        if trainer.d.rank == 0:
+            path = checkpoint.export_student(trainer.run_dir)
+            log.info("student exported to %s (AutoModelForMaskedLM.from_pretrained loads it)", path)
+        dist.barrier()
+    return status
