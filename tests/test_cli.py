@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def test_each_subcommand_has_help(command):
 
 
 def test_console_script_is_installed():
-    exe = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "ds-distil"
+    exe = Path(sys.executable).parent / "ds-distil"
     proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("ds-distil ")
 

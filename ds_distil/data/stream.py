@@ -282,7 +282,10 @@ class MLMStream:
     def loader(self, epoch: int, start_step: int) -> DataLoader:
         dataset = _EpochDataset(self, epoch, start_step)
         k = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=None, num_workers=k, prefetch_factor=4 if k else None, pin_memory=torch.cuda.is_available())
+        # Its own generator: creating a DataLoader iterator draws a seed, and from the global RNG that
+        # would shift dropout after a resume. (Our data does not depend on worker seeds.)
+        return DataLoader(dataset, batch_size=None, num_workers=k, prefetch_factor=4 if k else None,
+                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed % 2**63))
 
     def epoch_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """The rest of the current epoch; the position advances as batches are handed out."""

@@ -1,0 +1,68 @@
+"""Run a distillation through the library (as `ds-distil distill` does) and record probes for the tests.
+
+--merge-ranks K (single process only): feed the trainer the concatenation of the batches that
+ranks 0..K-1 of a K-rank job would get, so a 1-rank run sees exactly the global batches of a
+K-rank run. --probe FILE: rank 0 saves the teacher's parameter digest before and after training,
+the trained student's parameters and its logits on a fixed input.
+"""
+
+import argparse
+import hashlib
+import itertools
+
+import torch
+import torch.distributed as dist
+
+from ds_distil.checkpoint import export_student
+from ds_distil.config import DistillConfig, load
+from ds_distil.data import MLMStream
+from ds_distil.trainer import setup
+
+p = argparse.ArgumentParser()
+p.add_argument("--config", action="append", required=True)
+p.add_argument("--out", required=True)
+p.add_argument("--merge-ranks", type=int, default=1)
+p.add_argument("--probe", default=None)
+p.add_argument("overrides", nargs="*")
+args = p.parse_args()
+
+cfg = load(DistillConfig, args.config, args.overrides)
+trainer = setup(cfg, args.out)
+
+
+def digest(module):
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode() + t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+if args.merge_ranks > 1:
+    assert trainer.d.world_size == 1
+    k = args.merge_ranks
+    streams = [MLMStream(trainer.stream.manifest, cfg.data, cfg.train.micro_batch_size // k, rank=r, world_size=k) for r in range(k)]
+
+    def merged():
+        for parts in zip(*(iter(s) for s in streams)):
+            yield {key: torch.cat([b[key] for b in parts]) for key in parts[0]}
+
+    trainer.batches = merged()
+
+teacher_before = digest(trainer.teacher) if trainer.teacher is not None else None
+status = trainer.fit()
+assert status == 0
+if trainer.d.rank == 0:
+    export_student(trainer.run_dir)
+    if args.probe:
+        student = trainer.engine.module.model.eval()
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1000, 5000, (2, 16), generator=g)
+        with torch.no_grad():
+            logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        torch.save({
+            "teacher_before": teacher_before,
+            "teacher_after": digest(trainer.teacher) if trainer.teacher is not None else None,
+            "student": {k: v.detach().clone() for k, v in student.state_dict().items()},
+            "ids": ids, "logits": logits,
+        }, args.probe)
+dist.barrier()

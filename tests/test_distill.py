@@ -1,0 +1,168 @@
+"""`ds-distil distill` end to end with real processes: launchers, ZeRO-2 over 2 ranks, resume, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from ds_distil.checkpoint import MARKER, latest_tag
+
+HELPER = ROOT / "tests" / "helpers" / "distill_run.py"
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
+pytestmark = pytest.mark.slow
+
+
+def base_overrides(shards, **extra):
+    values = {"data.shards": str(shards), "data.num_workers": 1, "data.verify_checksums": False,
+              "deepspeed.config": str(ROOT / "ds_configs" / "zero2-fp32.json"), "log.every_steps": 5, **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def run(cmd, timeout=600):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss/total"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def export_logits_in_clean_process(student_dir: Path, ids: torch.Tensor) -> torch.Tensor:
+    """Load the export with transformers alone (no ds_distil import) and return its logits."""
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForMaskedLM, AutoTokenizer\n"
+        "m = AutoModelForMaskedLM.from_pretrained(sys.argv[1]).eval()\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "assert len(tok) == m.config.vocab_size and tok.mask_token_id == 103\n"
+        "ids = torch.load(sys.argv[2])\n"
+        "assert 'ds_distil' not in sys.modules\n"
+        "with torch.no_grad():\n"
+        "    torch.save(m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, sys.argv[3])\n"
+    )
+    torch.save(ids, student_dir.parent / "ids.pt")
+    run([sys.executable, "-c", code, str(student_dir), str(student_dir.parent / "ids.pt"), str(student_dir.parent / "logits.pt")])
+    return torch.load(student_dir.parent / "logits.pt")
+
+
+def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
+    out = tmp_path / "run"
+    run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 300), "--module", "ds_distil", "distill",
+         "--config", SMOKE, "--out", str(out), *base_overrides(small_shards, **{"train.max_steps": 30, "checkpoint.every_steps": 15})])
+    for name in ("run_config.yaml", "ds_config.json", "environment.json", "metrics.jsonl", "student/config.json",
+                 "student/model.safetensors", "student/tokenizer.json", "checkpoints/latest"):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["train_batch_size"] == 8 * 1 * 2 and ds["zero_optimization"]["stage"] == 2
+    assert json.loads((out / "environment.json").read_text())["world_size"] == 2
+    ls = losses(out)
+    assert len(ls) == 6 and sum(ls[-2:]) < sum(ls[:2]) - 0.3, f"the loss did not fall: {ls}"
+    scalars = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("loss/kl", "loss/mlm", "lr", "grad_norm", "throughput/tokens_per_s", "cpu/rss_gib"):
+        assert key in scalars, key
+    assert (out / "checkpoints" / "latest").read_text() == "step00000030"
+    assert [p.name for p in sorted((out / "checkpoints").glob("step*"))] == ["step00000015", "step00000030"]
+    ids = torch.randint(1000, 5000, (2, 12))
+    logits = export_logits_in_clean_process(out / "student", ids)
+    assert logits.shape == (2, 12, 119547) and torch.isfinite(logits).all()
+
+
+def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards, tmp_path):
+    common = base_overrides(small_shards, **{"train.max_steps": 8, "checkpoint.every_steps": 0, "student.dropout": 0.0,
+                                             "data.shuffle": False})
+    port = str(29900 + os.getpid() % 90)
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, str(HELPER),
+         "--config", SMOKE, "--out", str(tmp_path / "two"), "--probe", str(tmp_path / "two.pt"),
+         *common, "train.micro_batch_size=4"])
+    run([sys.executable, str(HELPER), "--config", SMOKE, "--out", str(tmp_path / "one"), "--probe", str(tmp_path / "one.pt"),
+         "--merge-ranks", "2", *common, "train.micro_batch_size=8"])
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    moved = 0
+    for name, p in one["student"].items():
+        assert torch.allclose(p, two["student"][name], rtol=1e-4, atol=1e-6), name
+        moved += 1
+    assert moved > 10
+    # the teacher is bit-identical after training, and the student did train
+    assert two["teacher_before"] == two["teacher_after"] and one["teacher_before"] == one["teacher_after"]
+    # the export, loaded by transformers alone, gives the trained student's logits
+    logits = export_logits_in_clean_process(tmp_path / "two" / "student", two["ids"])
+    assert torch.allclose(logits, two["logits"], atol=1e-5)
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(small_shards, tmp_path):
+    common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 20, "checkpoint.every_steps": 10,
+                                                                   "checkpoint.keep": 5})]
+    run([sys.executable, "-m", "ds_distil", "distill", "--out", str(tmp_path / "whole"), *common])
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ds_distil", "distill", "--out", str(out), *common], env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step00000010" / MARKER).exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "student").exists() and latest_tag(out / "checkpoints") == "step00000010"
+
+    refused = run_cli("distill", "--out", str(out), *common, env=ENV)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    changed = run_cli("distill", "--out", str(out), "--resume", *common, "train.lr=0.5", env=ENV)
+    assert changed.returncode == 2 and "train.lr" in changed.stderr
+
+    resumed = run([sys.executable, "-m", "ds_distil", "distill", "--out", str(out), "--resume", *common])
+    assert "resumed from step 10" in resumed.stderr
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "whole" / "student" / "model.safetensors"), load_file(out / "student" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bit-identical, dropout on (RNG states are part of the checkpoint)
+    assert losses(tmp_path / "whole")[-2:] == losses(out)[-2:]
+
+
+def test_refused_inputs_get_one_line_errors(small_shards, tmp_path):
+    def distill(*overrides):
+        proc = run_cli("distill", "--config", SMOKE, "--out", str(tmp_path / "r"), *base_overrides(small_shards), *overrides, env=ENV)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        return [l for l in proc.stderr.splitlines() if "error:" in l][-1]
+
+    assert "unknown config key 'train.lrr' (did you mean 'train.lr'?)" in distill("train.lrr=0.1")
+    assert "cannot load teacher" in distill("teacher.preset=null", f"teacher.pretrained={tmp_path}/no-such-teacher")
+    # a teacher with its own, different vocabulary
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    tdir = tmp_path / "other-teacher"
+    tdir.mkdir()
+    (tdir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "isa", "dalawa"]) + "\n")
+    BertTokenizer.from_pretrained(str(tdir)).save_pretrained(str(tdir))
+    BertForMaskedLM(BertConfig(vocab_size=7, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(str(tdir))
+    line = distill("teacher.preset=null", f"teacher.pretrained={tdir}")
+    assert "the teacher" in line and "vocab 7" in line and "re-run `ds-distil prepare`" in line
+    bad_json = tmp_path / "ds.json"
+    bad_json.write_text('{"train_micro_batch_size_per_gpu": 4}')
+    assert "one source of truth" in distill(f"deepspeed.config={bad_json}")
+
+
+def test_an_interrupted_checkpoint_is_never_latest(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    for step, complete in ((10, True), (20, True), (30, False)):
+        d = ckpt / f"step{step:08d}"
+        d.mkdir(parents=True)
+        (d / "mp_rank_00_model_states.pt").write_bytes(b"x")
+        if complete:
+            (d / MARKER).write_text("{}")
+    assert latest_tag(ckpt) == "step00000020"
