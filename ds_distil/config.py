@@ -315,8 +315,10 @@ class StudentConfig:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
-        if self.preset is None and self.pretrained is None:
-            raise ValueError("set a preset or pretrained weights")
+        sizes = (self.num_layers, self.hidden_size, self.intermediate_size, self.num_heads, self.max_positions)
+        if self.preset is None and self.pretrained is None and None in sizes:
+            raise ValueError("set a preset, pretrained weights, or all of num_layers, hidden_size, intermediate_size, "
+                             "num_heads and max_positions")
 
 
 @dataclasses.dataclass

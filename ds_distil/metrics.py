@@ -58,7 +58,11 @@ class Metrics:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = run_dir / "metrics.jsonl"
+        if path.exists():  # drop what a killed run logged after the checkpoint we continue from
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= start_step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self.jsonl = open(path, "a", encoding="utf-8")
         from tqdm import tqdm
 
         self.bar = tqdm(total=total_steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True, disable=None)

@@ -288,7 +288,10 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
         log.info("distill: %d rank(s), backend %s, device %s, student precision %s", d.world_size, d.backend, d.device, eng.precision(ds_config))
         log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
                  if teacher is not None else "none (MLM only)")
-        log.info("student: %s, %.1fM params (%.1fM embeddings), %.1fM trainable", cfg.student.pretrained or cfg.student.preset,
+        sc = student.config
+        arch = f"{sc.num_hidden_layers} layers x {sc.hidden_size} hidden, {sc.intermediate_size} FFN, {sc.num_attention_heads} heads"
+        log.info("student: %s (%s), %.1fM params (%.1fM embeddings), %.1fM trainable",
+                 cfg.student.pretrained or cfg.student.preset or "custom", arch,
                  s_params["total"] / 1e6, s_params["embeddings"] / 1e6, s_params["trainable"] / 1e6)
         log.info("batch: micro %d x accumulation %d x %d rank(s) = %d samples (%d tokens) per optimizer step",
                  t.micro_batch_size, t.grad_accum_steps, d.world_size, global_batch, global_batch * stream.seq_len)

@@ -10,12 +10,24 @@ if [ ! -f "$DATA/corpus/tl_corpus_combined.txt" ] || [ ! -f "$DATA/mbert_tokeniz
   exit 2
 fi
 run() { echo "+ $*"; "$@"; }
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+start=$(date +%s)
 
 echo "== 1. prepare: the Tagalog corpus -> mBERT-tokenized WebDataset shards"
 run ds-distil prepare --input "$DATA/corpus/tl_corpus_combined.txt" --tokenizer "$DATA/mbert_tokenizer" \
   --out "$OUT/shards" --seq-len 128 --overwrite
 
 echo "== 2. stream: a few masked batches as one training rank sees them"
-run ds-distil inspect --shards "$OUT/shards" --batch-size 8 --batches 3
+run ds-distil inspect --shards "$OUT/shards" --batch-size 8 --batches 2
 
-echo "demo: shards and manifest in $OUT/shards"
+echo "== 3. condition a small teacher on the corpus (MLM only)"
+rm -rf "$OUT/teacher" "$OUT/student"
+run ds-distil distill --config configs/demo-teacher.yaml --out "$OUT/teacher" data.shards="$OUT/shards"
+
+echo "== 4. distil a smaller student from it: 2 ranks under the DeepSpeed launcher, ZeRO-2"
+OMP_NUM_THREADS=1 run deepspeed --num_gpus 2 --module ds_distil distill --config configs/demo-student.yaml \
+  --out "$OUT/student" data.shards="$OUT/shards" teacher.pretrained="$OUT/teacher/student"
+
+echo "demo: done in $(( $(date +%s) - start )) s"
+echo "demo: student (Hugging Face directory): $OUT/student/student"
+echo "demo: TensorBoard: tensorboard --logdir $OUT"
