@@ -77,6 +77,13 @@ def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     ids = torch.randint(1000, 5000, (2, 12))
     logits = export_logits_in_clean_process(out / "student", ids)
     assert logits.shape == (2, 12, 119547) and torch.isfinite(logits).all()
+    # `ds-distil export` of an earlier checkpoint
+    proc = run_cli("export", "--run", str(out), "--tag", "step00000015", "--out", str(tmp_path / "at15"), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from safetensors.torch import load_file
+
+    early, final = load_file(tmp_path / "at15" / "model.safetensors"), load_file(out / "student" / "model.safetensors")
+    assert early.keys() == final.keys() and not all(torch.equal(early[k], final[k]) for k in early)
 
 
 def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards, tmp_path):
@@ -155,7 +162,7 @@ def test_refused_inputs_get_one_line_errors(small_shards, tmp_path):
     assert "unknown config key 'train.lrr' (did you mean 'train.lr'?)" in distill("train.lrr=0.1")
     assert "cannot load teacher" in distill("teacher.preset=null", f"teacher.pretrained={tmp_path}/no-such-teacher")
     # a teacher with its own, different vocabulary
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertTokenizer
 
     tdir = tmp_path / "other-teacher"
     tdir.mkdir()
@@ -164,6 +171,16 @@ def test_refused_inputs_get_one_line_errors(small_shards, tmp_path):
     BertForMaskedLM(BertConfig(vocab_size=7, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(str(tdir))
     line = distill("teacher.preset=null", f"teacher.pretrained={tdir}")
     assert "the teacher" in line and "vocab 7" in line and "re-run `ds-distil prepare`" in line
+    # a teacher whose outputs are NaN: the run stops after train.max_nonfinite_steps instead of training on
+    nan_dir = tmp_path / "nan-teacher"
+    nan_teacher = BertForMaskedLM(BertConfig(vocab_size=119547, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=16))
+    with torch.no_grad():
+        nan_teacher.bert.embeddings.LayerNorm.weight.fill_(float("nan"))
+    nan_teacher.save_pretrained(str(nan_dir))
+    AutoTokenizer.from_pretrained(str(small_shards / "tokenizer")).save_pretrained(str(nan_dir))  # the shards' vocabulary
+    line = distill("teacher.preset=null", f"teacher.pretrained={nan_dir}", "train.max_nonfinite_steps=3")
+    assert "loss was NaN/inf for 3 micro steps in a row at step 0" in line
     bad_json = tmp_path / "ds.json"
     bad_json.write_text('{"train_micro_batch_size_per_gpu": 4}')
     assert "one source of truth" in distill(f"deepspeed.config={bad_json}")
