@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 import typing
 import warnings
 
@@ -126,6 +127,48 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json."""
+    from ds_distil.config import load
+    from ds_distil.finetune import FinetuneConfig, run_finetune
+
+    cfg = load(FinetuneConfig, args.config, args.overrides)
+    res = run_finetune(args.model, args.task, args.out, cfg)
+    if res["score"] is not None:
+        print(f"{res['model']} | {res['task']} | test {res['metric']} {res['score']:.4f} | valid {res['valid_score']:.4f} | "
+              f"train {res['train_runtime_s']:.1f} s | {args.out}/results.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Collect finetuning results into the paper's table (Markdown, JSON, PNG)."""
+    from ds_distil.report import write_report
+
+    path = write_report(args.runs, args.out, args.baseline)
+    print(path.read_text().split("\n\nDevice")[0])
+    print(f"wrote {path}, {path.with_suffix('.json')}, {path.with_suffix('.png')}")
+    return 0
+
+
+def cmd_build_nli(args: argparse.Namespace) -> int:
+    """Build a NewsPH-NLI-style entailment set from a CSV of news articles."""
+    import csv
+
+    from ds_distil.data.tasks import build_nli, write_nli
+
+    try:
+        with open(args.articles, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(f"articles file {args.articles} does not exist") from None
+    if rows and args.column not in rows[0]:
+        raise UserError(f"{args.articles} has no column '{args.column}' (columns: {', '.join(rows[0])}); set --column")
+    pairs = build_nli((r[args.column] for r in rows), seed=args.seed)
+    write_nli(pairs, Path(args.out))
+    print(", ".join(f"{s}: {len(v):,} pairs" for s, v in pairs.items()) + f" -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ds-distil", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ds-distil {__version__}")
@@ -160,6 +203,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="where to write the model (default: DIR/student)")
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step00001000 (default: the newest complete one)")
     p.set_defaults(func=cmd_export)
+
+    from ds_distil.data.tasks import TASKS
+    from ds_distil.finetune import FT_PRESETS
+
+    p = sub.add_parser("finetune", help=cmd_finetune.__doc__, description=cmd_finetune.__doc__)
+    p.add_argument("--model", required=True, help=f"hub name, local HF directory, or preset: {', '.join(FT_PRESETS)}")
+    p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 task.max_length=128")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    p.add_argument("--runs", nargs="+", required=True, help="finetune output directories (searched for results.json)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--baseline", default=None, help="row to compute speedups against (default: mbert)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("tasks", help="task data utilities")
+    tsub = p.add_subparsers(dest="task_command", required=True, metavar="COMMAND")
+    q = tsub.add_parser("build-nli", help=cmd_build_nli.__doc__, description=cmd_build_nli.__doc__)
+    q.add_argument("--articles", required=True, help="CSV with one article per row (e.g. ../shared/data/fakenews/full.csv)")
+    q.add_argument("--column", default="article")
+    q.add_argument("--out", required=True, metavar="DIR", help="writes train.csv, valid.csv, test.csv (premise, hypothesis, label)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_build_nli)
     return parser
 
 

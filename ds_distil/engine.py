@@ -77,7 +77,12 @@ def total_steps(train: TrainConfig, micro_steps_per_epoch: int) -> int:
 
 def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int) -> dict:
     """The DeepSpeed JSON named by cfg.deepspeed.config, completed from cfg.train."""
-    path = Path(cfg.deepspeed.config)
+    return ds_config_from(cfg.train, cfg.deepspeed.config, world_size, num_steps)
+
+
+def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: int) -> dict:
+    """A DeepSpeed JSON (ZeRO, precision) completed with batch sizes, optimizer, schedule and clipping from `t`."""
+    path = Path(json_path)
     if not path.is_file():
         raise UserError(f"deepspeed.config {path} does not exist; pass one of ds_configs/*.json")
     try:
@@ -88,7 +93,6 @@ def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int) -> dict
     if owned:
         raise UserError(f"{path} sets {', '.join(owned)}: these come from the run config's `train` section "
                         "(one source of truth); remove them from the JSON")
-    t = cfg.train
     warmup = max(1, round(t.warmup_ratio * num_steps))
     if t.schedule == "linear":
         scheduler = {"type": "WarmupDecayLR", "params": {"total_num_steps": num_steps, "warmup_min_lr": 0.0, "warmup_max_lr": t.lr,

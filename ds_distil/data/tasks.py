@@ -1,0 +1,369 @@
+"""Downstream task readers: Hatespeech Filipino (CSV), NER (IOB2), POS (CoNLL-U), NLI pairs, any CSV/JSONL.
+
+Every reader returns a `Task`: named splits of examples plus the label list (from the training
+split, in sorted order, so label ids are stable). Local files are read by us (line-precise
+errors); hub datasets through `datasets`. Labels in valid/test that training never saw, a missing
+split, a missing column and a broken IOB2 sequence are refused with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ds_distil.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "validation", "dev"), "test": ("test",)}
+
+
+@dataclass
+class Example:
+    text: str | list[str]  # a sentence, or tokens for token classification
+    label: str | list[str]  # a class, or one tag per token
+    text_pair: str | None = None
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # "sequence" | "pair" | "token"
+    metric: str  # "accuracy" | "f1" (seqeval, entity level)
+    splits: dict[str, list[Example]]
+    labels: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for split in SPLITS:
+            if not self.splits.get(split):
+                raise UserError(f"task {self.name}: no '{split}' split in {self.source}; provide {split} data")
+        seen = sorted({t for ex in self.splits["train"] for t in _as_list(ex.label)})
+        self.labels = self.labels or seen
+        known = set(self.labels)
+        for split in ("valid", "test"):
+            unseen = sorted({t for ex in self.splits[split] for t in _as_list(ex.label)} - known)
+            if unseen:
+                raise UserError(f"task {self.name}: labels {unseen[:5]} in the {split} split of {self.source} never occur in "
+                                "training; fix the data or merge the labels")
+
+
+def _as_list(label) -> list:
+    return label if isinstance(label, list) else [label]
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+# --------------------------------------------------------------------------------- file readers
+
+
+def _split_files(directory: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_ALIASES.items():
+        for name in names:
+            for suffix in suffixes:
+                if (directory / f"{name}{suffix}").is_file():
+                    found.setdefault(split, directory / f"{name}{suffix}")
+    return found
+
+
+def read_table(path: Path) -> list[dict]:
+    """Rows of a .csv (header line) or .jsonl file."""
+    try:
+        if path.suffix == ".jsonl":
+            rows = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise UserError(f"{path}:{lineno} is not valid JSON ({e.msg})") from None
+            return rows
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 ({e}); convert it first") from None
+
+
+def table_task(name: str, directory: Path, text: str, label: str, text_pair: str | None = None, metric: str = "accuracy") -> Task:
+    """A classification task from DIR/{train,valid|dev|validation,test}.{csv,jsonl}."""
+    if not directory.is_dir():
+        raise UserError(f"task {name}: data directory {directory} does not exist; pass --data-dir DIR with train/valid/test files")
+    files = _split_files(directory, (".csv", ".jsonl"))
+    splits = {}
+    for split, path in files.items():
+        rows = read_table(path)
+        for col in (text, label) + ((text_pair,) if text_pair else ()):
+            if rows and col not in rows[0]:
+                raise UserError(f"{path} has no column '{col}' (columns: {', '.join(rows[0])}); set the column names")
+        splits[split] = [Example(str(r[text]), str(r[label]), str(r[text_pair]) if text_pair else None) for r in rows]
+    return Task(name, "pair" if text_pair else "sequence", metric, splits, source=str(directory))
+
+
+def read_iob2(path: Path) -> list[Example]:
+    """Sentences of an IOB2 file: `index token tag ...` (tab-separated) or `token tag` per line, blank line between."""
+    sentences, tokens, tags = [], [], []
+
+    def flush(lineno):
+        if tokens:
+            check_iob2(tags, f"{path}:{lineno}")
+            sentences.append(Example(list(tokens), list(tags)))
+            tokens.clear()
+            tags.clear()
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            flush(lineno)
+            continue
+        if line.startswith("#"):
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if len(cols) >= 3 and cols[0].isdigit():
+            token, tag = cols[1], cols[2]
+        elif len(cols) >= 2:
+            token, tag = cols[0], cols[-1]
+        else:
+            raise UserError(f"{path}:{lineno}: expected 'token<TAB>tag', got {line!r}")
+        tokens.append(token)
+        tags.append(tag)
+    flush(len(lines))
+    return sentences
+
+
+def check_iob2(tags: list[str], where: str) -> None:
+    """Refuse an I- tag that does not continue a B-/I- of the same type."""
+    prev = "O"
+    for i, tag in enumerate(tags):
+        if tag != "O" and not tag.startswith(("B-", "I-")):
+            raise UserError(f"{where}: tag {tag!r} is not IOB2 (O, B-TYPE or I-TYPE)")
+        if tag.startswith("I-") and prev[2:] != tag[2:]:
+            raise UserError(f"{where}: broken IOB2 sequence: {tag!r} at token {i + 1} follows {prev!r}; an I- tag must continue "
+                            "a B-/I- of the same type")
+        prev = tag
+
+
+def read_conllu_upos(path: Path) -> list[Example]:
+    """Sentences of a CoNLL-U file as (forms, UPOS tags); multiword-token ranges and empty nodes skipped."""
+    sentences, forms, tags = [], [], []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            if forms:
+                sentences.append(Example(forms, tags))
+                forms, tags = [], []
+            continue
+        if line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) != 10:
+            raise UserError(f"{path}:{lineno}: a CoNLL-U token line has 10 tab-separated columns, this has {len(cols)}")
+        if "-" in cols[0] or "." in cols[0]:
+            continue
+        forms.append(cols[1])
+        tags.append(cols[3])
+    if forms:
+        sentences.append(Example(forms, tags))
+    return sentences
+
+
+def carve(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Split off a seeded `fraction` of `examples`: (rest, carved)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n = max(1, round(fraction * len(examples)))
+    carved = set(order[:n])
+    return [e for i, e in enumerate(examples) if i not in carved], [e for i, e in enumerate(examples) if i in carved]
+
+
+# ----------------------------------------------------------------------------------- the tasks
+
+
+def hatespeech(data_dir: Path | None = None, hub: bool = False) -> Task:
+    if hub:
+        return _hub_classification("hatespeech", "hate_speech_filipino", None, "text", "label")
+    return table_task("hatespeech", Path(data_dir or default_data_dir() / "hatespeech"), "text", "label")
+
+
+def pos(data_dir: Path | None = None, seed: int = 0) -> Task:
+    """UD Tagalog UPOS. Local: NewsCrawl dev is the training data (10% of it, seeded, held out for
+    validation), NewsCrawl test the test set: UD Tagalog has no larger training treebank."""
+    d = Path(data_dir or default_data_dir() / "ud_pos")
+    train_file, test_file = d / "tl_newscrawl-ud-dev.conllu", d / "tl_newscrawl-ud-test.conllu"
+    files = _split_files(d, (".conllu",))
+    if files.keys() >= {"train", "test"}:
+        splits = {s: read_conllu_upos(p) for s, p in files.items()}
+    elif train_file.is_file() and test_file.is_file():
+        splits = {"test": read_conllu_upos(test_file)}
+        splits["train"], splits["valid"] = carve(read_conllu_upos(train_file), 0.1, seed)
+    else:
+        raise UserError(f"task pos: {d} has neither train/test .conllu files nor the UD Tagalog NewsCrawl dev/test files")
+    if "valid" not in splits:
+        splits["train"], splits["valid"] = carve(splits["train"], 0.1, seed)
+    return Task("pos", "token", "accuracy", splits, source=str(d))
+
+
+def ner(data_dir: Path | None = None, hub: bool = False, seed: int = 0) -> Task:
+    """NER in IOB2, entity-level F1. Hub: TLUnified-NER. Local: DIR/{train,valid,test}.iob2, or
+    (like ../shared/data/uner_ner, evaluation-sized) all *.iob2 files pooled and split 80/10/10 by seed."""
+    if hub:
+        return _hub_tokens("ner", "ljvmiranda921/tlunified-ner", "tokens", "ner_tags")
+    d = Path(data_dir or default_data_dir() / "uner_ner")
+    files = _split_files(d, (".iob2", ".conll", ".txt"))
+    if files.keys() >= {"train", "test"}:
+        splits = {s: read_iob2(p) for s, p in files.items()}
+        if "valid" not in splits:
+            splits["train"], splits["valid"] = carve(splits["train"], 0.1, seed)
+    else:
+        pooled = [ex for p in sorted(d.glob("*.iob2")) for ex in read_iob2(p)]
+        if not pooled:
+            raise UserError(f"task ner: no .iob2 files in {d}; pass --data-dir with train/valid/test.iob2")
+        rest, test = carve(pooled, 0.1, seed)
+        train, valid = carve(rest, 1 / 9, seed + 1)
+        splits = {"train": train, "valid": valid, "test": test}
+    task = Task("ner", "token", "f1", splits, source=str(d))
+    return task
+
+
+def nli(data_dir: Path | None = None, hub: bool = False) -> Task:
+    """Sentence-pair classification (entailment / contradiction). Hub: NewsPH-NLI. Local: a
+    directory of train/valid/test CSVs with premise, hypothesis, label (`ds-distil tasks build-nli` makes one)."""
+    if hub:
+        return _hub_classification("nli", "jcblaisecruz02/newsph-nli", None, "premise", "label", text_pair="hypothesis")
+    if data_dir is None:
+        raise UserError("task nli: pass --data-dir with train/valid/test CSVs (make them with `ds-distil tasks build-nli`) or --hub")
+    return table_task("nli", Path(data_dir), "premise", "label", text_pair="hypothesis")
+
+
+def csv_task(data_dir: Path, text: str, label: str, text_pair: str | None = None) -> Task:
+    return table_task("csv", Path(data_dir), text, label, text_pair)
+
+
+def _hub_load(name: str, config: str | None):
+    try:
+        import datasets
+
+        return datasets.load_dataset(name, config)
+    except Exception as e:
+        offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise UserError(f"cannot load dataset {name} from the hub{offline}: {str(e).splitlines()[0][:200]}; "
+                        "use local files with --data-dir") from None
+
+
+def _hub_splits(ds) -> dict:
+    out = {}
+    for split, names in SPLIT_ALIASES.items():
+        for n in names:
+            if n in ds:
+                out[split] = ds[n]
+                break
+    return out
+
+
+def _label_names(dataset, column):
+    feature = dataset.features[column]
+    feature = getattr(feature, "feature", feature)
+    return getattr(feature, "names", None)
+
+
+def _hub_classification(task: str, name: str, config: str | None, text: str, label: str, text_pair: str | None = None) -> Task:
+    ds = _hub_load(name, config)
+    splits = {}
+    for split, d in _hub_splits(ds).items():
+        names = _label_names(d, label)
+        splits[split] = [Example(r[text], names[r[label]] if names else str(r[label]), r[text_pair] if text_pair else None) for r in d]
+    return Task(task, "pair" if text_pair else "sequence", "accuracy", splits, source=name)
+
+
+def _hub_tokens(task: str, name: str, tokens: str, tags: str) -> Task:
+    ds = _hub_load(name, None)
+    splits = {}
+    for split, d in _hub_splits(ds).items():
+        names = _label_names(d, tags)
+        splits[split] = [Example(list(r[tokens]), [names[t] if names else str(t) for t in r[tags]]) for r in d]
+    return Task(task, "token", "f1", splits, source=name)
+
+
+TASKS = ("hatespeech", "ner", "pos", "nli", "csv")
+
+
+def load_task(name: str, data_dir: str | None = None, hub: bool = False, seed: int = 0, text_column: str = "text",
+              text_pair_column: str | None = None, label_column: str = "label") -> Task:
+    d = Path(data_dir) if data_dir else None
+    if name == "hatespeech":
+        return hatespeech(d, hub)
+    if name == "pos":
+        return pos(d, seed)
+    if name == "ner":
+        return ner(d, hub, seed)
+    if name == "nli":
+        return nli(d, hub)
+    if name == "csv":
+        if d is None:
+            raise UserError("task csv: pass --data-dir with train/valid/test .csv or .jsonl files")
+        return csv_task(d, text_column, label_column, text_pair_column)
+    raise UserError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+
+
+# ------------------------------------------------------------------------- NewsPH-NLI-style builder
+
+
+def _sentences(article: str) -> list[str]:
+    import re
+
+    parts = re.split(r"(?<=[.!?])\s+", article.strip())
+    return [p.strip() for p in parts if len(p.split()) >= 3]
+
+
+def build_nli(articles: Iterable[str], seed: int = 0, valid_fraction: float = 0.1, test_fraction: float = 0.1,
+              max_pairs_per_article: int = 2) -> dict[str, list[dict]]:
+    """NewsPH-NLI-style pairs (Cruz et al. 2021): a premise is the first sentences of an article;
+    its entailment hypothesis is a later sentence of the same article, its contradiction hypothesis
+    a sentence of another article. Balanced (one of each per premise), no pair drawn twice, and
+    split by article (no article in two splits). Deterministic for a seed."""
+    rng = random.Random(seed)
+    unique = dict.fromkeys(" ".join(a.split()) for a in articles)  # the same article twice would leak across splits
+    docs = [s for s in (_sentences(a) for a in unique) if len(s) >= 3]
+    if len(docs) < 10:
+        raise UserError(f"build-nli needs at least 10 articles of 3+ sentences, got {len(docs)}")
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    n_test, n_valid = round(test_fraction * len(docs)), round(valid_fraction * len(docs))
+    split_of = {i: ("test" if k < n_test else "valid" if k < n_test + n_valid else "train") for k, i in enumerate(order)}
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    seen: set[tuple[str, str]] = set()
+    pools = {s: [j for j in order if split_of[j] == s] for s in SPLITS}
+    for i in order:
+        split = split_of[i]
+        pool = [j for j in pools[split] if j != i]
+        for _ in range(max_pairs_per_article):
+            cut = rng.randrange(1, len(docs[i]) - 1)
+            premise = " ".join(docs[i][:cut])
+            entail = rng.choice(docs[i][cut:])
+            other = docs[rng.choice(pool)]
+            contra = rng.choice(other)
+            for hyp, label in ((entail, "entailment"), (contra, "contradiction")):
+                if (premise, hyp) in seen:
+                    break
+            else:
+                seen.add((premise, entail))
+                seen.add((premise, contra))
+                out[split].append({"premise": premise, "hypothesis": entail, "label": "entailment"})
+                out[split].append({"premise": premise, "hypothesis": contra, "label": "contradiction"})
+    return out
+
+
+def write_nli(pairs: dict[str, list[dict]], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in pairs.items():
+        tmp = out_dir / f".{split}.csv.tmp"
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["premise", "hypothesis", "label"])
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(out_dir / f"{split}.csv")

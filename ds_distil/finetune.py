@@ -1,0 +1,294 @@
+"""`ds-distil finetune`: one finetuning path for every task (sequence, pair and token classification)
+under DeepSpeed, as distillation runs: a single process, `deepspeed --num_gpus N`, or torchrun.
+
+Writes DIR/results.json (test score, validation score, training runtime, throughput, device, seed,
+resolved config), TensorBoard logs and the resolved config. `train_runtime_s` counts the training
+loop only (no set-up, no evaluation), as the paper's runtimes do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ds_distil import engine as eng
+from ds_distil.config import DeepSpeedConfig, TrainConfig, _help, save, to_dict
+from ds_distil.data.tasks import Task, default_data_dir, load_task
+from ds_distil.env_info import device_info, versions
+from ds_distil.errors import UserError
+from ds_distil.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+FT_PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta", "tiny", "micro")
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """Section `task`: where the data comes from and how it is read."""
+
+    data_dir: str | None = _help("local data directory (default: the task's folder in $DS_DISTIL_DATA or ../shared/data)", default=None)
+    hub: bool = _help("load the task's Hugging Face dataset instead of local files", default=False)
+    text_column: str = _help("csv task: text column", default="text")
+    text_pair_column: str | None = _help("csv task: second text column for pairs", default=None)
+    label_column: str = _help("csv task: label column", default="label")
+    max_length: int = _help("tokens per example after tokenization (truncated)", default=128)
+    max_train_examples: int | None = _help("use only the first N training examples (quick runs)", default=None)
+    tokenizer: str | None = _help("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
+
+
+def _ft_train_defaults() -> TrainConfig:
+    return TrainConfig(micro_batch_size=32, epochs=3.0, lr=5e-5, warmup_ratio=0.1, adam_betas=[0.9, 0.999], adam_eps=1e-8)
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    train: TrainConfig = dataclasses.field(default_factory=_ft_train_defaults)
+    eval_batch_size: int = _help("examples per rank per evaluation batch", default=64)
+    log_every_steps: int = _help("log training loss every N steps", default=20)
+    deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=lambda: DeepSpeedConfig(config="auto"))
+
+
+# ------------------------------------------------------------------------------------ the model
+
+
+def _tokenizer_for(model: str, cfg: TaskConfig):
+    from ds_distil.tokenizer import load_tokenizer
+
+    if model in FT_PRESETS:
+        return load_tokenizer(cfg.tokenizer or str(default_data_dir() / "mbert_tokenizer"))
+    path = Path(model)
+    if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
+        raise UserError(f"model directory {model} has no tokenizer files; save the tokenizer with the model "
+                        "(tokenizer.save_pretrained(dir)) or export it with `ds-distil export`")
+    return load_tokenizer(cfg.tokenizer or model)
+
+
+def build_model(model: str, task: Task, tokenizer):
+    """A hub name or HF directory (pretrained encoder, new classifier head) or an architecture preset (random weights)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, RobertaConfig
+
+    from ds_distil.models import PRESET_SIZES, bert_config
+
+    auto = AutoModelForTokenClassification if task.kind == "token" else AutoModelForSequenceClassification
+    labels = {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)), "label2id": {l: i for i, l in enumerate(task.labels)}}
+    if model == "tagalog-roberta":
+        # RoBERTa-base's architecture (Tagalog-RoBERTa base); its BPE vocabulary is not reachable
+        # offline, so the embedding table takes the tokenizer in use. Random weights: for speed.
+        config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                               intermediate_size=3072, max_position_embeddings=514, pad_token_id=tokenizer.pad_token_id, **labels)
+        return auto.from_config(config)
+    if model in PRESET_SIZES:
+        config = bert_config(model, len(tokenizer), tokenizer.pad_token_id)
+        config.update(labels)
+        return auto.from_config(config)
+    try:
+        AutoConfig.from_pretrained(model)
+        return auto.from_pretrained(model, **labels)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model '{model}': {str(e).splitlines()[0][:200]}; pass a local Hugging Face directory, "
+                        f"a hub name, or an architecture preset ({', '.join(FT_PRESETS)})") from None
+
+
+# ---------------------------------------------------------------------------------- featurising
+
+
+def featurise(task: Task, split: str, tokenizer, max_length: int, limit: int | None = None) -> list[dict]:
+    """Token ids and label ids; for token tasks the label sits on each word's first sub-word (-100 elsewhere)."""
+    label_id = {l: i for i, l in enumerate(task.labels)}
+    examples = task.splits[split][:limit] if limit else task.splits[split]
+    feats = []
+    if task.kind == "token":
+        enc = tokenizer([e.text for e in examples], is_split_into_words=True, truncation=True, max_length=max_length)
+        for i, e in enumerate(examples):
+            words = enc.word_ids(i)
+            labels, prev = [], None
+            for w in words:
+                labels.append(label_id[e.label[w]] if w is not None and w != prev else -100)
+                prev = w
+            feats.append({"input_ids": enc["input_ids"][i], "labels": labels, "index": i})
+    else:
+        pairs = [e.text_pair for e in examples] if task.kind == "pair" else None
+        enc = tokenizer([e.text for e in examples], pairs, truncation=True, max_length=max_length)
+        for i, e in enumerate(examples):
+            feats.append({"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i] if "token_type_ids" in enc else None,
+                          "labels": label_id[e.label], "index": i})
+    return feats
+
+
+def collate(pad_id: int):
+    def fn(items: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        out = {"input_ids": ids, "attention_mask": mask, "index": torch.tensor([it["index"] for it in items])}
+        token_level = isinstance(items[0]["labels"], list)
+        labels = torch.full((len(items), n), -100, dtype=torch.long) if token_level else torch.tensor([it["labels"] for it in items])
+        types = torch.zeros((len(items), n), dtype=torch.long) if items[0].get("token_type_ids") is not None else None
+        for i, it in enumerate(items):
+            k = len(it["input_ids"])
+            ids[i, :k] = torch.tensor(it["input_ids"])
+            mask[i, :k] = 1
+            if token_level:
+                labels[i, :k] = torch.tensor(it["labels"])
+            if types is not None:
+                types[i, :k] = torch.tensor(it["token_type_ids"])
+        out["labels"] = labels
+        if types is not None:
+            out["token_type_ids"] = types
+        return out
+
+    return fn
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def score(task: Task, split: str, preds: dict[int, list[int] | int], feats: list[dict]) -> float:
+    """accuracy (sequence/pair; POS over words), or seqeval's entity-level F1 for NER."""
+    if task.kind != "token":
+        gold = {f["index"]: f["labels"] for f in feats}
+        return sum(preds[i] == gold[i] for i in gold) / len(gold)
+    true_seqs, pred_seqs = [], []
+    for f in feats:
+        p = preds[f["index"]]
+        t_row, p_row = [], []
+        for lab, pr in zip(f["labels"], p):
+            if lab != -100:
+                t_row.append(task.labels[lab])
+                p_row.append(task.labels[pr])
+        true_seqs.append(t_row)
+        pred_seqs.append(p_row)
+    if task.metric == "f1":
+        from seqeval.metrics import f1_score
+
+        return float(f1_score(true_seqs, pred_seqs, mode="strict", scheme=_iob2()))
+    total = sum(len(r) for r in true_seqs)
+    return sum(a == b for t, p in zip(true_seqs, pred_seqs) for a, b in zip(t, p)) / max(total, 1)
+
+
+def _iob2():
+    from seqeval.scheme import IOB2
+
+    return IOB2
+
+
+# --------------------------------------------------------------------------------------- run
+
+
+def _ds_json(choice: str, device: torch.device) -> str:
+    if choice != "auto":
+        return choice
+    root = Path(__file__).resolve().parents[1] / "ds_configs"
+    return str(root / ("zero2-fp16.json" if device.type == "cuda" else "zero2-fp32.json"))
+
+
+@torch.no_grad()
+def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist) -> dict[int, list[int] | int]:
+    """Predictions of every rank's share, gathered: {example index: class or per-token classes}."""
+    sampler = DistributedSampler(feats, num_replicas=d.world_size, rank=d.rank, shuffle=False)
+    loader = DataLoader(feats, batch_size=batch_size, sampler=sampler, collate_fn=collate(pad_id))
+    engine.eval()
+    local = {}
+    for batch in loader:
+        index = batch.pop("index")
+        batch.pop("labels")
+        logits = engine(**{k: v.to(d.device) for k, v in batch.items()}).logits
+        pred = logits.argmax(-1).cpu()
+        for i, row, m in zip(index.tolist(), pred, batch["attention_mask"]):
+            local[i] = row[: int(m.sum())].tolist() if pred.dim() == 2 else int(row)
+    engine.train()
+    gathered = [None] * d.world_size
+    dist.all_gather_object(gathered, local)
+    return {k: v for part in gathered for k, v in part.items()}
+
+
+def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig) -> dict:
+    out = Path(out)
+    d = eng.init_distributed()
+    tc = cfg.task
+    task = load_task(task_name, tc.data_dir, tc.hub, cfg.train.seed, tc.text_column, tc.text_pair_column, tc.label_column)
+    tokenizer = _tokenizer_for(model, tc)
+    torch.manual_seed(cfg.train.seed)
+    net = build_model(model, task, tokenizer)
+    feats = {s: featurise(task, s, tokenizer, tc.max_length, tc.max_train_examples if s == "train" else None) for s in task.splits}
+    train = feats["train"]
+    steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))
+    num_steps = eng.total_steps(cfg.train, steps_per_epoch)
+    ds_path = _ds_json(cfg.deepspeed.config, d.device)
+    ds_config = eng.ds_config_from(cfg.train, ds_path, d.world_size, num_steps)
+    engine = eng.initialize(net, ds_config, cfg.train.weight_decay)
+    torch.manual_seed(cfg.train.seed + d.rank)
+    if d.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save(cfg, out / "finetune_config.yaml")
+        log.info("finetune %s on %s (%s, %d labels): %s train / %s valid / %s test examples; %d rank(s), %s, %s; %d steps",
+                 model, task.name, task.kind, len(task.labels), f"{len(train):,}", f"{len(feats['valid']):,}",
+                 f"{len(feats['test']):,}", d.world_size, d.device, eng.precision(ds_config), num_steps)
+    dist.barrier()
+
+    sampler = DistributedSampler(train, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.train.seed)
+    loader = DataLoader(train, batch_size=cfg.train.micro_batch_size, sampler=sampler, collate_fn=collate(tokenizer.pad_token_id),
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    metrics = Metrics(out, d.rank == 0, True, num_steps, 0)
+    step, micro, samples, epoch = 0, 0, 0, 0
+    loss_sum = torch.zeros((), device=d.device)
+    t0 = time.perf_counter()
+    while step < num_steps:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            batch.pop("index")
+            batch = {k: v.to(d.device) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            loss_sum += loss.detach()
+            samples += batch["input_ids"].shape[0]
+            micro += 1
+            if boundary:
+                step += 1
+                metrics.step(1)
+                if step % cfg.log_every_steps == 0 or step == num_steps:
+                    mean = loss_sum.item() / micro
+                    metrics.scalars(step, {"loss/train": mean, "lr": engine.get_lr()[0]})
+                    loss_sum.zero_()
+                    micro = 0
+                if step == num_steps:
+                    break
+        epoch += 1
+    if d.device.type == "cuda":
+        torch.cuda.synchronize(d.device)
+    runtime = time.perf_counter() - t0
+    metrics.close()
+    total_samples = torch.tensor([float(samples)], device=d.device)
+    dist.all_reduce(total_samples)
+
+    results = {}
+    for split in ("valid", "test"):
+        preds = predict(engine, feats[split], cfg.eval_batch_size, tokenizer.pad_token_id, d)
+        results[split] = score(task, split, preds, feats[split]) if d.rank == 0 else None
+    out_dict = {
+        "model": model, "task": task.name, "metric": "f1" if task.metric == "f1" else "accuracy",
+        "score": results["test"], "valid_score": results["valid"], "train_runtime_s": runtime,
+        "samples_per_s": total_samples.item() / runtime, "train_examples": len(train), "steps": num_steps,
+        "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed,
+        "versions": versions(), "config": to_dict(cfg),
+    }
+    if d.rank == 0:
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(out_dict, indent=1))
+        tmp.replace(out / "results.json")
+        log.info("%s on %s: test %s %.4f (valid %.4f), training %.1f s, %.1f samples/s", model, task.name, out_dict["metric"],
+                 out_dict["score"], out_dict["valid_score"], runtime, out_dict["samples_per_s"])
+    dist.barrier()
+    return out_dict
