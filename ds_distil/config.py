@@ -98,6 +98,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         if key not in fields:
             raise _unknown_key(cls, key, prefix)
+        f = fields[key]
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            # a section given in part keeps this field's own defaults for the rest (they may differ from the class's)
+            value = {**to_dict(f.default_factory()), **value}
         kwargs[key] = _convert(value, hints[key], prefix + key)
     missing = [
         name

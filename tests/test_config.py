@@ -74,3 +74,10 @@ def test_section_validation_names_the_problem():
     with pytest.raises(ConfigError, match="missing config key 'shards'"):
         from_dict(DataConfig, {})
     assert to_dict(from_dict(DataConfig, {"shards": "d"}))["mlm_probability"] == 0.15
+
+
+def test_a_section_given_in_part_keeps_the_fields_own_defaults():
+    from ds_distil.finetune import FinetuneConfig
+
+    cfg = from_dict(FinetuneConfig, {"train": {"seed": 7}})
+    assert cfg.train.seed == 7 and cfg.train.lr == 5e-5 and cfg.train.adam_betas == [0.9, 0.999]  # finetuning's, not distillation's
