@@ -182,6 +182,29 @@ def render(result: dict) -> str:
     return md
 
 
+def plot(result: dict, path: Path) -> None:
+    """tokens/s against micro-batch size, one line per student, method and sequence length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rows = [r for r in result["rows"] if "error" not in r]
+    for key in sorted({(r["student"], r["method"], r["seq_len"]) for r in rows}):
+        pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows if (r["student"], r["method"], r["seq_len"]) == key)
+        ax.plot([b for b, _ in pts], [t for _, t in pts], "o-" if key[1] == "ours" else "x--", label=f"{key[0]} {key[1]} L={key[2]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("micro batch size")
+    ax.set_ylabel("tokens/s (one device)")
+    ax.set_title(f"Distillation throughput, {result['device']['gpu'] or 'CPU'}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="real sizes: seq 128 and 512, batches 8-64 (for a GPU)")
@@ -222,8 +245,9 @@ def main() -> None:
                          "warmup": warmup, "inputs": args.inputs, "precision": precision}, "rows": rows}
     md = render(result)
     paths = write_report(f"throughput-{mode}", result, md, RESULTS)
+    plot(result, paths[0].with_suffix(".png"))
     print(md)
-    print("wrote", *paths)
+    print("wrote", *paths, paths[0].with_suffix(".png"))
 
 
 if __name__ == "__main__":
