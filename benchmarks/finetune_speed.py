@@ -32,8 +32,11 @@ MODELS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta")
 TASKS = ("hatespeech", "pos", "nli")
 NOTES = {
     "distilmbert": "DistilmBERT's size (6 x 768, mBERT vocabulary) built as a BERT",
-    "tagalog-roberta": "RoBERTa-base architecture (12 x 768, 514 positions); its BPE vocabulary is not reachable offline, "
-                       "so the mBERT tokenizer's is used (the embedding table size does not change step time much)",
+    "tagalog-roberta": "RoBERTa-base architecture (12 x 768, 514 positions); its own BPE vocabulary is not reachable offline, "
+                       "so its embedding table has the mBERT tokenizer's 119,547 rows: where the optimizer update of that table "
+                       "is a large part of the step (on a CPU), its time is overstated",
+    "dbert-base": "the same architecture as distilmbert here (6 x 768, mBERT vocabulary): a difference between the two rows "
+                  "is run-to-run noise of the machine, a measure of how far the other figures can be trusted",
 }
 
 

@@ -28,10 +28,10 @@ echo "== 4. distil a smaller student from it: 2 ranks under the DeepSpeed launch
 OMP_NUM_THREADS=1 run deepspeed --num_gpus 2 --module ds_distil distill --config configs/demo-student.yaml \
   --out "$OUT/student" data.shards="$OUT/shards" teacher.pretrained="$OUT/teacher/student"
 
-echo "== 5. finetune the student on Hatespeech Filipino (3,000 training examples, 1 epoch) and tabulate"
+echo "== 5. finetune the student on Hatespeech Filipino (3,000 training examples, 1 epoch, lr 5e-4) and tabulate"
 rm -rf "$OUT/finetune"
 run ds-distil finetune --model "$OUT/student/student" --task hatespeech --out "$OUT/finetune/hatespeech" \
-  task.data_dir="$DATA/hatespeech" task.max_train_examples=3000 train.epochs=1
+  task.data_dir="$DATA/hatespeech" task.max_train_examples=3000 train.epochs=1 train.lr=0.0005  # a small model: a higher lr
 run ds-distil report --runs "$OUT/finetune" --out "$OUT/report"
 
 echo "demo: done in $(( $(date +%s) - start )) s"
