@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 import typing
 import warnings
+from pathlib import Path
 
 from ds_distil import __version__
 from ds_distil.config import DataConfig, PrepareConfig, from_dict, load_dict, parse_value
@@ -54,10 +54,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more settings, e.g. seq_len=256")
 
 
-def config_from_args(args: argparse.Namespace, cls: type, section: str | None = None):
+def config_from_args(args: argparse.Namespace, cls: type):
     data = load_dict(args.config, args.overrides)
-    if section:
-        data = data.get(section, {})
     for f in dataclasses.fields(cls):
         if f.name in vars(args):
             value = getattr(args, f.name)
