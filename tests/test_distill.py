@@ -195,3 +195,33 @@ def test_an_interrupted_checkpoint_is_never_latest(tmp_path):
         if complete:
             (d / MARKER).write_text("{}")
     assert latest_tag(ckpt) == "step00000020"
+
+
+def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(small_shards, tmp_path):
+    """Preemption: SIGUSR1 -> finish the step, write a complete checkpoint, exit 75; --resume continues exactly."""
+    common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 14, "checkpoint.every_steps": 0,
+                                                                   "log.every_steps": 1})]
+    run([sys.executable, "-m", "ds_distil", "distill", "--out", str(tmp_path / "whole"), *common])
+
+    out = tmp_path / "preempted"
+    proc = subprocess.Popen([sys.executable, "-m", "ds_distil", "distill", "--out", str(out), *common], env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 4):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr[-3000:]
+    tag = latest_tag(out / "checkpoints")
+    assert tag is not None and 4 <= int(tag.removeprefix("step")) < 14, tag
+    assert "received SIGUSR1" in stderr and not (out / "student").exists()
+
+    resumed = run([sys.executable, "-m", "ds_distil", "distill", "--out", str(out), "--resume", *common])
+    assert f"resumed from step {int(tag.removeprefix('step'))}" in resumed.stderr
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "whole" / "student" / "model.safetensors"), load_file(out / "student" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert losses(tmp_path / "whole") == losses(out)  # metrics.jsonl continues without duplicated steps
