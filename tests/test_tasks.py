@@ -73,7 +73,7 @@ def test_nli_builder_is_balanced_deterministic_and_never_repeats_a_pair(data_dir
     assert a == build_nli(articles, seed=3) and a != build_nli(articles, seed=4)
     pairs = [(r["premise"], r["hypothesis"]) for rows in a.values() for r in rows]
     assert len(pairs) == len(set(pairs))
-    for split, rows in a.items():
+    for rows in a.values():
         labels = [r["label"] for r in rows]
         assert labels.count("entailment") == labels.count("contradiction") > 100
     # no premise (article) in two splits

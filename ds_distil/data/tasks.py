@@ -347,14 +347,11 @@ def build_nli(articles: Iterable[str], seed: int = 0, valid_fraction: float = 0.
             entail = rng.choice(docs[i][cut:])
             other = docs[rng.choice(pool)]
             contra = rng.choice(other)
-            for hyp, label in ((entail, "entailment"), (contra, "contradiction")):
-                if (premise, hyp) in seen:
-                    break
-            else:
-                seen.add((premise, entail))
-                seen.add((premise, contra))
-                out[split].append({"premise": premise, "hypothesis": entail, "label": "entailment"})
-                out[split].append({"premise": premise, "hypothesis": contra, "label": "contradiction"})
+            if (premise, entail) in seen or (premise, contra) in seen:
+                continue  # drawn before: skip both, so the set stays balanced
+            seen.update({(premise, entail), (premise, contra)})
+            out[split].append({"premise": premise, "hypothesis": entail, "label": "entailment"})
+            out[split].append({"premise": premise, "hypothesis": contra, "label": "contradiction"})
     return out
 
 

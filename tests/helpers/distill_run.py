@@ -8,7 +8,6 @@ the trained student's parameters and its logits on a fixed input.
 
 import argparse
 import hashlib
-import itertools
 
 import torch
 import torch.distributed as dist
