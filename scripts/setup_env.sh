@@ -25,5 +25,5 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   "${pip[@]}" install "$TORCH_SPEC"
 fi
 echo "setup: installing ds-distil and its pinned dependencies into $VENV"
-"${pip[@]}" install -c "$here/requirements/constraints.txt" -e "$here[dev]"
+"${pip[@]}" install -c "$here/requirements/constraints.txt" -e "${here}[dev]"
 "$VENV/bin/python" -c "import torch, deepspeed, transformers, webdataset; print('setup: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__, '| webdataset', webdataset.__version__)" 2>/dev/null
