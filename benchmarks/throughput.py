@@ -51,19 +51,14 @@ def measure(spec: dict) -> dict:
 
     from ds_distil.config import DataConfig, LossConfig, StudentConfig, TeacherConfig
     from ds_distil.data.stream import mask_tokens
-    from ds_distil.engine import initialize, place_teacher, teacher_dtype
+    from ds_distil.engine import init_distributed, initialize, place_teacher, teacher_dtype
     from ds_distil.flops import Arch, distill_step_flops, peak_flops
     from ds_distil.losses import distillation_losses, kl_sum
     from ds_distil.models import MaskedLM, build_student, build_teacher, masked_lm_forward
 
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]))
-    import deepspeed
-
-    cuda = torch.cuda.is_available()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    os.environ.setdefault("MASTER_PORT", str(spec["port"]))
+    d = init_distributed()
+    cuda, device = d.device.type == "cuda", d.device
     ours = spec["method"] == "ours"
     torch.manual_seed(0)
     teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0)

@@ -150,11 +150,11 @@ def _chain_first(first, rest):
     yield from rest
 
 
-def iter_documents(cfg: PrepareConfig, stats: Counter) -> Iterator[str]:
+def iter_documents(cfg: PrepareConfig, files: list[Path], stats: Counter) -> Iterator[str]:
     if cfg.hf_dataset:
         yield from _hf_documents(cfg, stats)
         return
-    for path in _input_files(cfg.input):
+    for path in files:
         yield from _read_lines(path, cfg, stats)
 
 
@@ -399,8 +399,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise UserError("nothing to prepare: pass --input FILE... or --hf-dataset NAME")
     if cfg.input and cfg.hf_dataset:
         raise UserError("pass either --input or --hf-dataset, not both")
-    if cfg.input:
-        _input_files(cfg.input)  # fail on a missing input before touching the output directory
+    files = _input_files(cfg.input) if cfg.input else []  # fail on a missing input before touching the output
     tokenizer = load_tokenizer(cfg.tokenizer)
     info = tokenizer_info(tokenizer, cfg.tokenizer)
     out = Path(cfg.out)
@@ -410,11 +409,12 @@ def prepare(cfg: PrepareConfig) -> dict:
     stats: Counter = Counter()
     writers = {s: ShardWriter(staging, s, cfg.samples_per_shard, info["pad_id"]) for s in ("train", "val")}
     packers = {s: Packer(cfg.seq_len, info["cls_id"], info["sep_id"], info["pad_id"]) for s in ("train", "val")}
-    total_bytes = sum(p.stat().st_size for p in _input_files(cfg.input)) if cfg.input else None
+    sizes = {p: p.stat().st_size for p in files}
+    total_bytes = sum(sizes.values()) if files else None
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=None, dynamic_ncols=True)
     log.info("prepare: tokenizer %s (vocab %d), seq_len %d, %d tokenizer processes", cfg.tokenizer, info["vocab_size"], cfg.seq_len, workers)
 
-    docs = select_documents(iter_documents(cfg, stats), cfg, stats)
+    docs = select_documents(iter_documents(cfg, files, stats), cfg, stats)
     docs = shuffle_buffer(docs, cfg.doc_shuffle_buffer, cfg.seed)
     for splits, encoded in tokenize_chunks(docs, tokenizer, workers):
         by_split: dict[str, list[np.ndarray]] = {"train": [], "val": []}
@@ -456,7 +456,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         "documents": dict(sorted((k, v) for k, v in stats.items() if k != "bytes_read")),
         "source": {"hf_dataset": cfg.hf_dataset, "hf_config": cfg.hf_config, "hf_split": cfg.hf_split}
         if cfg.hf_dataset
-        else {"files": [{"path": str(p), "bytes": p.stat().st_size} for p in _input_files(cfg.input)]},
+        else {"files": [{"path": str(p), "bytes": n} for p, n in sizes.items()]},
         "splits": {
             s: {
                 "samples": sum(x["samples"] for x in w.shards),
