@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -188,7 +189,7 @@ def main() -> None:
               "config": {"models": models, "tasks": tasks, "batch": batch, "max_length": max_length, "steps": steps, "warmup": warmup},
               "rows": rows, "speedups": speedups}
     md = render(result)
-    paths = write_report(f"finetune_speed-{mode}", result, md, RESULTS)
+    paths = write_report(f"finetune_speed-{mode}", result, md, Path(args.out))
     png = paths[0].with_suffix(".png")
     plot(result, png)
     print(md)

@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--corpus", default=str(DATA / "corpus" / "tl_corpus_combined.txt"))
     p.add_argument("--tokenizer", default=str(DATA / "mbert_tokenizer"))
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out-dir", default=None)
+    p.add_argument("--out", "--out-dir", dest="out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
     args = p.parse_args()
 
     from ds_distil.config import PrepareConfig
@@ -81,7 +81,7 @@ def main() -> None:
     for r in rows:
         md += f"| {r['method']} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f}x |\n"
     md += f"\nShards written: {len(shards)}: " + ", ".join(f"{s['name']} {s['samples']} samples {s['bytes'] / 2**20:.1f} MiB" for _, s in shards) + "\n"
-    paths = write_report("prepare_speed", result, md, Path(args.out_dir) if args.out_dir else RESULTS)
+    paths = write_report("prepare_speed", result, md, Path(args.out))
     print(md)
     print("wrote", *paths)
 

@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
     args = p.parse_args()
 
     rows = []
@@ -88,7 +89,7 @@ def main() -> None:
         pr, ep = r["prepare"], r["stream_epoch"]
         md += (f"| {r['input']} | {r['input_mib']:.1f} | {ep['samples']:,} | {pr['seconds']:.1f} | {pr['main_peak_rss_mib']:.0f} / {pr['worker_peak_rss_mib']:.0f} "
                f"| {ep['seconds']:.1f} | {ep['samples'] / ep['seconds']:,.0f} | {ep['main_peak_rss_mib']:.0f} / {ep['worker_peak_rss_mib']:.0f} |\n")
-    paths = write_report("stream_memory", result, md, RESULTS)
+    paths = write_report("stream_memory", result, md, Path(args.out))
     print(md)
     print("wrote", *paths)
 

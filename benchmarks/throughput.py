@@ -210,6 +210,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--inputs", type=int, default=3)
     p.add_argument("--precision", default=None, help="student precision: fp16 (GPU default), bf16, fp32 (CPU default)")
+    p.add_argument("--out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -239,7 +240,7 @@ def main() -> None:
               "config": {"students": args.students.split(","), "seq_lens": seq_lens, "batches": batches, "steps": steps,
                          "warmup": warmup, "inputs": args.inputs, "precision": precision}, "rows": rows}
     md = render(result)
-    paths = write_report(f"throughput-{mode}", result, md, RESULTS)
+    paths = write_report(f"throughput-{mode}", result, md, Path(args.out))
     plot(result, paths[0].with_suffix(".png"))
     print(md)
     print("wrote", *paths, paths[0].with_suffix(".png"))

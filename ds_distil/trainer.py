@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from ds_distil.config import DistillConfig, save, to_dict
 from ds_distil.data import MLMStream, load_manifest
 from ds_distil.data.stream import IGNORE_INDEX
 from ds_distil.env_info import device_info, versions
-from ds_distil.errors import UserError
+from ds_distil.errors import EXIT_PREEMPTED, UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
 from ds_distil.losses import distillation_losses
 from ds_distil.metrics import DeviceStats, Metrics
@@ -33,7 +34,6 @@ from ds_distil.models import MaskedLM, build_student, build_teacher, count_param
 
 log = logging.getLogger(__name__)
 
-EXIT_PREEMPTED = 75  # a signal asked us to stop; a checkpoint was written: requeue and --resume
 STATS = ("total", "kl", "mlm", "hidden", "tokens", "samples", "masked", "nonfinite", "stop")
 RESUMABLE_SECTIONS = ("teacher", "student", "loss", "train")
 
@@ -144,7 +144,7 @@ class Trainer:
                     self._log(metrics, acc / max(micro_in_window, 1), acc, elapsed, flops)
                     acc.zero_()
                     flops, t0, micro_in_window = 0.0, time.perf_counter(), 0
-                stop = stats[STATS.index("stop")] > 0
+                stop = stats[STATS.index("stop")] > 0 and st.step < self.num_steps  # at the end: just finish
                 every = cfg.checkpoint.every_steps
                 if stop or st.step == self.num_steps or (every and st.step % every == 0):
                     self.save()
@@ -195,8 +195,18 @@ class Trainer:
         return checkpoint.save(self.engine, self.run_dir, self.state.step, trainer_state, self.cfg.checkpoint.keep)
 
     def _install_signal_handlers(self) -> None:
+        main_pid = os.getpid()
+
         def request_stop(signum, _frame):
-            log.warning("received %s: will checkpoint after the current step and stop", signal.Signals(signum).name)
+            # Only a flag: the step and any checkpoint being written go on undisturbed, however many
+            # signals arrive (a SIGKILL mid-write leaves the previous checkpoint as `latest`).
+            if os.getpid() != main_pid:
+                return  # a data-loader worker (forked with this handler; SLURM signals the whole task): the main process decides
+            name = signal.Signals(signum).name
+            if self.stop_requested:
+                log.warning("received %s again: already stopping; the checkpoint is written whole first", name)
+            else:
+                log.warning("received %s: will checkpoint after the current step and stop", name)
             self.stop_requested = True
 
         for sig in (signal.SIGUSR1, signal.SIGTERM):
