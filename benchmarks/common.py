@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from ds_distil.env_info import device_info, versions  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def command_line(module: str) -> str:
+    """The command that reproduces this run: `python -m MODULE` with the arguments it was given, less --out."""
+    given, args, i = sys.argv[1:], [], 0
+    while i < len(given):
+        if given[i] == "--out":
+            i += 2
+            continue
+        if not given[i].startswith("--out="):
+            args.append(shlex.quote(given[i]))
+        i += 1
+    return " ".join(["python -m", module, *args])
 
 
 def write_report(what: str, result: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:

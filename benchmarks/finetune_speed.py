@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, device_info, header, versions, write_report
+from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta")
@@ -185,7 +185,7 @@ def main() -> None:
         speedups[m] = per
     mode = "full" if args.full else "quick"
     result = {"what": "finetune_speed", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
-              "versions": versions(), "command": "python -m benchmarks.finetune_speed" + (" --full" if args.full else ""),
+              "versions": versions(), "command": command_line("benchmarks.finetune_speed"),
               "config": {"models": models, "tasks": tasks, "batch": batch, "max_length": max_length, "steps": steps, "warmup": warmup},
               "rows": rows, "speedups": speedups}
     md = render(result)

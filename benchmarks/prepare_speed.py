@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, device_info, header, versions, write_report
+from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -74,7 +74,7 @@ def main() -> None:
         "shards": [{"split": split, "name": s["name"], "samples": s["samples"], "bytes": s["bytes"]} for split, s in shards],
     }
     base = rows[0]["tokens_per_s"]
-    md = header("Preparation throughput", result, "python -m benchmarks.prepare_speed")
+    md = header("Preparation throughput", result, command_line("benchmarks.prepare_speed"))
     md += (f"Corpus: {result['config']['corpus_bytes'] / 2**20:.1f} MiB, {len(docs):,} documents, {n_tokens:,} tokens "
            f"(mBERT WordPiece); seq_len {manifest['seq_len']}. Median of {args.repeats} runs; wall-clock, process start excluded.\n\n")
     md += "| method | seconds | tokens/s | vs encode_batch |\n|---|---:|---:|---:|\n"

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import RESULTS, device_info, header, versions, write_report
+from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -80,7 +80,7 @@ def main() -> None:
             print(label, json.dumps(rows[-1]))
     result = {"what": "stream_memory", "date": datetime.date.today().isoformat(), "device": device_info(), "versions": versions(),
               "config": vars(args), "rows": rows}
-    md = header("Host memory of preparing and streaming: corpus once vs repeated", result, "python -m benchmarks.stream_memory")
+    md = header("Host memory of preparing and streaming: corpus once vs repeated", result, command_line("benchmarks.stream_memory"))
     md += (f"One full epoch per row, micro batch {args.batch_size}, {args.workers} DataLoader workers, default shuffle buffer; "
            "peak RSS in MiB (main process; largest worker).\n\n")
     md += "| input | MiB | train samples | prepare s | prepare peak RSS main / worker | epoch s | samples/s | stream peak RSS main / worker |\n"

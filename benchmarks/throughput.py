@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, device_info, header, versions, write_report
+from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
 
 VOCAB = 119547
 
@@ -236,7 +236,7 @@ def main() -> None:
               f"peak {r['peak_memory_gib']:.2f} GiB" if "error" not in r else f"failed: {r['error']}"), flush=True)
     mode = "full" if args.full else "quick"
     result = {"what": "throughput", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
-              "versions": versions(), "command": "python -m benchmarks.throughput" + (" --full" if args.full else ""),
+              "versions": versions(), "command": command_line("benchmarks.throughput"),
               "config": {"students": args.students.split(","), "seq_lens": seq_lens, "batches": batches, "steps": steps,
                          "warmup": warmup, "inputs": args.inputs, "precision": precision}, "rows": rows}
     md = render(result)

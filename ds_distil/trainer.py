@@ -322,4 +322,9 @@ def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> in
             path = checkpoint.export_student(trainer.run_dir)
             log.info("student exported to %s (AutoModelForMaskedLM.from_pretrained loads it)", path)
         dist.barrier()
+    # The work is saved; from here the process only exits. Python restores the default action of
+    # handled signals while it shuts down, so one more SIGTERM would turn exit 75/0 into "killed":
+    # ignore them (an ignored signal stays ignored through shutdown).
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     return status

@@ -28,10 +28,16 @@ require_writable_dir() {  # require_writable_dir DIR VARIABLE
 # ("2(x3),1" = 2,2,2,1); MASTER_ADDR/MASTER_PORT for torch.distributed's rendezvous.
 expand_nodes() {
   local list
-  if ! { list=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null) && [ -n "$list" ]; }; then
-    fail "cannot expand the nodelist '${SLURM_JOB_NODELIST:-}' with \`scontrol show hostnames\`; is this running inside a SLURM allocation?"
+  # scontrol prints "Invalid hostlist: ..." and exits 0 on some bad lists, and turns others ("n[1-")
+  # into nonsense ("n]"): every line must be a host name, one per allocated node.
+  if ! list=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>&1) || [ -z "$list" ] \
+    || grep -qvE '^[A-Za-z0-9][A-Za-z0-9._-]*$' <<<"$list"; then
+    fail "cannot expand the nodelist '${SLURM_JOB_NODELIST:-}' into host names (\`scontrol show hostnames\` says: $(head -c 200 <<<"$list" | tr '\n' ' ')); is this running inside a SLURM allocation?"
   fi
   mapfile -t HOSTS <<<"$list"
+  if [ -n "${SLURM_JOB_NUM_NODES:-}" ] && [ "${#HOSTS[@]}" -ne "$SLURM_JOB_NUM_NODES" ]; then
+    fail "the nodelist '$SLURM_JOB_NODELIST' expands to ${#HOSTS[@]} host(s) but SLURM_JOB_NUM_NODES=$SLURM_JOB_NUM_NODES"
+  fi
   TASKS_PER_HOST=()
   local part count times i parts
   IFS=, read -ra parts <<<"${SLURM_TASKS_PER_NODE:-1}"
@@ -43,8 +49,9 @@ expand_nodes() {
   done
   [ "${#TASKS_PER_HOST[@]}" -eq "${#HOSTS[@]}" ] \
     || fail "SLURM_TASKS_PER_NODE='${SLURM_TASKS_PER_NODE:-}' does not match the ${#HOSTS[@]} node(s) of '$SLURM_JOB_NODELIST'"
-  export MASTER_ADDR=${MASTER_ADDR:-${HOSTS[0]}}
-  export MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
+  # from the allocation, never from the submitting shell (sbatch exports its environment)
+  export MASTER_ADDR=${HOSTS[0]}
+  export MASTER_PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))
 }
 
 write_hostfile() {  # write_hostfile FILE: DeepSpeed's format, "host slots=N", for the deepspeed launcher

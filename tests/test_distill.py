@@ -198,9 +198,11 @@ def test_an_interrupted_checkpoint_is_never_latest(tmp_path):
 
 
 def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(small_shards, tmp_path):
-    """Preemption: SIGUSR1 -> finish the step, write a complete checkpoint, exit 75; --resume continues exactly."""
-    common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 14, "checkpoint.every_steps": 0,
-                                                                   "log.every_steps": 1})]
+    """Preemption: SIGUSR1 -> finish the step, write a complete checkpoint, exit 75; --resume continues exactly.
+    More signals (USR1 and TERM, every 5 ms until the process exits, so also while the checkpoint is
+    being written) change nothing: one checkpoint, whole, and the one before it untouched."""
+    common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 14, "checkpoint.every_steps": 3,
+                                                                   "checkpoint.keep": 5, "log.every_steps": 1})]
     run([sys.executable, "-m", "ds_distil", "distill", "--out", str(tmp_path / "whole"), *common])
 
     out = tmp_path / "preempted"
@@ -210,12 +212,24 @@ def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(s
     while not ((out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 4):
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
         time.sleep(0.02)
+    before = {d.name: {f.name: f.read_bytes() for f in d.rglob("*") if f.is_file()}
+              for d in (out / "checkpoints").glob("step*") if (d / MARKER).exists()}
     proc.send_signal(signal.SIGUSR1)
+    sent, deadline = 1, time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM if sent % 2 else signal.SIGUSR1)
+        sent += 1
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 75, stderr[-3000:]
     tag = latest_tag(out / "checkpoints")
     assert tag is not None and 4 <= int(tag.removeprefix("step")) < 14, tag
-    assert "received SIGUSR1" in stderr and not (out / "student").exists()
+    assert sent > 20 and stderr.count("will checkpoint after the current step and stop") == 1, (sent, stderr[-3000:])
+    assert "again: already stopping" in stderr and not (out / "student").exists()
+    assert before, "no earlier checkpoint to protect"
+    for name, files in before.items():  # earlier checkpoints: byte for byte as they were
+        assert (out / "checkpoints" / name / MARKER).exists()
+        assert {f.name: f.read_bytes() for f in (out / "checkpoints" / name).rglob("*") if f.is_file()} == files, name
 
     resumed = run([sys.executable, "-m", "ds_distil", "distill", "--out", str(out), "--resume", *common])
     assert f"resumed from step {int(tag.removeprefix('step'))}" in resumed.stderr

@@ -1,12 +1,15 @@
-"""slurm/distill.sbatch against a real single-node SLURM started by tests/slurm/cluster.sh.
+"""slurm/*.sbatch against a real single-node SLURM started by tests/slurm/cluster.sh.
 
-Skips where the SLURM packages are not installed (`.ci/run` installs them)."""
+Skips where the SLURM packages are not installed (`.ci/run` installs them, and makes that skip a
+failure)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,13 +19,14 @@ import torch
 from conftest import ROOT
 
 HAVE_SLURM = shutil.which("slurmctld") is not None and shutil.which("munged") is not None
+SCRIPTS = [*sorted((ROOT / "slurm").glob("*")), *sorted((ROOT / "tests" / "slurm").glob("*.sh")), *sorted((ROOT / "scripts").glob("*.sh")),
+           ROOT / ".ci" / "run"]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def slurm_installed():
-    if not HAVE_SLURM:
-        msg = "SLURM not installed (apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge)"
+def require(tool: str, install: str):
+    if shutil.which(tool) is None:
+        msg = f"{tool} not installed ({install})"
         if os.environ.get("DS_DISTIL_REQUIRE_SLURM") == "1":
             pytest.fail(msg + "; DS_DISTIL_REQUIRE_SLURM=1 makes this a failure")
         pytest.skip(msg)
@@ -30,22 +34,27 @@ def slurm_installed():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    for tool in ("slurmctld", "slurmd", "munged", "sbatch"):
+        require(tool, "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge")
     d = tmp_path_factory.mktemp("slurm")
     proc = subprocess.run(["bash", str(ROOT / "tests" / "slurm" / "cluster.sh"), "start", str(d)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    env = {**os.environ, "SLURM_CONF": str(d / "slurm.conf")}
+    env = {**os.environ, "SLURM_CONF": str(d / "slurm.conf"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     yield env
     subprocess.run(["bash", str(ROOT / "tests" / "slurm" / "cluster.sh"), "stop", str(d)], timeout=60)
 
 
-def submit(env, run_dir: Path, shards: Path, log: Path, steps: int) -> str:
-    job_env = {**env, "CONFIG": str(ROOT / "configs" / "smoke.yaml"), "RUN_DIR": str(run_dir),
-               "PYTHON": str(Path(os.sys.executable)), "EXTRA": f"data.shards={shards} data.verify_checksums=false "
-               f"train.max_steps={steps} checkpoint.every_steps=0 log.every_steps=1 data.num_workers=1"}
-    out = subprocess.run(["sbatch", "--parsable", "--ntasks=2", f"--output={log}", str(ROOT / "slurm" / "distill.sbatch")],
-                         capture_output=True, text=True, env=job_env, cwd=ROOT, timeout=60)
+def sbatch(env: dict, script: str, log: Path, ntasks: int = 1, **variables) -> str:
+    out = subprocess.run(["sbatch", "--parsable", f"--ntasks={ntasks}", f"--output={log}", str(ROOT / "slurm" / script)],
+                         capture_output=True, text=True, env={**env, **variables}, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
+
+
+def submit_distill(env, run_dir: Path, shards: Path, log: Path, steps: int) -> str:
+    extra = (f"data.shards={shards} data.verify_checksums=false train.max_steps={steps} checkpoint.every_steps=10 "
+             "log.every_steps=1 data.num_workers=1")
+    return sbatch(env, "distill.sbatch", log, ntasks=2, CONFIG=str(ROOT / "configs" / "smoke.yaml"), RUN_DIR=str(run_dir), EXTRA=extra)
 
 
 def job_field(env, job: str, field: str) -> str:
@@ -57,45 +66,140 @@ def wait_done(env, job: str, timeout: float = 400) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = job_field(env, job, "JobState")
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             return state
         time.sleep(1)
     raise AssertionError(f"job {job} did not finish in {timeout} s")
 
 
-def test_preempted_job_checkpoints_requeues_and_ends_like_an_uninterrupted_one(cluster, small_shards, tmp_path):
+def wait_for(predicate, env, job: str, log: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        state = job_field(env, job, "JobState")
+        assert time.time() < deadline and state in ("PENDING", "RUNNING"), f"{state}: " + (log.read_text()[-3000:] if log.exists() else "")
+        time.sleep(0.1)
+
+
+def signal_batch(env, job: str, sig: str = "USR1") -> None:
+    subprocess.run(["scancel", f"--signal={sig}", "--batch", job], check=True, env=env)
+
+
+def test_preempted_distill_job_checkpoints_requeues_and_ends_like_an_uninterrupted_one(cluster, small_shards, tmp_path):
+    """Two signals (the second while the ranks are already stopping) -> one checkpoint, one requeue,
+    the same final student as a job never signalled; a normal end is not requeued."""
     from safetensors.torch import load_file
 
-    whole = submit(cluster, tmp_path / "whole", small_shards, tmp_path / "whole.log", steps=40)
+    whole = submit_distill(cluster, tmp_path / "whole", small_shards, tmp_path / "whole.log", steps=40)
+    run_dir, log = tmp_path / "preempted", tmp_path / "preempted.log"
+    job = submit_distill(cluster, run_dir, small_shards, log, steps=40)
     assert wait_done(cluster, whole) == "COMPLETED", (tmp_path / "whole.log").read_text()[-3000:]
-    assert job_field(cluster, whole, "Restarts") == "0"
+    assert job_field(cluster, whole, "Restarts") == "0" and "requeueing" not in (tmp_path / "whole.log").read_text()
     assert (tmp_path / "whole" / "student" / "model.safetensors").exists()
 
-    run_dir, log = tmp_path / "preempted", tmp_path / "preempted.log"
-    job = submit(cluster, run_dir, small_shards, log, steps=40)
-    deadline = time.time() + 300
-    while not ((run_dir / "metrics.jsonl").exists() and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 5):
-        assert time.time() < deadline and job_field(cluster, job, "JobState") in ("PENDING", "RUNNING"), log.read_text()[-3000:]
-        time.sleep(0.2)
-    signalled = time.time()
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, env=cluster)
+    metrics = run_dir / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 12, cluster, job, log)
+    signal_batch(cluster, job)
+    time.sleep(0.3)
+    signal_batch(cluster, job)
     assert wait_done(cluster, job, timeout=600) == "COMPLETED", log.read_text()[-3000:]
     text = log.read_text()
     assert job_field(cluster, job, "Restarts") == "1"
-    assert "got USR1" in text and "ranks exited with status 75" in text and "requeueing" in text
-    assert "(restart 1)" in text and "resumed from step" in text
-    assert time.time() - signalled < 600
+    assert "got USR1: asking the ranks to stop" in text and "got USR1 again" in text
+    for rank in (0, 1):  # once per rank: data-loader workers, signalled too, stay quiet
+        assert text.count(f"[rank {rank}] WARNING ds_distil.trainer: received SIGUSR1: will checkpoint") == 1, text[-3000:]
+    assert "ranks exited with status 75" in text and "requeueing" in text
+    stopped_at = int(text.split("stop requested by signal: checkpoint step")[1][:8])
+    assert 12 <= stopped_at < 40
+    assert "(restart 1)" in text and f"resumed from step {stopped_at}" in text and "done: student in" in text
     a, b = load_file(tmp_path / "whole" / "student" / "model.safetensors"), load_file(run_dir / "student" / "model.safetensors")
+    assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_bad_config_fails_in_the_log_without_a_requeue_loop(cluster, tmp_path):
-    log = tmp_path / "bad.log"
-    env = {**cluster, "CONFIG": str(tmp_path / "missing.yaml"), "RUN_DIR": str(tmp_path / "r")}
-    out = subprocess.run(["sbatch", "--parsable", "--ntasks=1", f"--output={log}", str(ROOT / "slurm" / "distill.sbatch")],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
-    job = out.stdout.strip().split(";")[0]
-    assert wait_done(cluster, job, timeout=120) == "FAILED"
-    assert job_field(cluster, job, "Restarts") == "0"
-    assert "error: config" in log.read_text() and "does not exist" in log.read_text()
+def test_preempted_finetune_job_keeps_finished_runs_and_redoes_the_stopped_one(cluster, tmp_path):
+    run_dir, log = tmp_path / "ft", tmp_path / "ft.log"
+    job = sbatch(cluster, "finetune.sbatch", log, ntasks=2, MODEL="micro", TASKS="hatespeech pos", RUN_DIR=str(run_dir),
+                 EXTRA="task.max_train_examples=2000 train.lr=0.001 train.epochs=1 task.max_length=64")
+    first = run_dir / "hatespeech" / "seed42" / "results.json"
+    wait_for(lambda: first.exists() and log.exists() and "finetune micro on pos" in log.read_text(), cluster, job, log)
+    finished = first.read_text()
+    signal_batch(cluster, job)  # pos is training (1,405 sentences, ~4 s)
+    assert wait_done(cluster, job) == "COMPLETED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert job_field(cluster, job, "Restarts") == "1", text[-3000:]
+    assert "received SIGUSR1: finetune stops now without results" in text
+    assert "pos seed 42: ranks exited with status 75" in text and "requeueing" in text
+    assert "(restart 1): hatespeech seed 42: done earlier" in text and "(restart 1): pos seed 42: start" in text
+    assert first.read_text() == finished  # not redone
+    pos = json.loads((run_dir / "pos" / "seed42" / "results.json").read_text())
+    assert pos["task"] == "pos" and pos["world_size"] == 2 and 0 <= pos["score"] <= 1
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "hatespeech" in report and "pos" in report
+
+
+def test_bench_job_writes_reports_and_the_results_page(cluster, tmp_path):
+    log, results = tmp_path / "bench.log", tmp_path / "results"
+    job = sbatch(cluster, "bench.sbatch", log, BENCHES="finetune_speed", RUN_DIR=str(tmp_path / "b"), RESULTS_DIR=str(results),
+                 BENCH_ARGS="--models micro --tasks hatespeech --steps 1 --warmup 1")
+    assert wait_done(cluster, job, timeout=300) == "COMPLETED", log.read_text()[-3000:]
+    (report,) = results.glob("finetune_speed-quick_*.json")
+    data = json.loads(report.read_text())
+    assert [r["model"] for r in data["rows"]] == ["micro"] and data["rows"][0]["step_s"] > 0
+    assert data["command"] == "python -m benchmarks.finetune_speed --models micro --tasks hatespeech --steps 1 --warmup 1"
+    assert report.stem in (results / "README.md").read_text()
+
+
+BAD = {  # name: (script, variables, message in the job log)
+    "missing config": ("distill.sbatch", {"CONFIG": "nowhere/run.yaml"}, "error: config nowhere/run.yaml does not exist"),
+    "run dir not writable": ("distill.sbatch", {"RUN_DIR": "/proc/ds-distil-run"}, "error: run directory /proc/ds-distil-run is not writable"),
+    "more GPUs than the node has": ("distill.sbatch", {"GPUS_PER_NODE": "2"}, "error: asked for 2 GPU(s) per node but torch sees 0"),
+    "GPU device without a GPU": ("finetune.sbatch", {"DEVICE": "gpu"}, "error: DEVICE=gpu but torch sees no GPU"),
+    "unknown benchmark": ("bench.sbatch", {"BENCHES": "nope"}, "error: no benchmark benchmarks/nope.py"),
+}
+
+
+def test_bad_input_fails_in_the_job_log_without_a_requeue_loop(cluster, tmp_path):
+    jobs = {}
+    for name, (script, variables, _) in BAD.items():
+        base = {"CONFIG": str(ROOT / "configs" / "smoke.yaml"), "RUN_DIR": str(tmp_path / name.replace(" ", "-")),
+                "RESULTS_DIR": str(tmp_path / "results")}
+        jobs[name] = sbatch(cluster, script, tmp_path / f"{name}.log", **{**base, **variables})
+    for name, job in jobs.items():
+        state = wait_done(cluster, job, timeout=180)
+        text = (tmp_path / f"{name}.log").read_text()
+        assert state == "FAILED", (name, text)
+        assert job_field(cluster, job, "ExitCode") == "2:0" and job_field(cluster, job, "Restarts") == "0", (name, text)
+        assert BAD[name][2] in text and len(text.strip().splitlines()) == 1, (name, text)  # one line, nothing started
+
+
+def lib(env, script: str, **variables) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f"source slurm/lib.sh; {script}"], capture_output=True, text=True, cwd=ROOT,
+                          env={**env, **variables}, timeout=60)
+
+
+@pytest.mark.parametrize("nodelist", ["node[1-", "node[3-1]", ""])
+def test_a_nodelist_that_cannot_be_expanded_is_refused(cluster, nodelist):
+    proc = lib(cluster, "expand_nodes", SLURM_JOB_NODELIST=nodelist, SLURM_TASKS_PER_NODE="1")
+    assert proc.returncode == 2 and f"error: cannot expand the nodelist '{nodelist}'" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_hostfile_has_each_node_with_its_slots_and_the_first_node_is_master(cluster, tmp_path):
+    variables = {"SLURM_JOB_NODELIST": "gpu[07-09],login2", "SLURM_TASKS_PER_NODE": "8(x3),2", "SLURM_JOB_NUM_NODES": "4",
+                 "SLURM_JOB_ID": "1234"}
+    proc = lib(cluster, f"expand_nodes; write_hostfile {tmp_path}/hostfile; echo $MASTER_ADDR:$MASTER_PORT", **variables)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "hostfile").read_text().splitlines() == ["gpu07 slots=8", "gpu08 slots=8", "gpu09 slots=8", "login2 slots=2"]
+    assert proc.stdout.strip() == "gpu07:21234"
+    proc = lib(cluster, "expand_nodes", **{**variables, "SLURM_TASKS_PER_NODE": "8(x2)"})
+    assert proc.returncode == 2 and "does not match the 4 node(s)" in proc.stdout
+
+
+def test_scripts_are_bash_n_and_shellcheck_clean():
+    assert len(SCRIPTS) >= 6
+    for script in SCRIPTS:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, (script, proc.stderr)
+    require("shellcheck", "apt-get install -y shellcheck")
+    proc = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout
