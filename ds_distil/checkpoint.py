@@ -139,7 +139,8 @@ def load(engine, run_dir: Path) -> dict | None:
     if marker["world_size"] != dist.get_world_size():
         raise UserError(
             f"{ckpt_dir / tag} was written by {marker['world_size']} ranks, this run has {dist.get_world_size()}; "
-            "resume with the same number of ranks (ZeRO partitions optimizer state per rank)"
+            "resume with the same number of ranks (ZeRO partitions optimizer state per rank), or to change size, "
+            f"`ds-distil export --run {run_dir}` and start a new run with student.pretrained={run_dir}/student"
         )
     path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
