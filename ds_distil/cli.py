@@ -116,26 +116,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return run_distill(cfg, args.out, resume=args.resume)
 
 
-def _stop_on_signal(what: str, why: str) -> None:
-    """SIGUSR1/SIGTERM (SLURM's warning before a time limit or preemption) end the command at once with
-    exit status 75, which slurm/*.sbatch read as "requeue me"."""
-    import signal
-
-    from ds_distil.errors import EXIT_PREEMPTED
-
-    main_pid = os.getpid()
-
-    def stop(signum, _frame):
-        if os.getpid() != main_pid:
-            return  # a forked data-loader worker: the main process stops
-        log.warning("received %s: %s stops now without results (%s); exit %d", signal.Signals(signum).name, what, why,
-                    EXIT_PREEMPTED)
-        raise SystemExit(EXIT_PREEMPTED)
-
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, stop)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer)."""
     from ds_distil.checkpoint import export_student
@@ -149,10 +129,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json."""
     from ds_distil.config import load
     from ds_distil.finetune import FinetuneConfig, run_finetune
+    from ds_distil.signals import exit_on_stop_signal, ignore_stop_signals
 
     cfg = load(FinetuneConfig, args.config, args.overrides)
-    _stop_on_signal("finetune", "it has no checkpoints: the same command redoes it")
+    exit_on_stop_signal("finetune")
     res = run_finetune(args.model, args.task, args.out, cfg)
+    ignore_stop_signals()  # results.json is written: a late signal must not turn this run into a "stopped" one
     if res["score"] is not None:
         print(f"{res['model']} | {res['task']} | test {res['metric']} {res['score']:.4f} | valid {res['valid_score']:.4f} | "
               f"train {res['train_runtime_s']:.1f} s | {args.out}/results.json")

@@ -1,7 +1,5 @@
 """The one exception type users see: a one-line message that says what is wrong, where, and what to do."""
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a signal asked us to stop; run the same command again (slurm/*.sbatch requeue)
-
 
 class UserError(Exception):
     """Bad input or configuration. The CLI prints the message on one line and exits non-zero."""

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,11 +24,12 @@ from ds_distil.config import DistillConfig, save, to_dict
 from ds_distil.data import MLMStream, load_manifest
 from ds_distil.data.stream import IGNORE_INDEX
 from ds_distil.env_info import device_info, versions
-from ds_distil.errors import EXIT_PREEMPTED, UserError
+from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
 from ds_distil.losses import distillation_losses
 from ds_distil.metrics import DeviceStats, Metrics
 from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters, masked_lm_forward
+from ds_distil.signals import EXIT_PREEMPTED, ignore_stop_signals, on_stop_signal, signal_name
 
 log = logging.getLogger(__name__)
 
@@ -195,22 +194,16 @@ class Trainer:
         return checkpoint.save(self.engine, self.run_dir, self.state.step, trainer_state, self.cfg.checkpoint.keep)
 
     def _install_signal_handlers(self) -> None:
-        main_pid = os.getpid()
-
-        def request_stop(signum, _frame):
+        def request_stop(signum: int):
             # Only a flag: the step and any checkpoint being written go on undisturbed, however many
             # signals arrive (a SIGKILL mid-write leaves the previous checkpoint as `latest`).
-            if os.getpid() != main_pid:
-                return  # a data-loader worker (forked with this handler; SLURM signals the whole task): the main process decides
-            name = signal.Signals(signum).name
-            if self.stop_requested:
-                log.warning("received %s again: already stopping; the checkpoint is written whole first", name)
+            again, self.stop_requested = self.stop_requested, True  # first: a nested call must see it
+            if again:
+                log.warning("received %s again: already stopping; the checkpoint is written whole first", signal_name(signum))
             else:
-                log.warning("received %s: will checkpoint after the current step and stop", name)
-            self.stop_requested = True
+                log.warning("received %s: will checkpoint after the current step and stop", signal_name(signum))
 
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, request_stop)
+        on_stop_signal(request_stop)
 
 
 # ------------------------------------------------------------------------------------- set-up
@@ -322,9 +315,6 @@ def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> in
             path = checkpoint.export_student(trainer.run_dir)
             log.info("student exported to %s (AutoModelForMaskedLM.from_pretrained loads it)", path)
         dist.barrier()
-    # The work is saved; from here the process only exits. Python restores the default action of
-    # handled signals while it shuts down, so one more SIGTERM would turn exit 75/0 into "killed":
-    # ignore them (an ignored signal stays ignored through shutdown).
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()  # the work is saved; from here the process only exits
     return status
+
