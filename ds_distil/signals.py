@@ -40,6 +40,7 @@ def exit_on_stop_signal(what: str) -> None:
     """For commands without checkpoints: stop at once with EXIT_PREEMPTED."""
 
     def stop(signum: int):
+        ignore_stop_signals()  # exit 75, not "killed" by the next signal (srun TERMs the other ranks when one exits)
         log.warning("received %s: %s stops now without results (it has no checkpoints: the same command redoes it); exit %d",
                     signal_name(signum), what, EXIT_PREEMPTED)
         raise SystemExit(EXIT_PREEMPTED)

@@ -129,7 +129,9 @@ def test_preempted_finetune_job_keeps_finished_runs_and_redoes_the_stopped_one(c
     text = log.read_text()
     assert job_field(cluster, job, "Restarts") == "1", text[-3000:]
     assert "received SIGUSR1: finetune stops now without results" in text
-    assert "pos seed 42: ranks exited with status 75" in text and "requeueing" in text
+    # 75 from every rank, or SLURM's status for a rank it ended once another exited: requeued either way
+    status = int(text.split("pos seed 42: ranks exited with status ")[1].split()[0])
+    assert status != 0 and "requeueing" in text
     assert "(restart 1): hatespeech seed 42: done earlier" in text and "(restart 1): pos seed 42: start" in text
     assert first.read_text() == finished  # not redone
     pos = json.loads((run_dir / "pos" / "seed42" / "results.json").read_text())
