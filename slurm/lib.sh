@@ -20,7 +20,7 @@ require_config() {  # require_config PATH: a run config that exists
 
 require_writable_dir() {  # require_writable_dir DIR VARIABLE
   if ! { mkdir -p "$1" 2>/dev/null && [ -w "$1" ] && touch "$1/.write-test" 2>/dev/null && rm -f "$1/.write-test"; }; then
-    fail "run directory $1 is not writable; set $2 to a directory on a shared file system you can write"
+    fail "cannot write to $1 ($2); set $2 to a directory on a file system every node sees and you can write"
   fi
 }
 

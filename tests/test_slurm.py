@@ -154,7 +154,7 @@ def test_bench_job_writes_reports_and_the_results_page(cluster, tmp_path):
 
 BAD = {  # name: (script, variables, message in the job log)
     "missing config": ("distill.sbatch", {"CONFIG": "nowhere/run.yaml"}, "error: config nowhere/run.yaml does not exist"),
-    "run dir not writable": ("distill.sbatch", {"RUN_DIR": "/proc/ds-distil-run"}, "error: run directory /proc/ds-distil-run is not writable"),
+    "run dir not writable": ("distill.sbatch", {"RUN_DIR": "/proc/ds-distil-run"}, "error: cannot write to /proc/ds-distil-run (RUN_DIR)"),
     "more GPUs than the node has": ("distill.sbatch", {"GPUS_PER_NODE": "2"}, "error: asked for 2 GPU(s) per node but torch sees 0"),
     "GPU device without a GPU": ("finetune.sbatch", {"DEVICE": "gpu"}, "error: DEVICE=gpu but torch sees no GPU"),
     "unknown benchmark": ("bench.sbatch", {"BENCHES": "nope"}, "error: no benchmark benchmarks/nope.py"),
