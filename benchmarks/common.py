@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 from ds_distil.env_info import device_info, versions  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def add_out_argument(p: argparse.ArgumentParser, *aliases: str) -> None:
+    p.add_argument("--out", *aliases, dest="out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
+
+
+def parse_or_measure(p: argparse.ArgumentParser, measure) -> argparse.Namespace | None:
+    """Adds --out and the hidden --one SPEC; with --one, runs measure(SPEC) here, prints its JSON and returns None."""
+    add_out_argument(p)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))))
+        return None
+    return args
+
+
+def run_isolated(module: str, spec: dict) -> dict:
+    """measure(spec) of `module` in a fresh process (so that its peak memory is its own); a failure
+    becomes {**spec, "error": the last line of its stderr}."""
+    proc = subprocess.run([sys.executable, "-m", module, "--one", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {**spec, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def command_line(module: str) -> str:

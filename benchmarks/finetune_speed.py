@@ -14,18 +14,14 @@ Warm-up steps excluded, device synchronised, median step time; each model in a f
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
+from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta")
@@ -88,10 +84,9 @@ def measure(spec: dict) -> dict:
 
 
 def nli_dir(tmp: Path) -> Path:
-    from ds_distil.data.tasks import build_nli, write_nli
+    from ds_distil.data.tasks import build_nli, read_articles, write_nli
 
-    with open(DATA / "fakenews" / "full.csv", encoding="utf-8") as f:
-        write_nli(build_nli((r["article"] for r in csv.DictReader(f)), seed=0), tmp / "nli")
+    write_nli(build_nli(read_articles(DATA / "fakenews" / "full.csv"), seed=0), tmp / "nli")
     return tmp / "nli"
 
 
@@ -154,11 +149,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.one:
-        print(json.dumps(measure(json.loads(args.one))))
+    args = parse_or_measure(p, measure)
+    if args is None:
         return
     batch = args.batch or (32 if args.full else 16)
     max_length = args.max_length or (128 if args.full else 64)
@@ -167,13 +159,13 @@ def main() -> None:
     models, tasks = args.models.split(","), args.tasks.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = {"hatespeech": str(DATA / "hatespeech"), "pos": str(DATA / "ud_pos"), "nli": str(nli_dir(Path(tmp)))}
+        dirs = {"hatespeech": str(DATA / "hatespeech"), "pos": str(DATA / "ud_pos")}
+        if "nli" in tasks:
+            dirs["nli"] = str(nli_dir(Path(tmp)))
         for i, (t, m) in enumerate((t, m) for t in tasks for m in models):
             spec = {"model": m, "task": t, "data_dir": dirs[t], "batch": batch, "max_length": max_length, "steps": steps,
                     "warmup": warmup, "port": 29200 + i}
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.finetune_speed", "--one", json.dumps(spec)], capture_output=True, text=True)
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else
-                        {**spec, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]})
+            rows.append(run_isolated("benchmarks.finetune_speed", spec))
             r = rows[-1]
             print(f"{t} {m}: " + (f"{r['step_s']:.3f} s/step" if "error" not in r else f"failed: {r['error']}"), flush=True)
     by = {(r["model"], r["task"]): r for r in rows if "error" not in r}

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
+from benchmarks.common import add_out_argument, command_line, device_info, header, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--corpus", default=str(DATA / "corpus" / "tl_corpus_combined.txt"))
     p.add_argument("--tokenizer", default=str(DATA / "mbert_tokenizer"))
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", "--out-dir", dest="out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
+    add_out_argument(p, "--out-dir")
     args = p.parse_args()
 
     from ds_distil.config import PrepareConfig

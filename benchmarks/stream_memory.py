@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
+from benchmarks.common import add_out_argument, command_line, device_info, header, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
+    add_out_argument(p)
     args = p.parse_args()
 
     rows = []

@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, command_line, device_info, header, versions, write_report
+from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
 
 VOCAB = 119547
 
@@ -146,13 +143,6 @@ def measure(spec: dict) -> dict:
     return out
 
 
-def run_one(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--one", json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {**spec, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def render(result: dict) -> str:
     md = header("Distillation throughput: ours against a straightforward step", result, result["command"])
     c = result["config"]
@@ -210,11 +200,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--inputs", type=int, default=3)
     p.add_argument("--precision", default=None, help="student precision: fp16 (GPU default), bf16, fp32 (CPU default)")
-    p.add_argument("--out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.one:
-        print(json.dumps(measure(json.loads(args.one))))
+    args = parse_or_measure(p, measure)
+    if args is None:
         return
     import torch
 
@@ -230,7 +217,7 @@ def main() -> None:
     ):
         spec = {"student": student, "seq_len": seq, "batch": batch, "method": method, "steps": steps, "warmup": warmup,
                 "inputs": args.inputs, "precision": precision, "port": 29400 + i}
-        rows.append(run_one(spec))
+        rows.append(run_isolated("benchmarks.throughput", spec))
         r = rows[-1]
         print(f"{student} seq {seq} batch {batch} {method}: " + (f"{r['step_s']:.3f} s/step, {r['tokens_per_s']:,.0f} tokens/s, "
               f"peak {r['peak_memory_gib']:.2f} GiB" if "error" not in r else f"failed: {r['error']}"), flush=True)

@@ -153,18 +153,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_build_nli(args: argparse.Namespace) -> int:
     """Build a NewsPH-NLI-style entailment set from a CSV of news articles."""
-    import csv
+    from ds_distil.data.tasks import build_nli, read_articles, write_nli
 
-    from ds_distil.data.tasks import build_nli, write_nli
-
-    try:
-        with open(args.articles, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise UserError(f"articles file {args.articles} does not exist") from None
-    if rows and args.column not in rows[0]:
-        raise UserError(f"{args.articles} has no column '{args.column}' (columns: {', '.join(rows[0])}); set --column")
-    pairs = build_nli((r[args.column] for r in rows), seed=args.seed)
+    pairs = build_nli(read_articles(Path(args.articles), args.column), seed=args.seed)
     write_nli(pairs, Path(args.out))
     print(", ".join(f"{s}: {len(v):,} pairs" for s, v in pairs.items()) + f" -> {args.out}")
     return 0

@@ -75,7 +75,7 @@ def _tokenizer_for(model: str, cfg: TaskConfig):
 
 def build_model(model: str, task: Task, tokenizer):
     """A hub name or HF directory (pretrained encoder, new classifier head) or an architecture preset (random weights)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, RobertaConfig
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, RobertaConfig
 
     from ds_distil.models import PRESET_SIZES, bert_config
 
@@ -92,7 +92,6 @@ def build_model(model: str, task: Task, tokenizer):
         config.update(labels)
         return auto.from_config(config)
     try:
-        AutoConfig.from_pretrained(model)
         return auto.from_pretrained(model, **labels)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model '{model}': {str(e).splitlines()[0][:200]}; pass a local Hugging Face directory, "
@@ -170,16 +169,11 @@ def score(task: Task, split: str, preds: dict[int, list[int] | int], feats: list
         pred_seqs.append(p_row)
     if task.metric == "f1":
         from seqeval.metrics import f1_score
+        from seqeval.scheme import IOB2
 
-        return float(f1_score(true_seqs, pred_seqs, mode="strict", scheme=_iob2()))
+        return float(f1_score(true_seqs, pred_seqs, mode="strict", scheme=IOB2))
     total = sum(len(r) for r in true_seqs)
     return sum(a == b for t, p in zip(true_seqs, pred_seqs) for a, b in zip(t, p)) / max(total, 1)
-
-
-def _iob2():
-    from seqeval.scheme import IOB2
-
-    return IOB2
 
 
 # --------------------------------------------------------------------------------------- run

@@ -61,7 +61,9 @@ class Metrics:
         path = run_dir / "metrics.jsonl"
         if path.exists():  # drop what a killed run logged after the checkpoint we continue from
             kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= start_step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp = path.with_suffix(".jsonl.tmp")  # replaced whole: a kill here loses no line
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(path)
         self.jsonl = open(path, "a", encoding="utf-8")
         from tqdm import tqdm
 

@@ -317,4 +317,3 @@ def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> in
         dist.barrier()
     ignore_stop_signals()  # the work is saved; from here the process only exits
     return status
-

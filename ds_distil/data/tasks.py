@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ def read_table(path: Path) -> list[dict]:
 def table_task(name: str, directory: Path, text: str, label: str, text_pair: str | None = None, metric: str = "accuracy") -> Task:
     """A classification task from DIR/{train,valid|dev|validation,test}.{csv,jsonl}."""
     if not directory.is_dir():
-        raise UserError(f"task {name}: data directory {directory} does not exist; pass --data-dir DIR with train/valid/test files")
+        raise UserError(f"task {name}: data directory {directory} does not exist; set task.data_dir=DIR to a directory with train/valid/test files")
     files = _split_files(directory, (".csv", ".jsonl"))
     splits = {}
     for split, path in files.items():
@@ -222,12 +223,11 @@ def ner(data_dir: Path | None = None, hub: bool = False, seed: int = 0) -> Task:
     else:
         pooled = [ex for p in sorted(d.glob("*.iob2")) for ex in read_iob2(p)]
         if not pooled:
-            raise UserError(f"task ner: no .iob2 files in {d}; pass --data-dir with train/valid/test.iob2")
+            raise UserError(f"task ner: no .iob2 files in {d}; set task.data_dir=DIR to a directory with train/valid/test.iob2")
         rest, test = carve(pooled, 0.1, seed)
         train, valid = carve(rest, 1 / 9, seed + 1)
         splits = {"train": train, "valid": valid, "test": test}
-    task = Task("ner", "token", "f1", splits, source=str(d))
-    return task
+    return Task("ner", "token", "f1", splits, source=str(d))
 
 
 def nli(data_dir: Path | None = None, hub: bool = False) -> Task:
@@ -236,7 +236,7 @@ def nli(data_dir: Path | None = None, hub: bool = False) -> Task:
     if hub:
         return _hub_classification("nli", "jcblaisecruz02/newsph-nli", None, "premise", "label", text_pair="hypothesis")
     if data_dir is None:
-        raise UserError("task nli: pass --data-dir with train/valid/test CSVs (make them with `ds-distil tasks build-nli`) or --hub")
+        raise UserError("task nli: set task.data_dir=DIR to a directory with train/valid/test CSVs (make them with `ds-distil tasks build-nli`), or task.hub=true")
     return table_task("nli", Path(data_dir), "premise", "label", text_pair="hypothesis")
 
 
@@ -252,7 +252,7 @@ def _hub_load(name: str, config: str | None):
     except Exception as e:
         offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise UserError(f"cannot load dataset {name} from the hub{offline}: {str(e).splitlines()[0][:200]}; "
-                        "use local files with --data-dir") from None
+                        "use local files with task.data_dir=DIR") from None
 
 
 def _hub_splits(ds) -> dict:
@@ -305,7 +305,7 @@ def load_task(name: str, data_dir: str | None = None, hub: bool = False, seed: i
         return nli(d, hub)
     if name == "csv":
         if d is None:
-            raise UserError("task csv: pass --data-dir with train/valid/test .csv or .jsonl files")
+            raise UserError("task csv: set task.data_dir=DIR to a directory with train/valid/test .csv or .jsonl files")
         return csv_task(d, text_column, label_column, text_pair_column)
     raise UserError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
 
@@ -314,10 +314,18 @@ def load_task(name: str, data_dir: str | None = None, hub: bool = False, seed: i
 
 
 def _sentences(article: str) -> list[str]:
-    import re
-
     parts = re.split(r"(?<=[.!?])\s+", article.strip())
     return [p.strip() for p in parts if len(p.split()) >= 3]
+
+
+def read_articles(path: Path, column: str = "article") -> list[str]:
+    """The `column` of every row of a CSV (or JSONL) of news articles."""
+    if not path.is_file():
+        raise UserError(f"articles file {path} does not exist")
+    rows = read_table(path)
+    if rows and column not in rows[0]:
+        raise UserError(f"{path} has no column '{column}' (columns: {', '.join(rows[0])}); set --column")
+    return [r[column] for r in rows]
 
 
 def build_nli(articles: Iterable[str], seed: int = 0, valid_fraction: float = 0.1, test_fraction: float = 0.1,
