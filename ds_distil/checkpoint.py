@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ds_distil.errors import UserError
+from ds_distil.models import unpad_vocab
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,12 @@ def export_student(run_dir: Path, out: Path | None = None, tag: str | None = Non
     if unexpected or set(missing) - tied:
         raise UserError(f"checkpoint {tag} does not match the student architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    unpad_vocab(model, len(tokenizer))  # training may pad the vocabulary rows (perf.pad_vocab_multiple)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")).save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
     (tmp / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)

@@ -392,7 +392,25 @@ class DeepSpeedConfig:
     """Section `deepspeed`: the JSON holding ZeRO and precision settings. Batch sizes, optimizer,
     scheduler and clipping come from `train` and must not be in it."""
 
-    config: str = _help("DeepSpeed JSON (see ds_configs/)", default="ds_configs/zero2-fp32.json")
+    config: str = _help("DeepSpeed JSON (see ds_configs/), or auto: zero2-bf16 on a GPU with bf16 (Ampere and newer), "
+                        "zero2-fp16 on older GPUs, zero2-fp32 on CPU", default="auto")
+
+
+@dataclasses.dataclass
+class PerfConfig:
+    """Section `perf`: speed levers. None of them changes what is computed beyond floating-point
+    rounding; each was measured (benchmarks/results/README.md)."""
+
+    pad_vocab_multiple: int = _help("pad the vocabulary rows of teacher and student to a multiple of this (aligned LM-head "
+                                    "GEMMs; padding logits are cut off before the softmax, and the export drops the rows); "
+                                    "1: off", default=128)
+    compile: Literal["auto", "on", "off"] = _help("torch.compile the teacher, the student and the loss; auto: on for CUDA", default="auto")
+    fused_adamw: Literal["auto", "on", "off"] = _help("torch's fused AdamW kernel (one kernel for the whole update) instead of "
+                                                     "the per-tensor one; auto: on where torch has it for the device", default="auto")
+
+    def __post_init__(self) -> None:
+        if self.pad_vocab_multiple < 1:
+            raise ValueError(f"pad_vocab_multiple must be >= 1 (1: no padding), got {self.pad_vocab_multiple}")
 
 
 @dataclasses.dataclass
@@ -407,3 +425,4 @@ class DistillConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=DeepSpeedConfig)
+    perf: PerfConfig = dataclasses.field(default_factory=PerfConfig)

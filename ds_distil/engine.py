@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ds_distil.config import DistillConfig, TrainConfig
+from ds_distil.config import DistillConfig, PerfConfig, TrainConfig
 from ds_distil.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,42 @@ def total_steps(train: TrainConfig, micro_steps_per_epoch: int) -> int:
     return max(1, round(train.epochs * micro_steps_per_epoch / train.grad_accum_steps))
 
 
-def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int) -> dict:
-    """The DeepSpeed JSON named by cfg.deepspeed.config, completed from cfg.train."""
-    return ds_config_from(cfg.train, cfg.deepspeed.config, world_size, num_steps)
+DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
 
 
-def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: int) -> dict:
+def bf16_capable(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_ds_json(choice: str, device: torch.device) -> str:
+    """`auto`: bf16 on GPUs that have it (Ampere and newer: no loss scaler, no overflow skips, the
+    fp16 range problems gone), fp16 on older GPUs, fp32 on CPU (bf16 there is exact but only fast
+    on CPUs with AMX; pass ds_configs/zero2-bf16.json to use it)."""
+    if choice != "auto":
+        return choice
+    if device.type != "cuda":
+        return str(DS_CONFIGS / "zero2-fp32.json")
+    return str(DS_CONFIGS / ("zero2-bf16.json" if bf16_capable(device) else "zero2-fp16.json"))
+
+
+def fused_adamw(choice: str, device: torch.device) -> bool:
+    """torch's fused AdamW (one kernel for the whole update; CUDA and CPU since torch 2.4)."""
+    if choice == "auto":
+        return device.type in ("cuda", "cpu")
+    return choice == "on"
+
+
+def compile_enabled(perf: PerfConfig, device: torch.device) -> bool:
+    return perf.compile == "on" or (perf.compile == "auto" and device.type == "cuda")
+
+
+def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int, device: torch.device) -> dict:
+    """The DeepSpeed JSON named by cfg.deepspeed.config, completed from cfg.train and cfg.perf."""
+    return ds_config_from(cfg.train, resolve_ds_json(cfg.deepspeed.config, device), world_size, num_steps,
+                          fused=fused_adamw(cfg.perf.fused_adamw, device))
+
+
+def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: int, fused: bool = False) -> dict:
     """A DeepSpeed JSON (ZeRO, precision) completed with batch sizes, optimizer, schedule and clipping from `t`."""
     path = Path(json_path)
     if not path.is_file():
@@ -100,14 +130,18 @@ def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: i
     else:
         scheduler = {"type": "WarmupCosineLR", "params": {"total_num_steps": num_steps, "warmup_min_ratio": 0.0,
                                                            "warmup_num_steps": warmup, "cos_min_ratio": 0.0, "warmup_type": "linear"}}
+    # torch's AdamW (no JIT-compiled DeepSpeed op to build); DeepSpeed passes the other params on to
+    # it, so "fused" selects torch's single-kernel implementation
+    adam = {"lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps, "weight_decay": t.weight_decay, "torch_adam": True,
+            "adam_w_mode": True}
+    if fused:
+        adam["fused"] = True
     ds.update(
         train_micro_batch_size_per_gpu=t.micro_batch_size,
         gradient_accumulation_steps=t.grad_accum_steps,
         train_batch_size=t.micro_batch_size * t.grad_accum_steps * world_size,
         gradient_clipping=t.grad_clip,
-        # torch's AdamW: no JIT-compiled FusedAdam needed (ZeRO-2 steps a few flat fp32 partitions anyway)
-        optimizer={"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps,
-                                               "weight_decay": t.weight_decay, "torch_adam": True, "adam_w_mode": True}},
+        optimizer={"type": "AdamW", "params": adam},
         scheduler=scheduler,
     )
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
@@ -126,8 +160,11 @@ def precision(ds_config: dict) -> str:
 
 
 def teacher_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on GPUs that have it, else fp16; fp32 on CPU."""
     if choice == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if bf16_capable(device) else torch.float16
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
 
 

@@ -32,9 +32,10 @@ class Arch:
     vocab: int
 
     @classmethod
-    def of(cls, model) -> Arch:
+    def of(cls, model, vocab: int | None = None) -> Arch:
+        """`vocab`: the real vocabulary when the model's rows are padded (useful work is counted)."""
         c = model.config
-        return cls(c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.vocab_size)
+        return cls(c.num_hidden_layers, c.hidden_size, c.intermediate_size, vocab or c.vocab_size)
 
 
 def encoder_flops(a: Arch, seq_len: int) -> float:

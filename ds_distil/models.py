@@ -63,8 +63,9 @@ def _from_pretrained(name: str, what: str, **kw):
         ) from None
 
 
-def build_teacher(cfg: TeacherConfig, vocab_size: int, pad_token_id: int) -> nn.Module | None:
-    """The teacher in fp32 on CPU, frozen and in eval mode (placement and casting: engine.place_teacher)."""
+def build_teacher(cfg: TeacherConfig, vocab_size: int, pad_token_id: int, pad_multiple: int = 1) -> nn.Module | None:
+    """The teacher in fp32 on CPU, frozen and in eval mode (placement and casting: engine.place_teacher);
+    its vocabulary rows padded to `pad_multiple` (see pad_vocab)."""
     from transformers import BertConfig, BertForMaskedLM
 
     if not cfg.enabled:
@@ -89,12 +90,16 @@ def build_teacher(cfg: TeacherConfig, vocab_size: int, pad_token_id: int) -> nn.
             f"teacher vocabulary has {model.config.vocab_size} entries but the shards' tokenizer has {vocab_size}; "
             "the teacher, the student and the shards must share one vocabulary (prepare with the teacher's tokenizer)"
         )
+    pad_vocab(model, pad_multiple)
     model.eval()
     model.requires_grad_(False)
     return model
 
 
-def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teacher: nn.Module | None = None) -> nn.Module:
+def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teacher: nn.Module | None = None,
+                  pad_multiple: int = 1) -> nn.Module:
+    """The student: preset/sizes (random weights) or pretrained; embeddings from the teacher if asked;
+    vocabulary rows padded to `pad_multiple` (see pad_vocab), before any freezing."""
     from transformers import BertForMaskedLM
 
     if cfg.pretrained:
@@ -109,6 +114,7 @@ def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teache
         if teacher is None:
             raise UserError(f"student.embeddings={cfg.embeddings} needs a teacher (teacher.enabled is false)")
         init_embeddings_from_teacher(model, teacher, project=cfg.embeddings == "teacher-pca")
+    pad_vocab(model, pad_multiple)
     if cfg.freeze_embeddings:
         encoder(model).embeddings.requires_grad_(False)
         # BERT ties the output projection to the word embeddings: it is frozen with them.
@@ -138,7 +144,8 @@ def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module, project
         )
     if hs > ht:
         raise UserError(f"cannot project {ht}-dim teacher embeddings up to a {hs}-dim student; use embeddings=random")
-    word = t_emb.word_embeddings.weight.float()
+    # the real vocabulary rows only: a padded teacher's extra rows (pad_vocab) are zeros
+    word = t_emb.word_embeddings.weight[: s_emb.word_embeddings.weight.shape[0]].float()
     mean = word.mean(0, keepdim=True)
     # top-hs right singular vectors of the centred word embeddings: the PCA basis
     _, _, v = torch.svd_lowrank(word - mean, q=hs, niter=4)
@@ -163,15 +170,56 @@ def mlm_head(model: nn.Module) -> nn.Module:
     raise UserError(f"{type(model).__name__} has no MLM head (cls / lm_head)")
 
 
-def masked_lm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
+def padded_size(vocab_size: int, multiple: int) -> int:
+    return -(-vocab_size // multiple) * multiple if multiple > 1 else vocab_size
+
+
+def pad_vocab(model: nn.Module, multiple: int) -> nn.Module:
+    """Pad the (tied) word embeddings, decoder and its bias to a multiple of `multiple` rows, in place.
+
+    An odd vocabulary such as mBERT's 119,547 makes the LM-head GEMM's output rows unaligned, and
+    cuBLAS falls back to slow kernels for it; 119,552 rows do not. The extra rows are never looked
+    up (no token id reaches them) and their logits are cut off before any softmax
+    (`masked_lm_forward(..., vocab=real size)`), so they get no probability mass and no gradient.
+    Their content is zero and drawing it does not touch the global RNG (initialisation stays the
+    same with or without padding). `unpad_vocab` undoes it for export.
+    """
+    vocab = model.config.vocab_size
+    target = padded_size(vocab, multiple)
+    if target != vocab:
+        with torch.random.fork_rng(devices=[]):
+            model.resize_token_embeddings(target, mean_resizing=False)
+        with torch.no_grad():
+            model.get_input_embeddings().weight[vocab:].zero_()
+            bias = getattr(model.get_output_embeddings(), "bias", None)
+            if bias is not None:
+                bias[vocab:].zero_()
+    return model
+
+
+def unpad_vocab(model: nn.Module, vocab_size: int) -> nn.Module:
+    """Drop the padding rows again: the model then matches its tokenizer (`len(tokenizer)` rows)."""
+    if model.config.vocab_size != vocab_size:
+        if model.config.vocab_size < vocab_size:
+            raise UserError(f"model has {model.config.vocab_size} vocabulary rows, fewer than the tokenizer's {vocab_size}")
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def masked_lm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                      vocab: int | None = None):
     """Encoder over the whole sequence, LM head only at `positions` (flat indices into batch x length).
 
     Returns (logits [M, vocab], last hidden states [batch, length, hidden]). Gathering before the
     head avoids the batch x length x vocab logits tensor (2 GB in fp32 for 32 x 128 x 119,547).
+    `vocab` cuts the logits of a padded vocabulary (`pad_vocab`) back to the real tokens.
     """
     hidden = encoder(model)(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-    return mlm_head(model)(picked), hidden
+    logits = mlm_head(model)(picked)
+    if vocab is not None and vocab < logits.shape[-1]:
+        logits = logits[:, :vocab]
+    return logits, hidden
 
 
 def count_parameters(model: nn.Module | None) -> dict[str, int]:
@@ -187,11 +235,13 @@ def count_parameters(model: nn.Module | None) -> dict[str, int]:
 
 class MaskedLM(nn.Module):
     """The trained model as DeepSpeed sees it: forward(input_ids, attention_mask, positions) ->
-    (logits at the masked positions, last hidden states). Its state dict is the HF model's under `model.`."""
+    (logits at the masked positions over the real vocabulary, last hidden states). Its state dict
+    is the HF model's under `model.`."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, vocab: int | None = None):
         super().__init__()
         self.model = model
+        self.vocab = vocab
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
-        return masked_lm_forward(self.model, input_ids, attention_mask, positions)
+        return masked_lm_forward(self.model, input_ids, attention_mask, positions, self.vocab)

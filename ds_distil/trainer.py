@@ -4,7 +4,14 @@ One micro step: the frozen teacher (no autograd) and the student run on the batc
 are evaluated at the masked positions only; the losses are per-token means over the masked
 tokens of the whole global batch (counts all-reduced), so any split over ranks gives the same
 objective. DeepSpeed does the backward, ZeRO-2 reduction, clipping, loss scaling, optimizer and
-schedule. Checkpoints are taken at optimizer-step boundaries and carry the data position.
+schedule, and skips an optimizer step whose gradients are not finite. Checkpoints are taken at
+optimizer-step boundaries and carry the data position.
+
+The host never waits for the device inside a micro step: the masked positions arrive from the
+loader as a fixed-size list (static shapes, no `nonzero()`), the statistics are accumulated on the
+device, and counts are all-reduced there. Once per optimizer step the ranks exchange one small
+vector (the step's statistics, a stop request, non-finite losses) and the host reads it: the one
+sync, where DeepSpeed's own step (grad norm, overflow check) synchronises anyway.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,19 +30,21 @@ import torch.distributed as dist
 from ds_distil import checkpoint, engine as eng
 from ds_distil.config import DistillConfig, save, to_dict
 from ds_distil.data import MLMStream, load_manifest
-from ds_distil.data.stream import IGNORE_INDEX
 from ds_distil.env_info import device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
-from ds_distil.losses import distillation_losses
+from ds_distil.losses import IGNORE_INDEX, distillation_losses
 from ds_distil.metrics import DeviceStats, Metrics
-from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters, masked_lm_forward
+from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters
 from ds_distil.signals import EXIT_PREEMPTED, ignore_stop_signals, on_stop_signal, signal_name
 
 log = logging.getLogger(__name__)
 
-STATS = ("total", "kl", "mlm", "hidden", "tokens", "samples", "masked", "nonfinite", "stop")
+# Per micro step, on the device: loss terms (this rank's share of the global per-token means),
+# real tokens, samples, real masked tokens, non-finite losses. Summed over ranks once per step.
+STATS = ("total", "kl", "mlm", "hidden", "tokens", "samples", "masked", "nonfinite")
 RESUMABLE_SECTIONS = ("teacher", "student", "loss", "train")
+RESUMABLE_KEYS = ("perf.pad_vocab_multiple",)  # changes the checkpoint's shapes
 
 
 @dataclass
@@ -43,63 +53,86 @@ class TrainerState:
     micro_steps: int = 0  # micro batches consumed
     tokens: int = 0  # real (non-padding) tokens seen, all ranks
     samples: int = 0
-    nonfinite_run: int = 0
+    nonfinite_run: int = 0  # optimizer steps in a row with a non-finite loss (skipped by DeepSpeed)
     nonfinite_total: int = 0
     data: dict = field(default_factory=dict)
 
 
 class Trainer:
     def __init__(self, cfg: DistillConfig, run_dir: Path, d: eng.Dist, stream: MLMStream, model_engine, teacher,
-                 num_steps: int, state: TrainerState):
+                 num_steps: int, state: TrainerState, vocab: int | None = None):
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
         self.stream, self.engine, self.teacher = stream, model_engine, teacher
         self.num_steps, self.state = num_steps, state
         self.batches: Iterator[dict] = iter(stream)
         self.stop_requested = False
         student = model_engine.module.model
-        self.student_arch = Arch.of(student)
-        self.teacher_arch = Arch.of(teacher) if teacher is not None else None
+        self.student_arch = Arch.of(student, vocab)
+        self.teacher_arch = Arch.of(teacher, vocab) if teacher is not None else None
         self.device_stats = DeviceStats(d.device)
         self.peak = peak_flops(self.device_stats.name, cfg.log.peak_tflops)
+        self.want_hidden = teacher is not None and cfg.loss.a_hidden > 0
+        # the teacher as the student is called: logits at the given positions over the real vocabulary
+        self.teacher_lm = MaskedLM(teacher, vocab) if teacher is not None else None
+        self.loss_fn: Callable[..., dict] = partial(distillation_losses, cfg.loss)
+        if eng.compile_enabled(cfg.perf, d.device):
+            # in place: the state dict keeps its names (checkpoints, export); shapes are static
+            if self.teacher_lm is not None:
+                self.teacher_lm.compile(dynamic=False)
+            model_engine.module.compile(dynamic=False)
+            self.loss_fn = torch.compile(self.loss_fn, dynamic=False)
 
     # -- one micro step
 
     def _micro_step(self, batch: dict) -> torch.Tensor:
+        """Forward, backward and (at a boundary) DeepSpeed's step; returns this rank's STATS, on the device."""
         dev = self.d.device
         input_ids = batch["input_ids"].to(dev, non_blocking=True)
         attention_mask = batch["attention_mask"].to(dev, non_blocking=True)
-        labels = batch["labels"].to(dev, non_blocking=True).view(-1)
-        positions = (labels != IGNORE_INDEX).nonzero().squeeze(1)
-        targets = labels.index_select(0, positions)
-        n_masked = torch.tensor([float(positions.numel())], device=dev)
-        dist.all_reduce(n_masked)  # the global count every rank divides by
+        positions = batch["positions"].to(dev, non_blocking=True)
+        targets = batch["targets"].to(dev, non_blocking=True)
+        real = attention_mask.reshape(-1).float()
+        counts = torch.stack([(targets != IGNORE_INDEX).sum().float(), real.sum()])
+        dist.all_reduce(counts)  # the global counts every rank divides by (on the device: no host sync)
 
         teacher_logits = teacher_hidden = None
-        if self.teacher is not None:
+        if self.teacher_lm is not None:
             with torch.no_grad():
-                teacher_logits, teacher_hidden = masked_lm_forward(self.teacher, input_ids, attention_mask, positions)
+                teacher_logits, teacher_hidden = self.teacher_lm(input_ids, attention_mask, positions)
         student_logits, student_hidden = self.engine(input_ids, attention_mask, positions)
-        real = attention_mask.bool()
-        want_hidden = self.teacher is not None and self.cfg.loss.a_hidden > 0
-        n_real = torch.tensor([float(real.sum())], device=dev)
-        if want_hidden:
-            dist.all_reduce(n_real)
-        terms = distillation_losses(
-            self.cfg.loss, student_logits, targets, n_masked[0], teacher_logits,
-            student_hidden[real] if want_hidden else None, teacher_hidden[real] if want_hidden else None, n_real[0],
-        )
+        hidden = {}
+        if self.want_hidden:
+            flat = (lambda h: h.reshape(-1, h.shape[-1]))
+            hidden = dict(student_hidden=flat(student_hidden), teacher_hidden=flat(teacher_hidden), n_hidden=counts[1],
+                          hidden_weights=real)
+        terms = self.loss_fn(student_logits, targets, counts[0], teacher_logits, **hidden)
+        # DeepSpeed averages gradients over ranks; our terms are already shares of the global mean.
+        # A non-finite loss gives non-finite gradients: DeepSpeed skips that optimizer step.
+        self.engine.backward(terms["total"] * self.d.world_size)
+        self.engine.step()
+        total = terms["total"].detach()
         zero = torch.zeros((), device=dev)
-        stats = torch.stack([
-            terms["total"].detach(), terms.get("kl", zero).detach(), terms["mlm"].detach(), terms.get("hidden", zero).detach(),
-            attention_mask.sum(), (batch["index"] >= 0).sum().to(dev), torch.tensor(positions.numel(), device=dev),
-            (~torch.isfinite(terms["total"].detach())).to(dev), torch.tensor(self.stop_requested, device=dev),
+        return torch.stack([
+            total, terms.get("kl", zero).detach(), terms["mlm"].detach(), terms.get("hidden", zero).detach(),
+            real.sum(), (batch["index"] >= 0).sum().to(dev, non_blocking=True).float(), (targets != IGNORE_INDEX).sum().float(),
+            (~torch.isfinite(total)).float(),
         ]).to(torch.float64)
-        dist.all_reduce(stats)  # sums: global per-token means for the loss terms (each rank holds its share)
-        if stats[STATS.index("nonfinite")] == 0:
-            # DeepSpeed averages gradients over ranks; our terms are already shares of the global mean.
-            self.engine.backward(terms["total"] * self.d.world_size)
-            self.engine.step()
-        return stats
+
+    def _optimizer_step(self) -> tuple[torch.Tensor, int, bool]:
+        """Micro steps up to the next optimizer-step boundary; then the one exchange between ranks.
+        Returns (STATS summed over ranks and micro steps, micro steps, stop requested on any rank)."""
+        step_acc = torch.zeros(len(STATS), dtype=torch.float64, device=self.d.device)
+        micro = 0
+        while True:
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            step_acc += self._micro_step(next(self.batches))
+            micro += 1
+            if boundary:
+                break
+        exchange = torch.cat([step_acc, torch.tensor([float(self.stop_requested)], dtype=torch.float64, device=self.d.device)])
+        dist.all_reduce(exchange)
+        exchange = exchange.cpu()  # the sync
+        return exchange[:-1], micro, bool(exchange[-1] > 0)
 
     # -- the loop
 
@@ -109,41 +142,36 @@ class Trainer:
         metrics = Metrics(self.run_dir, self.d.rank == 0, cfg.log.tensorboard, self.num_steps, st.step)
         self._install_signal_handlers()
         acc = torch.zeros(len(STATS), dtype=torch.float64)
-        flops, t0, micro_in_window = 0.0, time.perf_counter(), 0
+        t0, micro_in_window = time.perf_counter(), 0
         status = 0
         try:
             while st.step < self.num_steps:
-                boundary = self.engine.is_gradient_accumulation_boundary()
-                stats = self._micro_step(next(self.batches)).cpu()
-                st.micro_steps += 1
+                stats, micro, stop = self._optimizer_step()
+                st.step += 1
+                st.micro_steps += micro
                 st.tokens += int(stats[STATS.index("tokens")])
                 st.samples += int(stats[STATS.index("samples")])
-                masked_local = stats[STATS.index("masked")].item() / self.d.world_size
-                flops += distill_step_flops(self.student_arch, self.teacher_arch, self.cfg.train.micro_batch_size,
-                                            self.stream.seq_len, masked_local)
                 if stats[STATS.index("nonfinite")] > 0:
                     st.nonfinite_run += 1
                     st.nonfinite_total += 1
-                    log.warning("non-finite loss at step %d (%d in a row); micro batch skipped", st.step, st.nonfinite_run)
+                    log.warning("non-finite loss at step %d (%d step(s) in a row); DeepSpeed skipped the update", st.step,
+                                st.nonfinite_run)
                     if st.nonfinite_run >= cfg.train.max_nonfinite_steps:
                         raise UserError(
-                            f"loss was NaN/inf for {st.nonfinite_run} micro steps in a row at step {st.step}; stopping instead "
-                            "of burning compute: lower train.lr, use ds_configs/zero2-bf16.json instead of fp16, or check the data"
+                            f"loss was NaN/inf for {st.nonfinite_run} optimizer steps in a row at step {st.step}; stopping "
+                            "instead of burning compute: lower train.lr, use ds_configs/zero2-bf16.json instead of fp16, "
+                            "or check the data"
                         )
-                    continue
-                st.nonfinite_run = 0
-                acc += stats
-                micro_in_window += 1
-                if not boundary:
-                    continue
-                st.step += 1
-                metrics.step(1, loss=f"{stats[0].item():.3f}")
+                else:
+                    st.nonfinite_run = 0
+                    acc += stats
+                    micro_in_window += micro
+                metrics.step(1, loss=f"{stats[0].item() / micro:.3f}")
                 if st.step % cfg.log.every_steps == 0 or st.step == self.num_steps:
-                    elapsed = time.perf_counter() - t0
-                    self._log(metrics, acc / max(micro_in_window, 1), acc, elapsed, flops)
+                    self._log(metrics, acc, max(micro_in_window, 1), time.perf_counter() - t0)
                     acc.zero_()
-                    flops, t0, micro_in_window = 0.0, time.perf_counter(), 0
-                stop = stats[STATS.index("stop")] > 0 and st.step < self.num_steps  # at the end: just finish
+                    t0, micro_in_window = time.perf_counter(), 0
+                stop = stop and st.step < self.num_steps  # at the end: just finish
                 every = cfg.checkpoint.every_steps
                 if stop or st.step == self.num_steps or (every and st.step % every == 0):
                     self.save()
@@ -156,8 +184,12 @@ class Trainer:
             metrics.close()
         return status
 
-    def _log(self, metrics: Metrics, mean: torch.Tensor, acc: torch.Tensor, elapsed: float, flops: float) -> None:
-        e = self.engine
+    def _log(self, metrics: Metrics, acc: torch.Tensor, micro: int, elapsed: float) -> None:
+        """`acc`: STATS summed over ranks and the window's `micro` (finite) micro steps."""
+        e, mean = self.engine, acc / micro
+        masked_per_rank_step = acc[STATS.index("masked")].item() / micro / self.d.world_size
+        flops = micro * distill_step_flops(self.student_arch, self.teacher_arch, self.cfg.train.micro_batch_size,
+                                           self.stream.seq_len, masked_per_rank_step)
         values = {
             "loss/total": mean[STATS.index("total")].item(),
             "loss/mlm": mean[STATS.index("mlm")].item(),
@@ -167,7 +199,7 @@ class Trainer:
             "train/tokens_seen": float(self.state.tokens),
             "train/epoch": self.stream.position.epoch + self.stream.position.step / self.stream.steps_per_epoch,
             "train/overflow_skipped_steps": float(e.skipped_steps),
-            "train/nonfinite_skipped_micro_steps": float(self.state.nonfinite_total),
+            "train/nonfinite_skipped_steps": float(self.state.nonfinite_total),
         }
         if self.teacher is not None:
             values["loss/kl"] = mean[STATS.index("kl")].item()
@@ -184,8 +216,9 @@ class Trainer:
         values.update(self.device_stats.read())
         metrics.scalars(self.state.step, values)
         if self.d.rank == 0:
-            log.info("step %d/%d | loss %.4f | %slr %.2e | %.0f tokens/s", self.state.step, self.num_steps, values["loss/total"],
-                     f"kl {values['loss/kl']:.4f} | " if "loss/kl" in values else "", values["lr"], values["throughput/tokens_per_s"])
+            log.info("step %d/%d | loss %.4f | %slr %.2e | %.0f tokens/s%s", self.state.step, self.num_steps, values["loss/total"],
+                     f"kl {values['loss/kl']:.4f} | " if "loss/kl" in values else "", values["lr"], values["throughput/tokens_per_s"],
+                     f" | MFU {values['throughput/mfu']:.1%}" if "throughput/mfu" in values else "")
 
     def save(self) -> Path:
         self.state.data = self.stream.state_dict()
@@ -218,6 +251,10 @@ def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dis
         saved = json.loads((ckpt_dir / checkpoint.latest_tag(ckpt_dir) / "trainer_state.json").read_text())["config"]
         now = to_dict(cfg)
         changed = [f"{s}.{k}" for s in RESUMABLE_SECTIONS for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
+        for dotted in RESUMABLE_KEYS:
+            section, key = dotted.split(".")
+            if saved.get(section, {}).get(key, now[section][key]) != now[section][key]:
+                changed.append(dotted)
         if changed:
             raise UserError(f"--resume with a changed config ({', '.join(changed)}) differs from the checkpoint's; "
                             "resume with the run's own config (DIR/run_config.yaml)")
@@ -258,8 +295,8 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
     _check_vocabularies(cfg, manifest)
 
     torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
-    teacher = build_teacher(cfg.teacher, vocab, pad)
-    student = build_student(cfg.student, vocab, pad, teacher)
+    teacher = build_teacher(cfg.teacher, vocab, pad, cfg.perf.pad_vocab_multiple)
+    student = build_student(cfg.student, vocab, pad, teacher, cfg.perf.pad_vocab_multiple)
     if cfg.loss.a_hidden > 0 and teacher is not None and teacher.config.hidden_size != student.config.hidden_size:
         raise UserError(f"loss.a_hidden needs equal hidden sizes (teacher {teacher.config.hidden_size}, student "
                         f"{student.config.hidden_size}); set loss.a_hidden=0")
@@ -267,10 +304,10 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
 
     stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size)
     num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
-    ds_config = eng.build_ds_config(cfg, d.world_size, num_steps)
+    ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
     _prepare_run_dir(cfg, run_dir, resume, d, student, manifest, ds_config)
     t_params, s_params = count_parameters(teacher), count_parameters(student)
-    model_engine = eng.initialize(MaskedLM(student), ds_config, cfg.train.weight_decay)
+    model_engine = eng.initialize(MaskedLM(student, vocab), ds_config, cfg.train.weight_decay)
     t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
     teacher = eng.place_teacher(teacher, d.device, t_dtype)
 
@@ -289,6 +326,9 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
         global_batch = t.micro_batch_size * t.grad_accum_steps * d.world_size
         source = cfg.teacher.pretrained or cfg.teacher.config or (f"preset {cfg.teacher.preset}" if cfg.teacher.preset else None)
         log.info("distill: %d rank(s), backend %s, device %s, student precision %s", d.world_size, d.backend, d.device, eng.precision(ds_config))
+        log.info("perf: vocabulary rows %d (padded to a multiple of %d), torch.compile %s, fused AdamW %s", student.config.vocab_size,
+                 cfg.perf.pad_vocab_multiple, "on" if eng.compile_enabled(cfg.perf, d.device) else "off",
+                 "on" if ds_config["optimizer"]["params"].get("fused") else "off")
         log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
                  if teacher is not None else "none (MLM only)")
         sc = student.config
@@ -304,7 +344,7 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
         log.info("run: %d optimizer steps (%.2f epochs) from step %d; loss %s", num_steps,
                  num_steps * t.grad_accum_steps / stream.steps_per_epoch, state.step,
                  f"{cfg.loss.a_kl} * T^2 * KL + {cfg.loss.a_mlm} * MLM (T={cfg.loss.temperature})" if teacher is not None else "MLM")
-    return Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state)
+    return Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state, vocab)
 
 
 def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> int:

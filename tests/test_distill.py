@@ -192,7 +192,7 @@ def test_refused_inputs_get_one_line_errors(small_shards, tmp_path):
     nan_teacher.save_pretrained(str(nan_dir))
     AutoTokenizer.from_pretrained(str(small_shards / "tokenizer")).save_pretrained(str(nan_dir))  # the shards' vocabulary
     line = distill("teacher.preset=null", f"teacher.pretrained={nan_dir}", "train.max_nonfinite_steps=3")
-    assert "loss was NaN/inf for 3 micro steps in a row at step 0" in line
+    assert "loss was NaN/inf for 3 optimizer steps in a row at step 3" in line
     bad_json = tmp_path / "ds.json"
     bad_json.write_text('{"train_micro_batch_size_per_gpu": 4}')
     assert "one source of truth" in distill(f"deepspeed.config={bad_json}")

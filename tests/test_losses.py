@@ -116,3 +116,60 @@ def test_hidden_term():
     assert abs(flipped["hidden"].item() - 2.0) < 1e-5
     mse = distillation_losses(LossConfig(a_hidden=1.0, hidden_kind="mse"), s, labels, 8, t, h, h + 1.0, 10)
     assert abs(mse["hidden"].item() - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("pad_multiple", [1, 128])
+def test_padded_vocabulary_and_static_positions_equal_the_plain_full_logits_reference(pad_multiple):
+    """What the trainer computes: vocabulary rows padded (perf.pad_vocab_multiple), logits cut back to
+    the real vocabulary, a fixed-size position list with padding slots (static shapes). Same loss and
+    same gradients as the full-logits reference on the unpadded models; padding rows get no gradient."""
+    import copy
+
+    from ds_distil.data.stream import static_positions
+    from ds_distil.models import MaskedLM, pad_vocab
+
+    teacher, student = tiny_pair(seed=3)
+    ids, attention, labels = batch(seed=4)
+    cfg = LossConfig(a_kl=0.6, a_mlm=0.4, temperature=2.0)
+    p_teacher, p_student = pad_vocab(copy.deepcopy(teacher), pad_multiple), pad_vocab(copy.deepcopy(student), pad_multiple)
+    assert p_student.config.vocab_size % pad_multiple == 0 and p_student.config.vocab_size >= VOCAB
+
+    positions, targets = static_positions(labels, max_per_row=labels.shape[1] // 2)  # room to spare: padding slots
+    n_real = int((labels != -100).sum())
+    assert positions.numel() > n_real and (targets[n_real:] == -100).all()
+    with torch.no_grad():
+        t_logits, _ = MaskedLM(p_teacher, VOCAB)(ids, attention, positions)
+    s_logits, _ = MaskedLM(p_student, VOCAB)(ids, attention, positions)
+    assert s_logits.shape == (positions.numel(), VOCAB)
+    ours = distillation_losses(cfg, s_logits, targets, n_real, t_logits)
+    ours["total"].backward()
+
+    with torch.no_grad():
+        t_full = teacher(input_ids=ids, attention_mask=attention).logits
+    s_full = student(input_ids=ids, attention_mask=attention).logits
+    sel = labels != -100
+    kl = F.kl_div(F.log_softmax(s_full[sel] / 2.0, -1), F.softmax(t_full[sel] / 2.0, -1), reduction="batchmean")
+    mlm = F.cross_entropy(s_full.view(-1, VOCAB), labels.view(-1), ignore_index=-100)
+    reference = cfg.a_kl * 4.0 * kl + cfg.a_mlm * mlm
+    reference.backward()
+
+    assert torch.allclose(ours["kl"], kl, rtol=1e-5, atol=1e-6) and torch.allclose(ours["mlm"], mlm, rtol=1e-5)
+    for (name, p), q in zip(student.named_parameters(), p_student.parameters()):
+        g = q.grad[: p.shape[0]] if q.shape != p.shape else q.grad
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7), name
+        if q.shape != p.shape:
+            assert (q.grad[p.shape[0]:] == 0).all(), name  # the padding rows
+
+
+def test_padding_is_undone_for_export_with_identical_logits():
+    from ds_distil.models import pad_vocab, unpad_vocab
+
+    _, student = tiny_pair(seed=5)
+    student.eval()
+    ids = torch.randint(5, VOCAB, (2, 10))
+    before = student(input_ids=ids).logits
+    padded = pad_vocab(student, 128)
+    assert padded.config.vocab_size == 512 and padded(input_ids=ids).logits.shape[-1] == 512
+    restored = unpad_vocab(padded, VOCAB)
+    assert restored.config.vocab_size == VOCAB and torch.equal(restored(input_ids=ids).logits, before)
+    assert restored.cls.predictions.decoder.weight is restored.bert.embeddings.word_embeddings.weight  # still tied

@@ -109,7 +109,12 @@ def test_masking_rates_and_special_tokens(small_shards):
         per_row = is_target.sum(1)
         expected = (maskable.sum(1) * 0.15).round().clamp(min=1)
         assert torch.equal(per_row, torch.where(maskable.sum(1) > 0, expected, 0).long())
-        chosen += int(is_target.sum())
+        # the same targets as a fixed-size list (what the trainer's LM heads read): one size for every batch
+        n = int(is_target.sum())
+        assert b["positions"].shape == b["targets"].shape == (64 * round(s.seq_len * 0.15),)
+        assert torch.equal(b["positions"][:n], is_target.view(-1).nonzero().squeeze(1))
+        assert torch.equal(b["targets"][:n], labels.view(-1)[is_target.view(-1)]) and (b["targets"][n:] == IGNORE_INDEX).all()
+        chosen += n
         maskable_total += int(maskable.sum())
         masked += int((inputs[is_target] == tok["mask_id"]).sum())
         kept += int((inputs[is_target] == labels[is_target]).sum())

@@ -39,10 +39,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ds_distil.config import DataConfig
 from ds_distil.data.manifest import SAMPLE_KEY, Manifest
 from ds_distil.errors import CorruptShardError, UserError
+from ds_distil.losses import IGNORE_INDEX  # the MLM label of "no target"
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 def _seed(*parts: int) -> int:
@@ -106,6 +105,7 @@ class _EpochDataset(IterableDataset):
         self.pad_id, self.mask_id = stream.pad_id, stream.mask_id
         self.special_ids = stream.special_ids
         self.random_ids = stream.random_ids
+        self.max_masked = stream.max_masked
         self.skipped_shards = 0
 
     # -- reading
@@ -195,6 +195,7 @@ class _EpochDataset(IterableDataset):
         batch = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id, self.cfg, g)
         batch["attention_mask"] = (ids != self.pad_id).long()
         batch["index"] = torch.tensor([d[1] for d in decoded], dtype=torch.long)
+        batch["positions"], batch["targets"] = static_positions(batch["labels"], self.max_masked)
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -210,6 +211,28 @@ class _EpochDataset(IterableDataset):
             next(items)
         for j in plan.batches[done:]:
             yield self._batch([next(items) for _ in range(self.batch_size)], j)
+
+
+def max_masked_per_sample(seq_len: int, mlm_probability: float) -> int:
+    """The most MLM targets mask_tokens picks in one sample: round(p * maskable), maskable <= seq_len."""
+    return max(1, round(seq_len * mlm_probability))
+
+
+def static_positions(labels: torch.Tensor, max_per_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked positions of a batch as a fixed-size list: (flat indices into batch x length,
+    their target ids), both of length batch x max_per_row; the slots after the real ones point at
+    position 0 with target IGNORE_INDEX. Done here, on the host in the loader's workers, so the
+    training step needs no `nonzero()` (a device-to-host sync) and has static shapes."""
+    flat = labels.reshape(-1)
+    idx = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+    size = labels.shape[0] * max_per_row
+    if idx.numel() > size:
+        raise ValueError(f"{idx.numel()} masked tokens in a batch with room for {size}")
+    positions = torch.zeros(size, dtype=torch.long)
+    targets = torch.full((size,), IGNORE_INDEX, dtype=torch.long)
+    positions[: idx.numel()] = idx
+    targets[: idx.numel()] = flat[idx]
+    return positions, targets
 
 
 def mask_tokens(ids: torch.Tensor, special_ids: torch.Tensor, random_ids: torch.Tensor, mask_id: int, cfg: DataConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -239,7 +262,8 @@ class MLMStream:
 
     `for batch in stream` runs forever (the trainer decides when to stop); `epoch_batches()` runs to
     the end of the current epoch. Each batch has input_ids, attention_mask, labels (MLM targets,
-    IGNORE_INDEX elsewhere) and index (the sample's index in its split, -1 for padding).
+    IGNORE_INDEX elsewhere), index (the sample's index in its split, -1 for padding), and positions /
+    targets: the masked tokens as a fixed-size list (see static_positions).
     """
 
     def __init__(
@@ -275,6 +299,7 @@ class MLMStream:
         self.pad_id, self.mask_id = int(tok["pad_id"]), int(tok["mask_id"])
         self.special_ids = torch.tensor(tok["special_ids"], dtype=torch.long)
         self.random_ids = _ordinary_ids(manifest)
+        self.max_masked = max_masked_per_sample(self.seq_len, cfg.mlm_probability)
         self.steps_per_epoch, _ = plan_rank(self.n_samples, world_size, batch_size, self.workers, rank)
         self.position = StreamPosition()
         self.manifest.verify(split, checksums=cfg.verify_checksums, rank=rank, world_size=world_size)

@@ -43,7 +43,11 @@ if args.merge_ranks > 1:
 
     def merged():
         for parts in zip(*(iter(s) for s in streams)):
-            yield {key: torch.cat([b[key] for b in parts]) for key in parts[0]}
+            batch = {key: torch.cat([b[key] for b in parts]) for key in parts[0]}
+            # positions are flat indices into each part's batch x length: shift them into the merged batch
+            offset = parts[0]["input_ids"].numel()
+            batch["positions"] = torch.cat([b["positions"] + r * offset for r, b in enumerate(parts)])
+            yield batch
 
     trainer.batches = merged()
 
@@ -57,7 +61,7 @@ if trainer.d.rank == 0:
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(1000, 5000, (2, 16), generator=g)
         with torch.no_grad():
-            logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[..., : trainer.stream.vocab_size]
         torch.save({
             "teacher_before": teacher_before,
             "teacher_after": digest(trainer.teacher) if trainer.teacher is not None else None,
