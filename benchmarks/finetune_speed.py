@@ -1,14 +1,22 @@
-"""Finetuning speed of the students against the mBERT and DistilmBERT architectures, in the paper's form.
+"""Finetuning speed of the students against the mBERT and DistilmBERT architectures, in the paper's
+form, and of our finetuning step against the best a careful engineer writes by hand.
 
     python -m benchmarks.finetune_speed            # quick: this CPU, short sequences, a few steps
     python -m benchmarks.finetune_speed --full     # real sizes (batch 32 x 128, 50 steps), for a GPU
 
 Same task data, batch, sequence length and number of steps for every architecture; random
-weights (speed does not depend on them); the training step of `ds-distil finetune` (DeepSpeed
-engine, fp16 on GPU, fp32 on CPU). Three task shapes: sequence classification (Hatespeech
+weights (speed does not depend on them). Three task shapes: sequence classification (Hatespeech
 Filipino), token classification (UD Tagalog POS) and sentence pairs (NewsPH-NLI-style pairs built
-from the Filipino news articles). Speedup = time(mBERT) / time(model), per task and averaged.
-Warm-up steps excluded, device synchronised, median step time; each model in a fresh process.
+from the Filipino news articles). Two methods on identical batches (padded to the maximum length):
+
+* ours: the training step of `ds-distil finetune` (its DeepSpeed engine and config: precision
+  auto, fused AdamW);
+* reference: `benchmarks.reference.ReferenceFinetune`, plain PyTorch, fused AdamW, autocast, and
+  on CUDA the whole step captured in a CUDA graph.
+
+Speedup = time(mBERT) / time(model) for ours, per task and averaged; ours/reference per cell.
+Warm-up steps excluded, device synchronised, median step time. One fresh process per model (all
+its tasks and both methods), which keeps `--full` within minutes.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import datetime
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,58 +45,92 @@ NOTES = {
 }
 
 
+def _fixed_batches(feats: list[dict], batch: int, max_length: int, pad_id: int, n: int) -> list[dict]:
+    """n batches of exactly batch x max_length (the finetune collate, then padded on to max_length)."""
+    import torch
+
+    from ds_distil.finetune import collate
+
+    fn = collate(pad_id)
+    out = []
+    for i in range(n):
+        items = [feats[(i * batch + j) % len(feats)] for j in range(batch)]
+        b = fn(items)
+        b.pop("index")
+        extra = max_length - b["input_ids"].shape[1]
+        for k, v in b.items():
+            if v.dim() == 2 and extra > 0:
+                fill = pad_id if k == "input_ids" else (-100 if k == "labels" else 0)
+                b[k] = torch.nn.functional.pad(v, (0, extra), value=fill)
+        out.append(b)
+    return out
+
+
 def measure(spec: dict) -> dict:
+    """One model on every task of spec, both methods: {"rows": [...]}."""
     import torch
 
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]))
-    from torch.utils.data import DataLoader
-
+    from benchmarks.reference import ReferenceFinetune
     from ds_distil import engine as eng
     from ds_distil.config import TrainConfig
     from ds_distil.data.tasks import load_task
-    from ds_distil.finetune import _ds_json, build_model, collate, featurise
+    from ds_distil.finetune import build_model, featurise
     from ds_distil.tokenizer import load_tokenizer
 
     d = eng.init_distributed()
-    task = load_task(spec["task"], spec["data_dir"])
+    dev = d.device
     tok = load_tokenizer(str(DATA / "mbert_tokenizer"))
-    torch.manual_seed(0)
-    model = build_model(spec["model"], task, tok)
-    n_params = sum(p.numel() for p in model.parameters())
-    need = spec["batch"] * (spec["steps"] + spec["warmup"])
-    feats = featurise(task, "train", tok, spec["max_length"], limit=need)
-    while len(feats) < need:  # small sets cycle
-        feats = feats + feats[: need - len(feats)]
-    train = TrainConfig(micro_batch_size=spec["batch"], max_steps=spec["steps"] + spec["warmup"], lr=5e-5)
-    ds = eng.ds_config_from(train, _ds_json("auto", d.device), 1, train.max_steps)
-    engine = eng.initialize(model, ds, 0.01)
-    loader = DataLoader(feats, batch_size=spec["batch"], shuffle=False, collate_fn=collate(tok.pad_token_id))
-    times, tokens = [], []
-    for i, batch in enumerate(loader):
-        batch.pop("index")
-        batch = {k: v.to(d.device) for k, v in batch.items()}
-        if d.device.type == "cuda":
-            torch.cuda.synchronize(d.device)
-        t0 = time.perf_counter()
-        loss = engine(**batch).loss
-        engine.backward(loss)
-        engine.step()
-        if d.device.type == "cuda":
-            torch.cuda.synchronize(d.device)
-        if i >= spec["warmup"]:
-            times.append(time.perf_counter() - t0)
-            tokens.append(int(batch["attention_mask"].sum()))
-    step = statistics.median(times)
-    return {**spec, "step_s": step, "samples_per_s": spec["batch"] / step, "tokens_per_step": statistics.fmean(tokens),
-            "params": n_params, "precision": eng.precision(ds), "timed_steps": len(times)}
+    n = spec["steps"] + spec["warmup"]
+    rows = []
 
+    def timed(step, batches) -> list[float]:
+        times = []
+        for i, b in enumerate(batches):
+            b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            step(b)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= spec["warmup"]:
+                times.append(time.perf_counter() - t0)
+        return times
 
-def nli_dir(tmp: Path) -> Path:
-    from ds_distil.data.tasks import build_nli, read_articles, write_nli
+    for task_name, data_dir in spec["tasks"].items():
+        task = load_task(task_name, data_dir)
+        feats = featurise(task, "train", tok, spec["max_length"], limit=spec["batch"] * n)
+        batches = _fixed_batches(feats, spec["batch"], spec["max_length"], tok.pad_token_id, n)
+        for method in spec["methods"]:
+            torch.manual_seed(0)
+            model = build_model(spec["model"], task, tok)
+            row = {"model": spec["model"], "task": task_name, "method": method, "params": sum(p.numel() for p in model.parameters())}
+            try:
+                if method == "ours":
+                    train = TrainConfig(micro_batch_size=spec["batch"], max_steps=n, lr=5e-5)
+                    ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", dev), 1, n, fused=eng.fused_adamw("auto", dev))
+                    engine = eng.initialize(model, ds, 0.01)
+                    row["precision"] = eng.precision(ds)
 
-    write_nli(build_nli(read_articles(DATA / "fakenews" / "full.csv"), seed=0), tmp / "nli")
-    return tmp / "nli"
+                    def step(b, engine=engine):
+                        loss = engine(**b).loss
+                        engine.backward(loss)
+                        engine.step()
+                else:
+                    precision = "fp32" if dev.type != "cuda" else "bf16" if eng.bf16_capable(dev) else "fp16"
+                    ref = ReferenceFinetune(model, precision, dev)
+                    row["precision"] = "fp32" if ref.amp is None else str(ref.amp).removeprefix("torch.")
+                    step = ref.step
+                times = timed(step, batches)
+                row.update(step_s=statistics.median(times), timed_steps=len(times),
+                           tokens_per_step=statistics.fmean(int(b["attention_mask"].sum()) for b in batches))
+            except Exception as e:  # one failed cell must not hide the others
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            rows.append(row)
+            del model
+    return {"rows": rows}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -115,24 +158,38 @@ def plot(result: dict, path: Path) -> None:
 
 def render(result: dict) -> str:
     c = result["config"]
-    md = header("Finetuning speed against mBERT", result, result["command"])
-    md += (f"Batch {c['batch']} x max length {c['max_length']}, {c['steps']} timed steps after {c['warmup']} warm-up steps, "
-           f"median step time; random weights; student precision {result['rows'][0].get('precision', '?')}.\n\n")
+    md = header("Finetuning speed against mBERT, and ours against the reference", result, result["command"])
+    ours_rows = [r for r in result["rows"] if r.get("method", "ours") == "ours" and "error" not in r]
+    md += (f"Batch {c['batch']} x length {c['max_length']} (every batch padded to it), {c['steps']} timed steps after "
+           f"{c['warmup']} warm-up steps, median step time; random weights; our precision "
+           f"{ours_rows[0].get('precision', '?') if ours_rows else '?'}.\n\n")
     md += "| model | params (M) | " + " | ".join(f"{t} s/step | {t} speedup" for t in c["tasks"]) + " | average speedup |\n"
     md += "|---|---:|" + "---:|---:|" * len(c["tasks"]) + "---:|\n"
-    by = {(r["model"], r["task"]): r for r in result["rows"]}
+    by = {(r["model"], r["task"], r.get("method", "ours")): r for r in result["rows"]}
     for m in c["models"]:
         cells = []
-        params = next((by[(m, t)]["params"] for t in c["tasks"] if (m, t) in by and "params" in by[(m, t)]), None)
+        params = next((by[(m, t, "ours")]["params"] for t in c["tasks"] if (m, t, "ours") in by and "params" in by[(m, t, "ours")]), None)
         for t in c["tasks"]:
-            r = by.get((m, t))
+            r = by.get((m, t, "ours"))
             if not r or "error" in r:
                 cells += ["failed" if r else "-", ""]
                 continue
             sp = result["speedups"].get(m, {}).get(t)
-            cells += [f"{r['step_s']:.3f}", f"{sp:.2f}x" if sp else "-"]
+            cells += [f"{r['step_s']:.4f}", f"{sp:.2f}x" if sp else "-"]
         avg = result["speedups"].get(m, {}).get("average")
         md += f"| {m} | {params / 1e6:.1f} | " + " | ".join(cells) + f" | {f'{avg:.2f}x' if avg else '-'} |\n" if params else f"| {m} | failed |\n"
+    if "reference" in c.get("methods", []):
+        md += "\nOurs against the reference (plain PyTorch step, CUDA graph on a GPU), seconds per step; ours/reference above 1 means slower:\n\n"
+        md += "| model | " + " | ".join(f"{t} ours | {t} reference | {t} ours/ref" for t in c["tasks"]) + " |\n"
+        md += "|---|" + "---:|---:|---:|" * len(c["tasks"]) + "\n"
+        for m in c["models"]:
+            cells = []
+            for t in c["tasks"]:
+                o, r = by.get((m, t, "ours")), by.get((m, t, "reference"))
+                ok_o, ok_r = o and "error" not in o, r and "error" not in r
+                cells += [f"{o['step_s']:.4f}" if ok_o else "failed", f"{r['step_s']:.4f}" if ok_r else (f"failed: {r['error']}" if r else "-"),
+                          f"{o['step_s'] / r['step_s']:.2f}x" if ok_o and ok_r else ""]
+            md += f"| {m} | " + " | ".join(cells) + " |\n"
     md += "\n" + "".join(f"- {m}: {note}\n" for m, note in NOTES.items() if m in c["models"])
     md += "\nThe paper reports finetuning speedups over mBERT of 1.97x (dBERT Base), 5.23x (dBERT Tiny) and 1.68x (DistilmBERT) on GPU.\n"
     if not result["device"]["gpu"]:
@@ -145,6 +202,7 @@ def main() -> None:
     p.add_argument("--full", action="store_true")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--methods", default="ours,reference")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -156,19 +214,24 @@ def main() -> None:
     max_length = args.max_length or (128 if args.full else 64)
     steps = args.steps or (50 if args.full else 4)
     warmup = args.warmup or (5 if args.full else 1)
-    models, tasks = args.models.split(","), args.tasks.split(",")
+    models, tasks, methods = args.models.split(","), args.tasks.split(","), args.methods.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         dirs = {"hatespeech": str(DATA / "hatespeech"), "pos": str(DATA / "ud_pos")}
         if "nli" in tasks:
             dirs["nli"] = str(nli_dir(Path(tmp)))
-        for i, (t, m) in enumerate((t, m) for t in tasks for m in models):
-            spec = {"model": m, "task": t, "data_dir": dirs[t], "batch": batch, "max_length": max_length, "steps": steps,
-                    "warmup": warmup, "port": 29200 + i}
-            rows.append(run_isolated("benchmarks.finetune_speed", spec))
-            r = rows[-1]
-            print(f"{t} {m}: " + (f"{r['step_s']:.3f} s/step" if "error" not in r else f"failed: {r['error']}"), flush=True)
-    by = {(r["model"], r["task"]): r for r in rows if "error" not in r}
+        for i, m in enumerate(models):
+            spec = {"model": m, "tasks": {t: dirs[t] for t in tasks}, "methods": methods, "batch": batch, "max_length": max_length,
+                    "steps": steps, "warmup": warmup, "port": 29200 + i}
+            got = run_isolated("benchmarks.finetune_speed", spec)
+            got_rows = got.get("rows") or [{"model": m, "task": t, "method": me, "error": got.get("error", "?")} for t in tasks for me in methods]
+            rows += got_rows
+            for r in got_rows:
+                print(f"{r['task']} {m} {r['method']}: " + (f"{r['step_s']:.4f} s/step" if "error" not in r else f"failed: {r['error']}"), flush=True)
+    if all("error" in r for r in rows):
+        print("finetune_speed: every configuration failed; no report written", file=sys.stderr)
+        sys.exit(1)
+    by = {(r["model"], r["task"]): r for r in rows if "error" not in r and r["method"] == "ours"}
     speedups = {}
     for m in models:
         per = {t: by[("mbert", t)]["step_s"] / by[(m, t)]["step_s"] for t in tasks if (m, t) in by and ("mbert", t) in by}
@@ -178,14 +241,21 @@ def main() -> None:
     mode = "full" if args.full else "quick"
     result = {"what": "finetune_speed", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
               "versions": versions(), "command": command_line("benchmarks.finetune_speed"),
-              "config": {"models": models, "tasks": tasks, "batch": batch, "max_length": max_length, "steps": steps, "warmup": warmup},
-              "rows": rows, "speedups": speedups}
+              "config": {"models": models, "tasks": tasks, "methods": methods, "batch": batch, "max_length": max_length, "steps": steps,
+                         "warmup": warmup}, "rows": rows, "speedups": speedups}
     md = render(result)
     paths = write_report(f"finetune_speed-{mode}", result, md, Path(args.out))
     png = paths[0].with_suffix(".png")
     plot(result, png)
     print(md)
     print("wrote", *paths, png)
+
+
+def nli_dir(tmp: Path) -> Path:
+    from ds_distil.data.tasks import build_nli, read_articles, write_nli
+
+    write_nli(build_nli(read_articles(DATA / "fakenews" / "full.csv"), seed=0), tmp / "nli")
+    return tmp / "nli"
 
 
 if __name__ == "__main__":

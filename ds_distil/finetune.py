@@ -179,13 +179,6 @@ def score(task: Task, split: str, preds: dict[int, list[int] | int], feats: list
 # --------------------------------------------------------------------------------------- run
 
 
-def _ds_json(choice: str, device: torch.device) -> str:
-    if choice != "auto":
-        return choice
-    root = Path(__file__).resolve().parents[1] / "ds_configs"
-    return str(root / ("zero2-fp16.json" if device.type == "cuda" else "zero2-fp32.json"))
-
-
 @torch.no_grad()
 def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist) -> dict[int, list[int] | int]:
     """Predictions of every rank's share, gathered: {example index: class or per-token classes}."""
@@ -218,8 +211,8 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     train = feats["train"]
     steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))
     num_steps = eng.total_steps(cfg.train, steps_per_epoch)
-    ds_path = _ds_json(cfg.deepspeed.config, d.device)
-    ds_config = eng.ds_config_from(cfg.train, ds_path, d.world_size, num_steps)
+    ds_path = eng.resolve_ds_json(cfg.deepspeed.config, d.device)
+    ds_config = eng.ds_config_from(cfg.train, ds_path, d.world_size, num_steps, fused=eng.fused_adamw("auto", d.device))
     engine = eng.initialize(net, ds_config, cfg.train.weight_decay)
     torch.manual_seed(cfg.train.seed + d.rank)
     if d.rank == 0:

@@ -1,17 +1,11 @@
 """The distillation loop: `setup` builds everything from the run config, `Trainer.fit` trains.
 
-One micro step: the frozen teacher (no autograd) and the student run on the batch; both LM heads
-are evaluated at the masked positions only; the losses are per-token means over the masked
-tokens of the whole global batch (counts all-reduced), so any split over ranks gives the same
-objective. DeepSpeed does the backward, ZeRO-2 reduction, clipping, loss scaling, optimizer and
-schedule, and skips an optimizer step whose gradients are not finite. Checkpoints are taken at
+A micro step is `DistillStep` (ds_distil/distill_step.py): teacher and student at the masked
+positions only, per-global-token losses, DeepSpeed's backward and step, no host sync. The loop
+accumulates its statistics on the device; once per optimizer step the ranks exchange one small
+vector (the step's statistics, a stop request) and the host reads it: the one sync, where
+DeepSpeed's own step (grad norm, overflow check) synchronises anyway. Checkpoints are taken at
 optimizer-step boundaries and carry the data position.
-
-The host never waits for the device inside a micro step: the masked positions arrive from the
-loader as a fixed-size list (static shapes, no `nonzero()`), the statistics are accumulated on the
-device, and counts are all-reduced there. Once per optimizer step the ranks exchange one small
-vector (the step's statistics, a stop request, non-finite losses) and the host reads it: the one
-sync, where DeepSpeed's own step (grad norm, overflow check) synchronises anyway.
 """
 
 from __future__ import annotations
@@ -19,9 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,19 +23,16 @@ import torch.distributed as dist
 from ds_distil import checkpoint, engine as eng
 from ds_distil.config import DistillConfig, save, to_dict
 from ds_distil.data import MLMStream, load_manifest
+from ds_distil.distill_step import STATS, DistillStep
 from ds_distil.env_info import device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
-from ds_distil.losses import IGNORE_INDEX, distillation_losses
 from ds_distil.metrics import DeviceStats, Metrics
 from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters
 from ds_distil.signals import EXIT_PREEMPTED, ignore_stop_signals, on_stop_signal, signal_name
 
 log = logging.getLogger(__name__)
 
-# Per micro step, on the device: loss terms (this rank's share of the global per-token means),
-# real tokens, samples, real masked tokens, non-finite losses. Summed over ranks once per step.
-STATS = ("total", "kl", "mlm", "hidden", "tokens", "samples", "masked", "nonfinite")
 RESUMABLE_SECTIONS = ("teacher", "student", "loss", "train")
 RESUMABLE_KEYS = ("perf.pad_vocab_multiple",)  # changes the checkpoint's shapes
 
@@ -60,63 +50,18 @@ class TrainerState:
 
 class Trainer:
     def __init__(self, cfg: DistillConfig, run_dir: Path, d: eng.Dist, stream: MLMStream, model_engine, teacher,
-                 num_steps: int, state: TrainerState, vocab: int | None = None):
+                 num_steps: int, state: TrainerState, vocab: int):
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
         self.stream, self.engine, self.teacher = stream, model_engine, teacher
         self.num_steps, self.state = num_steps, state
         self.batches: Iterator[dict] = iter(stream)
         self.stop_requested = False
-        student = model_engine.module.model
-        self.student_arch = Arch.of(student, vocab)
+        self.student_arch = Arch.of(model_engine.module.model, vocab)
         self.teacher_arch = Arch.of(teacher, vocab) if teacher is not None else None
         self.device_stats = DeviceStats(d.device)
         self.peak = peak_flops(self.device_stats.name, cfg.log.peak_tflops)
-        self.want_hidden = teacher is not None and cfg.loss.a_hidden > 0
-        # the teacher as the student is called: logits at the given positions over the real vocabulary
-        self.teacher_lm = MaskedLM(teacher, vocab) if teacher is not None else None
-        self.loss_fn: Callable[..., dict] = partial(distillation_losses, cfg.loss)
-        if eng.compile_enabled(cfg.perf, d.device):
-            # in place: the state dict keeps its names (checkpoints, export); shapes are static
-            if self.teacher_lm is not None:
-                self.teacher_lm.compile(dynamic=False)
-            model_engine.module.compile(dynamic=False)
-            self.loss_fn = torch.compile(self.loss_fn, dynamic=False)
-
-    # -- one micro step
-
-    def _micro_step(self, batch: dict) -> torch.Tensor:
-        """Forward, backward and (at a boundary) DeepSpeed's step; returns this rank's STATS, on the device."""
-        dev = self.d.device
-        input_ids = batch["input_ids"].to(dev, non_blocking=True)
-        attention_mask = batch["attention_mask"].to(dev, non_blocking=True)
-        positions = batch["positions"].to(dev, non_blocking=True)
-        targets = batch["targets"].to(dev, non_blocking=True)
-        real = attention_mask.reshape(-1).float()
-        counts = torch.stack([(targets != IGNORE_INDEX).sum().float(), real.sum()])
-        dist.all_reduce(counts)  # the global counts every rank divides by (on the device: no host sync)
-
-        teacher_logits = teacher_hidden = None
-        if self.teacher_lm is not None:
-            with torch.no_grad():
-                teacher_logits, teacher_hidden = self.teacher_lm(input_ids, attention_mask, positions)
-        student_logits, student_hidden = self.engine(input_ids, attention_mask, positions)
-        hidden = {}
-        if self.want_hidden:
-            flat = (lambda h: h.reshape(-1, h.shape[-1]))
-            hidden = dict(student_hidden=flat(student_hidden), teacher_hidden=flat(teacher_hidden), n_hidden=counts[1],
-                          hidden_weights=real)
-        terms = self.loss_fn(student_logits, targets, counts[0], teacher_logits, **hidden)
-        # DeepSpeed averages gradients over ranks; our terms are already shares of the global mean.
-        # A non-finite loss gives non-finite gradients: DeepSpeed skips that optimizer step.
-        self.engine.backward(terms["total"] * self.d.world_size)
-        self.engine.step()
-        total = terms["total"].detach()
-        zero = torch.zeros((), device=dev)
-        return torch.stack([
-            total, terms.get("kl", zero).detach(), terms["mlm"].detach(), terms.get("hidden", zero).detach(),
-            real.sum(), (batch["index"] >= 0).sum().to(dev, non_blocking=True).float(), (targets != IGNORE_INDEX).sum().float(),
-            (~torch.isfinite(total)).float(),
-        ]).to(torch.float64)
+        self.micro_step = DistillStep(model_engine, teacher, vocab, cfg.loss, d.device, d.world_size,
+                                      compile=eng.compile_enabled(cfg.perf, d.device))
 
     def _optimizer_step(self) -> tuple[torch.Tensor, int, bool]:
         """Micro steps up to the next optimizer-step boundary; then the one exchange between ranks.
@@ -125,7 +70,7 @@ class Trainer:
         micro = 0
         while True:
             boundary = self.engine.is_gradient_accumulation_boundary()
-            step_acc += self._micro_step(next(self.batches))
+            step_acc += self.micro_step(next(self.batches))
             micro += 1
             if boundary:
                 break

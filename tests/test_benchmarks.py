@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -21,12 +23,33 @@ def test_report_renders_the_newest_result_per_kind(tmp_path):
     assert "ours/baseline" in page and "CPU" in page
 
 
-def test_throughput_markdown_comes_from_the_numbers(tmp_path):
+def _row(method, tokens_per_s, **extra):
+    return {"student": "dbert-tiny", "seq_len": 128, "batch": 8, "method": method, "teacher_dtype": "float32", "step_s": 1024 / tokens_per_s,
+            "tokens_per_s": tokens_per_s, "samples_per_s": 1.0, "achieved_tflops": 0.1, "mfu": None, "peak_memory_gib": 1.0, **extra}
+
+
+def test_throughput_markdown_comes_from_the_numbers():
     from benchmarks.throughput import render
 
-    result = json.loads(sorted((ROOT / "benchmarks" / "results").glob("throughput-quick_*.json"))[-1].read_text())
-    ours = next(r for r in result["rows"] if r["method"] == "ours")
-    base = next(r for r in result["rows"] if r["method"] == "baseline" and r["student"] == ours["student"])
-    ours["tokens_per_s"], base["tokens_per_s"] = 300.0, 100.0
+    result = {"device": {"gpu": None, "cpu": "x", "cpu_cores": 2}, "versions": {"torch": "2"}, "date": "2026-01-01", "command": "c",
+              "config": {"precision": "fp32", "compile": False, "steps": 3, "warmup": 1, "inputs": 1},
+              "rows": [_row("ours", 300.0), _row("reference", 200.0), _row("baseline", 100.0), _row("ours", 150.0, lever="no padding")]}
     md = render(result)
-    assert "| 3.00x |" in md
+    ours = next(line for line in md.splitlines() if line.startswith("| dbert-tiny | 128 | 8 | ours |"))
+    assert ours.endswith("| 1.50x | 3.00x |")  # ours/reference, ours/baseline
+    assert "| dbert-tiny | 128 | 8 | no padding | 150 | 2.00x |" in md  # the lever's effect
+
+
+@pytest.mark.parametrize("module, args", [
+    ("benchmarks.throughput", ["--students", "no-such-student", "--steps", "1", "--warmup", "1", "--inputs", "1"]),
+    ("benchmarks.finetune_speed", ["--models", "no-such-model", "--tasks", "hatespeech", "--steps", "1", "--warmup", "1"]),
+])
+def test_a_benchmark_whose_every_configuration_failed_exits_non_zero_and_writes_nothing(module, args, tmp_path, data_dir):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode != 0 and "every configuration failed; no report written" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -1,0 +1,119 @@
+"""The reference: the distillation and finetuning steps as a careful engineer writes them by hand in
+plain PyTorch for one device, with every lever that pays and no framework around them.
+
+Both speed benchmarks time it in the same run as our step, on the same models (built by
+ds_distil.models, so the same vocabulary padding and attention implementation), inputs and FLOP
+count, so "ours / reference" says how far the framework is from the best this machine gives.
+
+Distillation (`ReferenceDistill`): the teacher frozen in its inference dtype, the student with fp32
+weights under autocast (bf16 or fp16, fp16 with a GradScaler; fp32 runs plain), LM heads at the
+masked positions only through a fixed-size position list, the same loss function, gradient
+clipping with the foreach norm (no host sync), torch's fused AdamW, and torch.compile of the
+forward and loss (static shapes; the backward is compiled with it).
+
+Finetuning (`ReferenceFinetune`): fp32 weights under autocast, inputs padded to a fixed length,
+fused AdamW with `capturable=True`, gradient clipping, and on CUDA the whole step (forward,
+backward, clipping, optimizer) captured once in a CUDA graph and replayed: a small model's step is
+bound by kernel launches otherwise. On CPU it runs eager.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ds_distil.config import LossConfig
+from ds_distil.engine import param_groups
+from ds_distil.losses import IGNORE_INDEX, distillation_losses
+from ds_distil.models import masked_lm_forward
+
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def _adamw(model: nn.Module, lr: float, device: torch.device, capturable: bool = False) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, 0.01), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=device.type in ("cuda", "cpu"),
+                             capturable=capturable)
+
+
+class ReferenceDistill:
+    def __init__(self, teacher: nn.Module, student: nn.Module, vocab: int, loss: LossConfig, precision: str,
+                 device: torch.device, compile: bool, lr: float = 1e-4, grad_clip: float = 1.0):
+        self.teacher, self.student = teacher, student.to(device).train()
+        self.vocab, self.loss, self.device, self.grad_clip = vocab, loss, device, grad_clip
+        self.amp = AMP[precision]
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.opt = _adamw(self.student, lr, device)
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.forward_loss = torch.compile(self._forward_loss, dynamic=False) if compile else self._forward_loss
+
+    def _forward_loss(self, input_ids, attention_mask, positions, targets) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits, _ = masked_lm_forward(self.teacher, input_ids, attention_mask, positions, self.vocab)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            s_logits, _ = masked_lm_forward(self.student, input_ids, attention_mask, positions, self.vocab)
+        n_masked = (targets != IGNORE_INDEX).sum().float()
+        return distillation_losses(self.loss, s_logits, targets, n_masked, t_logits)["total"]
+
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.forward_loss(batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"])
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)  # (reads the inf check: the one sync of an fp16 step)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+class ReferenceFinetune:
+    """`step(batch)` with batch tensors of one fixed shape (pad to max_length); returns the loss on the device."""
+
+    def __init__(self, model: nn.Module, precision: str, device: torch.device, cuda_graph: bool | None = None,
+                 lr: float = 5e-5, grad_clip: float = 1.0):
+        self.model, self.device, self.grad_clip = model.to(device).train(), device, grad_clip
+        self.amp = AMP[precision if precision != "fp16" else "bf16"]  # no loss scaler in a captured graph: bf16
+        self.graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.opt = _adamw(model, lr, device, capturable=self.graph)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.static: dict[str, torch.Tensor] | None = None
+        self.cuda_graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            loss = self.model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=False)  # graph capture: gradients keep their buffers
+        return loss.detach()
+
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self.graph:
+            return self._step(batch)
+        if self.cuda_graph is None:
+            self._capture(batch)
+        for k, v in batch.items():
+            self.static[k].copy_(v, non_blocking=True)
+        self.cuda_graph.replay()
+        return self.loss
+
+    def _capture(self, batch: dict[str, torch.Tensor]) -> None:
+        # PyTorch's whole-network capture recipe: warm up on a side stream (allocates gradients and
+        # optimizer state), then capture one step; later steps copy their inputs in and replay.
+        self.static = {k: v.clone() for k, v in batch.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step(self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.cuda_graph):
+            self.loss = self._step(self.static)
