@@ -288,7 +288,8 @@ class TeacherConfig:
     pretrained: str | None = _help("weights: a hub name (bert-base-multilingual-cased) or a local HF directory", default=None)
     config: str | None = _help("architecture config.json for a randomly initialised teacher", default=None)
     preset: str | None = _help(f"architecture preset for a randomly initialised teacher: {', '.join(PRESETS)}", default=None)
-    dtype: Literal["auto", "fp16", "bf16", "fp32"] = _help("teacher precision; auto: fp16 on GPU, fp32 on CPU", default="auto")
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = _help("teacher precision; auto: bf16 on GPUs that have it, else fp16; fp32 on CPU",
+                                                           default="auto")
 
     def __post_init__(self) -> None:
         given = [k for k in ("pretrained", "config", "preset") if getattr(self, k)]
@@ -404,9 +405,10 @@ class PerfConfig:
     pad_vocab_multiple: int = _help("pad the vocabulary rows of teacher and student to a multiple of this (aligned LM-head "
                                     "GEMMs; padding logits are cut off before the softmax, and the export drops the rows); "
                                     "1: off", default=128)
-    compile: Literal["auto", "on", "off"] = _help("torch.compile the teacher, the student and the loss; auto: on for CUDA", default="auto")
-    fused_adamw: Literal["auto", "on", "off"] = _help("torch's fused AdamW kernel (one kernel for the whole update) instead of "
-                                                     "the per-tensor one; auto: on where torch has it for the device", default="auto")
+    compile: bool | Literal["auto"] = _help("torch.compile the teacher, the student and the loss (true/false); auto: on for CUDA",
+                                            default="auto")
+    fused_adamw: bool | Literal["auto"] = _help("torch's fused AdamW kernel (one kernel for the whole update) instead of "
+                                                     "the per-tensor one (true/false); auto: on where torch has it for the device", default="auto")
 
     def __post_init__(self) -> None:
         if self.pad_vocab_multiple < 1:

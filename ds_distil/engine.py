@@ -93,15 +93,15 @@ def resolve_ds_json(choice: str, device: torch.device) -> str:
     return str(DS_CONFIGS / ("zero2-bf16.json" if bf16_capable(device) else "zero2-fp16.json"))
 
 
-def fused_adamw(choice: str, device: torch.device) -> bool:
+def fused_adamw(choice: bool | str, device: torch.device) -> bool:
     """torch's fused AdamW (one kernel for the whole update; CUDA and CPU since torch 2.4)."""
     if choice == "auto":
         return device.type in ("cuda", "cpu")
-    return choice == "on"
+    return choice is True
 
 
 def compile_enabled(perf: PerfConfig, device: torch.device) -> bool:
-    return perf.compile == "on" or (perf.compile == "auto" and device.type == "cuda")
+    return perf.compile is True or (perf.compile == "auto" and device.type == "cuda")
 
 
 def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int, device: torch.device) -> dict:

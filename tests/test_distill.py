@@ -251,3 +251,19 @@ def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(s
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert losses(tmp_path / "whole") == losses(out)  # metrics.jsonl continues without duplicated steps
+
+
+def test_compiled_step_computes_what_the_eager_step_does(small_shards, tmp_path):
+    """perf.compile (on by default on GPUs, off on CPU): teacher, student and loss under torch.compile
+    give the eager run's losses and weights, up to float rounding."""
+    common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 3, "log.every_steps": 1, "student.dropout": 0.0,
+                                                                   "checkpoint.every_steps": 0})]
+    run([sys.executable, "-m", "ds_distil", "distill", "--out", str(tmp_path / "eager"), *common, "perf.compile=false"])
+    compiled = run([sys.executable, "-m", "ds_distil", "distill", "--out", str(tmp_path / "compiled"), *common, "perf.compile=true"])
+    assert "torch.compile on" in compiled.stderr
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "eager" / "student" / "model.safetensors"), load_file(tmp_path / "compiled" / "student" / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k

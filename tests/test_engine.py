@@ -67,5 +67,5 @@ def test_auto_precision_is_bf16_on_gpus_that_have_it_fp16_on_older_ones_fp32_on_
 
 def test_fused_adamw_goes_to_torch_through_the_deepspeed_json():
     assert build_ds_config(cfg(), 1, 10, CPU)["optimizer"]["params"]["fused"] is True  # auto: on where torch has it
-    off = build_ds_config(cfg(perf={"fused_adamw": "off"}), 1, 10, CPU)["optimizer"]["params"]
+    off = build_ds_config(cfg(perf={"fused_adamw": False}), 1, 10, CPU)["optimizer"]["params"]
     assert "fused" not in off and off["torch_adam"] is True
