@@ -2,7 +2,7 @@
 engineer writes by hand, same models, same inputs, same run.
 
     python -m benchmarks.throughput                 # quick: this CPU, batch 8 x 128, both students
-    python -m benchmarks.throughput --full          # a GPU: seq 128 and 512, batches 32..256
+    python -m benchmarks.throughput --full          # a GPU: seq 128, batches 128 and 256
     python -m benchmarks.throughput --full --levers # and each speed lever of ours turned off in turn
     python -m benchmarks.throughput --profile       # and a torch.profiler table of our step
 
@@ -240,7 +240,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="real sizes for a GPU: seq 128 and 512, batches 32-256")
+    p.add_argument("--full", action="store_true", help="real sizes for a GPU: batches 128 and 256 (seq 128)")
     p.add_argument("--students", default="dbert-tiny,dbert-base")
     p.add_argument("--methods", default="ours,reference,baseline")
     p.add_argument("--seq-lens", default=None)
@@ -262,8 +262,8 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    seq_lens = [int(x) for x in (args.seq_lens or ("128,512" if args.full else "128")).split(",")]
-    batches = [int(x) for x in (args.batches or ("32,64,128,256" if args.full else "8")).split(",")]
+    seq_lens = [int(x) for x in (args.seq_lens or "128").split(",")]
+    batches = [int(x) for x in (args.batches or ("128,256" if args.full else "8")).split(",")]
     steps = args.steps or (20 if args.full else 3)
     warmup = args.warmup or (5 if args.full else 1)
     precision = args.precision if args.precision != "auto" else ("fp32" if not cuda else "bf16" if bf16_capable(device) else "fp16")
@@ -289,7 +289,7 @@ def main() -> None:
     if all("error" in r for r in rows):
         print("throughput: every configuration failed; no report written", file=sys.stderr)
         sys.exit(1)
-    mode = "full" if args.full else "quick"
+    mode = ("full" if args.full else "quick") + ("-levers" if args.levers else "")
     result = {"what": "throughput", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
               "versions": versions(), "command": command_line("benchmarks.throughput"),
               "config": {"students": args.students.split(","), "methods": methods, "seq_lens": seq_lens, "batches": batches,
