@@ -80,6 +80,34 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vocab(args: argparse.Namespace) -> int:
+    """Choose a target-language vocabulary from prepared shards (kept tokens, tokenizer, id map, report)."""
+    from ds_distil.vocab import VocabConfig, build_vocab
+
+    cfg = config_from_args(args, VocabConfig)
+    r = build_vocab(cfg)
+    b = r["breakdown"]
+    print(f"kept {r['kept']:,} of {r['original']:,} tokens ({r['kept_fraction']:.1%}): {b['special']} special, "
+          f"{b['single_chars']:,} single characters and ## forms, {b['corpus']:,} more from the corpus ({r['rule']})")
+    print(f"training tokens covered: {r['train_coverage']:.4%} of {r['train_tokens']:,} ({r['train_distinct_ids']:,} distinct ids)"
+          + (f"; validation: {r['val_coverage']:.4%}" if "val_coverage" in r else ""))
+    for name, st in r["sets"].items():
+        print(f"  {name}: [UNK] per word {st['full_unk_per_word']:.4f} -> {st['trimmed_unk_per_word']:.4f}, tokens/word "
+              f"{st['full_tokens_per_word']:.3f} -> {st['trimmed_tokens_per_word']:.3f}, full-vocabulary tokens not kept "
+              f"{st['full_tokens_not_kept']:.3%}")
+    print(f"wrote {cfg.out} (AutoTokenizer.from_pretrained loads it; distil into it with student.vocab={cfg.out})")
+    return 0
+
+
+def cmd_trim(args: argparse.Namespace) -> int:
+    """Trim an existing model (a Hugging Face directory with its tokenizer) to a target-language vocabulary."""
+    from ds_distil.vocab import trim_model
+
+    path = trim_model(args.model, args.vocab, args.out)
+    print(f"wrote {path} (AutoModelForMaskedLM.from_pretrained loads it)")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Stream a few batches from prepared shards and show what a training rank would see."""
     from ds_distil.data import MLMStream, load_manifest
@@ -171,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
     add_config_flags(p, PrepareConfig)
     p.set_defaults(func=cmd_prepare)
+
+    from ds_distil.vocab import VocabConfig
+
+    p = sub.add_parser("vocab", help=cmd_vocab.__doc__, description=cmd_vocab.__doc__)
+    add_config_flags(p, VocabConfig)
+    p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser("trim", help=cmd_trim.__doc__, description=cmd_trim.__doc__)
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (weights and tokenizer), e.g. a distill run's student/")
+    p.add_argument("--vocab", required=True, metavar="VOCAB_DIR", help="written by `ds-distil vocab`")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_trim)
 
     p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__)
     p.add_argument("--shards", required=True, help="directory written by `ds-distil prepare`")

@@ -316,6 +316,8 @@ class StudentConfig:
         "or the teacher's projected onto the student's size by PCA", default="random")
     freeze_embeddings: bool = _help("keep the embeddings fixed during training", default=False)
     dropout: float = _help("hidden and attention dropout", default=0.1)
+    vocab: str | None = _help("a target-language vocabulary (`ds-distil vocab --out DIR`): the student gets only its tokens, "
+                              "the teacher's LM head and the KL run over them", default=None)
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:

@@ -31,10 +31,19 @@ STATS = ("total", "kl", "mlm", "hidden", "tokens", "samples", "masked", "nonfini
 
 
 class DistillStep:
+    """`step(batch)`; with a trimmed vocabulary, `id_map` [original vocab] -> student ids (tokens not
+    kept -> [UNK]) and `target_map` (not kept -> IGNORE_INDEX) translate the batch for the student,
+    while the teacher reads the original ids and its head already runs over the kept rows only."""
+
     def __init__(self, engine, teacher: nn.Module | None, vocab: int, loss: LossConfig, device: torch.device,
-                 world_size: int, compile: bool = False):
+                 world_size: int, compile: bool = False, id_map: torch.Tensor | None = None,
+                 target_map: torch.Tensor | None = None, full_head: nn.Module | None = None, kept: torch.Tensor | None = None):
         self.engine, self.device, self.world_size = engine, device, world_size
-        # the teacher called as the student is: logits at the given positions over the real vocabulary
+        self.teacher, self.temperature = teacher, loss.temperature
+        self.id_map = id_map.to(device) if id_map is not None else None
+        self.target_map = target_map.to(device) if target_map is not None else None
+        self.full_head, self.kept = full_head, (kept.to(device) if kept is not None else None)
+        # the teacher called as the student is: logits at the given positions over the (student's) real vocabulary
         self.teacher_lm = MaskedLM(teacher, vocab) if teacher is not None else None
         self.want_hidden = teacher is not None and loss.a_hidden > 0
         self.loss_fn: Callable[..., dict] = partial(distillation_losses, loss)
@@ -52,6 +61,10 @@ class DistillStep:
         attention_mask = batch["attention_mask"].to(dev, non_blocking=True)
         positions = batch["positions"].to(dev, non_blocking=True)
         targets = batch["targets"].to(dev, non_blocking=True)
+        student_ids = input_ids
+        if self.id_map is not None:  # a trimmed vocabulary: the student's ids (a gather on the device)
+            student_ids = self.id_map[input_ids]
+            targets = torch.where(targets >= 0, self.target_map[targets.clamp(min=0)], IGNORE_INDEX)
         real = attention_mask.reshape(-1).float()
         masked = (targets != IGNORE_INDEX).sum().float()
         counts = torch.stack([masked, real.sum()])
@@ -62,7 +75,7 @@ class DistillStep:
         if self.teacher_lm is not None:
             with torch.no_grad():
                 teacher_logits, teacher_hidden = self.teacher_lm(input_ids, attention_mask, positions)
-        student_logits, student_hidden = self.engine(input_ids, attention_mask, positions)
+        student_logits, student_hidden = self.engine(student_ids, attention_mask, positions)
         hidden = {}
         if self.want_hidden:
             hidden = dict(student_hidden=student_hidden.reshape(-1, student_hidden.shape[-1]),
@@ -77,3 +90,24 @@ class DistillStep:
         samples = (batch["index"] >= 0).sum().to(dev, non_blocking=True).float()
         return torch.stack([total, terms.get("kl", zero).detach(), terms["mlm"].detach(), terms.get("hidden", zero).detach(),
                             real.sum(), samples, masked, (~torch.isfinite(total)).float()]).to(torch.float64)
+
+    @torch.no_grad()
+    def teacher_mass_outside(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """With a trimmed vocabulary: the teacher's probability (at temperature T) on tokens that are
+        not kept, summed over the batch's masked tokens, and their count. The KL over the kept tokens
+        renormalises this mass away. The full head is evaluated here only (the trainer calls this at
+        log steps), for BERT teachers; None otherwise."""
+        if self.full_head is None or self.teacher is None or not hasattr(self.teacher, "cls"):
+            return None
+        from ds_distil.models import encoder
+
+        dev = self.device
+        targets = batch["targets"].to(dev)
+        positions = batch["positions"].to(dev)[targets != IGNORE_INDEX]
+        hidden = encoder(self.teacher)(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                                       return_dict=True).last_hidden_state
+        x = self.teacher.cls.predictions.transform(hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))
+        full = self.full_head(x).float() / self.temperature
+        kept = full.index_select(1, self.kept)
+        outside = 1.0 - torch.exp(torch.logsumexp(kept, -1) - torch.logsumexp(full, -1))
+        return torch.stack([outside.sum(), torch.tensor(float(outside.numel()), device=dev)])  # (sum, count): ranks add them

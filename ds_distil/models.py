@@ -97,23 +97,26 @@ def build_teacher(cfg: TeacherConfig, vocab_size: int, pad_token_id: int, pad_mu
 
 
 def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teacher: nn.Module | None = None,
-                  pad_multiple: int = 1) -> nn.Module:
-    """The student: preset/sizes (random weights) or pretrained; embeddings from the teacher if asked;
-    vocabulary rows padded to `pad_multiple` (see pad_vocab), before any freezing."""
+                  pad_multiple: int = 1, teacher_rows: torch.Tensor | None = None) -> nn.Module:
+    """The student: preset/sizes (random weights) or pretrained; embeddings from the teacher if asked
+    (`teacher_rows`: the teacher's word-embedding row of each student token, for a trimmed
+    vocabulary); vocabulary rows padded to `pad_multiple` (see pad_vocab), before any freezing."""
     from transformers import BertForMaskedLM
 
     if cfg.pretrained:
         model = _from_pretrained(cfg.pretrained, "student", hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
         if model.config.vocab_size != vocab_size:
-            raise UserError(f"student '{cfg.pretrained}' has vocabulary {model.config.vocab_size}, the shards {vocab_size}; "
-                            "prepare the shards with its tokenizer")
+            hint = ("; a student trimmed to a target-language vocabulary needs student.vocab=VOCAB_DIR (the vocabulary it was "
+                    "trimmed to)" if model.config.vocab_size < vocab_size and not cfg.vocab else "")
+            raise UserError(f"student '{cfg.pretrained}' has vocabulary {model.config.vocab_size}, the run {vocab_size}; "
+                            f"prepare the shards with its tokenizer{hint}")
     else:
         sizes = {k: getattr(cfg, k) for k in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "max_positions")}
         model = BertForMaskedLM(bert_config(cfg.preset, vocab_size, pad_token_id, cfg.dropout, **sizes))
     if cfg.embeddings != "random":
         if teacher is None:
             raise UserError(f"student.embeddings={cfg.embeddings} needs a teacher (teacher.enabled is false)")
-        init_embeddings_from_teacher(model, teacher, project=cfg.embeddings == "teacher-pca")
+        init_embeddings_from_teacher(model, teacher, project=cfg.embeddings == "teacher-pca", rows=teacher_rows)
     pad_vocab(model, pad_multiple)
     if cfg.freeze_embeddings:
         encoder(model).embeddings.requires_grad_(False)
@@ -122,18 +125,24 @@ def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teache
 
 
 @torch.no_grad()
-def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module, project: bool) -> None:
+def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module, project: bool, rows: torch.Tensor | None = None) -> None:
     """Copy the teacher's word, position and token-type embeddings (and their LayerNorm) into the
     student. With different hidden sizes a plain copy is refused; `project` maps them onto the
-    student's size with the top principal directions of the teacher's word embeddings (PCA)."""
+    student's size with the top principal directions of the teacher's word embeddings (PCA).
+    `rows`: the teacher row of each student word (a trimmed vocabulary); default: the same ids."""
     s_emb, t_emb = encoder(student).embeddings, encoder(teacher).embeddings
     hs, ht = s_emb.word_embeddings.embedding_dim, t_emb.word_embeddings.embedding_dim
     names = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+
+    def source(name: str) -> torch.Tensor:
+        w = getattr(t_emb, name).weight
+        return w.index_select(0, rows.to(w.device)) if name == "word_embeddings" and rows is not None else w
+
     if hs == ht:
         for name in names:
-            src, dst = getattr(t_emb, name).weight, getattr(s_emb, name).weight
-            rows = min(src.shape[0], dst.shape[0])
-            dst[:rows].copy_(src[:rows].float())
+            src, dst = source(name), getattr(s_emb, name).weight
+            n = min(src.shape[0], dst.shape[0])
+            dst[:n].copy_(src[:n].float())
         s_emb.LayerNorm.load_state_dict({k: v.float() for k, v in t_emb.LayerNorm.state_dict().items()})
         log.info("student embeddings copied from the teacher (hidden size %d)", hs)
         return
@@ -144,16 +153,36 @@ def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module, project
         )
     if hs > ht:
         raise UserError(f"cannot project {ht}-dim teacher embeddings up to a {hs}-dim student; use embeddings=random")
-    # the real vocabulary rows only: a padded teacher's extra rows (pad_vocab) are zeros
-    word = t_emb.word_embeddings.weight[: s_emb.word_embeddings.weight.shape[0]].float()
+    # the student's vocabulary rows only: a padded teacher's extra rows (pad_vocab) are zeros
+    word = source("word_embeddings")[: s_emb.word_embeddings.weight.shape[0]].float()
     mean = word.mean(0, keepdim=True)
     # top-hs right singular vectors of the centred word embeddings: the PCA basis
     _, _, v = torch.svd_lowrank(word - mean, q=hs, niter=4)
     for name in names:
-        src, dst = getattr(t_emb, name).weight.float(), getattr(s_emb, name).weight
-        rows = min(src.shape[0], dst.shape[0])
-        dst[:rows].copy_((src[:rows] - mean) @ v)
+        src, dst = source(name).float(), getattr(s_emb, name).weight
+        n = min(src.shape[0], dst.shape[0])
+        dst[:n].copy_((src[:n] - mean) @ v)
     log.info("student embeddings: teacher's projected by PCA from %d to %d dimensions", ht, hs)
+
+
+@torch.no_grad()
+def restrict_head(model: nn.Module, rows: torch.Tensor, pad_multiple: int = 1) -> nn.Module:
+    """Give a (frozen) teacher an LM head over the vocabulary rows `rows` only, padded to
+    `pad_multiple`: its logits are then those of the kept tokens, in the student's order, at a
+    fraction of the full head's cost. The input embeddings keep the full vocabulary (the teacher
+    still reads the original ids); the new decoder is a copy, no longer tied to them."""
+    old = model.get_output_embeddings()
+    k = len(rows)
+    size = padded_size(k, pad_multiple)
+    new = nn.Linear(old.in_features, size, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.zero_()
+    new.weight[:k].copy_(old.weight.index_select(0, rows.to(old.weight.device)))
+    if old.bias is not None:
+        new.bias.zero_()
+        new.bias[:k].copy_(old.bias.index_select(0, rows.to(old.bias.device)))
+    model.set_output_embeddings(new)
+    model.requires_grad_(False)
+    return model
 
 
 def encoder(model: nn.Module) -> nn.Module:

@@ -28,8 +28,10 @@ from ds_distil.env_info import device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
 from ds_distil.metrics import DeviceStats, Metrics
-from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters
+from ds_distil.losses import IGNORE_INDEX
+from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters, restrict_head
 from ds_distil.signals import EXIT_PREEMPTED, ignore_stop_signals, on_stop_signal, signal_name
+from ds_distil.vocab import load_vocab_map
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class TrainerState:
 
 class Trainer:
     def __init__(self, cfg: DistillConfig, run_dir: Path, d: eng.Dist, stream: MLMStream, model_engine, teacher,
-                 num_steps: int, state: TrainerState, vocab: int):
+                 num_steps: int, state: TrainerState, vocab: int, translation: dict | None = None):
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
         self.stream, self.engine, self.teacher = stream, model_engine, teacher
         self.num_steps, self.state = num_steps, state
@@ -61,7 +63,7 @@ class Trainer:
         self.device_stats = DeviceStats(d.device)
         self.peak = peak_flops(self.device_stats.name, cfg.log.peak_tflops)
         self.micro_step = DistillStep(model_engine, teacher, vocab, cfg.loss, d.device, d.world_size,
-                                      compile=eng.compile_enabled(cfg.perf, d.device))
+                                      compile=eng.compile_enabled(cfg.perf, d.device), **(translation or {}))
 
     def _optimizer_step(self) -> tuple[torch.Tensor, int, bool]:
         """Micro steps up to the next optimizer-step boundary; then the one exchange between ranks.
@@ -70,7 +72,8 @@ class Trainer:
         micro = 0
         while True:
             boundary = self.engine.is_gradient_accumulation_boundary()
-            step_acc += self.micro_step(next(self.batches))
+            self.last_batch = next(self.batches)
+            step_acc += self.micro_step(self.last_batch)
             micro += 1
             if boundary:
                 break
@@ -148,6 +151,10 @@ class Trainer:
         }
         if self.teacher is not None:
             values["loss/kl"] = mean[STATS.index("kl")].item()
+            outside = self.micro_step.teacher_mass_outside(self.last_batch)  # trimmed vocabulary only
+            if outside is not None:
+                dist.all_reduce(outside)
+                values["teacher/mass_outside_vocab"] = (outside[0] / outside[1].clamp(min=1)).item()
             if self.cfg.loss.a_hidden > 0:
                 values["loss/hidden"] = mean[STATS.index("hidden")].item()
         norm = e.get_global_grad_norm()
@@ -187,7 +194,7 @@ class Trainer:
 # ------------------------------------------------------------------------------------- set-up
 
 
-def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, manifest, ds_config: dict) -> None:
+def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, tokenizer_dir: Path, ds_config: dict) -> None:
     ckpt_dir = run_dir / "checkpoints"
     has_checkpoints = checkpoint.latest_tag(ckpt_dir) is not None
     if has_checkpoints and not resume:
@@ -212,12 +219,13 @@ def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dis
         student.config.save_pretrained(str(run_dir / "student_config"))
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(str(manifest.tokenizer_dir)).save_pretrained(str(run_dir / "tokenizer"))
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(run_dir / "tokenizer"))  # the student's
     dist.barrier()
 
 
-def _check_vocabularies(cfg: DistillConfig, manifest) -> None:
-    """A pretrained teacher or student brings its own tokenizer: it must be the shards' one."""
+def _check_vocabularies(cfg: DistillConfig, manifest, vmap=None) -> None:
+    """A pretrained teacher or student brings its own tokenizer: it must be the shards' one (a student
+    with a trimmed vocabulary: the vocabulary directory's)."""
     from ds_distil.tokenizer import load_tokenizer, vocab_hash
 
     for what, name in (("teacher", cfg.teacher.pretrained if cfg.teacher.enabled else None), ("student", cfg.student.pretrained)):
@@ -228,6 +236,14 @@ def _check_vocabularies(cfg: DistillConfig, manifest) -> None:
         except UserError:
             log.warning("%s %s has no tokenizer to compare with the shards'; checking the vocabulary size only", what, name)
             continue
+        if what == "student" and vmap is None and len(tok) < int(manifest.tokenizer["vocab_size"]):
+            raise UserError(f"the student '{name}' has a {len(tok):,}-token vocabulary, the shards {int(manifest.tokenizer['vocab_size']):,}: "
+                            "a student trimmed to a target-language vocabulary needs student.vocab=VOCAB_DIR (the one it was trimmed to)")
+        if what == "student" and vmap is not None:
+            if vocab_hash(tok) != vmap.trimmed_sha256:
+                raise UserError(f"the student '{name}' has another vocabulary (size {len(tok)}) than student.vocab {vmap.directory} "
+                                f"({vmap.size}); trim it with `ds-distil trim --model {name} --vocab {vmap.directory}` first")
+            continue
         manifest.check_tokenizer(vocab_hash(tok), len(tok), what=f"the {what} '{name}'")
 
 
@@ -237,24 +253,39 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
     manifest = load_manifest(cfg.data.shards)
     tok = manifest.tokenizer
     vocab, pad = int(tok["vocab_size"]), int(tok["pad_id"])
-    _check_vocabularies(cfg, manifest)
+    vmap = None
+    if cfg.student.vocab:  # a target-language vocabulary (ds_distil/vocab.py)
+        vmap = load_vocab_map(cfg.student.vocab)
+        vmap.check_shards(manifest)
+    _check_vocabularies(cfg, manifest, vmap)
 
     torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
-    teacher = build_teacher(cfg.teacher, vocab, pad, cfg.perf.pad_vocab_multiple)
-    student = build_student(cfg.student, vocab, pad, teacher, cfg.perf.pad_vocab_multiple)
+    multiple = cfg.perf.pad_vocab_multiple
+    teacher = build_teacher(cfg.teacher, vocab, pad, 1 if vmap else multiple)
+    s_vocab, s_pad, kept, full_head = vocab, pad, None, None
+    if vmap is not None:
+        kept = torch.from_numpy(vmap.kept)
+        s_vocab, s_pad = vmap.size, int(vmap.old_to_new(-1)[pad])
+        if teacher is not None:  # its LM head over the kept rows only; the full one is kept for a log-step metric
+            full_head = teacher.get_output_embeddings()
+            restrict_head(teacher, kept, multiple)
+    student = build_student(cfg.student, s_vocab, s_pad, teacher, multiple, teacher_rows=kept)
     if cfg.loss.a_hidden > 0 and teacher is not None and teacher.config.hidden_size != student.config.hidden_size:
         raise UserError(f"loss.a_hidden needs equal hidden sizes (teacher {teacher.config.hidden_size}, student "
                         f"{student.config.hidden_size}); set loss.a_hidden=0")
     torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs between ranks
 
-    stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size)
+    stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size,
+                       keep_ids=vmap.is_kept() if vmap else None)
     num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
     ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
-    _prepare_run_dir(cfg, run_dir, resume, d, student, manifest, ds_config)
+    _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config)
     t_params, s_params = count_parameters(teacher), count_parameters(student)
-    model_engine = eng.initialize(MaskedLM(student, vocab), ds_config, cfg.train.weight_decay)
+    model_engine = eng.initialize(MaskedLM(student, s_vocab), ds_config, cfg.train.weight_decay)
     t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
     teacher = eng.place_teacher(teacher, d.device, t_dtype)
+    if full_head is not None:
+        full_head.to(device=d.device, dtype=t_dtype)
 
     state = TrainerState()
     if resume:
@@ -276,6 +307,8 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
                  "on" if ds_config["optimizer"]["params"].get("fused") else "off")
         log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
                  if teacher is not None else "none (MLM only)")
+        if vmap is not None:
+            log.info("vocabulary: %s, %d of %d tokens kept; the teacher's head and the KL run over them", vmap.directory, vmap.size, vocab)
         sc = student.config
         arch = f"{sc.num_hidden_layers} layers x {sc.hidden_size} hidden, {sc.intermediate_size} FFN, {sc.num_attention_heads} heads"
         log.info("student: %s (%s), %.1fM params (%.1fM embeddings), %.1fM trainable",
@@ -289,7 +322,9 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
         log.info("run: %d optimizer steps (%.2f epochs) from step %d; loss %s", num_steps,
                  num_steps * t.grad_accum_steps / stream.steps_per_epoch, state.step,
                  f"{cfg.loss.a_kl} * T^2 * KL + {cfg.loss.a_mlm} * MLM (T={cfg.loss.temperature})" if teacher is not None else "MLM")
-    return Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state, vocab)
+    translation = {} if vmap is None else {"id_map": vmap.old_to_new(vmap.old_to_new(-1)[int(tok["unk_id"])].item()),
+                                           "target_map": vmap.old_to_new(IGNORE_INDEX), "full_head": full_head, "kept": kept}
+    return Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state, s_vocab, translation)
 
 
 def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> int:

@@ -71,3 +71,13 @@ def small_shards(tmp_path_factory, corpus, mbert_tokenizer_dir) -> Path:
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "ds_distil", *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def small_vocab(tmp_path_factory, small_shards) -> Path:
+    """A target-language vocabulary of small_shards (every seen token, every single character)."""
+    from ds_distil.vocab import VocabConfig, build_vocab
+
+    out = tmp_path_factory.mktemp("small-vocab") / "vocab"
+    build_vocab(VocabConfig(shards=str(small_shards), out=str(out), report_data="none"))
+    return out

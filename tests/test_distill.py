@@ -45,7 +45,7 @@ def export_logits_in_clean_process(student_dir: Path, ids: torch.Tensor) -> torc
         "from transformers import AutoModelForMaskedLM, AutoTokenizer\n"
         "m = AutoModelForMaskedLM.from_pretrained(sys.argv[1]).eval()\n"
         "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
-        "assert len(tok) == m.config.vocab_size and tok.mask_token_id == 103\n"
+        "assert len(tok) == m.config.vocab_size and tok.convert_ids_to_tokens(tok.mask_token_id) == '[MASK]'\n"
         "ids = torch.load(sys.argv[2])\n"
         "assert 'ds_distil' not in sys.modules\n"
         "with torch.no_grad():\n"
@@ -86,9 +86,11 @@ def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     assert early.keys() == final.keys() and not all(torch.equal(early[k], final[k]) for k in early)
 
 
-def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards, tmp_path):
+@pytest.mark.parametrize("trimmed", [False, True], ids=["full-vocab", "trimmed-vocab"])
+def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards, small_vocab, tmp_path, trimmed):
+    extra = {"student.vocab": str(small_vocab), "student.embeddings": "teacher-pca"} if trimmed else {}
     common = base_overrides(small_shards, **{"train.max_steps": 8, "checkpoint.every_steps": 0, "student.dropout": 0.0,
-                                             "data.shuffle": False})
+                                             "data.shuffle": False, **extra})
     port = str(29900 + os.getpid() % 90)
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, str(HELPER),
          "--config", SMOKE, "--out", str(tmp_path / "two"), "--probe", str(tmp_path / "two.pt"),
@@ -107,6 +109,8 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
     # the export, loaded by transformers alone, gives the trained student's logits
     logits = export_logits_in_clean_process(tmp_path / "two" / "student", two["ids"])
     assert torch.allclose(logits, two["logits"], atol=1e-5)
+    if trimmed:  # the export carries the trimmed tokenizer, and is that much smaller
+        assert logits.shape[-1] == json.loads((small_vocab / "vocab_report.json").read_text())["kept"] < 119547
 
 
 def torchrun_distill(out, *args):
@@ -115,10 +119,12 @@ def torchrun_distill(out, *args):
             "-m", "ds_distil", "distill", "--out", str(out), *args]
 
 
-def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shards, tmp_path):
+@pytest.mark.parametrize("trimmed", [False, True], ids=["full-vocab", "trimmed-vocab"])
+def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shards, small_vocab, tmp_path, trimmed):
     """torchrun -m ds_distil, 2 ZeRO-2 ranks: SIGKILL the whole job after its first checkpoint, resume."""
+    extra = {"student.vocab": str(small_vocab)} if trimmed else {}
     common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 16, "checkpoint.every_steps": 8,
-                                                                   "checkpoint.keep": 5, "train.micro_batch_size": 4})]
+                                                                   "checkpoint.keep": 5, "train.micro_batch_size": 4, **extra})]
     run(torchrun_distill(tmp_path / "whole", *common))
 
     out = tmp_path / "killed"
@@ -165,7 +171,7 @@ def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shard
         assert torch.equal(b[k], c[k]), k
 
 
-def test_refused_inputs_get_one_line_errors(small_shards, tmp_path):
+def test_refused_inputs_get_one_line_errors(small_shards, small_vocab, corpus, tmp_path):
     def distill(*overrides):
         proc = run_cli("distill", "--config", SMOKE, "--out", str(tmp_path / "r"), *base_overrides(small_shards), *overrides, env=ENV)
         assert proc.returncode == 2, proc.stderr[-2000:]
@@ -193,6 +199,23 @@ def test_refused_inputs_get_one_line_errors(small_shards, tmp_path):
     AutoTokenizer.from_pretrained(str(small_shards / "tokenizer")).save_pretrained(str(nan_dir))  # the shards' vocabulary
     line = distill("teacher.preset=null", f"teacher.pretrained={nan_dir}", "train.max_nonfinite_steps=3")
     assert "loss was NaN/inf for 3 optimizer steps in a row at step 3" in line
+    # a student trimmed to a target-language vocabulary, with full-vocabulary shards and no student.vocab
+    from ds_distil.vocab import trim_model
+
+    full_dir, trimmed_dir = tmp_path / "full-student", tmp_path / "trimmed-student"
+    BertForMaskedLM(BertConfig(vocab_size=119547, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=16)).save_pretrained(str(full_dir))
+    AutoTokenizer.from_pretrained(str(small_shards / "tokenizer")).save_pretrained(str(full_dir))
+    trim_model(str(full_dir), str(small_vocab), str(trimmed_dir))
+    line = distill("student.preset=null", f"student.pretrained={trimmed_dir}")
+    assert "needs student.vocab=VOCAB_DIR" in line
+    # a vocabulary counted on other shards
+    other = tmp_path / "other-shards"
+    run_cli("prepare", "--input", str(corpus), "--tokenizer",
+            str(small_shards / "tokenizer"), "--out", str(other), "--max-docs", "200", env=ENV)
+    proc = run_cli("distill", "--config", SMOKE, "--out", str(tmp_path / "r2"), *base_overrides(other), f"student.vocab={small_vocab}",
+                   env=ENV)
+    assert proc.returncode == 2 and "was counted on other training shards" in proc.stderr, proc.stderr[-2000:]
     bad_json = tmp_path / "ds.json"
     bad_json.write_text('{"train_micro_batch_size_per_gpu": 4}')
     assert "one source of truth" in distill(f"deepspeed.config={bad_json}")

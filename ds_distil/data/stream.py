@@ -276,6 +276,7 @@ class MLMStream:
         world_size: int | None = None,
         shuffle: bool | None = None,
         tokenizer=None,
+        keep_ids: torch.Tensor | None = None,
     ):
         if rank is None or world_size is None:
             rank, world_size = dist_rank_world()
@@ -299,6 +300,9 @@ class MLMStream:
         self.pad_id, self.mask_id = int(tok["pad_id"]), int(tok["mask_id"])
         self.special_ids = torch.tensor(tok["special_ids"], dtype=torch.long)
         self.random_ids = _ordinary_ids(manifest)
+        self.keep_ids = keep_ids
+        if keep_ids is not None:  # a trimmed student vocabulary: random replacements only from tokens it has
+            self.random_ids = self.random_ids[keep_ids[self.random_ids]]
         self.max_masked = max_masked_per_sample(self.seq_len, cfg.mlm_probability)
         self.steps_per_epoch, _ = plan_rank(self.n_samples, world_size, batch_size, self.workers, rank)
         self.position = StreamPosition()

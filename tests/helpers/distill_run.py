@@ -39,7 +39,8 @@ def digest(module):
 if args.merge_ranks > 1:
     assert trainer.d.world_size == 1
     k = args.merge_ranks
-    streams = [MLMStream(trainer.stream.manifest, cfg.data, cfg.train.micro_batch_size // k, rank=r, world_size=k) for r in range(k)]
+    streams = [MLMStream(trainer.stream.manifest, cfg.data, cfg.train.micro_batch_size // k, rank=r, world_size=k,
+                         keep_ids=trainer.stream.keep_ids) for r in range(k)]
 
     def merged():
         for parts in zip(*(iter(s) for s in streams)):
@@ -61,7 +62,7 @@ if trainer.d.rank == 0:
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(1000, 5000, (2, 16), generator=g)
         with torch.no_grad():
-            logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[..., : trainer.stream.vocab_size]
+            logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[..., : trainer.engine.module.vocab]
         torch.save({
             "teacher_before": teacher_before,
             "teacher_after": digest(trainer.teacher) if trainer.teacher is not None else None,
