@@ -34,6 +34,7 @@ from benchmarks.common import command_line, device_info, header, parse_or_measur
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta")
+TRIMMED = "-trimmed"  # --vocab DIR adds dbert-base-trimmed and dbert-tiny-trimmed: the students over that vocabulary
 TASKS = ("hatespeech", "pos", "nli")
 NOTES = {
     "distilmbert": "DistilmBERT's size (6 x 768, mBERT vocabulary) built as a BERT",
@@ -42,6 +43,8 @@ NOTES = {
                        "is a large part of the step (on a CPU), its time is overstated",
     "dbert-base": "the same architecture as distilmbert here (6 x 768, mBERT vocabulary): a difference between the two rows "
                   "is run-to-run noise of the machine, a measure of how far the other figures can be trusted",
+    "dbert-base-trimmed": "dBERT Base over the target-language vocabulary given with --vocab (its tokenizer for the inputs too)",
+    "dbert-tiny-trimmed": "dBERT Tiny over the target-language vocabulary given with --vocab",
 }
 
 
@@ -81,7 +84,8 @@ def measure(spec: dict) -> dict:
 
     d = eng.init_distributed()
     dev = d.device
-    tok = load_tokenizer(str(DATA / "mbert_tokenizer"))
+    trimmed = spec["model"].endswith(TRIMMED)
+    tok = load_tokenizer(spec["vocab"] if trimmed else str(DATA / "mbert_tokenizer"))
     n = spec["steps"] + spec["warmup"]
     rows = []
 
@@ -105,7 +109,7 @@ def measure(spec: dict) -> dict:
         batches = _fixed_batches(feats, spec["batch"], spec["max_length"], tok.pad_token_id, n)
         for method in spec["methods"]:
             torch.manual_seed(0)
-            model = build_model(spec["model"], task, tok)
+            model = build_model(spec["model"].removesuffix(TRIMMED), task, tok)  # the embedding table: len(tok) rows
             row = {"model": spec["model"], "task": task_name, "method": method, "params": sum(p.numel() for p in model.parameters())}
             try:
                 if method == "ours":
@@ -207,9 +211,16 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--vocab", default=None, help="a target-language vocabulary (ds-distil vocab): adds dbert-base-trimmed and "
+                   "dbert-tiny-trimmed rows, the students over it")
     args = parse_or_measure(p, measure)
     if args is None:
         return
+    if args.vocab:
+        from ds_distil.vocab import load_vocab_map
+
+        load_vocab_map(args.vocab)  # a bad directory fails here, not in every cell
+        args.models += "".join(f",{m}{TRIMMED}" for m in ("dbert-base", "dbert-tiny") if f"{m}{TRIMMED}" not in args.models)
     batch = args.batch or (32 if args.full else 16)
     max_length = args.max_length or (128 if args.full else 64)
     steps = args.steps or (50 if args.full else 4)
@@ -222,7 +233,7 @@ def main() -> None:
             dirs["nli"] = str(nli_dir(Path(tmp)))
         for i, m in enumerate(models):
             spec = {"model": m, "tasks": {t: dirs[t] for t in tasks}, "methods": methods, "batch": batch, "max_length": max_length,
-                    "steps": steps, "warmup": warmup, "port": 29200 + i}
+                    "steps": steps, "warmup": warmup, "port": 29200 + i, "vocab": args.vocab}
             got = run_isolated("benchmarks.finetune_speed", spec)
             got_rows = got.get("rows") or [{"model": m, "task": t, "method": me, "error": got.get("error", "?")} for t in tasks for me in methods]
             rows += got_rows
@@ -242,7 +253,7 @@ def main() -> None:
     result = {"what": "finetune_speed", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
               "versions": versions(), "command": command_line("benchmarks.finetune_speed"),
               "config": {"models": models, "tasks": tasks, "methods": methods, "batch": batch, "max_length": max_length, "steps": steps,
-                         "warmup": warmup}, "rows": rows, "speedups": speedups}
+                         "warmup": warmup, "vocab": args.vocab}, "rows": rows, "speedups": speedups}
     md = render(result)
     paths = write_report(f"finetune_speed-{mode}", result, md, Path(args.out))
     png = paths[0].with_suffix(".png")
