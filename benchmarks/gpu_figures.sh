@@ -6,7 +6,7 @@
 # On the lent GPU machine (../shared/gpu/README.md): carry .gpu-carry and run
 #   source .gpu-carry/env.sh && bash benchmarks/gpu_figures.sh $OUT distill throughput
 # Each stage writes into OUT: distill.log (a real `deepspeed --num_gpus 1` run: its logged tokens/s and MFU),
-# throughput-full_*.{json,md,png} (ours, reference, baseline), throughput-full-levers_* (each lever off in turn),
+# throughput-full_*.{json,md,png} (ours, reference, baseline, ours over the Tagalog vocabulary of `ds-distil vocab`), throughput-full-levers_* (each lever off in turn),
 # finetune_speed-full_* (ours and the reference per model and task). Commit the results under benchmarks/results/
 # with `python -m benchmarks.report`.
 #
@@ -23,12 +23,15 @@ py=${PYTHON:-python3}
 data=${DS_DISTIL_DATA:-../shared/data}
 shards=${SHARDS:-/tmp/ds-distil-shards-128}
 
+vocab=${VOCAB:-/tmp/ds-distil-vocab-128}
+[ -f "$shards/manifest.json" ] || "$py" -m ds_distil prepare --input "$data/corpus/tl_corpus_combined.txt" \
+  --tokenizer "$data/mbert_tokenizer" --out "$shards" --seq-len 128 >/dev/null
+[ -f "$vocab/vocab_map.json" ] || "$py" -m ds_distil vocab --shards "$shards" --out "$vocab" --report-data none >/dev/null
+
 for stage in "$@"; do
   echo "== $stage ($(date +%T))"
   case $stage in
     distill)
-      [ -f "$shards/manifest.json" ] || "$py" -m ds_distil prepare --input "$data/corpus/tl_corpus_combined.txt" \
-        --tokenizer "$data/mbert_tokenizer" --out "$shards" --seq-len 128 >/dev/null
       # the paper's dBERT Base from an mBERT-architecture teacher (random weights: the hub is not reachable there)
       rm -rf /tmp/ds-distil-gpu-run
       deepspeed --num_gpus 1 --module ds_distil distill --config configs/dbert-base.yaml --out /tmp/ds-distil-gpu-run \
@@ -36,13 +39,13 @@ for stage in "$@"; do
         log.every_steps=25 checkpoint.every_steps=0 checkpoint.export=false 2>&1 | tee "$OUT/distill.log" | grep -E "perf:|step [0-9]+/|error"
       ;;
     throughput)
-      "$py" -m benchmarks.throughput --full --out "$OUT"
+      "$py" -m benchmarks.throughput --full --vocab "$vocab" --out "$OUT"
       ;;
     levers)
       "$py" -m benchmarks.throughput --full --levers --methods ours --out "$OUT"
       ;;
     finetune)
-      "$py" -m benchmarks.finetune_speed --full --out "$OUT"
+      "$py" -m benchmarks.finetune_speed --full --vocab "$vocab" --out "$OUT"
       ;;
     *) echo "gpu_figures.sh: unknown stage '$stage' (distill, throughput, levers, finetune)" >&2; exit 2 ;;
   esac

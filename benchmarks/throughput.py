@@ -20,6 +20,9 @@ depend on them). Students: dBERT Tiny and dBERT Base. Three methods:
   full-vocabulary logits at every position for both models, KL over all tokens, under the same
   DeepSpeed engine.
 
+With `--vocab VOCAB_DIR`, a fourth, ours-trimmed: our step with the student over that
+target-language vocabulary (teacher head and KL over its tokens; inputs drawn from its tokens).
+
 Each configuration runs in a fresh process (so peak memory is its own). Warm-up steps (compilation
 included) are excluded; the timed steps run back to back, the device synchronised at both ends
 only; inputs cycle over several differently masked batches. MFU counts the FLOPs of
@@ -51,19 +54,21 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_batches(n: int, batch: int, seq_len: int, device) -> list[dict]:
-    """Random ordinary tokens between [CLS] and [SEP], masked as the stream masks them."""
+def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None) -> list[dict]:
+    """Random ordinary tokens (from `ordinary`: default every one of mBERT's) between [CLS] and [SEP],
+    masked as the stream masks them."""
     import torch
 
     from ds_distil.config import DataConfig
     from ds_distil.data.stream import mask_tokens, max_masked_per_sample, static_positions
 
     cfg = DataConfig(shards="-")
-    special, ordinary = torch.tensor([0, 100, 101, 102, 103]), torch.arange(106, VOCAB)
+    special = torch.tensor([0, 100, 101, 102, 103])
+    ordinary = torch.arange(106, VOCAB) if ordinary is None else ordinary
     out = []
     for i in range(n):
         g = torch.Generator().manual_seed(i)
-        ids = torch.randint(106, VOCAB, (batch, seq_len), generator=g)
+        ids = ordinary[torch.randint(len(ordinary), (batch, seq_len), generator=g)]
         ids[:, 0], ids[:, -1] = 101, 102
         b = mask_tokens(ids, special, ordinary, 103, cfg, g)
         b["attention_mask"] = torch.ones_like(ids)
@@ -94,21 +99,32 @@ def measure(spec: dict) -> dict:
     device, method, precision = d.device, spec["method"], spec["precision"]
     torch.manual_seed(0)
     pad = spec["pad"] if method != "baseline" else 1
-    teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, pad)
-    student = build_student(StudentConfig(preset=spec["student"], dropout=0.1), VOCAB, 0, pad_multiple=pad)
+    s_vocab, s_pad, translation, ordinary = VOCAB, 0, {}, None
+    if method == "ours-trimmed":  # the student over a target-language vocabulary (ds-distil vocab)
+        from ds_distil.vocab import load_vocab_map, prepare_trimmed_run
+
+        vmap = load_vocab_map(spec["vocab"])
+        teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, 1)
+        s_vocab, s_pad, _, translation = prepare_trimmed_run(vmap, teacher, 0, 100, pad)
+        ordinary = torch.from_numpy(vmap.kept[vmap.kept >= 106])
+    else:
+        teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, pad)
+    student = build_student(StudentConfig(preset=spec["student"], dropout=0.1), s_vocab, s_pad, pad_multiple=pad)
     t_dtype = teacher_dtype("auto", device) if method != "baseline" else torch.float32
     teacher = place_teacher(teacher, device, t_dtype)
+    if translation.get("full_head") is not None:
+        translation["full_head"].to(device=device, dtype=t_dtype)
     loss_cfg = LossConfig()
-    batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device)
-    student_arch, teacher_arch = Arch.of(student, VOCAB), Arch.of(teacher, VOCAB)
+    batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device, ordinary)
+    student_arch, teacher_arch = Arch.of(student, s_vocab), Arch.of(teacher, s_vocab)
 
     def engine():
         train = TrainConfig(micro_batch_size=spec["batch"], max_steps=spec["steps"] + spec["warmup"], lr=1e-4)
         ds = ds_config_from(train, str(DS_CONFIGS / f"zero2-{precision}.json"), 1, train.max_steps, fused=spec["fused"])
-        return initialize(MaskedLM(student, None if method == "baseline" else VOCAB), ds, 0.01)
+        return initialize(MaskedLM(student, None if method == "baseline" else s_vocab), ds, 0.01)
 
-    if method == "ours":
-        micro_step = DistillStep(engine(), teacher, VOCAB, loss_cfg, device, 1, compile=spec["compile"])
+    if method in ("ours", "ours-trimmed"):
+        micro_step = DistillStep(engine(), teacher, s_vocab, loss_cfg, device, 1, compile=spec["compile"], **translation)
 
         def step(b):
             return micro_step(b).cpu()  # the trainer's one read per optimizer step
@@ -196,6 +212,12 @@ def render(result: dict) -> str:
         md += (f"| {r['student']} | {r['seq_len']} | {r['batch']} | {name} | {r['teacher_dtype']} | {r['step_s']:.4f} "
                f"| {r['tokens_per_s']:,.0f} | {r['samples_per_s']:.1f} | {r['achieved_tflops']:.2f} | {mfu} | {r['peak_memory_gib']:.2f} "
                f"| {ratio(r, 'reference') if ours else ''} | {ratio(r, 'baseline') if ours else ''} |\n")
+    trimmed = [r for r in result["rows"] if r["method"] == "ours-trimmed" and "error" not in r]
+    if trimmed:
+        md += (f"\nours-trimmed: the student over the target-language vocabulary {result['config'].get('vocab')} (the teacher's "
+               "head and the KL over its tokens; FLOPs counted with its size). Against ours over the full vocabulary:\n\n")
+        for r in trimmed:
+            md += f"- {r['student']} seq {r['seq_len']} batch {r['batch']}: {ratio(r, 'ours') or 'n/a'} the tokens/s\n"
     if not result["device"]["gpu"]:
         md += "\nCPU figures: MFU is not reported (no peak FLOP/s is known for this CPU).\n"
     levers = [r for r in result["rows"] if r.get("lever") and "error" not in r]
@@ -223,7 +245,7 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = [r for r in result["rows"] if "error" not in r and not r.get("lever")]
-    style = {"ours": "o-", "reference": "s:", "baseline": "x--"}
+    style = {"ours": "o-", "reference": "s:", "baseline": "x--", "ours-trimmed": "d-."}
     for key in sorted({(r["student"], r["method"], r["seq_len"]) for r in rows}):
         pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows if (r["student"], r["method"], r["seq_len"]) == key)
         ax.plot([b for b, _ in pts], [t for _, t in pts], style[key[1]], label=f"{key[0]} {key[1]} L={key[2]}")
@@ -253,6 +275,8 @@ def main() -> None:
                    "(auto: on for CUDA, as perf.compile)")
     p.add_argument("--levers", action="store_true", help="also run ours with each speed lever turned off in turn")
     p.add_argument("--profile", action="store_true", help="add a torch.profiler table of ours")
+    p.add_argument("--vocab", default=None, help="a target-language vocabulary (ds-distil vocab): adds ours-trimmed, our step "
+                   "with the student over it")
     args = parse_or_measure(p, measure)
     if args is None:
         return
@@ -276,6 +300,8 @@ def main() -> None:
                 base = {"student": s, "seq_len": L, "batch": b, "steps": steps, "warmup": warmup, "inputs": args.inputs,
                         "precision": precision, "compile": compile_, "pad": 128, "fused": True}
                 specs += [{**base, "method": m, "profile": args.profile and m == "ours"} for m in methods]
+                if args.vocab:
+                    specs.append({**base, "method": "ours-trimmed", "vocab": str(Path(args.vocab).resolve())})
                 if args.levers:
                     specs += [{**base, "method": "ours", "lever": name, **change} for name, change in LEVERS.items()
                               if {**base, **change} != base and not (name == "fp16" and not cuda)]
@@ -294,7 +320,7 @@ def main() -> None:
               "versions": versions(), "command": command_line("benchmarks.throughput"),
               "config": {"students": args.students.split(","), "methods": methods, "seq_lens": seq_lens, "batches": batches,
                          "steps": steps, "warmup": warmup, "inputs": args.inputs, "precision": precision, "compile": compile_,
-                         "levers": args.levers}, "rows": rows}
+                         "levers": args.levers, "vocab": args.vocab}, "rows": rows}
     md = render(result)
     paths = write_report(f"throughput-{mode}", result, md, Path(args.out))
     plot(result, paths[0].with_suffix(".png"))

@@ -28,10 +28,9 @@ from ds_distil.env_info import device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
 from ds_distil.metrics import DeviceStats, Metrics
-from ds_distil.losses import IGNORE_INDEX
-from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters, restrict_head
+from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters
 from ds_distil.signals import EXIT_PREEMPTED, ignore_stop_signals, on_stop_signal, signal_name
-from ds_distil.vocab import load_vocab_map
+from ds_distil.vocab import load_vocab_map, prepare_trimmed_run
 
 log = logging.getLogger(__name__)
 
@@ -262,13 +261,9 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
     torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
     multiple = cfg.perf.pad_vocab_multiple
     teacher = build_teacher(cfg.teacher, vocab, pad, 1 if vmap else multiple)
-    s_vocab, s_pad, kept, full_head = vocab, pad, None, None
-    if vmap is not None:
-        kept = torch.from_numpy(vmap.kept)
-        s_vocab, s_pad = vmap.size, int(vmap.old_to_new(-1)[pad])
-        if teacher is not None:  # its LM head over the kept rows only; the full one is kept for a log-step metric
-            full_head = teacher.get_output_embeddings()
-            restrict_head(teacher, kept, multiple)
+    s_vocab, s_pad, kept, translation = vocab, pad, None, {}
+    if vmap is not None:  # the teacher's LM head over the kept rows only; the student over the kept ids
+        s_vocab, s_pad, kept, translation = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), multiple)
     student = build_student(cfg.student, s_vocab, s_pad, teacher, multiple, teacher_rows=kept)
     if cfg.loss.a_hidden > 0 and teacher is not None and teacher.config.hidden_size != student.config.hidden_size:
         raise UserError(f"loss.a_hidden needs equal hidden sizes (teacher {teacher.config.hidden_size}, student "
@@ -284,8 +279,8 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
     model_engine = eng.initialize(MaskedLM(student, s_vocab), ds_config, cfg.train.weight_decay)
     t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
     teacher = eng.place_teacher(teacher, d.device, t_dtype)
-    if full_head is not None:
-        full_head.to(device=d.device, dtype=t_dtype)
+    if translation.get("full_head") is not None:
+        translation["full_head"].to(device=d.device, dtype=t_dtype)
 
     state = TrainerState()
     if resume:
@@ -322,8 +317,6 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
         log.info("run: %d optimizer steps (%.2f epochs) from step %d; loss %s", num_steps,
                  num_steps * t.grad_accum_steps / stream.steps_per_epoch, state.step,
                  f"{cfg.loss.a_kl} * T^2 * KL + {cfg.loss.a_mlm} * MLM (T={cfg.loss.temperature})" if teacher is not None else "MLM")
-    translation = {} if vmap is None else {"id_map": vmap.old_to_new(vmap.old_to_new(-1)[int(tok["unk_id"])].item()),
-                                           "target_map": vmap.old_to_new(IGNORE_INDEX), "full_head": full_head, "kept": kept}
     return Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state, s_vocab, translation)
 
 

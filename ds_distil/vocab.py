@@ -350,6 +350,25 @@ def _val_texts(manifest, tokenizer, limit: int = 2000) -> list[str]:
 # ------------------------------------------------------------------------------- models
 
 
+def prepare_trimmed_run(vmap: VocabMap, teacher, pad_id: int, unk_id: int, pad_multiple: int) -> tuple[int, int, torch.Tensor, dict]:
+    """A distillation into a trimmed vocabulary: the teacher's LM head sliced to the kept rows (its
+    full head kept aside for the log-step metric), and what the student side needs: (vocabulary size,
+    [PAD] id, the teacher row of each student token, DistillStep's translation keyword arguments)."""
+    from ds_distil.losses import IGNORE_INDEX
+    from ds_distil.models import restrict_head
+
+    kept = torch.from_numpy(vmap.kept)
+    new_id = vmap.old_to_new(-1)
+    full_head = None
+    if teacher is not None:
+        full_head = teacher.get_output_embeddings()
+        restrict_head(teacher, kept, pad_multiple)
+    translation = {"id_map": vmap.old_to_new(int(new_id[unk_id])), "target_map": vmap.old_to_new(IGNORE_INDEX),
+                   "full_head": full_head, "kept": kept}
+    return vmap.size, int(new_id[pad_id]), kept, translation
+
+
+
 def trim_embeddings(model, kept: np.ndarray):
     """Keep the rows `kept` of the word embeddings (and the tied decoder and its bias), in that order."""
     emb = model.get_input_embeddings()
