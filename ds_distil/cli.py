@@ -149,7 +149,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Collect finetuning results into the paper's table (Markdown, JSON, PNG)."""
+    """Collect finetuning results into one table per task and dataset, baselines included (Markdown, JSON, PNG)."""
     from ds_distil.report import write_report
 
     path = write_report(args.runs, args.out, args.baseline)
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("--runs", nargs="+", required=True, help="finetune output directories (searched for results.json)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--baseline", default=None, help="row to compute speedups against (default: mbert)")
+    p.add_argument("--baseline", default=None, help="model to compute training speedups against (default: mbert)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("tasks", help="task data utilities")

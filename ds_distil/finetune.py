@@ -221,10 +221,10 @@ def sample_train(task: Task, n: int | None, seed: int) -> Task:
 
 def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig) -> dict:
     out = Path(out)
-    d = eng.init_distributed()
     tc = cfg.task
-    task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, tc.read_options(), tc.dataset_name)
+    task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, tc.read_options(), tc.dataset_name)  # bad data fails before set-up
     task = sample_train(task, tc.max_train_examples, tc.seed)
+    d = eng.init_distributed()
     tokenizer = _tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
