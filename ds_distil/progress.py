@@ -21,13 +21,14 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, unit: str = "step", enabled: bool = True, initial: int = 0,
+    def __init__(self, total: int | None, desc: str, unit: str = "step", enabled: bool = True, initial: int = 0,
                  log_every_s: float | None = 60.0, leave: bool = True, unit_scale: bool = False):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.enabled = enabled
         self.bar = None
         self.postfix: dict = {}
         self.log_every_s = log_every_s
+        self.unit_scale = unit_scale
         self.t0 = self.last_log = time.perf_counter()
         self.start = initial
         if enabled and sys.stderr.isatty():
@@ -50,12 +51,17 @@ class Progress:
             self._log_line()
 
     def _log_line(self) -> None:
+        from tqdm import tqdm
+
         self.last_log = now = time.perf_counter()
         rate = (self.n - self.start) / max(now - self.t0, 1e-9)
+        count = tqdm.format_sizeof if self.unit_scale else (lambda x: f"{x:,}")
+        speed = tqdm.format_sizeof if self.unit_scale else (lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.2f}")
+        unit = self.unit if self.unit_scale else self.unit + "s"
+        done = f"{count(self.n)}/{count(self.total)} {unit} ({100 * self.n / max(self.total, 1):.0f}%)" if self.total else f"{count(self.n)} {unit}"
         eta = f" | ETA {_clock((self.total - self.n) / rate)}" if rate > 0 and self.total else ""
         extra = "".join(f" | {k} {v}" for k, v in self.postfix.items())
-        log.info("%s: %d/%d %ss (%.0f%%)%s | %.2f %ss/s%s", self.desc, self.n, self.total, self.unit,
-                 100 * self.n / max(self.total, 1), extra, rate, self.unit, eta)
+        log.info("%s: %s%s | %s %s/s%s", self.desc, done, extra, speed(rate), unit, eta)
 
     def close(self) -> None:
         if self.bar is not None:
