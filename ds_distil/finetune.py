@@ -207,23 +207,11 @@ def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist
     return {k: v for part in gathered for k, v in part.items()}
 
 
-def sample_train(task: Task, n: int | None, seed: int) -> Task:
-    """`task.max_train_examples`: a seeded sample of the training split, stratified by label (classification)."""
-    train = task.splits["train"]
-    if n is None or n >= len(train):
-        return task
-    labels = None if task.kind == "token" else [e.label for e in train]
-    kept = sampling.sample(train, labels, n, seed)
-    provenance = {**task.provenance, "train_sample": {"examples": len(kept), "of": len(train), "seed": seed,
-                                                       "stratified": labels is not None}}
-    return dataclasses.replace(task, splits={**task.splits, "train": kept}, provenance=provenance)
-
-
 def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig) -> dict:
     out = Path(out)
     tc = cfg.task
     task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, tc.read_options(), tc.dataset_name)  # bad data fails before set-up
-    task = sample_train(task, tc.max_train_examples, tc.seed)
+    task = sampling.sample_train(task, tc.max_train_examples, tc.seed)
     d = eng.init_distributed()
     tokenizer = _tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
@@ -287,12 +275,12 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
 
     preds = {split: predict(engine, feats[split], cfg.eval_batch_size, tokenizer.pad_token_id, d, f"evaluate {split}")
              for split in ("valid", "test")}
-    found = summary.evaluate_run(task, preds, feats) if d.rank == 0 else None
+    found = summary.evaluate_run(task, preds, feats) if d.rank == 0 else {}  # scored on rank 0; other ranks return None scores
+    test, valid = found.get("evaluation", {}).get("test", {}), found.get("evaluation", {}).get("valid", {})
     out_dict = {
         "model": model, "model_name": display_name(model, cfg.model_name), "task": task.name,
-        "metric": "f1" if task.metric == "f1" else "accuracy",
-        "score": found and found["evaluation"]["test"]["score"], "valid_score": found and found["evaluation"]["valid"]["score"],
-        "macro_f1": found and found["evaluation"]["test"]["macro_f1"], **data, **(found or {}), "train_runtime_s": runtime,
+        "metric": "f1" if task.metric == "f1" else "accuracy", "score": test.get("score"), "valid_score": valid.get("score"),
+        "macro_f1": test.get("macro_f1"), **data, **found, "train_runtime_s": runtime,
         "samples_per_s": total_samples.item() / runtime, "train_examples": len(train), "steps": num_steps,
         "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed,
         "versions": versions(), "config": to_dict(cfg),
@@ -303,7 +291,7 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
         tmp.replace(out / "results.json")
         log.info("%s on %s: test %s %.4f (valid %.4f), training %.1f s, %.1f samples/s", model, task.name, out_dict["metric"],
                  out_dict["score"], out_dict["valid_score"], runtime, out_dict["samples_per_s"])
-        for warning in out_dict["warnings"]:
+        for warning in found["warnings"]:
             log.warning("%s", warning)
     dist.barrier()
     return out_dict

@@ -3,7 +3,6 @@ and sampled splits. Bad input is one line naming the file and line, and exit sta
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -106,7 +105,7 @@ def test_valid_fraction_is_stratified_and_the_same_for_the_same_seed(tmp_path):
 
 
 def test_max_train_examples_is_a_seeded_stratified_sample(tmp_path):
-    from ds_distil.finetune import sample_train
+    from ds_distil.data.sampling import sample_train
 
     rows = "".join(f"t{i},{'rare' if i % 10 == 0 else 'common'}\n" for i in range(200))
     small = "text,label\nx,rare\ny,common\n"

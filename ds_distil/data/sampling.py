@@ -8,6 +8,7 @@ file, so the same seed gives the same examples.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 
@@ -74,3 +75,17 @@ def sample(items: list, labels: list[str] | None, k: int, seed: int) -> list:
         return list(items)
     idx = stratified_indices(labels, k, seed) if labels is not None else random_indices(len(items), k, seed)
     return [items[i] for i in idx]
+
+
+def sample_train(task, n: int | None, seed: int):
+    """`task.max_train_examples`: a Task whose training split is a seeded sample of `n` examples,
+    stratified by label for classification (token tasks: a plain seeded sample). Labels and their
+    ids stay those of the whole training file."""
+    train = task.splits["train"]
+    if n is None or n >= len(train):
+        return task
+    labels = None if task.kind == "token" else [e.label for e in train]
+    kept = sample(train, labels, n, seed)
+    provenance = {**task.provenance, "train_sample": {"examples": len(kept), "of": len(train), "seed": seed,
+                                                       "stratified": labels is not None}}
+    return dataclasses.replace(task, splits={**task.splits, "train": kept}, provenance=provenance)
