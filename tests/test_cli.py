@@ -32,6 +32,13 @@ def test_help_lists_every_settable_key_with_its_default():
     assert "--seq-len SEQ_LEN" in run_cli("prepare", "--help").stdout
 
 
+def test_verbose_is_accepted_before_and_after_the_command():
+    base = ["--model", "m", "--task", "csv", "--out", "o"]
+    assert build_parser().parse_args(["finetune", "--verbose", *base]).verbose is True
+    assert build_parser().parse_args(["--verbose", "finetune", *base]).verbose is True
+    assert not hasattr(build_parser().parse_args(["finetune", *base]), "verbose")  # main() reads it as False
+
+
 def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "ds-distil"
     proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
