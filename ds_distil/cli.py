@@ -24,7 +24,9 @@ from ds_distil.errors import UserError
 log = logging.getLogger("ds_distil")
 
 
-def setup_logging() -> None:
+def setup_logging(verbose: bool = False) -> None:
+    from ds_distil import quiet
+
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -32,6 +34,7 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # torch 2.13 deprecates collectives DeepSpeed's ZeRO code still calls: harmless, and printed per call site
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated", category=FutureWarning)
+    quiet.configure(verbose)  # the rest of the third-party noise, unless --verbose
 
 
 # ----------------------------------------------------------------- dataclass -> argparse -> dataclass
@@ -159,18 +162,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ds_distil.finetune import FinetuneConfig, run_finetune
     from ds_distil.signals import exit_on_stop_signal, ignore_stop_signals
 
+    from ds_distil.summary import result_lines
+
     cfg = load(FinetuneConfig, args.config, args.overrides)
     exit_on_stop_signal("finetune")
     res = run_finetune(args.model, args.task, args.out, cfg)
     ignore_stop_signals()  # results.json is written: a late signal must not turn this run into a "stopped" one
     if res["score"] is not None:
-        print(f"{res['model']} | {res['task']} | test {res['metric']} {res['score']:.4f} | valid {res['valid_score']:.4f} | "
-              f"train {res['train_runtime_s']:.1f} s | {args.out}/results.json")
+        print("\n".join(result_lines(res)))
+        print(f"{res['model_name']} | {res['task']} / {res['dataset']} | test {res['metric']} {res['score']:.4f} | "
+              f"macro-F1 {res['macro_f1']:.4f} | valid {res['valid_score']:.4f} | train {res['train_runtime_s']:.1f} s | "
+              f"{args.out}/results.json")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Collect finetuning results into the paper's table (Markdown, JSON, PNG)."""
+    """Collect finetuning results into one table per task and dataset, baselines included (Markdown, JSON, PNG)."""
     from ds_distil.report import write_report
 
     path = write_report(args.runs, args.out, args.baseline)
@@ -189,12 +196,32 @@ def cmd_build_nli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_epilog(cls: type, instance=None, prefix: str = "") -> str:
+    from ds_distil.config import keys_help
+
+    return ("settable keys (YAML via --config, or key=value after the flags; shown with their defaults):\n" +
+            keys_help(cls, instance, prefix=prefix))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ds_distil.config import DistillConfig
+
     parser = argparse.ArgumentParser(prog="ds-distil", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ds-distil {__version__}")
     # the deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show third-party output (DeepSpeed, transformers, ...)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also show third-party output (DeepSpeed's log and op builds, transformers' weight-loading report, warnings)")
+    raw = argparse.RawDescriptionHelpFormatter
+    _sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    class _Sub:  # every subcommand gets --verbose
+        def add_parser(self, name, **kw):
+            return _sub.add_parser(name, parents=[common], **kw)
+
+    sub = _Sub()
 
     p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
     add_config_flags(p, PrepareConfig)
@@ -212,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_trim)
 
-    p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__)
+    p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__, formatter_class=raw,
+                       epilog=_keys_epilog(DataConfig, prefix="data."))
     p.add_argument("--shards", required=True, help="directory written by `ds-distil prepare`")
     p.add_argument("--split", default="train", choices=["train", "val"])
     p.add_argument("--tokenizer", help="check the shards against this tokenizer (default: the one saved with them)")
@@ -223,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("distill", help=cmd_distill.__doc__, description=cmd_distill.__doc__ + " Runs as a single process, "
-                       "under `deepspeed --num_gpus N --module ds_distil distill ...` and `torchrun --nproc_per_node N -m ds_distil distill ...`.")
+                       "under `deepspeed --num_gpus N --module ds_distil distill ...` and `torchrun --nproc_per_node N -m ds_distil distill ...`.",
+                       formatter_class=raw, epilog=_keys_epilog(DistillConfig))
     p.add_argument("--config", action="append", required=True, metavar="YAML", help="run config (configs/*.yaml); several are merged in order")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: resolved config, checkpoints, TensorBoard, student/")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in DIR (start fresh if none)")
@@ -237,20 +266,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     from ds_distil.data.tasks import TASKS
-    from ds_distil.finetune import FT_PRESETS
+    from ds_distil.finetune import FT_PRESETS, FinetuneConfig
 
-    p = sub.add_parser("finetune", help=cmd_finetune.__doc__, description=cmd_finetune.__doc__)
+    p = sub.add_parser("finetune", help=cmd_finetune.__doc__, description=cmd_finetune.__doc__, formatter_class=raw,
+                       epilog=_keys_epilog(FinetuneConfig, FinetuneConfig()))
     p.add_argument("--model", required=True, help=f"hub name, local HF directory, or preset: {', '.join(FT_PRESETS)}")
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 task.max_length=128")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 train.lr=5e-5 task.max_length=128 (all keys below)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("--runs", nargs="+", required=True, help="finetune output directories (searched for results.json)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--baseline", default=None, help="row to compute speedups against (default: mbert)")
+    p.add_argument("--baseline", default=None, help="model to compute training speedups against (default: mbert)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("tasks", help="task data utilities")
@@ -266,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except UserError as e:

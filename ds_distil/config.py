@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +24,19 @@ T = TypeVar("T")
 
 class ConfigError(UserError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, whose floats need a dot: `5e-5` and `1e-4` would stay strings (and be
+    refused for `train.lr`). YAML 1.2, JSON and Python read them as numbers; so do we."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _type_name(tp: Any) -> str:
@@ -127,7 +141,7 @@ def to_dict(obj: Any) -> Any:
 def parse_value(text: str) -> Any:
     """A command-line value, read as YAML (so `3`, `1e-4`, `true`, `null`, `[a, b]` get their types)."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return yaml_load(text) if text != "" else ""
     except yaml.YAMLError:
         return text
 
@@ -151,7 +165,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass an existing YAML file (see configs/)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
@@ -194,6 +208,44 @@ def _with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 def load(cls: type[T], paths: list[str | Path] = (), overrides: list[str] = ()) -> T:
     return from_dict(cls, load_dict(paths, overrides))
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    return str(value)
+
+
+def keys_help(cls: type, instance: Any = None, width: int = 42, prefix: str = "") -> str:
+    """Every settable key of `cls` as `section.key=DEFAULT  help (type)`, for a command's --help: generated
+    from the dataclasses, so the keys, their defaults and their meaning are written once. `instance`
+    supplies defaults that differ from the classes' (finetuning's `train` section)."""
+    lines: list[str] = []
+
+    def walk(c: type, obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(c)
+        for f in dataclasses.fields(c):
+            if obj is not None:
+                value = getattr(obj, f.name)
+            elif f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                value = dataclasses.MISSING
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], None if value is dataclasses.MISSING else value, f"{prefix}{f.name}.")
+                continue
+            key = f"{prefix}{f.name}=" + ("..." if value is dataclasses.MISSING else _yaml_scalar(value))
+            text = f.metadata.get("help", "") + f" ({_type_name(hints[f.name])}" + (", required)" if value is dataclasses.MISSING else ")")
+            lines.append(f"  {key:<{width}}{text}" if len(key) < width - 1 else f"  {key}\n  {'':<{width}}{text}")
+
+    walk(cls, instance, prefix)
+    return "\n".join(lines)
 
 
 def save(obj: Any, path: str | Path) -> None:
@@ -351,7 +403,7 @@ class TrainConfig:
 
     micro_batch_size: int = _help("samples per rank per forward pass", default=32)
     grad_accum_steps: int = _help("micro batches per optimizer step; global batch = micro x accum x ranks", default=1)
-    epochs: float = _help("passes over the training shards (the paper: 3)", default=3.0)
+    epochs: float = _help("passes over the training data (the paper: 3)", default=3.0)
     max_steps: int | None = _help("stop after this many optimizer steps instead of epochs", default=None)
     lr: float = _help("peak learning rate", default=5e-4)
     warmup_ratio: float = _help("share of steps warming up linearly", default=0.05)

@@ -53,8 +53,11 @@ def init_distributed() -> Dist:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
 
+    from ds_distil.quiet import third_party_stdout
+
     backend = "nccl" if cuda else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    with third_party_stdout():  # "DeepSpeed ... shm_comm_op built successfully" on CPU; shown with --verbose
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:

@@ -2,8 +2,9 @@
 under DeepSpeed, as distillation runs: a single process, `deepspeed --num_gpus N`, or torchrun.
 
 Writes DIR/results.json (test score, validation score, training runtime, throughput, device, seed,
-resolved config), TensorBoard logs and the resolved config. `train_runtime_s` counts the training
-loop only (no set-up, no evaluation), as the paper's runtimes do.
+resolved config; the data read, label distributions, per-class scores, confusion matrices, baselines
+and warnings: see ds_distil/summary.py), TensorBoard logs and the resolved config. `train_runtime_s`
+counts the training loop only (no set-up, no evaluation), as the paper's runtimes do.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ds_distil import engine as eng
+from ds_distil import summary
 from ds_distil.config import DeepSpeedConfig, TrainConfig, _help, save, to_dict
+from ds_distil.data import sampling
+from ds_distil.data.readers import ReadOptions
 from ds_distil.data.tasks import Task, default_data_dir, load_task
 from ds_distil.env_info import device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.metrics import Metrics
+from ds_distil.modelinfo import display_name, loading_summary
+from ds_distil.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +43,27 @@ class TaskConfig:
 
     data_dir: str | None = _help("local data directory (default: the task's folder in $DS_DISTIL_DATA or ../shared/data)", default=None)
     hub: bool = _help("load the task's Hugging Face dataset instead of local files", default=False)
-    text_column: str = _help("csv task: text column", default="text")
-    text_pair_column: str | None = _help("csv task: second text column for pairs", default=None)
+    dataset_name: str | None = _help("name of the data in results.json and the report (default: the data directory's name)", default=None)
+    text_column: str = _help("csv task: text column (field, for JSON)", default="text")
+    text_pair_column: str | None = _help("csv task: second text column, for sentence pairs", default=None)
     label_column: str = _help("csv task: label column", default="label")
+    encoding: str = _help("file encoding; auto: a BOM, else UTF-8 (e.g. cp1252, latin-1)", default="auto")
+    skip_bad_rows: bool = _help("skip rows with an empty label or text, wrong field count or unknown label (counted) instead of stopping", default=False)
+    valid_fraction: float | None = _help("no validation file: hold this share of train out (stratified by label, seeded by task.seed)", default=None)
+    seed: int = _help("seed of the held-out split and of the training sample (not of training: that is train.seed)", default=0)
     max_length: int = _help("tokens per example after tokenization (truncated)", default=128)
-    max_train_examples: int | None = _help("use only the first N training examples (quick runs)", default=None)
+    max_train_examples: int | None = _help("train on a sample of N examples (stratified by label, seeded by task.seed)", default=None)
     tokenizer: str | None = _help("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
+
+    def __post_init__(self) -> None:
+        if self.valid_fraction is not None and not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        if self.max_train_examples is not None and self.max_train_examples < 2:
+            raise ValueError(f"max_train_examples must be >= 2, got {self.max_train_examples}")
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(self.text_column, self.label_column, self.text_pair_column, self.encoding, self.skip_bad_rows,
+                           self.valid_fraction, self.seed)
 
 
 def _ft_train_defaults() -> TrainConfig:
@@ -53,6 +74,7 @@ def _ft_train_defaults() -> TrainConfig:
 class FinetuneConfig:
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     train: TrainConfig = dataclasses.field(default_factory=_ft_train_defaults)
+    model_name: str | None = _help("name of the model in results.json and the report (default: from its card or config)", default=None)
     eval_batch_size: int = _help("examples per rank per evaluation batch", default=64)
     log_every_steps: int = _help("log training loss every N steps", default=20)
     deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=lambda: DeepSpeedConfig(config="auto"))
@@ -92,10 +114,13 @@ def build_model(model: str, task: Task, tokenizer):
         config.update(labels)
         return auto.from_config(config)
     try:
-        return auto.from_pretrained(model, **labels)
+        net, info = auto.from_pretrained(model, output_loading_info=True, **labels)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model '{model}': {str(e).splitlines()[0][:200]}; pass a local Hugging Face directory, "
                         f"a hub name, or an architecture preset ({', '.join(FT_PRESETS)})") from None
+    line, incomplete = loading_summary(info, model)  # in place of transformers' key table (see ds_distil/quiet.py)
+    (log.warning if incomplete else log.info)(line)
+    return net
 
 
 # ---------------------------------------------------------------------------------- featurising
@@ -149,50 +174,26 @@ def collate(pad_id: int):
     return fn
 
 
-# ------------------------------------------------------------------------------------ metrics
-
-
-def score(task: Task, split: str, preds: dict[int, list[int] | int], feats: list[dict]) -> float:
-    """accuracy (sequence/pair; POS over words), or seqeval's entity-level F1 for NER."""
-    if task.kind != "token":
-        gold = {f["index"]: f["labels"] for f in feats}
-        return sum(preds[i] == gold[i] for i in gold) / len(gold)
-    true_seqs, pred_seqs = [], []
-    for f in feats:
-        p = preds[f["index"]]
-        t_row, p_row = [], []
-        for lab, pr in zip(f["labels"], p):
-            if lab != -100:
-                t_row.append(task.labels[lab])
-                p_row.append(task.labels[pr])
-        true_seqs.append(t_row)
-        pred_seqs.append(p_row)
-    if task.metric == "f1":
-        from seqeval.metrics import f1_score
-        from seqeval.scheme import IOB2
-
-        return float(f1_score(true_seqs, pred_seqs, mode="strict", scheme=IOB2))
-    total = sum(len(r) for r in true_seqs)
-    return sum(a == b for t, p in zip(true_seqs, pred_seqs) for a, b in zip(t, p)) / max(total, 1)
-
-
 # --------------------------------------------------------------------------------------- run
 
 
 @torch.no_grad()
-def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist) -> dict[int, list[int] | int]:
+def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist, desc: str = "evaluate") -> dict[int, list[int] | int]:
     """Predictions of every rank's share, gathered: {example index: class or per-token classes}."""
     sampler = DistributedSampler(feats, num_replicas=d.world_size, rank=d.rank, shuffle=False)
     loader = DataLoader(feats, batch_size=batch_size, sampler=sampler, collate_fn=collate(pad_id))
     engine.eval()
     local = {}
+    bar = Progress(len(loader), desc, "batch", enabled=d.rank == 0, leave=False)
     for batch in loader:
+        bar.update(1)
         index = batch.pop("index")
         batch.pop("labels")
         logits = engine(**{k: v.to(d.device) for k, v in batch.items()}).logits
         pred = logits.argmax(-1).cpu()
         for i, row, m in zip(index.tolist(), pred, batch["attention_mask"]):
             local[i] = row[: int(m.sum())].tolist() if pred.dim() == 2 else int(row)
+    bar.close()
     engine.train()
     gathered = [None] * d.world_size
     dist.all_gather_object(gathered, local)
@@ -201,14 +202,16 @@ def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist
 
 def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig) -> dict:
     out = Path(out)
-    d = eng.init_distributed()
     tc = cfg.task
-    task = load_task(task_name, tc.data_dir, tc.hub, cfg.train.seed, tc.text_column, tc.text_pair_column, tc.label_column)
+    task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, tc.read_options(), tc.dataset_name)  # bad data fails before set-up
+    task = sampling.sample_train(task, tc.max_train_examples, tc.seed)
+    d = eng.init_distributed()
     tokenizer = _tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
-    feats = {s: featurise(task, s, tokenizer, tc.max_length, tc.max_train_examples if s == "train" else None) for s in task.splits}
+    feats = {s: featurise(task, s, tokenizer, tc.max_length) for s in task.splits}
     train = feats["train"]
+    data = summary.describe_data(task)
     steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))
     num_steps = eng.total_steps(cfg.train, steps_per_epoch)
     ds_path = eng.resolve_ds_json(cfg.deepspeed.config, d.device)
@@ -221,12 +224,14 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
         log.info("finetune %s on %s (%s, %d labels): %s train / %s valid / %s test examples; %d rank(s), %s, %s; %d steps",
                  model, task.name, task.kind, len(task.labels), f"{len(train):,}", f"{len(feats['valid']):,}",
                  f"{len(feats['test']):,}", d.world_size, d.device, eng.precision(ds_config), num_steps)
+        for line in summary.data_lines({"task": task.name, **data}):
+            log.info("%s", line)
     dist.barrier()
 
     sampler = DistributedSampler(train, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.train.seed)
     loader = DataLoader(train, batch_size=cfg.train.micro_batch_size, sampler=sampler, collate_fn=collate(tokenizer.pad_token_id),
                         generator=torch.Generator().manual_seed(cfg.train.seed))
-    metrics = Metrics(out, d.rank == 0, True, num_steps, 0)
+    metrics = Metrics(out, d.rank == 0, True, num_steps, 0, desc="finetune", log_every_s=60.0)
     step, micro, samples, epoch = 0, 0, 0, 0
     loss_sum = torch.zeros((), device=d.device)
     t0 = time.perf_counter()
@@ -248,6 +253,7 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
                 if step % cfg.log_every_steps == 0 or step == num_steps:
                     mean = loss_sum.item() / micro
                     metrics.scalars(step, {"loss/train": mean, "lr": engine.get_lr()[0]})
+                    metrics.step(0, loss=f"{mean:.4f}")  # the bar shows the last logged loss: no device sync per step
                     loss_sum.zero_()
                     micro = 0
                 if step == num_steps:
@@ -260,13 +266,14 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     total_samples = torch.tensor([float(samples)], device=d.device)
     dist.all_reduce(total_samples)
 
-    results = {}
-    for split in ("valid", "test"):
-        preds = predict(engine, feats[split], cfg.eval_batch_size, tokenizer.pad_token_id, d)
-        results[split] = score(task, split, preds, feats[split]) if d.rank == 0 else None
+    preds = {split: predict(engine, feats[split], cfg.eval_batch_size, tokenizer.pad_token_id, d, f"evaluate {split}")
+             for split in ("valid", "test")}
+    found = summary.evaluate_run(task, preds, feats) if d.rank == 0 else {}  # scored on rank 0; other ranks return None scores
+    test, valid = found.get("evaluation", {}).get("test", {}), found.get("evaluation", {}).get("valid", {})
     out_dict = {
-        "model": model, "task": task.name, "metric": "f1" if task.metric == "f1" else "accuracy",
-        "score": results["test"], "valid_score": results["valid"], "train_runtime_s": runtime,
+        "model": model, "model_name": display_name(model, cfg.model_name), "task": task.name,
+        "metric": "f1" if task.metric == "f1" else "accuracy", "score": test.get("score"), "valid_score": valid.get("score"),
+        "macro_f1": test.get("macro_f1"), **data, **found, "train_runtime_s": runtime,
         "samples_per_s": total_samples.item() / runtime, "train_examples": len(train), "steps": num_steps,
         "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed,
         "versions": versions(), "config": to_dict(cfg),
@@ -277,5 +284,7 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
         tmp.replace(out / "results.json")
         log.info("%s on %s: test %s %.4f (valid %.4f), training %.1f s, %.1f samples/s", model, task.name, out_dict["metric"],
                  out_dict["score"], out_dict["valid_score"], runtime, out_dict["samples_per_s"])
+        for warning in found["warnings"]:
+            log.warning("%s", warning)
     dist.barrier()
     return out_dict

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ds_distil.progress import Progress
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,8 @@ class DeviceStats:
 class Metrics:
     """Writes only on rank 0; other ranks get a no-op."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, start_step: int):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, start_step: int, desc: str = "distill",
+                 log_every_s: float | None = None):
         self.enabled = enabled
         self.writer = None
         self.bar = None
@@ -65,15 +68,12 @@ class Metrics:
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             tmp.replace(path)
         self.jsonl = open(path, "a", encoding="utf-8")
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True, disable=None)
+        # log_every_s: progress lines where there is no terminal for a bar (distillation logs its own lines)
+        self.bar = Progress(total_steps, desc, "step", initial=start_step, log_every_s=log_every_s)
 
     def step(self, n: int = 1, **postfix) -> None:
         if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(n, **postfix)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

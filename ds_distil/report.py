@@ -1,8 +1,13 @@
-"""`ds-distil report`: finetuning results -> the paper's Table 2 layout (Markdown, JSON, PNG).
+"""`ds-distil report`: finetuning results -> one table per task and dataset (Markdown, JSON, PNG).
 
-Rows are models; per task the test score and the training runtime (mean and standard deviation
-over seeds); the last column is the model's speedup over the baseline row (mBERT) averaged over
-the tasks both have: mean over tasks of runtime(baseline) / runtime(model).
+A row is one model on one task and one dataset; seeds are averaged (mean and standard deviation)
+only within it, never across datasets. A dataset is the name recorded in results.json (`task.dataset_name`,
+default: the data directory's name); runs whose test files differ (sha256) under one name are kept
+apart too. Models are named by results.json's `model_name` (from the model's card or config, see
+ds_distil/modelinfo.py), not by their paths. Each baseline found in the results (the majority
+class, computed from the data at finetuning time) is a row of its own. A last table gives each
+model's training speedup over the baseline model (mBERT): the mean over the datasets both ran of
+runtime(baseline) / runtime(model).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 
 from ds_distil.errors import UserError
 
-BASELINES = ("mbert", "bert-base-multilingual-cased")
+SPEED_BASELINES = ("mbert", "bert-base-multilingual-cased")
 
 
 def collect(run_dirs: list[str | Path]) -> list[dict]:
@@ -37,66 +42,121 @@ def _stats(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def build_table(results: list[dict], baseline: str | None = None) -> dict:
-    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in results:
-        cells[(_label(r["model"]), r["task"])].append(r)
-    models = sorted({m for m, _ in cells}, key=lambda m: (m not in BASELINES, m))
-    tasks = sorted({t for _, t in cells})
-    base = baseline or next((m for m in models if m in BASELINES), None)
-    table = {"tasks": tasks, "baseline": base, "rows": []}
-    for m in models:
-        row = {"model": m, "tasks": {}}
-        for t in tasks:
-            runs = cells.get((m, t))
-            if runs:
-                row["tasks"][t] = {"metric": runs[0]["metric"], "score": _stats([r["score"] for r in runs]),
-                                   "runtime_s": _stats([r["train_runtime_s"] for r in runs]), "seeds": sorted(r.get("seed") for r in runs)}
-        if base and base != m:
-            ratios = [table_runtime(cells, base, t) / row["tasks"][t]["runtime_s"]["mean"]
-                      for t in tasks if t in row["tasks"] and (base, t) in cells]
-            row["speedup"] = statistics.fmean(ratios) if ratios else None
-        elif base == m:
-            row["speedup"] = 1.0
-        table["rows"].append(row)
-    return table
-
-
-def table_runtime(cells, model, task) -> float:
-    return statistics.fmean(r["train_runtime_s"] for r in cells[(model, task)])
+def model_name(r: dict) -> str:
+    return r.get("model_name") or _label(r["model"])
 
 
 def _label(model: str) -> str:
-    """A path's last components for readability (runs/demo/student/student -> demo/student/student)."""
+    """Results written before model names were recorded: a path's last components."""
     p = Path(model)
     return model if not p.is_absolute() and len(p.parts) <= 3 else "/".join(p.parts[-3:])
 
 
-def _fmt(s: dict, pct: bool) -> str:
+def dataset_key(r: dict) -> tuple[str, str, str]:
+    """(task, dataset name, test file sha256 or ''): what may be averaged together."""
+    data_dir = ((r.get("config") or {}).get("task") or {}).get("data_dir")
+    name = r.get("dataset") or (Path(data_dir).name if data_dir else r["task"])
+    test = ((r.get("data") or {}).get("files") or {}).get("test") or {}
+    return r["task"], name, test.get("sha256", "")
+
+
+def build_table(results: list[dict], baseline: str | None = None) -> dict:
+    by_dataset: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        by_dataset[dataset_key(r)].append(r)
+    names_with_shas = defaultdict(set)
+    for task, name, sha in by_dataset:
+        names_with_shas[(task, name)].add(sha)
+    models = sorted({model_name(r) for r in results}, key=lambda m: (m not in SPEED_BASELINES, m))
+    base = baseline or next((m for m in models if m in SPEED_BASELINES), None)
+    groups = []
+    for (task, name, sha), runs in sorted(by_dataset.items()):
+        label = name if len(names_with_shas[(task, name)]) == 1 else f"{name} [test sha256 {sha[:8] or 'unknown'}]"
+        group = {"task": task, "dataset": label, "metric": runs[0]["metric"], "test_examples": runs[0].get("splits", {}).get("test", {}).get("examples"),
+                 "rows": []}
+        for bname in sorted({b for r in runs for b in r.get("baselines", {})}):
+            found = [r["baselines"][bname] for r in runs if bname in r.get("baselines", {})]
+            group["rows"].append({"model": f"baseline: {bname}" + (f" ('{found[0]['label']}')" if "label" in found[0] else ""),
+                                  "kind": "baseline", "description": found[0].get("description", ""),
+                                  "score": _stats([b["test"]["score"] for b in found]),
+                                  "macro_f1": _stats([b["test"]["macro_f1"] for b in found])})
+        per_model = defaultdict(list)
+        for r in runs:
+            per_model[model_name(r)].append(r)
+        for m in models:
+            mruns = per_model.get(m)
+            if not mruns:
+                continue
+            macro = [r["macro_f1"] for r in mruns if r.get("macro_f1") is not None]
+            group["rows"].append({"model": m, "kind": "model", "score": _stats([r["score"] for r in mruns]),
+                                  "macro_f1": _stats(macro) if len(macro) == len(mruns) else None,
+                                  "runtime_s": _stats([r["train_runtime_s"] for r in mruns]),
+                                  "seeds": sorted(r.get("seed") for r in mruns),
+                                  "one_class_runs": sum(bool(r.get("warnings")) for r in mruns)})
+        groups.append(group)
+    return {"groups": groups, "speed": speed_table(groups, models, base)}
+
+
+def speed_table(groups: list[dict], models: list[str], base: str | None) -> dict:
+    """Each model's mean over datasets of runtime(base) / runtime(model), on the datasets both ran."""
+    runtime = {(id(g), row["model"]): row["runtime_s"]["mean"] for g in groups for row in g["rows"] if row["kind"] == "model"}
+    rows = []
+    for m in models:
+        ratios = [runtime[(id(g), base)] / runtime[(id(g), m)] for g in groups if (id(g), base) in runtime and (id(g), m) in runtime]
+        rows.append({"model": m, "speedup": 1.0 if m == base else (statistics.fmean(ratios) if ratios else None), "datasets": len(ratios)})
+    return {"baseline": base, "rows": rows}
+
+
+def _fmt(s: dict | None, pct: bool) -> str:
+    if s is None:
+        return "-"
     mean, std = (s["mean"] * 100, s["std"] * 100) if pct else (s["mean"], s["std"])
     return f"{mean:.2f} ± {std:.2f}" if s["n"] > 1 else f"{mean:.2f}"
 
 
 def render_markdown(table: dict, results: list[dict]) -> str:
-    tasks = table["tasks"]
-    head = "| model | " + " | ".join(f"{t} score | {t} runtime (s)" for t in tasks) + f" | avg speedup vs {table['baseline'] or '-'} |"
-    lines = ["# Finetuning: score and training runtime per model and task", "",
-             "Scores are test-set percentages (accuracy; NER: entity-level F1 with seqeval), mean ± standard deviation "
-             "over seeds where there are several; runtime is the training loop only, in seconds.", "", head,
-             "|---|" + "---:|---:|" * len(tasks) + "---:|"]
-    for row in table["rows"]:
-        cells = []
-        for t in tasks:
-            c = row["tasks"].get(t)
-            cells += [_fmt(c["score"], True), _fmt(c["runtime_s"], False)] if c else ["-", "-"]
-        sp = row.get("speedup")
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {f'{sp:.2f}x' if sp else '-'} |")
+    lines = ["# Finetuning results", "",
+             "One table per task and dataset. A row is one model on that dataset: the mean ± standard deviation over its "
+             "seeds (never across datasets). Baseline rows are computed from the same data (majority: the most frequent "
+             "training label, predicted for every test example). Scores are test-set percentages (accuracy; NER: "
+             "entity-level F1 with seqeval); runtime is the training loop only, in seconds.", ""]
+    notes = []
+    for g in table["groups"]:
+        n = f"; test {g['test_examples']:,} examples" if g.get("test_examples") else ""
+        lines += [f"## {g['task']} / {g['dataset']} ({g['metric']}{n})", "",
+                  f"| model | {g['metric']} | macro-F1 | train runtime (s) | seeds |", "|---|---:|---:|---:|---|"]
+        for row in g["rows"]:
+            if row["kind"] == "baseline":
+                same = {k: dict(row[k], n=1) if row[k]["std"] == 0 else row[k] for k in ("score", "macro_f1")}  # deterministic: no ± 0
+                lines.append(f"| {row['model']} | {_fmt(same['score'], True)} | {_fmt(same['macro_f1'], True)} | - | - |")
+                continue
+            seeds = ", ".join(map(str, row["seeds"]))
+            if len(set(row["seeds"])) < len(row["seeds"]):
+                seeds += " (a seed twice: other settings?)"
+            flag = f" ⚠ one class in {row['one_class_runs']}/{len(row['seeds'])} runs" if row["one_class_runs"] else ""
+            lines.append(f"| {row['model']}{flag} | {_fmt(row['score'], True)} | {_fmt(row['macro_f1'], True)} | "
+                         f"{_fmt(row['runtime_s'], False)} | {seeds} |")
+            if flag:
+                notes.append(row["model"])
+        lines.append("")
+    if notes:
+        lines += ["⚠ one class: the model predicted one class for more than 95% of the test set in that many runs "
+                  "(see `warnings` in their results.json).", ""]
+    speed = table["speed"]
+    if speed["baseline"]:
+        lines += [f"## Training speedup over {speed['baseline']}", "", f"| model | avg speedup vs {speed['baseline']} | datasets |",
+                  "|---|---:|---:|"]
+        for row in speed["rows"]:
+            sp = row["speedup"]
+            lines.append(f"| {row['model']} | {f'{sp:.2f}x' if sp else '-'} | {row['datasets']} |")
+        lines.append("")
     devices = sorted({(r.get("device") or {}).get("gpu") or f"CPU ({(r.get('device') or {}).get('cpu', '?')})" for r in results})
-    lines += ["", f"Device(s): {', '.join(devices)}. Runs: {len(results)}.", ""]
-    lines += ["| model | task | seed | examples | steps | precision | samples/s | result file |", "|---|---|---:|---:|---:|---|---:|---|"]
+    lines += [f"Device(s): {', '.join(devices)}. Runs: {len(results)}.", ""]
+    lines += ["| model | task | dataset | seed | examples | steps | precision | samples/s | result file |",
+              "|---|---|---|---:|---:|---:|---|---:|---|"]
     for r in results:
-        lines.append(f"| {_label(r['model'])} | {r['task']} | {r.get('seed')} | {r.get('train_examples', '?')} | {r.get('steps', '?')} "
-                     f"| {r.get('precision', '?')} | {r.get('samples_per_s', 0):.1f} | {r['_path']} |")
+        lines.append(f"| {model_name(r)} | {r['task']} | {dataset_key(r)[1]} | {r.get('seed')} | {r.get('train_examples', '?')} | "
+                     f"{r.get('steps', '?')} | {r.get('precision', '?')} | {r.get('samples_per_s', 0):.1f} | {r['_path']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,19 +166,21 @@ def plot(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = table["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, t in zip(axes[0], tasks):
-        for row in table["rows"]:
-            c = row["tasks"].get(t)
-            if not c:
+    groups = table["groups"]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        for row in g["rows"]:
+            y = row["score"]["mean"] * 100
+            if row["kind"] == "baseline":
+                ax.axhline(y, linestyle="--", color="grey", linewidth=1)
+                ax.annotate(row["model"], (0, y), xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(3, 3), fontsize=7)
                 continue
-            x, y = c["runtime_s"]["mean"], c["score"]["mean"] * 100
-            ax.errorbar(x, y, xerr=c["runtime_s"]["std"], yerr=c["score"]["std"] * 100, fmt="o", capsize=3)
+            x = row["runtime_s"]["mean"]
+            ax.errorbar(x, y, xerr=row["runtime_s"]["std"], yerr=row["score"]["std"] * 100, fmt="o", capsize=3)
             ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xlabel("training runtime (s)")
-        ax.set_ylabel("test score (%)")
-        ax.set_title(t)
+        ax.set_ylabel(f"test {g['metric']} (%)")
+        ax.set_title(f"{g['task']} / {g['dataset']}")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

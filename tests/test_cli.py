@@ -20,6 +20,25 @@ def test_each_subcommand_has_help(command):
     assert proc.returncode == 0 and "usage: ds-distil " + command in proc.stdout
 
 
+def test_help_lists_every_settable_key_with_its_default():
+    ft = run_cli("finetune", "--help").stdout
+    for line in ("train.lr=5e-05", "task.valid_fraction=null", "task.max_train_examples=null", "task.skip_bad_rows=false",
+                 "eval_batch_size=64", "--verbose"):
+        assert line in ft, line
+    assert "peak learning rate (float)" in ft and "train.adam_betas=[0.9, 0.999]" in ft  # finetuning's defaults, not distillation's
+    distill = run_cli("distill", "--help").stdout
+    assert "train.lr=0.0005" in distill and "loss.temperature=2.0" in distill and "data.shards=..." in distill
+    assert "data.mlm_probability=0.15" in run_cli("inspect", "--help").stdout
+    assert "--seq-len SEQ_LEN" in run_cli("prepare", "--help").stdout
+
+
+def test_verbose_is_accepted_before_and_after_the_command():
+    base = ["--model", "m", "--task", "csv", "--out", "o"]
+    assert build_parser().parse_args(["finetune", "--verbose", *base]).verbose is True
+    assert build_parser().parse_args(["--verbose", "finetune", *base]).verbose is True
+    assert not hasattr(build_parser().parse_args(["finetune", *base]), "verbose")  # main() reads it as False
+
+
 def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "ds-distil"
     proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True)

@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -81,3 +82,16 @@ def test_a_section_given_in_part_keeps_the_fields_own_defaults():
 
     cfg = from_dict(FinetuneConfig, {"train": {"seed": 7}})
     assert cfg.train.seed == 7 and cfg.train.lr == 5e-5 and cfg.train.adam_betas == [0.9, 0.999]  # finetuning's, not distillation's
+
+
+def test_numbers_in_exponent_form_are_numbers(tmp_path):
+    from ds_distil.finetune import FinetuneConfig
+
+    # YAML 1.1 (PyYAML) would read 5e-5 as a string; the command line and YAML files read it as a float
+    cfg = load(FinetuneConfig, [], ["train.lr=5e-5", "train.adam_eps=1E-6", "train.weight_decay=0"])
+    assert cfg.train.lr == 5e-5 and isinstance(cfg.train.lr, float) and cfg.train.adam_eps == 1e-6
+    (tmp_path / "ft.yaml").write_text("train:\n  lr: 1e-4\n  max_steps: 10\ntask:\n  dataset_name: 1e5\n")
+    cfg = load(FinetuneConfig, [tmp_path / "ft.yaml"])
+    assert cfg.train.lr == 1e-4 and cfg.train.max_steps == 10
+    with pytest.raises(ConfigError, match=re.escape("config key 'train.max_steps': expected int | null, got 1000.0")):
+        load(FinetuneConfig, [], ["train.max_steps=1e3"])  # a float where an int is wanted is still refused

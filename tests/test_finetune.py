@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT, run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
-FIELDS = {"model", "task", "metric", "score", "valid_score", "train_runtime_s", "samples_per_s", "device", "seed", "config"}
+FIELDS = {"model", "model_name", "task", "dataset", "metric", "score", "valid_score", "macro_f1", "train_runtime_s", "samples_per_s",
+          "device", "seed", "config", "labels", "label_map", "splits", "data", "evaluation", "baselines", "warnings"}
 pytestmark = pytest.mark.slow
 
 
@@ -41,9 +42,11 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
                   "--baseline", "tiny")
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| micro |" in md and "| tiny |" in md and "hatespeech score" in md and "avg speedup vs tiny" in md
+    assert "## hatespeech / hatespeech (accuracy; test 4,232 examples)" in md and "| micro |" in md and "| tiny |" in md
+    assert "| baseline: majority ('0') | 52.58 |" in md  # 2,225 of the 4,232 test tweets are '0', the training majority
+    assert "avg speedup vs tiny" in md
     table = json.loads((tmp_path / "report" / "report.json").read_text())["table"]
-    tiny = next(r for r in table["rows"] if r["model"] == "tiny")
+    tiny = next(r for r in table["speed"]["rows"] if r["model"] == "tiny")
     assert tiny["speedup"] == 1.0
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000
 
@@ -58,3 +61,56 @@ def test_finetune_refusals(tmp_path, data_dir):
     proc = run_cli("finetune", "--model", str(no_tok), "--task", "hatespeech", "--out", str(tmp_path / "y"),
                    f"task.data_dir={data_dir / 'hatespeech'}", env=ENV)
     assert proc.returncode == 2 and "has no tokenizer files" in proc.stderr
+
+
+def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
+    """A user's Excel CSV (UTF-8 BOM), 80/20 labels, no validation file: what results.json and the console tell."""
+    import csv
+    import hashlib
+    import subprocess
+
+    from ds_distil.tokenizer import load_tokenizer
+
+    with open(data_dir / "hatespeech" / "train.csv", encoding="utf-8") as f:
+        texts = [r["text"] for r in csv.DictReader(f)][:60]
+    d = tmp_path / "my-tweets"
+    d.mkdir()
+    for split, rows in (("train", texts[:40]), ("test", texts[40:])):
+        with open(d / f"{split}.csv", "w", encoding="utf-8-sig", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows([t, "bad" if i % 5 == 0 else "ok"] for i, t in enumerate(rows))
+    # a pretrained-style directory (MLM head, no classifier) with a model card naming it
+    from transformers import BertConfig, BertForMaskedLM
+
+    tok = load_tokenizer(str(data_dir / "mbert_tokenizer"))
+    model = tmp_path / "checkpoint-dir"
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(model))
+    tok.save_pretrained(str(model))
+    (model / "README.md").write_text("---\nmodel_name: tl-test-student\n---\n# something else\n")
+
+    proc = subprocess.run(finetune_cmd(tmp_path / "out", str(model), "csv", f"task.data_dir={d}", "task.valid_fraction=0.2",
+                                       "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=32"),
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert FIELDS <= set(res) and res["config"]["train"]["lr"] == 5e-5
+    assert res["model_name"] == "tl-test-student" and res["dataset"] == "my-tweets"
+    assert res["label_map"] == {"bad": 0, "ok": 1}
+    train_file = res["data"]["files"]["train"]
+    assert train_file["sha256"] == hashlib.sha256((d / "train.csv").read_bytes()).hexdigest() and train_file["encoding"] == "utf-8-sig"
+    # 8 of 40 held out, stratified: 2 of the 8 'bad', 6 of the 32 'ok'
+    assert res["data"]["valid_from_train"]["examples"] == 8
+    assert res["splits"]["valid"]["label_counts"] == {"bad": 2, "ok": 6} and res["splits"]["train"]["label_counts"] == {"bad": 6, "ok": 26}
+    assert res["splits"]["test"]["label_counts"] == {"bad": 4, "ok": 16}
+    test = res["evaluation"]["test"]
+    assert sum(map(sum, test["confusion_matrix"])) == 20 and set(test["per_class"]) == {"bad", "ok"}
+    assert test["accuracy"] == res["score"]
+    assert res["baselines"]["majority"]["label"] == "ok" and res["baselines"]["majority"]["test"]["accuracy"] == 0.8
+    collapsed = max(test["predicted_counts"].values()) / 20 > 0.95
+    assert bool(res["warnings"]) == collapsed and ("WARNING: the model predicts" in proc.stdout) == collapsed
+    assert "baseline majority" in proc.stdout and "confusion matrix (test" in proc.stdout
+    # the pretraining head and the new classifier are one line of ours, not transformers' key table; no op-build chatter
+    assert "new (trained from scratch): bert.pooler.dense, classifier" in proc.stderr
+    assert "LOAD REPORT" not in proc.stderr + proc.stdout and "built successfully" not in proc.stdout

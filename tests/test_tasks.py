@@ -45,25 +45,28 @@ def test_missing_split_missing_column_unseen_label(tmp_path):
     d.mkdir()
     (d / "train.csv").write_text("text,label\nisa,a\ndalawa,b\n")
     (d / "test.csv").write_text("text,label\ntatlo,a\n")
-    with pytest.raises(UserError, match="no 'valid' split"):
+    with pytest.raises(UserError, match=r"no validation file in .*valid.\{csv,tsv,jsonl,json\}.*task.valid_fraction=0.1"):
         load_task("csv", str(d))
     (d / "valid.csv").write_text("text,label\napat,c\n")
-    with pytest.raises(UserError, match=r"labels \['c'\] in the valid split .* never occur in training"):
+    with pytest.raises(UserError, match=r"valid.csv:2: label 'c' never occurs in the training data \(train.csv: a, b\)"):
         load_task("csv", str(d))
     (d / "valid.csv").write_text("sentence,label\napat,a\n")
-    with pytest.raises(UserError, match="has no column 'text'"):
+    with pytest.raises(UserError, match="valid.csv has no column 'text'"):
         load_task("csv", str(d))
     with pytest.raises(UserError, match="unknown task 'sentiment'"):
         load_task("sentiment")
 
 
 def test_csv_task_with_pairs_and_named_columns(tmp_path):
+    from ds_distil.data.readers import ReadOptions
+
     d = tmp_path / "pairs"
     d.mkdir()
     for split in ("train", "dev", "test"):
         (d / f"{split}.csv").write_text("a,b,y\nisa,dalawa,yes\ntatlo,apat,no\n")
-    task = load_task("csv", str(d), text_column="a", text_pair_column="b", label_column="y")
+    task = load_task("csv", str(d), read=ReadOptions(text_column="a", text_pair_column="b", label_column="y"))
     assert task.kind == "pair" and task.splits["valid"][0] == Example("isa", "yes", "dalawa")
+    assert task.dataset == "pairs" and task.provenance["files"]["valid"]["path"].endswith("dev.csv")
 
 
 def test_nli_builder_is_balanced_deterministic_and_never_repeats_a_pair(data_dir, tmp_path):
@@ -102,7 +105,7 @@ def test_first_subword_label_alignment(mbert_tokenizer_dir):
 
 
 def test_seqeval_entity_f1_on_a_known_example():
-    from ds_distil.finetune import score
+    from ds_distil.scoring import score
 
     labels = ["B-LOC", "B-PER", "I-PER", "O"]
     ex = [Example(["a", "b", "c", "d"], ["B-PER", "I-PER", "O", "B-LOC"]), Example(["e", "f"], ["B-PER", "O"])]

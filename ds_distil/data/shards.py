@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ds_distil import __version__
 from ds_distil.config import PrepareConfig, save, to_dict
 from ds_distil.data.manifest import FORMAT, MANIFEST, SAMPLE_KEY
 from ds_distil.errors import UserError
+from ds_distil.progress import Progress
 from ds_distil.tokenizer import load_tokenizer, tokenizer_info
 
 log = logging.getLogger(__name__)
@@ -411,7 +411,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     packers = {s: Packer(cfg.seq_len, info["cls_id"], info["sep_id"], info["pad_id"]) for s in ("train", "val")}
     sizes = {p: p.stat().st_size for p in files}
     total_bytes = sum(sizes.values()) if files else None
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=None, dynamic_ncols=True)
+    bar = Progress(total_bytes, "prepare", "B", unit_scale=True)
     log.info("prepare: tokenizer %s (vocab %d), seq_len %d, %d tokenizer processes", cfg.tokenizer, info["vocab_size"], cfg.seq_len, workers)
 
     docs = select_documents(iter_documents(cfg, files, stats), cfg, stats)

@@ -1,14 +1,16 @@
-"""Downstream task readers: Hatespeech Filipino (CSV), NER (IOB2), POS (CoNLL-U), NLI pairs, any CSV/JSONL.
+"""Downstream task readers: Hatespeech Filipino (CSV), NER (IOB2), POS (CoNLL-U), NLI pairs, users' files.
 
 Every reader returns a `Task`: named splits of examples plus the label list (from the training
 split, in sorted order, so label ids are stable). Local files are read by us (line-precise
-errors); hub datasets through `datasets`. Labels in valid/test that training never saw, a missing
-split, a missing column and a broken IOB2 sequence are refused with one line naming the file.
+errors; classification files through `data/readers.py`, which checks every row); hub datasets
+through `datasets`. Labels in valid/test that training never saw, a missing split, a missing
+column, a training set of one class and a broken IOB2 sequence are refused with one line naming the file.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ds_distil.data.readers import ReadOptions
 from ds_distil.errors import UserError
 
 SPLITS = ("train", "valid", "test")
@@ -38,13 +41,19 @@ class Task:
     splits: dict[str, list[Example]]
     labels: list[str] = field(default_factory=list)
     source: str = ""
+    dataset: str = ""  # the name results and the report go by (default: the data directory's name, or the hub name)
+    provenance: dict = field(default_factory=dict)  # files read (path, sha256, rows, skipped), held-out split, sample
 
     def __post_init__(self) -> None:
         for split in SPLITS:
             if not self.splits.get(split):
                 raise UserError(f"task {self.name}: no '{split}' split in {self.source}; provide {split} data")
         seen = sorted({t for ex in self.splits["train"] for t in _as_list(ex.label)})
+        if len(seen) < 2 and not self.labels:
+            raise UserError(f"task {self.name}: every training example in {self.source} has the label {seen[0]!r}; "
+                            "a classifier needs at least two classes: check the data and the label column")
         self.labels = self.labels or seen
+        self.dataset = self.dataset or Path(self.source).name or self.name
         known = set(self.labels)
         for split in ("valid", "test"):
             unseen = sorted({t for ex in self.splits[split] for t in _as_list(ex.label)} - known)
@@ -92,19 +101,17 @@ def read_table(path: Path) -> list[dict]:
         raise UserError(f"{path} is not valid UTF-8 ({e}); convert it first") from None
 
 
-def table_task(name: str, directory: Path, text: str, label: str, text_pair: str | None = None, metric: str = "accuracy") -> Task:
-    """A classification task from DIR/{train,valid|dev|validation,test}.{csv,jsonl}."""
-    if not directory.is_dir():
-        raise UserError(f"task {name}: data directory {directory} does not exist; set task.data_dir=DIR to a directory with train/valid/test files")
-    files = _split_files(directory, (".csv", ".jsonl"))
-    splits = {}
-    for split, path in files.items():
-        rows = read_table(path)
-        for col in (text, label) + ((text_pair,) if text_pair else ()):
-            if rows and col not in rows[0]:
-                raise UserError(f"{path} has no column '{col}' (columns: {', '.join(rows[0])}); set the column names")
-        splits[split] = [Example(str(r[text]), str(r[label]), str(r[text_pair]) if text_pair else None) for r in rows]
-    return Task(name, "pair" if text_pair else "sequence", metric, splits, source=str(directory))
+def table_task(name: str, directory: Path, read: ReadOptions) -> Task:
+    """A classification task from DIR/{train,valid|validation|dev,test}.{csv,tsv,jsonl,json}, every row checked."""
+    from ds_distil.data.readers import read_classification
+
+    return read_classification(name, directory, read)
+
+
+def _provenance(*paths: Path) -> dict:
+    from ds_distil.data.readers import file_record
+
+    return {"files": {p.name: file_record(p) for p in paths}}
 
 
 def read_iob2(path: Path) -> list[Example]:
@@ -185,10 +192,11 @@ def carve(examples: list[Example], fraction: float, seed: int) -> tuple[list[Exa
 # ----------------------------------------------------------------------------------- the tasks
 
 
-def hatespeech(data_dir: Path | None = None, hub: bool = False) -> Task:
+def hatespeech(data_dir: Path | None = None, hub: bool = False, read: ReadOptions = ReadOptions()) -> Task:
     if hub:
         return _hub_classification("hatespeech", "hate_speech_filipino", None, "text", "label")
-    return table_task("hatespeech", Path(data_dir or default_data_dir() / "hatespeech"), "text", "label")
+    read = dataclasses.replace(read, text_column="text", label_column="label", text_pair_column=None)
+    return table_task("hatespeech", Path(data_dir or default_data_dir() / "hatespeech"), read)
 
 
 def pos(data_dir: Path | None = None, seed: int = 0) -> Task:
@@ -206,7 +214,8 @@ def pos(data_dir: Path | None = None, seed: int = 0) -> Task:
         raise UserError(f"task pos: {d} has neither train/test .conllu files nor the UD Tagalog NewsCrawl dev/test files")
     if "valid" not in splits:
         splits["train"], splits["valid"] = carve(splits["train"], 0.1, seed)
-    return Task("pos", "token", "accuracy", splits, source=str(d))
+    read = files.values() if files.keys() >= {"train", "test"} else (train_file, test_file)
+    return Task("pos", "token", "accuracy", splits, source=str(d), provenance=_provenance(*read))
 
 
 def ner(data_dir: Path | None = None, hub: bool = False, seed: int = 0) -> Task:
@@ -217,31 +226,30 @@ def ner(data_dir: Path | None = None, hub: bool = False, seed: int = 0) -> Task:
     d = Path(data_dir or default_data_dir() / "uner_ner")
     files = _split_files(d, (".iob2", ".conll", ".txt"))
     if files.keys() >= {"train", "test"}:
+        read = list(files.values())
         splits = {s: read_iob2(p) for s, p in files.items()}
         if "valid" not in splits:
             splits["train"], splits["valid"] = carve(splits["train"], 0.1, seed)
     else:
-        pooled = [ex for p in sorted(d.glob("*.iob2")) for ex in read_iob2(p)]
+        read = sorted(d.glob("*.iob2"))
+        pooled = [ex for p in read for ex in read_iob2(p)]
         if not pooled:
             raise UserError(f"task ner: no .iob2 files in {d}; set task.data_dir=DIR to a directory with train/valid/test.iob2")
         rest, test = carve(pooled, 0.1, seed)
         train, valid = carve(rest, 1 / 9, seed + 1)
         splits = {"train": train, "valid": valid, "test": test}
-    return Task("ner", "token", "f1", splits, source=str(d))
+    return Task("ner", "token", "f1", splits, source=str(d), provenance=_provenance(*read))
 
 
-def nli(data_dir: Path | None = None, hub: bool = False) -> Task:
+def nli(data_dir: Path | None = None, hub: bool = False, read: ReadOptions = ReadOptions()) -> Task:
     """Sentence-pair classification (entailment / contradiction). Hub: NewsPH-NLI. Local: a
     directory of train/valid/test CSVs with premise, hypothesis, label (`ds-distil tasks build-nli` makes one)."""
     if hub:
         return _hub_classification("nli", "jcblaisecruz02/newsph-nli", None, "premise", "label", text_pair="hypothesis")
     if data_dir is None:
         raise UserError("task nli: set task.data_dir=DIR to a directory with train/valid/test CSVs (make them with `ds-distil tasks build-nli`), or task.hub=true")
-    return table_task("nli", Path(data_dir), "premise", "label", text_pair="hypothesis")
-
-
-def csv_task(data_dir: Path, text: str, label: str, text_pair: str | None = None) -> Task:
-    return table_task("csv", Path(data_dir), text, label, text_pair)
+    read = dataclasses.replace(read, text_column="premise", label_column="label", text_pair_column="hypothesis")
+    return table_task("nli", Path(data_dir), read)
 
 
 def _hub_load(name: str, config: str | None):
@@ -277,7 +285,7 @@ def _hub_classification(task: str, name: str, config: str | None, text: str, lab
     for split, d in _hub_splits(ds).items():
         names = _label_names(d, label)
         splits[split] = [Example(r[text], names[r[label]] if names else str(r[label]), r[text_pair] if text_pair else None) for r in d]
-    return Task(task, "pair" if text_pair else "sequence", "accuracy", splits, source=name)
+    return Task(task, "pair" if text_pair else "sequence", "accuracy", splits, source=name, dataset=name)
 
 
 def _hub_tokens(task: str, name: str, tokens: str, tags: str) -> Task:
@@ -286,28 +294,34 @@ def _hub_tokens(task: str, name: str, tokens: str, tags: str) -> Task:
     for split, d in _hub_splits(ds).items():
         names = _label_names(d, tags)
         splits[split] = [Example(list(r[tokens]), [names[t] if names else str(t) for t in r[tags]]) for r in d]
-    return Task(task, "token", "f1", splits, source=name)
+    return Task(task, "token", "f1", splits, source=name, dataset=name)
 
 
 TASKS = ("hatespeech", "ner", "pos", "nli", "csv")
 
 
-def load_task(name: str, data_dir: str | None = None, hub: bool = False, seed: int = 0, text_column: str = "text",
-              text_pair_column: str | None = None, label_column: str = "label") -> Task:
-    d = Path(data_dir) if data_dir else None
+def load_task(name: str, data_dir: str | None = None, hub: bool = False, seed: int = 0, read: ReadOptions = ReadOptions(),
+              dataset: str | None = None) -> Task:
+    """`seed` chooses the held-out splits of pos/ner; `read` says how users' classification files are
+    read; `dataset` names the data in results and the report (default: the directory's name)."""
+    d = Path(data_dir).resolve() if data_dir else None  # resolved: `.` is named after the directory
     if name == "hatespeech":
-        return hatespeech(d, hub)
-    if name == "pos":
-        return pos(d, seed)
-    if name == "ner":
-        return ner(d, hub, seed)
-    if name == "nli":
-        return nli(d, hub)
-    if name == "csv":
+        task = hatespeech(d, hub, read)
+    elif name == "pos":
+        task = pos(d, seed)
+    elif name == "ner":
+        task = ner(d, hub, seed)
+    elif name == "nli":
+        task = nli(d, hub, read)
+    elif name == "csv":
         if d is None:
-            raise UserError("task csv: set task.data_dir=DIR to a directory with train/valid/test .csv or .jsonl files")
-        return csv_task(d, text_column, label_column, text_pair_column)
-    raise UserError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+            raise UserError("task csv: set task.data_dir=DIR to a directory with train, valid (or dev) and test files (.csv, .tsv, .jsonl, .json)")
+        task = table_task("csv", d, read)
+    else:
+        raise UserError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+    if dataset:
+        task.dataset = dataset
+    return task
 
 
 # ------------------------------------------------------------------------- NewsPH-NLI-style builder

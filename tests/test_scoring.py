@@ -1,0 +1,111 @@
+"""Scores beyond accuracy (per class, confusion matrix, macro-F1), the majority baseline from the data,
+the one-class warning, progress lines without a terminal, third-party output kept quiet."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ds_distil.baselines import run_baselines
+from ds_distil.data.tasks import Example, Task
+from ds_distil.scoring import collapse_warning, evaluate
+
+LABELS = ["hate", "ok"]
+
+
+def seq_task(test_labels, train_labels=("ok", "ok", "ok", "hate")):
+    ex = lambda labs: [Example(f"t{i}", lab) for i, lab in enumerate(labs)]  # noqa: E731
+    return Task("csv", "sequence", "accuracy", {"train": ex(train_labels), "valid": ex(test_labels), "test": ex(test_labels)})
+
+
+def feats_of(labels):
+    return [{"index": i, "labels": LABELS.index(lab)} for i, lab in enumerate(labels)]
+
+
+def test_per_class_scores_confusion_matrix_and_macro_f1():
+    gold = ["ok"] * 6 + ["hate"] * 4
+    pred = ["ok"] * 5 + ["hate"] + ["hate"] * 2 + ["ok"] * 2
+    task = seq_task(gold)
+    ev = evaluate(task, {i: LABELS.index(p) for i, p in enumerate(pred)}, feats_of(gold))
+    assert ev["score"] == ev["accuracy"] == pytest.approx(0.7)
+    assert ev["confusion_matrix"] == [[2, 2], [1, 5]]  # rows: true hate, ok; columns: predicted hate, ok
+    hate = ev["per_class"]["hate"]
+    assert (hate["precision"], hate["recall"], hate["support"], hate["predicted"]) == (pytest.approx(2 / 3), 0.5, 4, 3)
+    f1_hate, f1_ok = 2 * (2 / 3 * 0.5) / (2 / 3 + 0.5), 2 * (5 / 7 * 5 / 6) / (5 / 7 + 5 / 6)
+    assert ev["macro_f1"] == pytest.approx((f1_hate + f1_ok) / 2)
+
+
+def test_one_class_predictor_triggers_the_warning_and_the_majority_baseline_matches_it():
+    gold = ["ok"] * 80 + ["hate"] * 20
+    task = seq_task(gold)
+    always_ok = {i: 1 for i in range(100)}
+    ev = evaluate(task, always_ok, feats_of(gold))
+    warning = collapse_warning(task, ev)
+    assert warning.startswith("the model predicts 'ok' for 100.0% of the test set (100 of 100; 'ok' is 80.0% of the true labels)")
+    base = run_baselines(task, {"train": feats_of(["ok", "ok", "ok", "hate"]), "valid": feats_of(gold), "test": feats_of(gold)})
+    assert base["majority"]["label"] == "ok"  # the most frequent *training* label
+    assert base["majority"]["test"] == {"score": 0.8, "accuracy": 0.8, "macro_f1": pytest.approx(0.5 * 2 * 0.8 / 1.8)}
+    # 95 of 100 on one class is not yet a collapse; 96 is
+    assert collapse_warning(task, evaluate(task, {i: int(i >= 5) for i in range(100)}, feats_of(gold))) is None
+    assert collapse_warning(task, evaluate(task, {i: int(i >= 4) for i in range(100)}, feats_of(gold))) is not None
+
+
+def test_token_tasks_score_per_word_and_never_warn():
+    labels = ["B-PER", "O"]
+    ex = [Example(["a", "b", "c"], ["B-PER", "O", "O"])]
+    task = Task("ner", "token", "f1", {"train": ex, "valid": ex, "test": ex}, labels=labels)
+    feats = [{"index": 0, "labels": [-100, 0, 1, 1, -100]}]
+    ev = evaluate(task, {0: [1, 1, 1, 1, 1]}, feats)
+    assert ev["score"] == 0.0 and ev["accuracy"] == pytest.approx(2 / 3) and ev["confusion_matrix"] == [[0, 1], [0, 2]]
+    assert collapse_warning(task, ev) is None
+
+
+def test_progress_without_a_terminal_logs_lines_with_eta(caplog):
+    from ds_distil.progress import Progress
+
+    bar = Progress(10, "finetune", "step", log_every_s=0.0)  # pytest's stderr is not a terminal: no bar
+    assert bar.bar is None
+    with caplog.at_level(logging.INFO, logger="ds_distil.progress"):
+        bar.update(4, loss="0.5000")
+    assert caplog.messages and caplog.messages[-1].startswith("finetune: 4/10 steps (40%) | loss 0.5000 | ")
+    assert "steps/s | ETA " in caplog.messages[-1]
+    silent = Progress(10, "finetune", enabled=False, log_every_s=0.0)
+    caplog.clear()
+    silent.update(5)
+    assert not caplog.messages  # other ranks say nothing
+
+
+def test_third_party_stdout_is_swallowed_unless_verbose_or_failing(capsys, monkeypatch):
+    from ds_distil import quiet
+
+    monkeypatch.setattr(quiet, "VERBOSE", False)
+    with quiet.third_party_stdout():
+        print("DeepSpeed op built successfully")
+    assert capsys.readouterr().out == ""
+    with pytest.raises(RuntimeError), quiet.third_party_stdout():
+        print("compiler said: no space left")
+        raise RuntimeError("build failed")
+    assert "no space left" in capsys.readouterr().err  # a failure shows what was held back
+    monkeypatch.setattr(quiet, "VERBOSE", True)
+    with quiet.third_party_stdout():
+        print("shown")
+    assert capsys.readouterr().out == "shown\n"
+
+
+def test_model_names_come_from_card_config_or_export_not_the_path(tmp_path):
+    import json
+
+    from ds_distil.modelinfo import display_name
+
+    d = tmp_path / "runs" / "x" / "student"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 4, "hidden_size": 312}))
+    assert display_name(str(d)) == "bert 4x312 (student)"
+    (d / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(tmp_path / "runs" / "dbert-tiny-oscar" / "checkpoints" / "step00000100")}))
+    assert display_name(str(d)) == "dbert-tiny-oscar (bert 4x312)"
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", "_name_or_path": "bert-base-multilingual-cased"}))
+    assert display_name(str(d)) == "bert-base-multilingual-cased"
+    (d / "README.md").write_text("---\nlicense: mit\nmodel-index:\n- name: dBERT Tiny (Tagalog)\n---\n# Card\n")
+    assert display_name(str(d)) == "dBERT Tiny (Tagalog)"
+    assert display_name(str(d), override="mine") == "mine" and display_name("micro") == "micro"
