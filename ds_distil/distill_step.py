@@ -87,7 +87,8 @@ class DistillStep:
         self.engine.step()
         total = terms["total"].detach()
         zero = torch.zeros((), device=dev)
-        samples = (batch["index"] >= 0).sum().to(dev, non_blocking=True).float()
+        # from the (pinned) batch tensor: a new host tensor would be pageable, and copying that waits for the device
+        samples = (batch["index"].to(dev, non_blocking=True) >= 0).sum().float()
         return torch.stack([total, terms.get("kl", zero).detach(), terms["mlm"].detach(), terms.get("hidden", zero).detach(),
                             real.sum(), samples, masked, (~torch.isfinite(total)).float()]).to(torch.float64)
 
