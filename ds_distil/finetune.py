@@ -25,6 +25,7 @@ from ds_distil.data.tasks import Task, default_data_dir, load_task
 from ds_distil.env_info import device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.metrics import Metrics
+from ds_distil.validate import check_max_length
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class TaskConfig:
     max_train_examples: int | None = _help("use only the first N training examples (quick runs)", default=None)
     tokenizer: str | None = _help("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
 
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(f"max_train_examples must be >= 1 (or null for all), got {self.max_train_examples}")
+
 
 def _ft_train_defaults() -> TrainConfig:
     return TrainConfig(micro_batch_size=32, epochs=3.0, lr=5e-5, warmup_ratio=0.1, adam_betas=[0.9, 0.999], adam_eps=1e-8)
@@ -56,6 +63,10 @@ class FinetuneConfig:
     eval_batch_size: int = _help("examples per rank per evaluation batch", default=64)
     log_every_steps: int = _help("log training loss every N steps", default=20)
     deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=lambda: DeepSpeedConfig(config="auto"))
+
+    def __post_init__(self) -> None:
+        if self.eval_batch_size < 1 or self.log_every_steps < 1:
+            raise ValueError("eval_batch_size and log_every_steps must be >= 1")
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -206,7 +217,27 @@ def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist
     return {k: v for part in gathered for k, v in part.items()}
 
 
-def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig) -> dict:
+def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig, overwrite: bool = False) -> dict:
+    """Finetune into --out, claimed first (ds_distil.rundir): the results appear there whole or not at all."""
+    from ds_distil import rundir
+
+    d = eng.init_distributed()
+    inputs = [p for p in (model, cfg.task.data_dir or default_data_dir(), cfg.task.tokenizer) if p and Path(p).exists()]
+    rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "finetune", overwrite=overwrite, inputs=inputs))
+    try:
+        result = _finetune(model, task_name, rd.path, cfg)
+        rundir.commit_on_rank0(rd, d.rank)
+        return result
+    except BaseException:
+        if d.rank == 0:
+            rd.abort()  # e.g. stopped by a signal: nothing half-written stays, an earlier result is untouched
+        raise
+    finally:
+        if d.rank == 0:
+            rd.release()
+
+
+def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dict:
     out = Path(out)
     d = eng.init_distributed()
     tc = cfg.task
@@ -214,6 +245,7 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     tokenizer = _tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
+    check_max_length(tc.max_length, net, f"model '{model}'")
     feats = {s: featurise(task, s, tokenizer, tc.max_length, tc.max_train_examples if s == "train" else None) for s in task.splits}
     train = feats["train"]
     steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))

@@ -89,7 +89,9 @@ def load_manifest(directory: str | Path) -> Manifest:
     if not directory.is_dir():
         raise UserError(f"shard directory {directory} does not exist; create it with `ds-distil prepare --out {directory} ...`")
     if not path.is_file():
-        partial = " (an interrupted `prepare` left it incomplete)" if (directory / ".prepare-tmp").exists() else ""
+        from ds_distil.rundir import staging_siblings
+
+        partial = " (an interrupted `prepare` left it incomplete)" if staging_siblings(directory) else ""
         raise UserError(
             f"{directory} has no {MANIFEST}{partial}; it is not a finished `ds-distil prepare` output: run prepare again"
         )

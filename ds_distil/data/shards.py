@@ -10,7 +10,8 @@ The pipeline streams; nothing is held for the whole corpus:
       -> packed: [CLS] d1 [SEP] d2 [SEP] ... cut every seq_len tokens; a document that does not fit
          continues in the next sample after its [CLS], so no token is wasted; only the last sample of
          a split is padded
-      -> tar shards written under .prepare-tmp/, moved into place, manifest.json written last.
+      -> tar shards, tokenizer/, manifest.json (last) written into a staging sibling of --out that is
+         swapped in whole when complete (ds_distil.rundir).
 
 Document selection is by blocks of 1000 consecutive documents: in each block a seeded permutation
 ranks the documents and those ranked below round(fraction * 1000) are kept. So a fraction keeps
@@ -31,7 +32,6 @@ import logging
 import multiprocessing as mp
 import os
 import random
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ from ds_distil import __version__
 from ds_distil.config import PrepareConfig, save, to_dict
 from ds_distil.data.manifest import FORMAT, MANIFEST, SAMPLE_KEY
 from ds_distil.errors import UserError
+from ds_distil.rundir import claim
 from ds_distil.tokenizer import load_tokenizer, tokenizer_info
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 BLOCK = 1000
 CHUNK_DOCS = 256  # documents per tokenizer task
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
-STAGING = ".prepare-tmp"
 
 
 # ----------------------------------------------------------------------------------------- input
@@ -377,22 +377,6 @@ class Packer:
 # ----------------------------------------------------------------------------------------- main
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise UserError(f"{out} already holds prepared shards ({MANIFEST}); pass --overwrite to replace them")
-        (out / MANIFEST).unlink()  # from here on the directory is not a finished output
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("train-*.tar")) + list(out.glob("val-*.tar")):
-        old.unlink()  # shards of a replaced or interrupted run: never valid without their manifest
-    staging = out / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
 def prepare(cfg: PrepareConfig) -> dict:
     """Run the preparation; returns the manifest written to cfg.out/manifest.json."""
     if not cfg.input and not cfg.hf_dataset:
@@ -403,7 +387,15 @@ def prepare(cfg: PrepareConfig) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer)
     info = tokenizer_info(tokenizer, cfg.tokenizer)
     out = Path(cfg.out)
-    staging = _prepare_out_dir(out, cfg.overwrite)
+    inputs = files + ([Path(cfg.tokenizer)] if Path(cfg.tokenizer).exists() else [])
+    with claim(out, "prepare", overwrite=cfg.overwrite, inputs=inputs) as rd:
+        manifest = _prepare_into(rd.path, cfg, files, tokenizer, info)
+        rd.commit()
+    return manifest
+
+
+def _prepare_into(staging: Path, cfg: PrepareConfig, files: list[Path], tokenizer, info: dict) -> dict:
+    """Write shards, tokenizer, config and (last) manifest.json into `staging`, the claimed output."""
     workers = cfg.workers or os.cpu_count() or 1
 
     stats: Counter = Counter()
@@ -438,12 +430,9 @@ def prepare(cfg: PrepareConfig) -> dict:
     if not writers["train"].shards:
         raise UserError(f"no training documents left in {', '.join(cfg.input) or cfg.hf_dataset} after selection; check the input and --fraction")
 
-    # Move the finished shards into place, then write the manifest: only now is the directory valid.
-    for w in writers.values():
-        for s in w.shards:
-            os.replace(staging / s["name"], out / s["name"])
-    tokenizer.save_pretrained(str(out / "tokenizer"))
-    save(cfg, out / "prepare_config.yaml")
+    # The manifest last: only with it is the directory a finished output (and then it is swapped in whole).
+    tokenizer.save_pretrained(str(staging / "tokenizer"))
+    save(cfg, staging / "prepare_config.yaml")
     manifest = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -468,8 +457,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         },
         "config": to_dict(cfg),
     }
-    tmp = out / (MANIFEST + ".tmp")
+    tmp = staging / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
-    shutil.rmtree(staging, ignore_errors=True)
+    os.replace(tmp, staging / MANIFEST)
     return manifest

@@ -212,6 +212,10 @@ class _EpochDataset(IterableDataset):
             yield self._batch([next(items) for _ in range(self.batch_size)], j)
 
 
+# Names the masking rule below for resume fingerprints (ds_distil.resume): change it with the rule.
+MASKING_RULE = "bert-80/10/10, round(p * maskable) per sample (min 1), seeded by (seed, epoch, rank, step)"
+
+
 def mask_tokens(ids: torch.Tensor, special_ids: torch.Tensor, random_ids: torch.Tensor, mask_id: int, cfg: DataConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
     """BERT masking: round(p * maskable) positions per sequence (at least one), never special tokens
     or padding; of those mask_token_prob -> [MASK], random_token_prob -> a random ordinary token,
