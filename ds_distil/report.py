@@ -142,7 +142,7 @@ def write_report(run_dirs: list[str], out: str | Path, baseline: str | None = No
     out = Path(out)
     md = render_markdown(table, results)
     # the report may sit inside a --runs directory (runs/ft/report), but not hold a result it reads
-    with claim(out, "report", overwrite=overwrite, inputs=[r["_path"] for r in results], may_contain_out=run_dirs) as rd:
+    with claim(out, "report", overwrite=overwrite, inputs=[*run_dirs, *(r["_path"] for r in results)], may_contain_out=run_dirs) as rd:
         (rd.path / "report.md").write_text(md)
         (rd.path / "report.json").write_text(json.dumps({"table": table, "results": results}, indent=1))
         plot(table, rd.path / "report.png")

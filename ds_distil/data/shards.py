@@ -387,7 +387,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer)
     info = tokenizer_info(tokenizer, cfg.tokenizer)
     out = Path(cfg.out)
-    inputs = files + ([Path(cfg.tokenizer)] if Path(cfg.tokenizer).exists() else [])
+    inputs = [Path(p) for p in cfg.input] + files + ([Path(cfg.tokenizer)] if Path(cfg.tokenizer).exists() else [])
     with claim(out, "prepare", overwrite=cfg.overwrite, inputs=inputs) as rd:
         manifest = _prepare_into(rd.path, cfg, files, tokenizer, info)
         rd.commit()

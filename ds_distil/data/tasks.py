@@ -341,7 +341,11 @@ def build_nli(articles: Iterable[str], seed: int = 0, valid_fraction: float = 0.
         raise UserError(f"build-nli needs at least 10 articles of 3+ sentences, got {len(docs)}")
     order = list(range(len(docs)))
     rng.shuffle(order)
-    n_test, n_valid = round(test_fraction * len(docs)), round(valid_fraction * len(docs))
+    # every split needs 2+ articles: a contradiction hypothesis comes from another article of the same split
+    n_test, n_valid = max(2, round(test_fraction * len(docs))), max(2, round(valid_fraction * len(docs)))
+    if len(docs) - n_test - n_valid < 2:
+        raise UserError(f"build-nli: {len(docs)} articles of 3+ sentences leave fewer than 2 for training after {n_test} test "
+                        f"and {n_valid} validation articles; give more articles")
     split_of = {i: ("test" if k < n_test else "valid" if k < n_test + n_valid else "train") for k, i in enumerate(order)}
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     seen: set[tuple[str, str]] = set()
