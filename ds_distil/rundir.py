@@ -219,6 +219,8 @@ class RunDir:
     old_owner: str | None = None  # of what a staging commit replaces
     locks: list = field(default_factory=list)
     committed: bool = False
+    in_place: bool = False  # distill: keeps writing after the commit
+    alias: Path | None = None
 
     @property
     def staging(self) -> bool:
@@ -230,7 +232,7 @@ class RunDir:
             self.committed = True
             return self.out
         _write_marker(self.path, self.command)
-        old = self.path
+        staging = old = self.path
         if not _exchange(self.path, self.out):
             old = self.out.with_name(f".{self.out.name}.ds-distil-old-{os.getpid()}")
             os.rename(self.out, old)
@@ -246,6 +248,11 @@ class RunDir:
             os.rename(old, aside)
             log.warning("--overwrite: the earlier content of %s (not written by ds-distil) was kept as %s", self.out, aside)
         self.locks = [new_lock]
+        if self.in_place:
+            # a run that goes on writing: files some libraries reopen by name (TensorBoard's event file)
+            # must still be found under the old path until the process ends
+            os.symlink(self.out.resolve(), staging)
+            self.alias = staging
         self.path, self.committed = self.out, True
         return self.out
 
@@ -261,6 +268,9 @@ class RunDir:
         for lock in self.locks:
             lock.release()
         self.locks = []
+        if self.alias is not None and self.alias.is_symlink():
+            self.alias.unlink()
+            self.alias = None
 
     def __enter__(self) -> RunDir:
         return self
@@ -292,12 +302,15 @@ def claim(out: str | Path, command: str, *, overwrite: bool = False, inputs=(), 
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a directory you can write to") from None
-    rd = RunDir(out, out, command, created, "new")
+    rd = RunDir(out, out, command, created, "new", in_place=in_place)
     try:
         rd.locks.append(Lock(out / LOCK, command))
         prev = _refuse_if_not_ours(out, command, overwrite, ignore)  # again, now that we hold the lock
         for stale in staging_siblings(out):  # left by a killed run of ours (a live one would hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_symlink():
+                stale.unlink()
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
         empty = not _entries(out, ignore=(MARKER, *ignore))
         if in_place and (empty or (prev == command and not overwrite)):
             rd.state = "new" if empty else "owned"
