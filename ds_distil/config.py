@@ -237,6 +237,8 @@ class PrepareConfig:
     workers: int = _help("tokenizer processes (0: one per CPU core)", default=0)
     max_docs: int | None = _help("stop after this many documents (after selection); for trials", default=None)
     skip_bad_lines: bool = _help("skip lines that are not valid UTF-8 / JSON instead of stopping", default=False)
+    max_line_bytes: int = _help("longest line read whole; a longer text line is cut into documents of at most this size, "
+                                "a longer JSON line skipped (both counted); bounds prepare's memory", default=1 << 20)
     overwrite: bool = _help("replace an existing prepared directory", default=False)
 
     def __post_init__(self) -> None:
@@ -250,6 +252,8 @@ class PrepareConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0 or self.doc_shuffle_buffer < 0:
             raise ValueError("workers and doc_shuffle_buffer must be >= 0")
+        if self.max_line_bytes < 1024:
+            raise ValueError(f"max_line_bytes must be >= 1024, got {self.max_line_bytes}")
 
 
 @dataclasses.dataclass

@@ -73,15 +73,20 @@ class FinetuneConfig:
 
 
 def _tokenizer_for(model: str, cfg: TaskConfig):
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.tokenizer import load_tokenizer, probe
 
     if model in FT_PRESETS:
-        return load_tokenizer(cfg.tokenizer or str(default_data_dir() / "mbert_tokenizer"))
+        name = cfg.tokenizer or str(default_data_dir() / "mbert_tokenizer")
+        tok = load_tokenizer(name)
+        probe(tok, name)
+        return tok
     path = Path(model)
     if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
         raise UserError(f"model directory {model} has no tokenizer files; save the tokenizer with the model "
                         "(tokenizer.save_pretrained(dir)) or export it with `ds-distil export`")
-    return load_tokenizer(cfg.tokenizer or model)
+    tok = load_tokenizer(cfg.tokenizer or model)
+    probe(tok, cfg.tokenizer or model)
+    return tok
 
 
 def build_model(model: str, task: Task, tokenizer):
