@@ -109,8 +109,8 @@ def build_model(model: str, task: Task, tokenizer):
         return auto.from_config(config)
     try:
         return auto.from_pretrained(model, **labels)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model '{model}': {str(e).splitlines()[0][:200]}; pass a local Hugging Face directory, "
+    except Exception as e:  # OSError, ValueError, and safetensors' own error for a corrupt weights file
+        raise UserError(f"cannot load model '{model}': {(str(e).splitlines() or [type(e).__name__])[0][:200]}; pass a local Hugging Face directory, "
                         f"a hub name, or an architecture preset ({', '.join(FT_PRESETS)})") from None
 
 

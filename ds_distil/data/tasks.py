@@ -118,7 +118,7 @@ def read_iob2(path: Path) -> list[Example]:
             tokens.clear()
             tags.clear()
 
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_utf8(path).splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             flush(lineno)
@@ -138,6 +138,14 @@ def read_iob2(path: Path) -> list[Example]:
     return sentences
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line} is not valid UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8 {path.name})") from None
+
+
 def check_iob2(tags: list[str], where: str) -> None:
     """Refuse an I- tag that does not continue a B-/I- of the same type."""
     prev = "O"
@@ -153,7 +161,7 @@ def check_iob2(tags: list[str], where: str) -> None:
 def read_conllu_upos(path: Path) -> list[Example]:
     """Sentences of a CoNLL-U file as (forms, UPOS tags); multiword-token ranges and empty nodes skipped."""
     sentences, forms, tags = [], [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
         if not line.strip():
             if forms:
                 sentences.append(Example(forms, tags))
