@@ -30,3 +30,24 @@ def test_throughput_markdown_comes_from_the_numbers(tmp_path):
     ours["tokens_per_s"], base["tokens_per_s"] = 300.0, 100.0
     md = render(result)
     assert "| 3.00x |" in md
+
+
+def test_reports_go_only_into_a_folder_of_benchmark_results(tmp_path):
+    """Issue 14: benchmark --out is claimed like every other output: results accumulate in their own folder,
+    a folder holding something else is refused."""
+    import pytest
+
+    from benchmarks.common import write_report
+    from ds_distil.errors import UserError
+    from ds_distil.rundir import owner
+
+    result = {"device": {"label": "cpu2"}}
+    write_report("a", result, "# a\n", tmp_path / "res")
+    write_report("b", result, "# b\n", tmp_path / "res")
+    assert owner(tmp_path / "res") == "benchmarks" and len(list((tmp_path / "res").glob("*.md"))) == 2
+    assert owner(ROOT / "benchmarks" / "results") == "benchmarks"  # the committed folder is marked
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        write_report("a", result, "# a\n", tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.tex"]
