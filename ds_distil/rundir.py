@@ -260,9 +260,12 @@ class RunDir:
         """After a failure: remove the staging directory, and --out itself if we created it and it is empty."""
         if self.staging and not self.committed:
             shutil.rmtree(self.path, ignore_errors=True)
-        if self.created and self.out.is_dir() and not _entries(self.out, ignore=(MARKER,)):
+        if self.out.is_dir() and not _entries(self.out, ignore=(MARKER,)) and (self.created or self.state == "new"):
             self.release()
-            shutil.rmtree(self.out, ignore_errors=True)
+            if self.created:
+                shutil.rmtree(self.out, ignore_errors=True)
+            else:  # the user's empty directory: as it was
+                (self.out / MARKER).unlink(missing_ok=True)
 
     def release(self) -> None:
         for lock in self.locks:
@@ -290,6 +293,8 @@ def claim(out: str | Path, command: str, *, overwrite: bool = False, inputs=(), 
     do not make OUT count as non-empty (the SLURM script's hostfile).
     """
     out = Path(out)
+    if out.is_symlink():  # swap the directory it points to, not the link
+        out = out.resolve()
     check_disjoint(out, inputs, command, may_contain_out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory")

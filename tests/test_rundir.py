@@ -199,3 +199,15 @@ def test_claim_keeps_what_it_did_not_write_on_overwrite(tmp_path):
             (rd.path / "report.md").write_text("half")
             raise RuntimeError("boom")
     assert (out / "report.md").read_text() == "new" and not list(tmp_path.glob(".out.ds-distil-*"))
+
+
+def test_a_failed_first_run_leaves_no_directory_or_marker(tmp_path):
+    with pytest.raises(RuntimeError):
+        with claim(tmp_path / "new", "prepare"):
+            raise RuntimeError("bad input found after the claim")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError):
+        with claim(tmp_path / "empty", "distill", in_place=True):
+            raise RuntimeError("bad input found after the claim")
+    assert list((tmp_path / "empty").iterdir()) == []
