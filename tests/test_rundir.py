@@ -211,3 +211,17 @@ def test_a_failed_first_run_leaves_no_directory_or_marker(tmp_path):
         with claim(tmp_path / "empty", "distill", in_place=True):
             raise RuntimeError("bad input found after the claim")
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_commit_without_an_atomic_exchange_still_swaps(tmp_path, monkeypatch):
+    """Where renameat2(RENAME_EXCHANGE) is missing (NFS), two renames do the swap."""
+    import ds_distil.rundir as rundir
+
+    monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
+    out = tmp_path / "rep"
+    for text in ("first", "second"):
+        with claim(out, "report") as rd:
+            (rd.path / "report.md").write_text(text)
+            rd.commit()
+    assert (out / "report.md").read_text() == "second" and owner(out) == "report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # nothing left beside it
