@@ -58,9 +58,15 @@ def saved_fingerprint(trainer_state: dict) -> dict:
     return {k: v for k, v in _flatten(trainer_state.get("config", {})).items() if k not in SAFE_TO_CHANGE}
 
 
-def check(saved: dict, now: dict, checkpoint: str) -> None:
-    """Refuse a resume whose settings differ from the checkpoint's (keys the checkpoint records)."""
-    changed = [(k, saved[k], now.get(k, "(not set)")) for k in saved if now.get(k, "(not set)") != saved[k]]
+DERIVED = ("world_size", "shards.content_sha256", "shards.seq_len", "shards.vocab_sha256", "data.masking_rule",
+           "deepspeed.resolved_json_sha256")  # not typed by the user: follow from the data, the ranks, the JSON
+
+
+def check(saved: dict, now: dict, checkpoint: str, derived: bool) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's (keys the checkpoint records): the config
+    keys (derived=False; checked first, so the message names what the user changed), or the derived ones."""
+    keys = [k for k in saved if (k in DERIVED) == derived]
+    changed = [(k, saved[k], now.get(k, "(not set)")) for k in keys if now.get(k, "(not set)") != saved[k]]
     if not changed:
         return
     key, old, new = changed[0]

@@ -305,9 +305,10 @@ def _setup(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     settings = resume_settings.fingerprint(cfg, manifest, d.world_size, ds_config, MASKING_RULE)
     tag = _resume_tag(run_dir, d) if resume else None
     if tag is not None:  # refused before anything is written or loaded
-        checkpoint.check_world_size(run_dir, tag, d.world_size)
-        saved = json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text())
-        resume_settings.check(resume_settings.saved_fingerprint(saved), settings, tag)
+        saved = resume_settings.saved_fingerprint(json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()))
+        resume_settings.check(saved, settings, tag, derived=False)
+        checkpoint.check_world_size(run_dir, tag, d.world_size)  # with its own way out (export, resize)
+        resume_settings.check(saved, settings, tag, derived=True)
     _prepare_run_dir(cfg, run_dir, resume, d, student, manifest, ds_config)
     t_params, s_params = count_parameters(teacher), count_parameters(student)
     model_engine = eng.initialize(MaskedLM(student), ds_config, cfg.train.weight_decay)

@@ -225,3 +225,24 @@ def test_commit_without_an_atomic_exchange_still_swaps(tmp_path, monkeypatch):
             rd.commit()
     assert (out / "report.md").read_text() == "second" and owner(out) == "report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # nothing left beside it
+
+
+def test_two_ranks_get_rank0s_refusal_and_then_its_claim(tmp_path):
+    out = tmp_path / "run"
+    code = "import sys, time\nfrom ds_distil.rundir import claim\nclaim(sys.argv[1], 'distill', in_place=True)\nprint('held', flush=True)\ntime.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29100 + os.getpid() % 100),
+           str(ROOT / "tests" / "helpers" / "claim_ranks.py"), str(out)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = sorted(l for l in proc.stdout.splitlines() if l.startswith("rank "))
+    assert proc.returncode == 0 and len(lines) == 2, proc.stdout + proc.stderr[-2000:]
+    assert lines[0].startswith("rank 0 refused: ") and f"pid {holder.pid}" in lines[0]
+    assert lines[1] == lines[0].replace("rank 0", "rank 1", 1)  # the same line on the other rank
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert sorted(l for l in proc.stdout.splitlines() if l.startswith("rank ")) == [f"rank 0 writes {out}", f"rank 1 writes {out}"], proc.stderr[-2000:]
