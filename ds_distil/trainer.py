@@ -49,6 +49,9 @@ class TrainerState:
 
 
 class Trainer:
+    rundir: rundir.RunDir | None = None  # set by setup(): the claimed --out (and the --overwrite swap)
+    resume_settings: dict | None = None  # set by setup(): what each checkpoint records for --resume
+
     def __init__(self, cfg: DistillConfig, run_dir: Path, d: eng.Dist, stream: MLMStream, model_engine, teacher,
                  num_steps: int, state: TrainerState):
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
@@ -192,7 +195,7 @@ class Trainer:
         trainer_state = {"trainer": {k: v for k, v in vars(self.state).items() if k != "data"}, "data": self.state.data,
                          "config": to_dict(self.cfg), "resume": self.resume_settings}
         path = checkpoint.save(self.engine, self.run_dir, self.state.step, trainer_state, self.cfg.checkpoint.keep)
-        if self.rundir.staging:  # --overwrite: the new run replaces the old one once it can be resumed
+        if self.rundir is not None and self.rundir.staging:  # --overwrite: the new run replaces the old one once it can be resumed
             self.run_dir = rundir.commit_on_rank0(self.rundir, self.d.rank)
             path = self.run_dir / "checkpoints" / path.name
             if self.d.rank == 0:
