@@ -404,4 +404,7 @@ def broadcast(box: list) -> list:
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(box, src=0)
+        # and wait for every rank: rank 0 may otherwise leave (and exit) while another still receives,
+        # which gloo answers with an abort in that rank ("terminate called without an active exception")
+        dist.barrier()
     return box
