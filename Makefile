@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ds-distil-installed
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
+# DeepSpeed JIT-builds its CPU comm op per torch install; one cache per venv, so that checkouts side by side
+# (each with its own venv) do not rebuild it over each other's copy at every start
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 PYTEST_ARGS ?=
 
 .PHONY: demo test env clean-demo

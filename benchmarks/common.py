@@ -53,13 +53,16 @@ def command_line(module: str) -> str:
 
 
 def write_report(what: str, result: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:
-    """Write <what>_<device>_<date>.json and .md; returns both paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write <what>_<device>_<date>.json and .md; returns both paths. The folder is claimed for
+    benchmark results (ds_distil.rundir): a folder of something else is refused, two writers at once too."""
+    from ds_distil.rundir import claim
+
     date = datetime.date.today().isoformat()
     stem = f"{what}_{result['device']['label']}_{date}"
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=1) + "\n")
-    md_path.write_text(markdown)
+    with claim(out_dir, "benchmarks"):
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+        md_path.write_text(markdown)
     return json_path, md_path
 
 

@@ -5,12 +5,16 @@ Layout under RUN/checkpoints/:
     step00000100/            DeepSpeed's files (model states, each rank's optimizer partition)
         trainer_state.json   step, tokens, data-stream position, resolved config (rank 0)
         rng_rank{R}.pt       each rank's RNG states (dropout must resume exactly on every rank)
-        COMPLETE             written last, after every rank has finished and files are synced
+        COMPLETE             written last (atomically), after every rank has finished and files are
+                             synced: step, world size, and the size and sha256 of every file
     latest                   the newest complete tag, replaced atomically (DeepSpeed's convention)
+    stepNNNNNNNN.damaged/    a complete checkpoint whose files no longer match COMPLETE, set aside
 
 DeepSpeed itself writes `latest` from rank 0 without waiting for the other ranks' files, so we
 save with save_latest=False and commit ourselves. A tag without COMPLETE (a run killed while
-writing) is never resumed from and is removed by the next successful save.
+writing) is never resumed from and is removed by the next successful save. --resume verifies
+the newest complete checkpoint against its COMPLETE and falls back to the newest one that
+matches, saying which. Loading never unpickles arbitrary objects (ds_distil.safe_load).
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ds_distil.data.manifest import sha256_file
 from ds_distil.errors import UserError
 from ds_distil.models import unpad_vocab
+from ds_distil.safe_load import weights_only_loads
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,53 @@ def complete_tags(ckpt_dir: Path) -> list[tuple[int, str]]:
 def latest_tag(ckpt_dir: Path) -> str | None:
     tags = complete_tags(ckpt_dir)
     return tags[-1][1] if tags else None
+
+
+def _file_table(tag_dir: Path) -> dict:
+    return {str(f.relative_to(tag_dir)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+            for f in sorted(tag_dir.rglob("*")) if f.is_file() and f.name != MARKER}
+
+
+def verify(tag_dir: Path, world_size: int | None = None) -> str | None:
+    """What is wrong with a complete checkpoint (its files against COMPLETE), or None if nothing."""
+    try:
+        marker = json.loads((tag_dir / MARKER).read_text())
+    except (OSError, ValueError) as e:
+        return f"its {MARKER} is unreadable ({e})"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if files is None:  # written before COMPLETE carried checksums: only what must be there
+        needed = ["trainer_state.json"] + [f"rng_rank{r}.pt" for r in range(marker.get("world_size", 1) if isinstance(marker, dict) else 1)]
+        missing = [n for n in needed if not (tag_dir / n).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    for name, want in files.items():
+        f = tag_dir / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} has {f.stat().st_size} bytes, {want['bytes']} when written (truncated?)"
+    for name, want in files.items():
+        if sha256_file(tag_dir / name) != want["sha256"]:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
+def choose_tag(run_dir: Path, set_aside: bool = True) -> tuple[str | None, list[str]]:
+    """The newest complete checkpoint that verifies, and a line per newer one that did not (set aside
+    as stepN.damaged when `set_aside`, so that no later save or export takes it for good)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    notes = []
+    for _, tag in reversed(complete_tags(ckpt_dir)):
+        problem = verify(ckpt_dir / tag)
+        if problem is None:
+            return tag, notes
+        where = ""
+        if set_aside:
+            aside = ckpt_dir / f"{tag}.damaged"
+            shutil.rmtree(aside, ignore_errors=True)
+            (ckpt_dir / tag).rename(aside)
+            where = f", set aside as {aside.name}"
+        notes.append(f"checkpoint {tag} is damaged: {problem}{where}")
+    return None, notes
 
 
 def _fsync_tree(path: Path) -> None:
@@ -97,8 +150,11 @@ def save(engine, run_dir: Path, step: int, trainer_state: dict, keep: int) -> Pa
     ckpt_dir = run_dir / "checkpoints"
     tag = tag_for(step)
     rank = dist.get_rank()
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)  # ends with a barrier
     tag_dir = ckpt_dir / tag
+    if rank == 0 and tag_dir.exists():  # an interrupted save of this step, or one set aside: start it clean
+        shutil.rmtree(tag_dir)
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)  # ends with a barrier
     torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
     if rank == 0:
         tmp = tag_dir / "trainer_state.json.tmp"
@@ -107,7 +163,13 @@ def save(engine, run_dir: Path, step: int, trainer_state: dict, keep: int) -> Pa
     dist.barrier()
     if rank == 0:
         _fsync_tree(tag_dir)
-        (tag_dir / MARKER).write_text(json.dumps({"step": step, "world_size": dist.get_world_size()}))
+        marker = {"step": step, "world_size": dist.get_world_size(), "files": _file_table(tag_dir)}
+        marker_tmp = tag_dir / (MARKER + ".tmp")
+        with open(marker_tmp, "w") as fh:
+            fh.write(json.dumps(marker, indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        marker_tmp.replace(tag_dir / MARKER)
         latest_tmp = ckpt_dir / "latest.tmp"
         latest_tmp.write_text(tag)
         latest_tmp.replace(ckpt_dir / "latest")
@@ -117,6 +179,7 @@ def save(engine, run_dir: Path, step: int, trainer_state: dict, keep: int) -> Pa
 
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
+    keep = max(keep, 1)  # the newest complete checkpoint is never deleted (config refuses keep < 1 too)
     complete = complete_tags(ckpt_dir)
     newest = complete[-1][0]
     for d in ckpt_dir.iterdir():
@@ -127,45 +190,60 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
         shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
 
 
-def load(engine, run_dir: Path) -> dict | None:
-    """Restore engine (model, optimizer, scheduler, loss scaler) and RNG from the newest complete
-    checkpoint; returns the trainer state, or None when there is none."""
-    import torch.distributed as dist
-
-    ckpt_dir = run_dir / "checkpoints"
-    tag = latest_tag(ckpt_dir)
-    if tag is None:
-        return None
-    marker = json.loads((ckpt_dir / tag / MARKER).read_text())
-    if marker["world_size"] != dist.get_world_size():
+def check_world_size(run_dir: Path, tag: str, world_size: int) -> None:
+    marker = json.loads((run_dir / "checkpoints" / tag / MARKER).read_text())
+    if marker["world_size"] != world_size:
         raise UserError(
-            f"{ckpt_dir / tag} was written by {marker['world_size']} ranks, this run has {dist.get_world_size()}; "
+            f"{run_dir / 'checkpoints' / tag} was written by {marker['world_size']} ranks, this run has {world_size}; "
             "resume with the same number of ranks (ZeRO partitions optimizer state per rank), or to change size, "
             f"`ds-distil export --run {run_dir}` and start a new run with student.pretrained={run_dir}/student"
         )
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+
+
+def load(engine, run_dir: Path, tag: str) -> dict:
+    """Restore engine (model, optimizer, scheduler, loss scaler) and RNG from checkpoint `tag`
+    (chosen and verified by choose_tag); returns its trainer state."""
+    import torch.distributed as dist
+
+    ckpt_dir = run_dir / "checkpoints"
+    check_world_size(run_dir, tag, dist.get_world_size())
+    with weights_only_loads(ckpt_dir / tag):
+        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        rng_file = ckpt_dir / tag / f"rng_rank{dist.get_rank()}.pt"
+        rng = torch.load(rng_file, weights_only=True)
     if path is None:
         raise UserError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}; it may be damaged: delete it to resume from an older one")
-    rng_file = ckpt_dir / tag / f"rng_rank{dist.get_rank()}.pt"
-    set_rng_state(torch.load(rng_file, weights_only=True))
+    set_rng_state(rng)
     return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
 
 
-def export_student(run_dir: Path, out: Path | None = None, tag: str | None = None) -> Path:
+def export_student(run_dir: Path, out: Path | None = None, tag: str | None = None, overwrite: bool = False) -> Path:
     """Consolidate a ZeRO checkpoint into RUN/student: config.json, model.safetensors, tokenizer files.
-    Loads with `AutoModelForMaskedLM.from_pretrained(dir)` and nothing of ours."""
+    Loads with `AutoModelForMaskedLM.from_pretrained(dir)` and nothing of ours. The checkpoint is
+    verified against its COMPLETE and read without unpickling arbitrary objects."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
+    from ds_distil.rundir import claim
+
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    tag = tag or latest_tag(ckpt_dir)
     if tag is None:
-        raise UserError(f"{run_dir} has no complete checkpoint to export; run `ds-distil distill --out {run_dir}` first")
-    if not (ckpt_dir / tag / MARKER).is_file():
-        raise UserError(f"checkpoint {ckpt_dir / tag} is incomplete (no {MARKER}); pick another tag")
+        tag, notes = choose_tag(run_dir, set_aside=False)
+        for note in notes:
+            log.warning("%s; exporting an older one", note)
+        if tag is None:
+            raise UserError(f"{run_dir} has no complete, intact checkpoint to export; run `ds-distil distill --out {run_dir}` first")
+    else:
+        if not (ckpt_dir / tag / MARKER).is_file():
+            raise UserError(f"checkpoint {ckpt_dir / tag} is incomplete or missing (no {MARKER}); pick another tag "
+                            f"({', '.join(t for _, t in complete_tags(ckpt_dir)) or 'none complete'})")
+        problem = verify(ckpt_dir / tag)
+        if problem:
+            raise UserError(f"checkpoint {ckpt_dir / tag} is damaged: {problem}; pick another tag")
     out = Path(out) if out else run_dir / "student"
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    with weights_only_loads(ckpt_dir / tag):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     state = {k.removeprefix("model."): v for k, v in state.items()}
     config = AutoConfig.from_pretrained(str(run_dir / "student_config"))
     model = AutoModelForMaskedLM.from_config(config)
@@ -176,11 +254,10 @@ def export_student(run_dir: Path, out: Path | None = None, tag: str | None = Non
     model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
     unpad_vocab(model, len(tokenizer))  # training may pad the vocabulary rows (perf.pad_vocab_multiple)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    inputs = [ckpt_dir / tag, run_dir / "tokenizer", run_dir / "student_config"]
+    with claim(out, "export", overwrite=overwrite, inputs=inputs) as rd:
+        model.save_pretrained(str(rd.path), safe_serialization=True)
+        tokenizer.save_pretrained(str(rd.path))
+        (rd.path / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
+        rd.commit()
     return out

@@ -106,7 +106,7 @@ def cmd_trim(args: argparse.Namespace) -> int:
     """Trim an existing model (a Hugging Face directory with its tokenizer) to a target-language vocabulary."""
     from ds_distil.vocab import trim_model
 
-    path = trim_model(args.model, args.vocab, args.out)
+    path = trim_model(args.model, args.vocab, args.out, overwrite=args.overwrite)
     print(f"wrote {path} (AutoModelForMaskedLM.from_pretrained loads it)")
     return 0
 
@@ -144,14 +144,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ds_distil.trainer import run_distill
 
     cfg = load(DistillConfig, args.config, args.overrides)
-    return run_distill(cfg, args.out, resume=args.resume)
+    return run_distill(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer)."""
     from ds_distil.checkpoint import export_student
 
-    path = export_student(args.run, out=args.out, tag=args.tag)
+    path = export_student(args.run, out=args.out, tag=args.tag, overwrite=args.overwrite)
     print(f"exported {path} (load it with AutoModelForMaskedLM.from_pretrained)")
     return 0
 
@@ -166,7 +166,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = load(FinetuneConfig, args.config, args.overrides)
     exit_on_stop_signal("finetune")
-    res = run_finetune(args.model, args.task, args.out, cfg)
+    res = run_finetune(args.model, args.task, args.out, cfg, overwrite=args.overwrite)
     ignore_stop_signals()  # results.json is written: a late signal must not turn this run into a "stopped" one
     if res["score"] is not None:
         print("\n".join(result_lines(res)))
@@ -180,7 +180,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Collect finetuning results into one table per task and dataset, baselines included (Markdown, JSON, PNG)."""
     from ds_distil.report import write_report
 
-    path = write_report(args.runs, args.out, args.baseline)
+    path = write_report(args.runs, args.out, args.baseline, overwrite=args.overwrite)
     print(path.read_text().split("\n\nDevice")[0])
     print(f"wrote {path}, {path.with_suffix('.json')}, {path.with_suffix('.png')}")
     return 0
@@ -189,9 +189,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_build_nli(args: argparse.Namespace) -> int:
     """Build a NewsPH-NLI-style entailment set from a CSV of news articles."""
     from ds_distil.data.tasks import build_nli, read_articles, write_nli
+    from ds_distil.rundir import claim
 
     pairs = build_nli(read_articles(Path(args.articles), args.column), seed=args.seed)
-    write_nli(pairs, Path(args.out))
+    with claim(args.out, "build-nli", overwrite=args.overwrite, inputs=[args.articles]) as rd:
+        write_nli(pairs, rd.path)
+        rd.commit()
     print(", ".join(f"{s}: {len(v):,} pairs" for s, v in pairs.items()) + f" -> {args.out}")
     return 0
 
@@ -201,6 +204,10 @@ def _keys_epilog(cls: type, instance=None, prefix: str = "") -> str:
 
     return ("settable keys (YAML via --config, or key=value after the flags; shown with their defaults):\n" +
             keys_help(cls, instance, prefix=prefix))
+
+
+OVERWRITE_HELP = ("replace what DIR holds: the new output is built beside it and swapped in only when complete "
+                  "(a directory ds-distil did not make is kept beside it as DIR.replaced-DATE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="model directory (weights and tokenizer), e.g. a distill run's student/")
     p.add_argument("--vocab", required=True, metavar="VOCAB_DIR", help="written by `ds-distil vocab`")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_trim)
 
     p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__, formatter_class=raw,
@@ -256,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", required=True, metavar="YAML", help="run config (configs/*.yaml); several are merged in order")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: resolved config, checkpoints, TensorBoard, student/")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in DIR (start fresh if none)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in DIR: the new run is written beside it and "
+                   "swapped in at its first complete checkpoint; until then the old run stays whole")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100 data.num_workers=0")
     p.set_defaults(func=cmd_distill)
 
@@ -263,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR", help="run directory of `ds-distil distill`")
     p.add_argument("--out", default=None, metavar="DIR", help="where to write the model (default: DIR/student)")
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step00001000 (default: the newest complete one)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_export)
 
     from ds_distil.data.tasks import TASKS
@@ -274,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 train.lr=5e-5 task.max_length=128 (all keys below)")
     p.set_defaults(func=cmd_finetune)
 
@@ -281,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", required=True, help="finetune output directories (searched for results.json)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--baseline", default=None, help="model to compute training speedups against (default: mbert)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("tasks", help="task data utilities")
@@ -290,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--column", default="article")
     q.add_argument("--out", required=True, metavar="DIR", help="writes train.csv, valid.csv, test.csv (premise, hypothesis, label)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     q.set_defaults(func=cmd_build_nli)
     return parser
 

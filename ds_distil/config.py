@@ -289,6 +289,8 @@ class PrepareConfig:
     workers: int = _help("tokenizer processes (0: one per CPU core)", default=0)
     max_docs: int | None = _help("stop after this many documents (after selection); for trials", default=None)
     skip_bad_lines: bool = _help("skip lines that are not valid UTF-8 / JSON instead of stopping", default=False)
+    max_line_bytes: int = _help("longest line read whole; a longer text line is cut into documents of at most this size, "
+                                "a longer JSON line skipped (both counted); bounds prepare's memory", default=1 << 20)
     overwrite: bool = _help("replace an existing prepared directory", default=False)
 
     def __post_init__(self) -> None:
@@ -302,6 +304,8 @@ class PrepareConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0 or self.doc_shuffle_buffer < 0:
             raise ValueError("workers and doc_shuffle_buffer must be >= 0")
+        if self.max_line_bytes < 1024:
+            raise ValueError(f"max_line_bytes must be >= 1024, got {self.max_line_bytes}")
 
 
 @dataclasses.dataclass
@@ -420,8 +424,18 @@ class TrainConfig:
             raise ValueError("micro_batch_size and grad_accum_steps must be >= 1")
         if self.max_steps is None and self.epochs <= 0:
             raise ValueError("set epochs > 0 or max_steps")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null to train for `epochs`), got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("warmup_ratio must be in [0, 1)")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.adam_eps <= 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0 and adam_eps > 0")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
 
 @dataclasses.dataclass
@@ -429,8 +443,14 @@ class CheckpointConfig:
     """Section `checkpoint`."""
 
     every_steps: int = _help("save every N optimizer steps (and at the end; 0: only at the end)", default=1000)
-    keep: int = _help("complete checkpoints kept (older ones are deleted)", default=2)
+    keep: int = _help("complete checkpoints kept (older ones are deleted; >= 1: the newest is never deleted)", default=2)
     export: bool = _help("export the student as a Hugging Face directory at the end", default=True)
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ValueError(f"keep must be >= 1 (the final checkpoint is what export and --resume read), got {self.keep}")
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0 (0: only at the end), got {self.every_steps}")
 
 
 @dataclasses.dataclass
@@ -440,6 +460,12 @@ class LogConfig:
     every_steps: int = _help("log scalars every N optimizer steps", default=10)
     tensorboard: bool = _help("write TensorBoard events under DIR/tensorboard", default=True)
     peak_tflops: float | None = _help("device peak TFLOP/s for MFU (default: known GPUs; none on CPU)", default=None)
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {self.every_steps}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be > 0, got {self.peak_tflops}")
 
 
 @dataclasses.dataclass

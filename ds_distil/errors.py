@@ -13,4 +13,4 @@ class CorruptShardError(UserError):
             f"corrupt shard {shard}: {what}; re-run `ds-distil prepare` for this corpus "
             "(or set data.skip_corrupt_shards=true to skip such shards and count them)"
         )
-        self.shard = shard
+        self.shard, self.what = shard, what

@@ -31,6 +31,7 @@ from ds_distil.errors import UserError
 from ds_distil.metrics import Metrics
 from ds_distil.modelinfo import display_name, loading_summary
 from ds_distil.progress import Progress
+from ds_distil.validate import check_max_length
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.valid_fraction is not None and not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         if self.max_train_examples is not None and self.max_train_examples < 2:
-            raise ValueError(f"max_train_examples must be >= 2, got {self.max_train_examples}")
+            raise ValueError(f"max_train_examples must be >= 2 (or null for all), got {self.max_train_examples}")
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(self.text_column, self.label_column, self.text_pair_column, self.encoding, self.skip_bad_rows,
@@ -79,20 +82,29 @@ class FinetuneConfig:
     log_every_steps: int = _help("log training loss every N steps", default=20)
     deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=lambda: DeepSpeedConfig(config="auto"))
 
+    def __post_init__(self) -> None:
+        if self.eval_batch_size < 1 or self.log_every_steps < 1:
+            raise ValueError("eval_batch_size and log_every_steps must be >= 1")
+
 
 # ------------------------------------------------------------------------------------ the model
 
 
 def _tokenizer_for(model: str, cfg: TaskConfig):
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.tokenizer import load_tokenizer, probe
 
     if model in FT_PRESETS:
-        return load_tokenizer(cfg.tokenizer or str(default_data_dir() / "mbert_tokenizer"))
+        name = cfg.tokenizer or str(default_data_dir() / "mbert_tokenizer")
+        tok = load_tokenizer(name)
+        probe(tok, name)
+        return tok
     path = Path(model)
     if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
         raise UserError(f"model directory {model} has no tokenizer files; save the tokenizer with the model "
                         "(tokenizer.save_pretrained(dir)) or export it with `ds-distil export`")
-    return load_tokenizer(cfg.tokenizer or model)
+    tok = load_tokenizer(cfg.tokenizer or model)
+    probe(tok, cfg.tokenizer or model)
+    return tok
 
 
 def build_model(model: str, task: Task, tokenizer):
@@ -115,8 +127,8 @@ def build_model(model: str, task: Task, tokenizer):
         return auto.from_config(config)
     try:
         net, info = auto.from_pretrained(model, output_loading_info=True, **labels)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model '{model}': {str(e).splitlines()[0][:200]}; pass a local Hugging Face directory, "
+    except Exception as e:  # OSError, ValueError, and safetensors' own error for a corrupt weights file
+        raise UserError(f"cannot load model '{model}': {(str(e).splitlines() or [type(e).__name__])[0][:200]}; pass a local Hugging Face directory, "
                         f"a hub name, or an architecture preset ({', '.join(FT_PRESETS)})") from None
     line, incomplete = loading_summary(info, model)  # in place of transformers' key table (see ds_distil/quiet.py)
     (log.warning if incomplete else log.info)(line)
@@ -200,7 +212,27 @@ def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist
     return {k: v for part in gathered for k, v in part.items()}
 
 
-def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig) -> dict:
+def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig, overwrite: bool = False) -> dict:
+    """Finetune into --out, claimed first (ds_distil.rundir): the results appear there whole or not at all."""
+    from ds_distil import rundir
+
+    d = eng.init_distributed()
+    inputs = [p for p in (model, cfg.task.data_dir or default_data_dir(), cfg.task.tokenizer) if p and Path(p).exists()]
+    rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "finetune", overwrite=overwrite, inputs=inputs))
+    try:
+        result = _finetune(model, task_name, rd.path, cfg)
+        rundir.commit_on_rank0(rd, d.rank)
+        return result
+    except BaseException:
+        if d.rank == 0:
+            rd.abort()  # e.g. stopped by a signal: nothing half-written stays, an earlier result is untouched
+        raise
+    finally:
+        if d.rank == 0:
+            rd.release()
+
+
+def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dict:
     out = Path(out)
     tc = cfg.task
     task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, tc.read_options(), tc.dataset_name)  # bad data fails before set-up
@@ -209,6 +241,7 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     tokenizer = _tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
+    check_max_length(tc.max_length, net, f"model '{model}'")
     feats = {s: featurise(task, s, tokenizer, tc.max_length) for s in task.splits}
     train = feats["train"]
     data = summary.describe_data(task)

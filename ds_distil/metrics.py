@@ -47,6 +47,24 @@ class DeviceStats:
         return {"cpu/rss_gib": psutil.Process().memory_info().rss / 2**30}
 
 
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The lines of metrics.jsonl up to `step`; a torn last line (a run killed mid-write) or a line that is
+    not ours is dropped and reported rather than stopping the resume."""
+    kept, dropped = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            if record["step"] <= step:
+                kept.append(line)
+            continue
+        except (ValueError, KeyError, TypeError):
+            dropped.append(n)
+    if dropped:
+        log.warning("%s: dropped %d unreadable line(s) (line %s%s): a line torn by a killed run, or not written by ds-distil",
+                    path, len(dropped), dropped[0], ", ..." if len(dropped) > 1 else "")
+    return kept
+
+
 class Metrics:
     """Writes only on rank 0; other ranks get a no-op."""
 
@@ -63,7 +81,7 @@ class Metrics:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         path = run_dir / "metrics.jsonl"
         if path.exists():  # drop what a killed run logged after the checkpoint we continue from
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= start_step]
+            kept = _lines_up_to(path, start_step)
             tmp = path.with_suffix(".jsonl.tmp")  # replaced whole: a kill here loses no line
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             tmp.replace(path)

@@ -55,10 +55,10 @@ def _from_pretrained(name: str, what: str, **kw):
 
     try:
         return AutoModelForMaskedLM.from_pretrained(name, **kw)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, and safetensors' own error for a corrupt weights file
         offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise UserError(
-            f"cannot load {what} '{name}'{offline}: {str(e).splitlines()[0][:200]}; pass a local Hugging Face "
+            f"cannot load {what} '{name}'{offline}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}; pass a local Hugging Face "
             f"directory, or {what}.config / {what}.preset for a randomly initialised architecture"
         ) from None
 

@@ -25,11 +25,20 @@ SPEED_BASELINES = ("mbert", "bert-base-multilingual-cased")
 def collect(run_dirs: list[str | Path]) -> list[dict]:
     results = []
     for d in map(Path, run_dirs):
-        files = [d] if d.is_file() else sorted(d.rglob("results.json"))
+        from ds_distil.rundir import STAGING_INFIX
+
+        # not the half-made outputs of running or killed commands (hidden staging siblings)
+        files = [d] if d.is_file() else sorted(f for f in d.rglob("results.json") if STAGING_INFIX not in str(f.relative_to(d)))
         if not files:
             raise UserError(f"no results.json under {d}; run `ds-distil finetune --out {d} ...` first")
         for f in files:
-            r = json.loads(f.read_text())
+            try:
+                r = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:  # empty, truncated, not JSON, not UTF-8
+                raise UserError(f"{f} is not a readable results.json ({str(e).splitlines()[0][:120] or 'empty'}); re-run that "
+                                "finetune (or move the file away) and run report again") from None
+            if not isinstance(r, dict):
+                raise UserError(f"{f} holds a JSON {type(r).__name__}, not a `ds-distil finetune` result")
             missing = [k for k in ("model", "task", "metric", "score", "train_runtime_s") if k not in r]
             if missing:
                 raise UserError(f"{f} lacks {', '.join(missing)}; it is not a `ds-distil finetune` result")
@@ -187,13 +196,17 @@ def plot(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(run_dirs: list[str], out: str | Path, baseline: str | None = None) -> Path:
+def write_report(run_dirs: list[str], out: str | Path, baseline: str | None = None, overwrite: bool = False) -> Path:
+    from ds_distil.rundir import claim
+
     results = collect(run_dirs)
     table = build_table(results, baseline)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     md = render_markdown(table, results)
-    (out / "report.md").write_text(md)
-    (out / "report.json").write_text(json.dumps({"table": table, "results": results}, indent=1))
-    plot(table, out / "report.png")
+    # the report may sit inside a --runs directory (runs/ft/report), but not hold a result it reads
+    with claim(out, "report", overwrite=overwrite, inputs=[*run_dirs, *(r["_path"] for r in results)], may_contain_out=run_dirs) as rd:
+        (rd.path / "report.md").write_text(md)
+        (rd.path / "report.json").write_text(json.dumps({"table": table, "results": results}, indent=1))
+        plot(table, rd.path / "report.png")
+        rd.commit()
     return out / "report.md"

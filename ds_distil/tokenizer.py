@@ -68,10 +68,30 @@ def load_tokenizer(name_or_path: str):
             f"cannot load tokenizer '{name_or_path}'{hint}: {str(e).splitlines()[0]}; pass a local tokenizer "
             "directory (e.g. ../shared/data/mbert_tokenizer) or download it first with network access"
         ) from None
+    except Exception as e:  # an empty or broken directory: transformers raises ValueError, TypeError, KeyError, JSON errors...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(
+            f"cannot load tokenizer '{name_or_path}' ({type(e).__name__}: {first}); a tokenizer directory needs vocab.txt "
+            "or tokenizer.json (write one with tokenizer.save_pretrained(DIR))"
+        ) from None
     missing = [s for s in REQUIRED_SPECIALS if getattr(tok, s + "_id", None) is None]
     if missing:
         raise UserError(f"tokenizer '{name_or_path}' defines no {', '.join(missing)}; MLM distillation needs them")
     return tok
+
+
+PROBE = "Magandang umaga sa inyong lahat! Kumusta ka? Hello, world: 1, 2, 3."
+
+
+def probe(tokenizer, name: str) -> None:
+    """Refuse a tokenizer that loads but cannot tokenize: a probe sentence that comes out empty or all
+    [UNK] (e.g. a directory holding only tokenizer_config.json gives a vocabulary of special tokens)."""
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    if not ids or all(i == tokenizer.unk_token_id for i in ids):
+        what = "no tokens" if not ids else f"only {tokenizer.unk_token or '[UNK]'} ({len(ids)} of them)"
+        raise UserError(f"tokenizer '{name}' turns the probe sentence {PROBE!r} into {what} (vocabulary of {len(tokenizer)}); "
+                        "it cannot tokenize text (its vocabulary, vocab.txt or tokenizer.json, is missing or for another script): "
+                        "pass a complete tokenizer directory")
 
 
 def vocab_hash(tokenizer) -> str:

@@ -20,22 +20,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ds_distil import checkpoint, engine as eng
+from ds_distil import checkpoint, engine as eng, resume as resume_settings, rundir
 from ds_distil.config import DistillConfig, save, to_dict
 from ds_distil.data import MLMStream, load_manifest
 from ds_distil.distill_step import STATS, DistillStep
+from ds_distil.data.stream import MASKING_RULE
 from ds_distil.env_info import device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
 from ds_distil.metrics import DeviceStats, Metrics
 from ds_distil.models import MaskedLM, build_student, build_teacher, count_parameters
 from ds_distil.signals import EXIT_PREEMPTED, ignore_stop_signals, on_stop_signal, signal_name
+from ds_distil.validate import check_seq_len
 from ds_distil.vocab import load_vocab_map, prepare_trimmed_run
 
 log = logging.getLogger(__name__)
-
-RESUMABLE_SECTIONS = ("teacher", "student", "loss", "train")
-RESUMABLE_KEYS = ("perf.pad_vocab_multiple",)  # changes the checkpoint's shapes
 
 
 @dataclass
@@ -50,6 +49,9 @@ class TrainerState:
 
 
 class Trainer:
+    rundir: rundir.RunDir | None = None  # set by setup(): the claimed --out (and the --overwrite swap)
+    resume_settings: dict | None = None  # set by setup(): what each checkpoint records for --resume
+
     def __init__(self, cfg: DistillConfig, run_dir: Path, d: eng.Dist, stream: MLMStream, model_engine, teacher,
                  num_steps: int, state: TrainerState, vocab: int, translation: dict | None = None):
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
@@ -174,8 +176,14 @@ class Trainer:
     def save(self) -> Path:
         self.state.data = self.stream.state_dict()
         trainer_state = {"trainer": {k: v for k, v in vars(self.state).items() if k != "data"}, "data": self.state.data,
-                         "config": to_dict(self.cfg)}
-        return checkpoint.save(self.engine, self.run_dir, self.state.step, trainer_state, self.cfg.checkpoint.keep)
+                         "config": to_dict(self.cfg), "resume": self.resume_settings}
+        path = checkpoint.save(self.engine, self.run_dir, self.state.step, trainer_state, self.cfg.checkpoint.keep)
+        if self.rundir is not None and self.rundir.staging:  # --overwrite: the new run replaces the old one once it can be resumed
+            self.run_dir = rundir.commit_on_rank0(self.rundir, self.d.rank)
+            path = self.run_dir / "checkpoints" / path.name
+            if self.d.rank == 0:
+                log.info("--overwrite: the new run now is %s (the old one was replaced at its first checkpoint)", self.run_dir)
+        return path
 
     def _install_signal_handlers(self) -> None:
         def request_stop(signum: int):
@@ -194,23 +202,10 @@ class Trainer:
 
 
 def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, tokenizer_dir: Path, ds_config: dict) -> None:
-    ckpt_dir = run_dir / "checkpoints"
-    has_checkpoints = checkpoint.latest_tag(ckpt_dir) is not None
-    if has_checkpoints and not resume:
-        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it, or choose another --out")
-    if resume and has_checkpoints:
-        saved = json.loads((ckpt_dir / checkpoint.latest_tag(ckpt_dir) / "trainer_state.json").read_text())["config"]
-        now = to_dict(cfg)
-        changed = [f"{s}.{k}" for s in RESUMABLE_SECTIONS for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
-        for dotted in RESUMABLE_KEYS:
-            section, key = dotted.split(".")
-            if saved.get(section, {}).get(key, now[section][key]) != now[section][key]:
-                changed.append(dotted)
-        if changed:
-            raise UserError(f"--resume with a changed config ({', '.join(changed)}) differs from the checkpoint's; "
-                            "resume with the run's own config (DIR/run_config.yaml)")
+    if checkpoint.latest_tag(run_dir / "checkpoints") is not None and not resume:
+        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it, --overwrite to replace it "
+                        "(swapped in at the new run's first checkpoint), or choose another --out")
     if d.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save(cfg, run_dir / "run_config.yaml")
         (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=1))
         (run_dir / "environment.json").write_text(json.dumps({"versions": versions(), "device": device_info(),
@@ -220,6 +215,27 @@ def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dis
 
         AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(run_dir / "tokenizer"))  # the student's
     dist.barrier()
+
+
+def _resume_tag(run_dir: Path, d: eng.Dist) -> str | None:
+    """Rank 0 picks the newest intact checkpoint (newer damaged ones are set aside and reported); all ranks learn it."""
+    box = list(checkpoint.choose_tag(run_dir)) if d.rank == 0 else [None, []]
+    tag, notes = rundir.broadcast(box)
+    if d.rank == 0:
+        for note in notes:
+            log.warning("--resume: %s", note)
+        if notes:
+            log.warning("--resume: continuing from %s", tag or "the beginning (no intact checkpoint left)")
+    return tag
+
+
+def _inputs(cfg: DistillConfig) -> list[Path]:
+    """What the run reads: --out may not be, hold or lie inside any of it."""
+    from ds_distil.tokenizer import looks_like_path
+
+    names = [cfg.data.shards, cfg.deepspeed.config, cfg.teacher.config, cfg.teacher.pretrained, cfg.student.pretrained,
+             cfg.student.vocab]
+    return [Path(n) for n in names if n and (Path(n).exists() or looks_like_path(n))]
 
 
 def _check_vocabularies(cfg: DistillConfig, manifest, vmap=None) -> None:
@@ -246,9 +262,25 @@ def _check_vocabularies(cfg: DistillConfig, manifest, vmap=None) -> None:
         manifest.check_tokenizer(vocab_hash(tok), len(tok), what=f"the {what} '{name}'")
 
 
-def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
-    run_dir = Path(out)
+def setup(cfg: DistillConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Trainer:
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
     d = eng.init_distributed()
+    rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "distill", overwrite=overwrite, inputs=_inputs(cfg),
+                                                             ignore=("hostfile",), in_place=True))
+    try:
+        trainer = _setup(cfg, rd, resume, d)
+    except BaseException:
+        if d.rank == 0:
+            rd.abort()  # nothing of the old output was touched; a directory we made and left empty goes
+            rd.release()
+        raise
+    trainer.rundir = rd
+    return trainer
+
+
+def _setup(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> Trainer:
+    run_dir = rd.path
     manifest = load_manifest(cfg.data.shards)
     tok = manifest.tokenizer
     vocab, pad = int(tok["vocab_size"]), int(tok["pad_id"])
@@ -268,12 +300,22 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
     if cfg.loss.a_hidden > 0 and teacher is not None and teacher.config.hidden_size != student.config.hidden_size:
         raise UserError(f"loss.a_hidden needs equal hidden sizes (teacher {teacher.config.hidden_size}, student "
                         f"{student.config.hidden_size}); set loss.a_hidden=0")
+    check_seq_len(manifest.seq_len, teacher, student, cfg)
     torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs between ranks
 
     stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size,
                        keep_ids=vmap.is_kept() if vmap else None)
     num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
     ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
+    settings = resume_settings.fingerprint(cfg, manifest, d.world_size, ds_config, MASKING_RULE)
+    if vmap is not None:  # the vocabulary's content, not only its path
+        settings["student.vocab_kept_sha256"] = vmap.content_sha256
+    tag = _resume_tag(run_dir, d) if resume else None
+    if tag is not None:  # refused before anything is written or loaded
+        saved = resume_settings.saved_fingerprint(json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()))
+        resume_settings.check(saved, settings, tag, derived=False)
+        checkpoint.check_world_size(run_dir, tag, d.world_size)  # with its own way out (export, resize)
+        resume_settings.check(saved, settings, tag, derived=True)
     _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config)
     t_params, s_params = count_parameters(teacher), count_parameters(student)
     model_engine = eng.initialize(MaskedLM(student, s_vocab), ds_config, cfg.train.weight_decay)
@@ -283,14 +325,13 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
         translation["full_head"].to(device=d.device, dtype=t_dtype)
 
     state = TrainerState()
-    if resume:
-        saved = checkpoint.load(model_engine, run_dir)
-        if saved is not None:
-            state = TrainerState(**saved["trainer"], data=saved["data"])
-            stream.load_state_dict(saved["data"])
-            log.info("resumed from step %d (epoch %d, micro batch %d of it)", state.step, stream.position.epoch, stream.position.step)
-        else:
-            log.info("--resume: no complete checkpoint in %s yet; starting from the beginning", run_dir)
+    if tag is not None:
+        saved = checkpoint.load(model_engine, run_dir, tag)
+        state = TrainerState(**saved["trainer"], data=saved["data"])
+        stream.load_state_dict(saved["data"])
+        log.info("resumed from step %d (%s; epoch %d, micro batch %d of it)", state.step, tag, stream.position.epoch, stream.position.step)
+    elif resume:
+        log.info("--resume: no complete checkpoint in %s yet; starting from the beginning", run_dir)
 
     if d.rank == 0:
         t = cfg.train
@@ -317,16 +358,33 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False) -> Trainer:
         log.info("run: %d optimizer steps (%.2f epochs) from step %d; loss %s", num_steps,
                  num_steps * t.grad_accum_steps / stream.steps_per_epoch, state.step,
                  f"{cfg.loss.a_kl} * T^2 * KL + {cfg.loss.a_mlm} * MLM (T={cfg.loss.temperature})" if teacher is not None else "MLM")
-    return Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state, s_vocab, translation)
+    trainer = Trainer(cfg, run_dir, d, stream, model_engine, teacher, num_steps, state, s_vocab, translation)
+    trainer.resume_settings = settings
+    return trainer
 
 
-def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False) -> int:
-    trainer = setup(cfg, out, resume)
-    status = trainer.fit()
-    if status == 0 and cfg.checkpoint.export:
-        if trainer.d.rank == 0:
-            path = checkpoint.export_student(trainer.run_dir)
-            log.info("student exported to %s (AutoModelForMaskedLM.from_pretrained loads it)", path)
-        dist.barrier()
+def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> int:
+    trainer = setup(cfg, out, resume, overwrite)
+    rank0 = trainer.d.rank == 0
+    try:
+        status = trainer.fit()
+        export_error = None
+        if status == 0 and cfg.checkpoint.export:
+            if rank0:
+                try:
+                    path = checkpoint.export_student(trainer.run_dir)
+                    log.info("student exported to %s (AutoModelForMaskedLM.from_pretrained loads it)", path)
+                except UserError as e:
+                    export_error = str(e)
+            export_error = rundir.broadcast([export_error])[0]
+    except BaseException:
+        if rank0:
+            trainer.rundir.abort()  # --overwrite before the first checkpoint: the new run goes, the old one stays
+        raise
+    finally:
+        if rank0:
+            trainer.rundir.release()
     ignore_stop_signals()  # the work is saved; from here the process only exits
+    if export_error:
+        raise UserError(f"training finished and its checkpoints are saved, but the export failed: {export_error}")
     return status

@@ -91,6 +91,11 @@ class VocabMap:
     def size(self) -> int:
         return len(self.kept)
 
+    @property
+    def content_sha256(self) -> str:
+        """The kept ids and the tokenizers they map between: what a resumed run must find again."""
+        return hashlib.sha256(json.dumps([self.kept.tolist(), self.source["vocab_sha256"], self.trimmed_sha256]).encode()).hexdigest()
+
     def old_to_new(self, unk_new: int) -> torch.Tensor:
         """[original vocab] -> new ids; tokens not kept map to `unk_new`."""
         table = torch.full((int(self.source["vocab_size"]),), unk_new, dtype=torch.long)
@@ -269,12 +274,10 @@ def tokenization_stats(texts: list[str], full, trimmed, kept_mask: torch.Tensor)
 def build_vocab(cfg: VocabConfig) -> dict:
     """The `ds-distil vocab` command: count, choose, write VOCAB_DIR; returns the report."""
     from ds_distil.data import load_manifest
-    from ds_distil.data.tasks import default_data_dir
-    from ds_distil.tokenizer import load_tokenizer, vocab_hash
+    from ds_distil.tokenizer import load_tokenizer
 
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"{out} is not empty; pass --overwrite to replace the vocabulary there, or choose another --out")
+    from ds_distil.rundir import claim
+
     manifest = load_manifest(cfg.shards)
     full = load_tokenizer(str(manifest.tokenizer_dir))
     counts = count_tokens(manifest, "train")
@@ -288,14 +291,19 @@ def build_vocab(cfg: VocabConfig) -> dict:
     kept, breakdown = choose(counts, full, cfg)
     trimmed = trimmed_tokenizer(full, kept)
 
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
+    with claim(cfg.out, "vocab", overwrite=cfg.overwrite, inputs=[cfg.shards, *cfg.extra_text]) as rd:
+        report = _write(rd.path, cfg, manifest, full, trimmed, counts, kept, breakdown)
+        rd.commit()
+    return report
 
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+
+def _write(tmp: Path, cfg: VocabConfig, manifest, full, trimmed, counts: np.ndarray, kept: np.ndarray, breakdown: dict) -> dict:
+    from ds_distil.data.tasks import default_data_dir
+    from ds_distil.tokenizer import vocab_hash
+
     trimmed.save_pretrained(str(tmp))
-    total = int(counts.sum() - counts[list(set(full.all_special_ids))].sum())
+    special = sorted(set(full.all_special_ids))
+    total = int(counts.sum() - counts[special].sum())
     kept_mask = torch.zeros(len(full), dtype=torch.bool)
     kept_mask[torch.from_numpy(kept)] = True
     report = {
@@ -303,14 +311,14 @@ def build_vocab(cfg: VocabConfig) -> dict:
         "rule": ("coverage" if cfg.coverage is not None else "max_size" if cfg.max_size is not None else "min_count"),
         "config": dataclasses.asdict(cfg),
         "train_tokens": total,
-        "train_coverage": float(counts[kept].sum() - counts[list(set(full.all_special_ids))].sum()) / max(total, 1),
+        "train_coverage": float(counts[kept].sum() - counts[special].sum()) / max(total, 1),
         "train_distinct_ids": int((counts > 0).sum()),
     }
     val_texts = []
     if "val" in manifest.data["splits"] and manifest.num_samples("val"):
         val_counts = count_tokens(manifest, "val")
-        report["val_coverage"] = float(val_counts[kept].sum() - val_counts[list(set(full.all_special_ids))].sum()) / max(
-            int(val_counts.sum() - val_counts[list(set(full.all_special_ids))].sum()), 1)
+        val_total = int(val_counts.sum() - val_counts[special].sum())
+        report["val_coverage"] = float(val_counts[kept].sum() - val_counts[special].sum()) / max(val_total, 1)
         val_texts = _val_texts(manifest, full)
     data_dir = None if cfg.report_data == "none" else Path(cfg.report_data) if cfg.report_data else default_data_dir()
     sets = {"val (decoded samples)": val_texts} if val_texts else {}
@@ -319,16 +327,11 @@ def build_vocab(cfg: VocabConfig) -> dict:
     report["sets"] = {name: tokenization_stats(texts, full, trimmed, kept_mask) for name, texts in sets.items() if texts}
     mapping = {"format": FORMAT, "kept_ids": kept.tolist(),
                "source": {"name": manifest.tokenizer["name"], "vocab_size": len(full), "vocab_sha256": vocab_hash(full),
-                          "special_ids": sorted(set(full.all_special_ids))},
+                          "special_ids": special},
                "shards": {"directory": str(Path(cfg.shards).resolve()), "train_sha256": train_digest(manifest)},
                "trimmed_vocab_sha256": vocab_hash(trimmed)}
     (tmp / MAP_FILE).write_text(json.dumps(mapping))
     (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.replace(out)
     return report
 
 
@@ -391,7 +394,7 @@ def trim_embeddings(model, kept: np.ndarray):
     return model
 
 
-def trim_model(model_dir: str, vocab_dir: str, out: str) -> Path:
+def trim_model(model_dir: str, vocab_dir: str, out: str, overwrite: bool = False) -> Path:
     """`ds-distil trim`: a pretrained model directory -> the same model over the kept vocabulary."""
     from transformers import AutoModelForMaskedLM
 
@@ -411,13 +414,10 @@ def trim_model(model_dir: str, vocab_dir: str, out: str) -> Path:
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {model_dir}: {str(e).splitlines()[0][:200]}") from None
     trim_embeddings(model, vmap.kept)
-    dst = Path(out)
-    tmp = dst.with_name(dst.name + ".tmp")
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    load_tokenizer(vocab_dir).save_pretrained(str(tmp))
-    if dst.exists():
-        import shutil
+    from ds_distil.rundir import claim
 
-        shutil.rmtree(dst)
-    tmp.replace(dst)
-    return dst
+    with claim(out, "trim", overwrite=overwrite, inputs=[model_dir, vocab_dir]) as rd:
+        model.save_pretrained(str(rd.path), safe_serialization=True)
+        load_tokenizer(vocab_dir).save_pretrained(str(rd.path))
+        rd.commit()
+    return Path(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import signal
@@ -80,20 +81,21 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, corpus
     cmd = [sys.executable, "-m", "ds_distil", *prepare_args(out, corpus, tok=mbert_tokenizer_dir), "--samples-per-shard", "300"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list((out / ".prepare-tmp").glob("train-*.tar")) and time.time() < deadline and proc.poll() is None:
+    # shards go into a hidden sibling of --out (swapped in when complete): wait for the first one there
+    while not list(tmp_path.glob(".o.ds-distil-new-*/train-*.tar")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "prepare finished before it could be interrupted"
     assert not (out / "manifest.json").exists()
-    assert not list(out.glob("*.tar")), "no shard may sit where finished shards go"
+    assert not list(out.glob("*.tar")) if out.exists() else True, "no shard may sit where finished shards go"
     with pytest.raises(UserError, match="interrupted"):
         load_manifest(out)
     proc = run_cli("inspect", "--shards", str(out))
     one_line_error(proc, "no manifest.json", "run prepare again")
-    # running it again works and cleans up
+    # running it again works and cleans up what the killed run left
     assert run_cli(*prepare_args(out, corpus, tok=mbert_tokenizer_dir), "--max-docs", "200").returncode == 0
-    assert not (out / ".prepare-tmp").exists()
+    assert not list(tmp_path.glob(".o.ds-distil-*")) and (out / "manifest.json").exists()
 
 
 @pytest.fixture
@@ -154,3 +156,124 @@ def test_manifest_of_another_tokenizer_is_refused(shards_copy, tmp_path):
     (tiny / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "isa", "dalawa"]) + "\n")
     line = one_line_error(run_cli("inspect", "--shards", str(shards_copy), "--tokenizer", str(tiny)), "vocab 7", "re-run `ds-distil prepare`")
     assert "119547" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14: cases 7 and 9, and the tracebacks that became one line.
+
+
+def test_tokenizer_that_cannot_tokenize_is_refused(tmp_path, corpus_docs, mbert_tokenizer_dir):
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(corpus_docs[:50]))
+    only_config = tmp_path / "only_config"
+    only_config.mkdir()
+    (only_config / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer"}')
+    one_line_error(run_cli(*prepare_args(tmp_path / "o1", src, tok=only_config)), "only_config", "probe sentence", "[UNK]")
+    empty = tmp_path / "empty_tok"
+    empty.mkdir()
+    one_line_error(run_cli(*prepare_args(tmp_path / "o2", src, tok=empty)), "cannot load tokenizer", "vocab.txt or tokenizer.json")
+    broken = tmp_path / "broken_tok"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    one_line_error(run_cli(*prepare_args(tmp_path / "o3", src, tok=broken)), "cannot load tokenizer", "broken_tok")
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+
+
+def test_long_lines_are_read_in_bounded_pieces_and_counted(tmp_path, corpus_docs, mbert_tokenizer_dir):
+    import io
+
+    from ds_distil.data.lines import bounded_lines
+
+    words = " ".join(corpus_docs[:2000]).split()
+    long_line = " ".join(words)[: 300_000] + " Ñ" * 10  # one line of ~300 KB
+    limit = 4096
+
+    class Recording(io.BytesIO):
+        largest = 0
+
+        def readline(self, size=-1):
+            assert 0 < size <= limit + 1, size  # never an unbounded read
+            line = super().readline(size)
+            Recording.largest = max(Recording.largest, len(line))
+            return line
+
+    pieces = list(bounded_lines(Recording(f"short one\n{long_line}\nlast\n".encode()), limit))
+    assert Recording.largest <= limit + 1
+    assert all(len(p) <= limit + 1 for p, _ in pieces) and [c for _, c in pieces].count(False) == 3
+    assert b"".join(p + (b" " if c else b"") for p, c in pieces).decode() == f"short one\n{long_line}\nlast\n"
+
+    src = tmp_path / "long.txt"
+    src.write_text("\n".join(corpus_docs[:20]) + "\n" + long_line + "\n" + "\n".join(corpus_docs[20:40]) + "\n", encoding="utf-8")
+    proc = run_cli(*prepare_args(tmp_path / "o", src, tok=mbert_tokenizer_dir), "--max-line-bytes", str(limit), "--val-fraction", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "long.txt:21 is longer than max_line_bytes=4096: cut into several documents" in proc.stderr
+    docs = load_manifest(tmp_path / "o").data["documents"]
+    assert docs["long_lines_split"] == 1 and docs["train_documents"] > 40 + len(long_line.encode()) // limit
+    (tmp_path / "long.jsonl").write_text('{"text": "isang maikling linya dito"}\n' + json.dumps({"text": long_line}) + "\n")
+    proc = run_cli(*prepare_args(tmp_path / "oj", tmp_path / "long.jsonl", tok=mbert_tokenizer_dir), "--max-line-bytes", str(limit),
+                   "--val-fraction", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_manifest(tmp_path / "oj").data["documents"] == {"long_lines_skipped": 1, "train_documents": 1}
+
+
+def test_corrupt_shard_in_a_dataloader_worker_is_the_start_up_line(shards_copy):
+    victim = sorted(shards_copy.glob("train-*.tar"))[1]
+    corrupt_middle(victim)
+    at_start = one_line_error(run_cli("inspect", "--shards", str(shards_copy), "data.num_workers=1"), victim.name)
+    in_worker = one_line_error(run_cli("inspect", "--shards", str(shards_copy), "--batches", "1000", "data.num_workers=2",
+                                       "data.verify_checksums=false", "data.shuffle=false"), victim.name)
+    assert in_worker.split(": ")[0] == at_start.split(": ")[0]  # "ds-distil inspect: error: corrupt shard ..."
+    assert "corrupt shard" in in_worker and "skip_corrupt_shards" in in_worker and "Traceback" not in in_worker
+
+
+def test_skip_corrupt_shards_also_skips_what_the_start_up_check_finds(shards_copy, caplog):
+    victim = sorted(shards_copy.glob("train-*.tar"))[1]
+    corrupt_middle(victim)
+    manifest = load_manifest(shards_copy)
+    stream = MLMStream(manifest, DataConfig(shards=str(shards_copy), num_workers=0, skip_corrupt_shards=True), batch_size=4)
+    assert str(victim) in stream.bad_shards
+    batches = list(stream.epoch_batches())
+    assert len(batches) == stream.steps_per_epoch
+    assert stream.n_samples - sum(int((b["index"] >= 0).sum()) for b in batches) == manifest.shards("train")[1].samples
+
+
+def test_damaged_manifest_is_one_line(shards_copy):
+    data = json.loads((shards_copy / "manifest.json").read_text())
+    del data["splits"]
+    (shards_copy / "manifest.json").write_text(json.dumps(data))
+    one_line_error(run_cli("inspect", "--shards", str(shards_copy)), "no 'splits'", "re-run prepare")
+
+
+def test_latin1_task_files_are_one_line(tmp_path):
+    from ds_distil.data.tasks import read_conllu_upos, read_iob2
+
+    (tmp_path / "a.conllu").write_bytes(b"# sent_id = 1\n" + "1\tMaynila\xf1\t_\tPROPN\t_\t_\t0\troot\t_\t_\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"a\.conllu:2 is not valid UTF-8"):
+        read_conllu_upos(tmp_path / "a.conllu")
+    (tmp_path / "a.iob2").write_bytes("Maynila\xf1\tB-LOC\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"a\.iob2:1 is not valid UTF-8"):
+        read_iob2(tmp_path / "a.iob2")
+
+
+@pytest.mark.parametrize("n_articles", [10, 12, 14])
+def test_build_nli_from_few_articles(tmp_path, n_articles):
+    articles = tmp_path / "a.csv"
+    articles.write_text("article\n" + "".join(f'"Una ito ay {i}. Pangalawa ito ay dito. Pangatlo ito ay doon. Pang-apat ito ay {i}."\n'
+                                              for i in range(n_articles)))
+    proc = run_cli("tasks", "build-nli", "--articles", str(articles), "--out", str(tmp_path / "nli"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for split in ("train", "valid", "test"):
+        assert len((tmp_path / "nli" / f"{split}.csv").read_text().splitlines()) > 1, split
+
+
+def test_corrupt_weights_in_a_model_directory_is_one_line(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = tmp_path / "model"
+    BertForMaskedLM(BertConfig(vocab_size=119547, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)).save_pretrained(str(model))
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[:5000])
+    from ds_distil.models import _from_pretrained
+
+    with pytest.raises(UserError, match="cannot load teacher .*model"):
+        _from_pretrained(str(model), "teacher")

@@ -53,3 +53,24 @@ def test_a_benchmark_whose_every_configuration_failed_exits_non_zero_and_writes_
                           cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode != 0 and "every configuration failed; no report written" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_reports_go_only_into_a_folder_of_benchmark_results(tmp_path):
+    """Issue 14: benchmark --out is claimed like every other output: results accumulate in their own folder,
+    a folder holding something else is refused."""
+    import pytest
+
+    from benchmarks.common import write_report
+    from ds_distil.errors import UserError
+    from ds_distil.rundir import owner
+
+    result = {"device": {"label": "cpu2"}}
+    write_report("a", result, "# a\n", tmp_path / "res")
+    write_report("b", result, "# b\n", tmp_path / "res")
+    assert owner(tmp_path / "res") == "benchmarks" and len(list((tmp_path / "res").glob("*.md"))) == 2
+    assert owner(ROOT / "benchmarks" / "results") == "benchmarks"  # the committed folder is marked
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        write_report("a", result, "# a\n", tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.tex"]

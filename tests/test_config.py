@@ -95,3 +95,32 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path):
     assert cfg.train.lr == 1e-4 and cfg.train.max_steps == 10
     with pytest.raises(ConfigError, match=re.escape("config key 'train.max_steps': expected int | null, got 1000.0")):
         load(FinetuneConfig, [], ["train.max_steps=1e3"])  # a float where an int is wanted is still refused
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("checkpoint.keep=0", "keep must be >= 1"),  # issue 14 case 2: keep=0 deleted the final checkpoint
+        ("checkpoint.every_steps=-1", "every_steps must be >= 0"),
+        ("log.every_steps=0", "every_steps must be >= 1"),
+        ("train.lr=-0.001", "lr must be > 0"),
+        ("train.lr=0", "lr must be > 0"),
+        ("train.max_steps=0", "max_steps must be >= 1"),
+        ("train.max_steps=-5", "max_steps must be >= 1"),
+        ("train.adam_betas=[0.9]", "adam_betas"),
+    ],
+)
+def test_distill_values_out_of_range_are_refused_naming_the_section(override, message):
+    from ds_distil.config import DistillConfig
+
+    with pytest.raises(ConfigError, match=message) as e:
+        load(DistillConfig, [], ["data.shards=d", "teacher.preset=tiny", override])
+    assert override.split(".")[0] in str(e.value)
+
+
+def test_finetune_max_train_examples_zero_is_refused_not_everything():
+    from ds_distil.finetune import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="max_train_examples must be >= 2"):
+        from_dict(FinetuneConfig, {"task": {"max_train_examples": 0}})
+    assert from_dict(FinetuneConfig, {"task": {"max_train_examples": 5}}).task.max_train_examples == 5

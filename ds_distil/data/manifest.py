@@ -71,16 +71,29 @@ class Manifest:
                 "re-run `ds-distil prepare` with the model's tokenizer"
             )
 
-    def verify(self, split: str, checksums: bool, rank: int = 0, world_size: int = 1) -> None:
-        """Every shard exists with its recorded size; with `checksums`, this rank's share is hashed too."""
+    def verify(self, split: str, checksums: bool, rank: int = 0, world_size: int = 1, skip_corrupt: bool = False,
+               all_checksums: bool = False) -> dict[str, str]:
+        """Every shard exists with its recorded size; with `checksums`, this rank's share is hashed too
+        (every shard with `all_checksums`). A bad shard stops here, or with `skip_corrupt` is returned
+        ({path: what is wrong}) for the stream to skip."""
+        bad = {}
         for i, shard in enumerate(self.shards(split)):
             if not shard.path.is_file():
+                if skip_corrupt:
+                    bad[str(shard.path)] = "missing"
+                    continue
                 raise UserError(f"shard {shard.path} listed in {MANIFEST} is missing; re-run `ds-distil prepare`")
             size = shard.path.stat().st_size
+            problem = None
             if size != shard.bytes:
-                raise CorruptShardError(str(shard.path), f"{size} bytes on disk, {shard.bytes} in the manifest (truncated?)")
-            if checksums and i % world_size == rank and sha256_file(shard.path) != shard.sha256:
-                raise CorruptShardError(str(shard.path), "sha256 differs from the manifest")
+                problem = f"{size} bytes on disk, {shard.bytes} in the manifest (truncated?)"
+            elif checksums and (all_checksums or i % world_size == rank) and sha256_file(shard.path) != shard.sha256:
+                problem = "sha256 differs from the manifest"
+            if problem and not skip_corrupt:
+                raise CorruptShardError(str(shard.path), problem)
+            if problem:
+                bad[str(shard.path)] = problem
+        return bad
 
 
 def load_manifest(directory: str | Path) -> Manifest:
@@ -89,7 +102,9 @@ def load_manifest(directory: str | Path) -> Manifest:
     if not directory.is_dir():
         raise UserError(f"shard directory {directory} does not exist; create it with `ds-distil prepare --out {directory} ...`")
     if not path.is_file():
-        partial = " (an interrupted `prepare` left it incomplete)" if (directory / ".prepare-tmp").exists() else ""
+        from ds_distil.rundir import staging_siblings
+
+        partial = " (an interrupted `prepare` left it incomplete)" if staging_siblings(directory) else ""
         raise UserError(
             f"{directory} has no {MANIFEST}{partial}; it is not a finished `ds-distil prepare` output: run prepare again"
         )
@@ -97,6 +112,28 @@ def load_manifest(directory: str | Path) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); re-run `ds-distil prepare`") from None
-    if data.get("format") != FORMAT:
-        raise UserError(f"{path} has format {data.get('format')!r}, expected {FORMAT!r}; re-run `ds-distil prepare`")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"{path} has format {got!r}, expected {FORMAT!r}; re-run `ds-distil prepare`")
+    _check_fields(path, data)
     return Manifest(directory, data)
+
+
+def _check_fields(path: Path, data: dict) -> None:
+    """The fields every reader relies on, so that a damaged or hand-edited manifest is one line, not a KeyError later."""
+    problem = None
+    splits, tok = data.get("splits"), data.get("tokenizer")
+    if not isinstance(data.get("seq_len"), int):
+        problem = "no seq_len"
+    elif not isinstance(tok, dict) or any(k not in tok for k in ("vocab_size", "vocab_sha256", "pad_id", "mask_id", "special_ids")):
+        problem = "no complete 'tokenizer' entry"
+    elif not isinstance(splits, dict) or "train" not in splits:
+        problem = "no 'splits' with a 'train' split"
+    else:
+        for name, split in splits.items():
+            shards = split.get("shards") if isinstance(split, dict) else None
+            if not isinstance(shards, list) or any(not isinstance(s, dict) or not {"name", "samples", "tokens", "bytes", "sha256"} <= s.keys() for s in shards):
+                problem = f"split '{name}' without a complete shard list"
+                break
+    if problem:
+        raise UserError(f"{path} has {problem}; it is damaged or not written by `ds-distil prepare`: re-run prepare")

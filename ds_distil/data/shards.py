@@ -10,7 +10,8 @@ The pipeline streams; nothing is held for the whole corpus:
       -> packed: [CLS] d1 [SEP] d2 [SEP] ... cut every seq_len tokens; a document that does not fit
          continues in the next sample after its [CLS], so no token is wasted; only the last sample of
          a split is padded
-      -> tar shards written under .prepare-tmp/, moved into place, manifest.json written last.
+      -> tar shards, tokenizer/, manifest.json (last) written into a staging sibling of --out that is
+         swapped in whole when complete (ds_distil.rundir).
 
 Document selection is by blocks of 1000 consecutive documents: in each block a seeded permutation
 ranks the documents and those ranked below round(fraction * 1000) are kept. So a fraction keeps
@@ -31,7 +32,6 @@ import logging
 import multiprocessing as mp
 import os
 import random
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,17 +41,20 @@ import numpy as np
 
 from ds_distil import __version__
 from ds_distil.config import PrepareConfig, save, to_dict
+from ds_distil.data.lines import bounded_lines, split_long
 from ds_distil.data.manifest import FORMAT, MANIFEST, SAMPLE_KEY
 from ds_distil.errors import UserError
 from ds_distil.progress import Progress
-from ds_distil.tokenizer import load_tokenizer, tokenizer_info
+from ds_distil.rundir import claim
+from ds_distil.tokenizer import load_tokenizer, probe, tokenizer_info
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1000
 CHUNK_DOCS = 256  # documents per tokenizer task
+CHUNK_CHARS = 1 << 20  # ... and at most this much text (the tokenizer needs ~150 bytes per token)
+SHUFFLE_CHARS = 256 << 20  # text the document shuffle buffer may hold
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
-STAGING = ".prepare-tmp"
 
 
 # ----------------------------------------------------------------------------------------- input
@@ -73,14 +76,26 @@ def _input_files(paths: list[str]) -> list[Path]:
 
 
 def _read_lines(path: Path, cfg: PrepareConfig, stats: Counter) -> Iterator[str]:
-    """Documents of one local file: one per line (.txt) or the text field of one JSON object per line."""
+    """Documents of one local file: one per line (.txt) or the text field of one JSON object per line.
+    Lines are read at most cfg.max_line_bytes at a time (data/lines.py): a longer text line is cut
+    into several documents, a longer JSON line is skipped (it cannot be parsed in pieces); both counted."""
     is_json = path.name.removesuffix(".gz").endswith((".jsonl", ".json"))
     opener = gzip.open if path.suffix == ".gz" else open
-    n_docs = 0
+    n_docs, lineno, in_long = 0, 1, False
     try:
         with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
+            for raw, continues in bounded_lines(f, cfg.max_line_bytes):
                 stats["bytes_read"] += len(raw)
+                where, long_line = lineno, continues or in_long
+                if long_line and not in_long:
+                    stats["long_lines_skipped" if is_json else "long_lines_split"] += 1
+                    log.warning("%s:%d is longer than max_line_bytes=%d: %s", path, lineno, cfg.max_line_bytes,
+                                "skipped (a JSON line cannot be cut)" if is_json else "cut into several documents")
+                in_long = continues
+                if not continues:
+                    lineno += 1
+                if long_line and is_json:
+                    continue
                 try:
                     line = raw.decode("utf-8")
                     text = _json_text(line, cfg.text_field) if is_json else line
@@ -90,7 +105,7 @@ def _read_lines(path: Path, cfg: PrepareConfig, stats: Counter) -> Iterator[str]
                         continue
                     what = "is not valid UTF-8" if isinstance(e, UnicodeDecodeError) else str(e)
                     raise UserError(
-                        f"{path}:{lineno} {what}; convert the file (e.g. iconv -f latin1 -t utf-8) "
+                        f"{path}:{where} {what}; convert the file (e.g. iconv -f latin1 -t utf-8) "
                         "or pass --skip-bad-lines to skip such lines"
                     ) from None
                 text = text.strip()
@@ -141,6 +156,10 @@ def _hf_documents(cfg: PrepareConfig, stats: Counter) -> Iterator[str]:
         text = (ex.get(cfg.text_field) or "").strip()
         if not text:
             stats["empty_skipped"] += 1
+            continue
+        if len(text) > cfg.max_line_bytes:
+            stats["long_lines_split"] += 1
+            yield from split_long(text, cfg.max_line_bytes)
             continue
         yield text
 
@@ -203,19 +222,32 @@ def select_documents(docs: Iterator[str], cfg: PrepareConfig, stats: Counter) ->
             return
 
 
-def shuffle_buffer(items: Iterator, size: int, seed: int) -> Iterator:
+def shuffle_buffer(items: Iterator[tuple[str, str]], size: int, seed: int, max_chars: int = SHUFFLE_CHARS) -> Iterator:
+    """Seeded buffer shuffle of (split, text) items: at most `size` documents and `max_chars` characters
+    are held (the second bound only matters for corpora of huge documents, and changes nothing otherwise)."""
     if size <= 1:
         yield from items
         return
     rng = random.Random(seed)
-    buf = []
+    buf, chars = [], 0
     for item in items:
-        if len(buf) < size:
+        if len(buf) < size and chars + len(item[1]) <= max_chars:
             buf.append(item)
+            chars += len(item[1])
             continue
-        k = rng.randrange(size)
+        if not buf:
+            yield item
+            continue
+        k = rng.randrange(len(buf))
         buf[k], item = item, buf[k]
+        chars += len(buf[k][1]) - len(item[1])
         yield item
+        while chars > max_chars and len(buf) > 1:  # a large document came in: let out random others
+            k = rng.randrange(len(buf))
+            buf[k], buf[-1] = buf[-1], buf[k]
+            out = buf.pop()
+            chars -= len(out[1])
+            yield out
     rng.shuffle(buf)
     yield from buf
 
@@ -237,13 +269,15 @@ def _encode(texts: list[str]) -> list[np.ndarray]:
 
 
 def _chunks(items: Iterator[tuple[str, str]], n: int) -> Iterator[tuple[list[str], list[str]]]:
-    splits, texts = [], []
+    """Up to n documents, and up to CHUNK_CHARS characters: what one tokenizer task holds in memory."""
+    splits, texts, chars = [], [], 0
     for split, text in items:
         splits.append(split)
         texts.append(text)
-        if len(texts) == n:
+        chars += len(text)
+        if len(texts) == n or chars >= CHUNK_CHARS:
             yield splits, texts
-            splits, texts = [], []
+            splits, texts, chars = [], [], 0
     if texts:
         yield splits, texts
 
@@ -377,22 +411,6 @@ class Packer:
 # ----------------------------------------------------------------------------------------- main
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise UserError(f"{out} already holds prepared shards ({MANIFEST}); pass --overwrite to replace them")
-        (out / MANIFEST).unlink()  # from here on the directory is not a finished output
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("train-*.tar")) + list(out.glob("val-*.tar")):
-        old.unlink()  # shards of a replaced or interrupted run: never valid without their manifest
-    staging = out / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
 def prepare(cfg: PrepareConfig) -> dict:
     """Run the preparation; returns the manifest written to cfg.out/manifest.json."""
     if not cfg.input and not cfg.hf_dataset:
@@ -401,9 +419,18 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise UserError("pass either --input or --hf-dataset, not both")
     files = _input_files(cfg.input) if cfg.input else []  # fail on a missing input before touching the output
     tokenizer = load_tokenizer(cfg.tokenizer)
+    probe(tokenizer, cfg.tokenizer)
     info = tokenizer_info(tokenizer, cfg.tokenizer)
     out = Path(cfg.out)
-    staging = _prepare_out_dir(out, cfg.overwrite)
+    inputs = [Path(p) for p in cfg.input] + files + ([Path(cfg.tokenizer)] if Path(cfg.tokenizer).exists() else [])
+    with claim(out, "prepare", overwrite=cfg.overwrite, inputs=inputs) as rd:
+        manifest = _prepare_into(rd.path, cfg, files, tokenizer, info)
+        rd.commit()
+    return manifest
+
+
+def _prepare_into(staging: Path, cfg: PrepareConfig, files: list[Path], tokenizer, info: dict) -> dict:
+    """Write shards, tokenizer, config and (last) manifest.json into `staging`, the claimed output."""
     workers = cfg.workers or os.cpu_count() or 1
 
     stats: Counter = Counter()
@@ -438,12 +465,9 @@ def prepare(cfg: PrepareConfig) -> dict:
     if not writers["train"].shards:
         raise UserError(f"no training documents left in {', '.join(cfg.input) or cfg.hf_dataset} after selection; check the input and --fraction")
 
-    # Move the finished shards into place, then write the manifest: only now is the directory valid.
-    for w in writers.values():
-        for s in w.shards:
-            os.replace(staging / s["name"], out / s["name"])
-    tokenizer.save_pretrained(str(out / "tokenizer"))
-    save(cfg, out / "prepare_config.yaml")
+    # The manifest last: only with it is the directory a finished output (and then it is swapped in whole).
+    tokenizer.save_pretrained(str(staging / "tokenizer"))
+    save(cfg, staging / "prepare_config.yaml")
     manifest = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -468,8 +492,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         },
         "config": to_dict(cfg),
     }
-    tmp = out / (MANIFEST + ".tmp")
+    tmp = staging / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
-    shutil.rmtree(staging, ignore_errors=True)
+    os.replace(tmp, staging / MANIFEST)
     return manifest

@@ -43,6 +43,8 @@ from ds_distil.losses import IGNORE_INDEX  # the MLM label of "no target"
 
 log = logging.getLogger(__name__)
 
+ERROR_KEY = "__corrupt_shard__"
+
 
 def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
@@ -106,6 +108,7 @@ class _EpochDataset(IterableDataset):
         self.special_ids = stream.special_ids
         self.random_ids = stream.random_ids
         self.max_masked = stream.max_masked
+        self.bad_shards = stream.bad_shards  # found corrupt at start (skip_corrupt_shards): not read at all
         self.skipped_shards = 0
 
     # -- reading
@@ -136,6 +139,8 @@ class _EpochDataset(IterableDataset):
             pos += n
             got = 0
             try:
+                if path in self.bad_shards:
+                    raise CorruptShardError(path, self.bad_shards[path])
                 with open(path, "rb") as f:
                     for i, member in enumerate(tar_file_iterator(f)):
                         if i < skip:
@@ -153,7 +158,7 @@ class _EpochDataset(IterableDataset):
                     raise e from None
                 self.skipped_shards += 1
                 log.warning("skipping the rest of corrupt shard %s (%d samples; %d shard(s) skipped by this worker): %s",
-                            path, take - got, self.skipped_shards, e)
+                            path, take - got, self.skipped_shards, e.what)
             count -= take
             start = pos
 
@@ -207,10 +212,19 @@ class _EpochDataset(IterableDataset):
         plan = plans[(self.start_step + physical) % self.workers]
         done = sum(1 for j in plan.batches if j < self.start_step)
         items = self._worker_items(plan)
-        for _ in range(done * self.batch_size):  # replay: read and shuffle, no masking or collation
-            next(items)
-        for j in plan.batches[done:]:
-            yield self._batch([next(items) for _ in range(self.batch_size)], j)
+        try:
+            for _ in range(done * self.batch_size):  # replay: read and shuffle, no masking or collation
+                next(items)
+            for j in plan.batches[done:]:
+                yield self._batch([next(items) for _ in range(self.batch_size)], j)
+        except CorruptShardError as e:
+            # Raised in a DataLoader worker, it would reach the main process as a RuntimeError wrapping a
+            # traceback; handed over as data, the main process raises the same one-line error as the start-up check.
+            yield {ERROR_KEY: (e.shard, e.what)}
+
+
+# Names the masking rule below for resume fingerprints (ds_distil.resume): change it with the rule.
+MASKING_RULE = "bert-80/10/10, round(p * maskable) per sample (min 1), seeded by (seed, epoch, rank, step)"
 
 
 def max_masked_per_sample(seq_len: int, mlm_probability: float) -> int:
@@ -306,7 +320,27 @@ class MLMStream:
         self.max_masked = max_masked_per_sample(self.seq_len, cfg.mlm_probability)
         self.steps_per_epoch, _ = plan_rank(self.n_samples, world_size, batch_size, self.workers, rank)
         self.position = StreamPosition()
-        self.manifest.verify(split, checksums=cfg.verify_checksums, rank=rank, world_size=world_size)
+        self.bad_shards = self._verify(rank, world_size)
+
+    def _verify(self, rank: int, world_size: int) -> dict[str, str]:
+        """Shard sizes (all) and checksums (this rank's share) against the manifest. A bad shard stops the
+        run here with the same line as mid-stream, or with skip_corrupt_shards is skipped by every rank:
+        the ranks share what they found (each hashed only its share)."""
+        cfg = self.cfg
+        dist = torch.distributed
+        shared = dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size
+        bad = self.manifest.verify(self.split, checksums=cfg.verify_checksums, rank=rank, world_size=world_size,
+                                   skip_corrupt=cfg.skip_corrupt_shards,
+                                   all_checksums=cfg.skip_corrupt_shards and world_size > 1 and not shared)
+        if cfg.skip_corrupt_shards and shared and world_size > 1:
+            found = [None] * world_size
+            dist.all_gather_object(found, bad)
+            bad = {k: v for part in found for k, v in part.items()}
+        if bad and rank == 0:
+            for path, what in bad.items():
+                log.warning("skip_corrupt_shards: skipping corrupt shard %s (%s); its samples become padding, each epoch "
+                            "keeps its step count", path, what)
+        return bad
 
     def loader(self, epoch: int, start_step: int) -> DataLoader:
         dataset = _EpochDataset(self, epoch, start_step)
@@ -321,6 +355,8 @@ class MLMStream:
         pos = self.position
         if pos.step < self.steps_per_epoch:
             for batch in self.loader(pos.epoch, pos.step):
+                if ERROR_KEY in batch:
+                    raise CorruptShardError(*batch[ERROR_KEY])
                 pos.step += 1
                 yield batch
         pos.epoch, pos.step = pos.epoch + 1, 0

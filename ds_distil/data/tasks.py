@@ -125,7 +125,7 @@ def read_iob2(path: Path) -> list[Example]:
             tokens.clear()
             tags.clear()
 
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_utf8(path).splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             flush(lineno)
@@ -145,6 +145,14 @@ def read_iob2(path: Path) -> list[Example]:
     return sentences
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line} is not valid UTF-8; convert the file (e.g. iconv -f latin1 -t utf-8 {path.name})") from None
+
+
 def check_iob2(tags: list[str], where: str) -> None:
     """Refuse an I- tag that does not continue a B-/I- of the same type."""
     prev = "O"
@@ -160,7 +168,7 @@ def check_iob2(tags: list[str], where: str) -> None:
 def read_conllu_upos(path: Path) -> list[Example]:
     """Sentences of a CoNLL-U file as (forms, UPOS tags); multiword-token ranges and empty nodes skipped."""
     sentences, forms, tags = [], [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
         if not line.strip():
             if forms:
                 sentences.append(Example(forms, tags))
@@ -355,7 +363,11 @@ def build_nli(articles: Iterable[str], seed: int = 0, valid_fraction: float = 0.
         raise UserError(f"build-nli needs at least 10 articles of 3+ sentences, got {len(docs)}")
     order = list(range(len(docs)))
     rng.shuffle(order)
-    n_test, n_valid = round(test_fraction * len(docs)), round(valid_fraction * len(docs))
+    # every split needs 2+ articles: a contradiction hypothesis comes from another article of the same split
+    n_test, n_valid = max(2, round(test_fraction * len(docs))), max(2, round(valid_fraction * len(docs)))
+    if len(docs) - n_test - n_valid < 2:
+        raise UserError(f"build-nli: {len(docs)} articles of 3+ sentences leave fewer than 2 for training after {n_test} test "
+                        f"and {n_valid} validation articles; give more articles")
     split_of = {i: ("test" if k < n_test else "valid" if k < n_test + n_valid else "train") for k, i in enumerate(order)}
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     seen: set[tuple[str, str]] = set()

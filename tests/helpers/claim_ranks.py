@@ -1,0 +1,15 @@
+"""Every rank claims --out through rank 0 (ds_distil.rundir.claim_on_rank0) and prints what it got:
+the directory to write, or rank 0's refusal as its own one-line error."""
+
+import sys
+
+from ds_distil.engine import init_distributed
+from ds_distil.errors import UserError
+from ds_distil.rundir import claim, claim_on_rank0
+
+d = init_distributed()
+try:
+    rd = claim_on_rank0(d.rank, lambda: claim(sys.argv[1], "distill", in_place=True))
+    print(f"rank {d.rank} writes {rd.path}", flush=True)
+except UserError as e:
+    print(f"rank {d.rank} refused: {e}", flush=True)
