@@ -1,6 +1,7 @@
 """Every rank claims --out through rank 0 (ds_distil.rundir.claim_on_rank0) and prints what it got:
 the directory to write, or rank 0's refusal as its own one-line error."""
 
+import os
 import sys
 
 from ds_distil.engine import init_distributed
@@ -10,6 +11,9 @@ from ds_distil.rundir import claim, claim_on_rank0
 d = init_distributed()
 try:
     rd = claim_on_rank0(d.rank, lambda: claim(sys.argv[1], "distill", in_place=True))
-    print(f"rank {d.rank} writes {rd.path}", flush=True)
+    line = f"rank {d.rank} writes {rd.path}\n"
 except UserError as e:
-    print(f"rank {d.rank} refused: {e}", flush=True)
+    line = f"rank {d.rank} refused: {e}\n"
+# one write(2) per line: both ranks share the pipe, and with PYTHONUNBUFFERED print() writes the text
+# and its newline separately, so two ranks' lines could interleave
+os.write(1, line.encode())
