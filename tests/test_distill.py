@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 def base_overrides(shards, **extra):
     values = {"data.shards": str(shards), "data.num_workers": 1, "data.verify_checksums": False,
-              "deepspeed.config": str(ROOT / "ds_configs" / "zero2-fp32.json"), "log.every_steps": 5, **extra}
+              "deepspeed.config": str(ROOT / "ds_configs" / "zero2-fp32.json"), "log.every_steps": 5, "log.eval_max_samples": 32,
+              **extra}
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -34,8 +36,17 @@ def run(cmd, timeout=600):
     return proc
 
 
+def metric_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss/total"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss/total"] for r in metric_lines(run_dir) if "loss/total" in r]
+
+
+def validations(run_dir: Path) -> list[dict]:
+    """The validation lines of metrics.jsonl, without their timings."""
+    return [{k: v for k, v in r.items() if k not in ("time", "val/seconds")} for r in metric_lines(run_dir) if "val/mlm_loss" in r]
 
 
 def export_logits_in_clean_process(student_dir: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -58,8 +69,9 @@ def export_logits_in_clean_process(student_dir: Path, ids: torch.Tensor) -> torc
 
 def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     out = tmp_path / "run"
-    run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 300), "--module", "ds_distil", "distill",
-         "--config", SMOKE, "--out", str(out), *base_overrides(small_shards, **{"train.max_steps": 30, "checkpoint.every_steps": 15})])
+    proc = run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 300), "--module",
+                "ds_distil", "distill", "--config", SMOKE, "--out", str(out),
+                *base_overrides(small_shards, **{"train.max_steps": 30, "checkpoint.every_steps": 15, "log.eval_every_steps": 15})])
     for name in ("run_config.yaml", "ds_config.json", "environment.json", "metrics.jsonl", "student/config.json",
                  "student/model.safetensors", "student/tokenizer.json", "checkpoints/latest"):
         assert (out / name).exists(), name
@@ -69,9 +81,23 @@ def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     assert json.loads((out / "environment.json").read_text())["world_size"] == 2
     ls = losses(out)
     assert len(ls) == 6 and sum(ls[-2:]) < sum(ls[:2]) - 0.3, f"the loss did not fall: {ls}"
-    scalars = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    scalars = [r for r in metric_lines(out) if "loss/total" in r][-1]
     for key in ("loss/kl", "loss/mlm", "lr", "grad_norm", "throughput/tokens_per_s", "cpu/rss_gib"):
         assert key in scalars, key
+    # validation every 15 steps and at the end, on the held-out split: metrics.jsonl, TensorBoard, the console, the checkpoint
+    vals = validations(out)
+    assert [v["step"] for v in vals] == [15, 30], vals
+    for v in vals:
+        assert v.keys() >= {"val/mlm_loss", "val/perplexity", "val/mlm_accuracy", "val/kl", "val/top1_agreement"}
+        assert v["val/samples"] == 32 and v["val/perplexity"] == pytest.approx(math.exp(v["val/mlm_loss"]))
+    assert vals[1]["val/mlm_loss"] < vals[0]["val/mlm_loss"], vals
+    assert "step 30 validation | mlm loss" in proc.stderr and "validation: 32 of the 118 samples of the held-out split" in proc.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("val/perplexity")] == [15, 30]
+    saved = json.loads((out / "checkpoints" / "step00000030" / "trainer_state.json").read_text())["trainer"]["val"]
+    assert saved["step"] == 30 and saved["val/mlm_loss"] == vals[1]["val/mlm_loss"]
     assert (out / "checkpoints" / "latest").read_text() == "step00000030"
     assert [p.name for p in sorted((out / "checkpoints").glob("step*"))] == ["step00000015", "step00000030"]
     ids = torch.randint(1000, 5000, (2, 12))
@@ -99,6 +125,11 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
          "--merge-ranks", "2", *common, "train.micro_batch_size=8"])
     two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    # validation at the end: each rank its share of the held-out samples, then summed; the weights agree to ~1e-5
+    val_two, val_one = validations(tmp_path / "two"), validations(tmp_path / "one")
+    assert len(val_two) == len(val_one) == 1 and val_two[0].keys() == val_one[0].keys()
+    for key, value in val_one[0].items():
+        assert val_two[0][key] == pytest.approx(value, rel=1e-4), key
     moved = 0
     for name, p in one["student"].items():
         assert torch.allclose(p, two["student"][name], rtol=1e-4, atol=1e-6), name
@@ -160,6 +191,7 @@ def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shard
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bit-identical, dropout on (each rank's RNG state is in the checkpoint)
     assert losses(tmp_path / "whole")[-1] == losses(out)[-1]
+    assert validations(tmp_path / "whole") == validations(out) and len(validations(out)) == 1
 
     # resizing as the error says: a new run (here 1 rank) starting from the exported student's weights
     # (with lr 0, so that its own export must equal the one it started from)
@@ -237,7 +269,7 @@ def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(s
     More signals (USR1 and TERM, every 5 ms until the process exits, so also while the checkpoint is
     being written) change nothing: one checkpoint, whole, and the one before it untouched."""
     common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 14, "checkpoint.every_steps": 3,
-                                                                   "checkpoint.keep": 5, "log.every_steps": 1})]
+                                                                   "checkpoint.keep": 5, "log.every_steps": 1, "log.eval_every_steps": 5})]
     run([sys.executable, "-m", "ds_distil", "distill", "--out", str(tmp_path / "whole"), *common])
 
     out = tmp_path / "preempted"
@@ -274,6 +306,7 @@ def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(s
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert losses(tmp_path / "whole") == losses(out)  # metrics.jsonl continues without duplicated steps
+    assert [v["step"] for v in validations(out)] == [5, 10, 14] and validations(tmp_path / "whole") == validations(out)
 
 
 def test_compiled_step_computes_what_the_eager_step_does(small_shards, tmp_path):
