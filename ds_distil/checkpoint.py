@@ -181,6 +181,9 @@ def export_student(run_dir: Path, out: Path | None = None, tag: str | None = Non
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     (tmp / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
+    from ds_distil.card import write_card
+
+    write_card(tmp, run_dir, tag)  # README.md: the model card (ds_distil/card.py)
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out

@@ -24,7 +24,7 @@ from ds_distil import checkpoint, engine as eng, evaluate
 from ds_distil.config import DistillConfig, save, to_dict
 from ds_distil.data import MLMStream, load_manifest
 from ds_distil.distill_step import STATS, DistillStep
-from ds_distil.env_info import device_info, versions
+from ds_distil.env_info import command_line, device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
 from ds_distil.metrics import DeviceStats, Metrics
@@ -239,7 +239,8 @@ def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dis
         save(cfg, run_dir / "run_config.yaml")
         (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=1))
         (run_dir / "environment.json").write_text(json.dumps({"versions": versions(), "device": device_info(),
-                                                              "world_size": d.world_size, "backend": d.backend}, indent=1))
+                                                              "world_size": d.world_size, "backend": d.backend,
+                                                              "started_by": command_line()}, indent=1))
         student.config.save_pretrained(str(run_dir / "student_config"))
         from transformers import AutoTokenizer
 

@@ -103,9 +103,20 @@ def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     ids = torch.randint(1000, 5000, (2, 12))
     logits = export_logits_in_clean_process(out / "student", ids)
     assert logits.shape == (2, 12, 119547) and torch.isfinite(logits).all()
-    # `ds-distil export` of an earlier checkpoint
+    # the model card: Hub metadata, and what the run recorded (test_card.py checks the rest)
+    from ds_distil.card import split_card
+
+    meta, body = split_card((out / "student" / "README.md").read_text(encoding="utf-8"))
+    assert meta["language"] == ["tl"] and "distillation" in meta["tags"] and meta["model_name"] == "run (bert 2x64)"
+    [val_entry] = meta["model-index"][0]["results"]
+    assert {m["type"]: m["value"] for m in val_entry["metrics"]}["perplexity"] == round(vals[1]["val/perplexity"], 6)
+    assert "30 optimizer steps" in body and "at step 30 (the exported step)" in body and "on 2 rank(s), started by deepspeed" in body
+    assert f"ds-distil distill --config {SMOKE} --out {out}" in body
+    # `ds-distil export` of an earlier checkpoint: its own step and validation on the card
     proc = run_cli("export", "--run", str(out), "--tag", "step00000015", "--out", str(tmp_path / "at15"), env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    body15 = split_card((tmp_path / "at15" / "README.md").read_text(encoding="utf-8"))[1]
+    assert "15 optimizer steps" in body15 and "at step 15 (the exported step)" in body15
     from safetensors.torch import load_file
 
     early, final = load_file(tmp_path / "at15" / "model.safetensors"), load_file(out / "student" / "model.safetensors")
