@@ -85,15 +85,27 @@ def gather(model_dir: Path, run_dir: Path, tag: str) -> dict:
     run_dir, model_dir = Path(run_dir), Path(model_dir)
     state = _json(run_dir / "checkpoints" / tag / "trainer_state.json") or {}
     cfg = state.get("config") or {}
-    manifest = _json(Path(cfg.get("data", {}).get("shards", "")) / "manifest.json") if cfg.get("data") else None
+    env = _json(run_dir / "environment.json") or {}
+
+    def recorded(path: str | None, name: str) -> dict | None:
+        """A JSON file the run's config points to: relative paths from here, or from where the run was started."""
+        if not path:
+            return None
+        for base in (Path.cwd(), Path((env.get("started_by") or {}).get("cwd") or ".")):
+            found = _json(base / path / name)
+            if found is not None:
+                return found
+        return None
+
+    manifest = recorded(cfg.get("data", {}).get("shards"), "manifest.json")
     ds_config = _json(run_dir / "ds_config.json")
-    vocab_report = _json(Path(cfg["student"]["vocab"]) / "vocab_report.json") if cfg.get("student", {}).get("vocab") else None
+    vocab_report = recorded(cfg.get("student", {}).get("vocab"), "vocab_report.json")
     config = _json(model_dir / "config.json") or {}
     params, emb = _parameters(model_dir)
     from ds_distil.engine import precision
 
     return {"run_dir": str(run_dir), "tag": tag, "trainer": state.get("trainer") or {}, "data_state": state.get("data") or {},
-            "config": cfg, "env": _json(run_dir / "environment.json") or {}, "manifest": manifest,
+            "config": cfg, "env": env, "manifest": manifest,
             "precision": precision(ds_config) if ds_config else None, "vocab_report": vocab_report, "model_config": config,
             "parameters": params, "embedding_parameters": emb, "name": model_name(run_dir, config)}
 
@@ -181,7 +193,7 @@ def render(info: dict) -> str:
     what = ("trained with masked language modelling only" if mlm_only else
             f"distilled from {teacher_text.removesuffix(', frozen')}")
     lines = [f"# {name}", "",
-             f"A {layers}-layer, {hidden}-hidden BERT for Tagalog, {what} with "
+             f"A {layers}-layer, {hidden}-hidden BERT for Tagalog, {what}, made with "
              "ds-distil (DeepSpeed knowledge distillation, after Cruz & Aji, *Extracting General-use "
              "Transformers for Low-resource Languages via Knowledge Distillation*). This card was written by `ds-distil export` "
              "from what the run recorded.", ""]

@@ -81,4 +81,4 @@ def command_line(argv: list[str] | None = None) -> dict:
     launcher = ("srun" if "SLURM_PROCID" in env and "SLURM_JOB_ID" in env else "torchrun" if "TORCHELASTIC_RUN_ID" in env
                 else "deepspeed" if local_rank else None)
     return {"command": shlex.join(a for a in argv if a not in local_rank), "launcher": launcher,
-            "world_size": int(env.get("WORLD_SIZE", "1"))}
+            "world_size": int(env.get("WORLD_SIZE", "1")), "cwd": os.getcwd()}

@@ -24,7 +24,11 @@ VAL = {"step": 30, "val/mlm_loss": 6.5, "val/perplexity": 665.141633, "val/mlm_a
 
 def fake_run(tmp_path, shards, overrides=(), val=VAL, name="run"):
     """A run directory and its export, as `ds-distil distill` leaves them (the student a micro BERT)."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    shards = Path(shards)
 
     run = tmp_path / name
     cfg = load(DistillConfig, [], [f"data.shards={shards}", "teacher.pretrained=bert-base-multilingual-cased", "student.preset=micro",
@@ -45,7 +49,7 @@ def fake_run(tmp_path, shards, overrides=(), val=VAL, name="run"):
     torch.manual_seed(0)
     BertForMaskedLM(BertConfig(vocab_size=119547, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=128)).save_pretrained(str(student))
-    AutoTokenizer.from_pretrained(str(shards / "tokenizer")).save_pretrained(str(student))
+    AutoTokenizer.from_pretrained(str(shards.resolve() / "tokenizer")).save_pretrained(str(student))
     (student / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(run / "checkpoints" / TAG)}))
     return run, student
 
@@ -91,6 +95,22 @@ def test_mlm_only_and_no_validation(small_shards, tmp_path):
     assert "distillation" not in meta["tags"] and "base_model" not in meta and "model-index" not in meta
     assert "trained with masked language modelling only" in body and "No validation figures" in body
     assert "KL" not in body.split("## Validation")[1].split("## Finetuning")[0]
+
+
+def test_a_trimmed_vocabulary_is_named_and_relative_paths_are_found_from_where_the_run_started(small_shards, small_vocab, tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.chdir(small_shards.parent.parent)  # the run's config holds paths relative to here
+    rel_shards, rel_vocab = small_shards.relative_to(small_shards.parent.parent), small_vocab.relative_to(small_shards.parent.parent)
+    run, student = fake_run(tmp_path, rel_shards, [f"student.vocab={rel_vocab}"])
+    env = json.loads((run / "environment.json").read_text())
+    env["started_by"]["cwd"] = str(small_shards.parent.parent)
+    (run / "environment.json").write_text(json.dumps(env))
+    monkeypatch.chdir(tmp_path)  # `ds-distil export` from elsewhere
+    body = split_card(write_card(student, run, TAG).read_text(encoding="utf-8"))[1]
+    report = json.loads((small_vocab / "vocab_report.json").read_text())
+    assert f"a target-language vocabulary (`{rel_vocab}`, {report['kept']:,} of the original 119,547 tokens" in body
+    manifest = json.loads((small_shards / "manifest.json").read_text())
+    assert f"training split: {manifest['splits']['train']['tokens']:,} tokens" in body
 
 
 def fake_result(path, model, task, dataset, seed, score):
