@@ -259,5 +259,8 @@ def export_student(run_dir: Path, out: Path | None = None, tag: str | None = Non
         model.save_pretrained(str(rd.path), safe_serialization=True)
         tokenizer.save_pretrained(str(rd.path))
         (rd.path / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
+        from ds_distil.card import write_card
+
+        write_card(rd.path, run_dir, tag)  # README.md: the model card (ds_distil/card.py)
         rd.commit()
     return out

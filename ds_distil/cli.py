@@ -152,7 +152,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ds_distil.checkpoint import export_student
 
     path = export_student(args.run, out=args.out, tag=args.tag, overwrite=args.overwrite)
-    print(f"exported {path} (load it with AutoModelForMaskedLM.from_pretrained)")
+    print(f"exported {path} with its model card README.md (load it with AutoModelForMaskedLM.from_pretrained)")
     return 0
 
 

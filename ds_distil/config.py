@@ -460,6 +460,16 @@ class LogConfig:
     every_steps: int = _help("log scalars every N optimizer steps", default=10)
     tensorboard: bool = _help("write TensorBoard events under DIR/tensorboard", default=True)
     peak_tflops: float | None = _help("device peak TFLOP/s for MFU (default: known GPUs; none on CPU)", default=None)
+    eval_every_steps: int = _help("validate on the shards' held-out split every N optimizer steps and at the end "
+                                  "(0: only at the end)", default=500)
+    eval_max_samples: int = _help("validate on the first N samples of the validation split, the same in every run "
+                                  "(0: all of them)", default=2048)
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {self.every_steps}")
+        if self.eval_every_steps < 0 or self.eval_max_samples < 0:
+            raise ValueError("eval_every_steps and eval_max_samples must be >= 0")
 
     def __post_init__(self) -> None:
         if self.every_steps < 1:

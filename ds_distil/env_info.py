@@ -64,3 +64,21 @@ def versions() -> dict:
             out[pkg] = None
     out["git_commit"] = git_commit()
     return out
+
+
+def command_line(argv: list[str] | None = None) -> dict:
+    """How this process was started, for the run's record and the model card: the ds-distil command
+    line (without the --local_rank the DeepSpeed launcher adds) and the launcher, as far as the
+    environment tells (srun, torchrun, deepspeed; None for a plain process)."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    if argv and (Path(argv[0]).name == "ds-distil" or argv[0].endswith("ds_distil/__main__.py")):
+        argv[0] = "ds-distil"
+    local_rank = [a for a in argv if a.startswith(("--local_rank", "--local-rank"))]
+    env = os.environ
+    launcher = ("srun" if "SLURM_PROCID" in env and "SLURM_JOB_ID" in env else "torchrun" if "TORCHELASTIC_RUN_ID" in env
+                else "deepspeed" if local_rank else None)
+    return {"command": shlex.join(a for a in argv if a not in local_rank), "launcher": launcher,
+            "world_size": int(env.get("WORLD_SIZE", "1")), "cwd": os.getcwd()}

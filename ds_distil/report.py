@@ -209,4 +209,7 @@ def write_report(run_dirs: list[str], out: str | Path, baseline: str | None = No
         (rd.path / "report.json").write_text(json.dumps({"table": table, "results": results}, indent=1))
         plot(table, rd.path / "report.png")
         rd.commit()
+    from ds_distil.card import update_cards
+
+    update_cards(table, results, out / "report.md")  # the cards of local ds-distil exports get their finetuning rows
     return out / "report.md"

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ds_distil import checkpoint, engine as eng, resume as resume_settings, rundir
+from ds_distil import checkpoint, engine as eng, evaluate, resume as resume_settings, rundir
 from ds_distil.config import DistillConfig, save, to_dict
 from ds_distil.data import MLMStream, load_manifest
 from ds_distil.distill_step import STATS, DistillStep
 from ds_distil.data.stream import MASKING_RULE
-from ds_distil.env_info import device_info, versions
+from ds_distil.env_info import command_line, device_info, versions
 from ds_distil.errors import UserError
 from ds_distil.flops import Arch, distill_step_flops, peak_flops
 from ds_distil.metrics import DeviceStats, Metrics
@@ -45,6 +45,7 @@ class TrainerState:
     samples: int = 0
     nonfinite_run: int = 0  # optimizer steps in a row with a non-finite loss (skipped by DeepSpeed)
     nonfinite_total: int = 0
+    val: dict = field(default_factory=dict)  # the last validation: {"step": N, "val/mlm_loss": ...} (the model card reads it)
     data: dict = field(default_factory=dict)
 
 
@@ -65,6 +66,15 @@ class Trainer:
         self.peak = peak_flops(self.device_stats.name, cfg.log.peak_tflops)
         self.micro_step = DistillStep(model_engine, teacher, vocab, cfg.loss, d.device, d.world_size,
                                       compile=eng.compile_enabled(cfg.perf, d.device), **(translation or {}))
+        # held-out validation with the step's own teacher head and id translation (ds_distil/evaluate.py)
+        self.validator = evaluate.build(stream.manifest, cfg.data, cfg.log.eval_max_samples, cfg.train.micro_batch_size, d.device,
+                                        cfg.loss.temperature, d.rank, d.world_size, keep_ids=stream.keep_ids,
+                                        teacher_lm=self.micro_step.teacher_lm, id_map=self.micro_step.id_map,
+                                        target_map=self.micro_step.target_map)
+        if self.validator is not None and d.rank == 0:
+            every = cfg.log.eval_every_steps
+            log.info("validation: %s of the %s samples of the held-out split, %s; masks fixed by sample", f"{self.validator.n_samples:,}",
+                     f"{self.validator.stream.n_samples:,}", f"every {every} steps and at the end" if every else "at the end")
 
     def _optimizer_step(self) -> tuple[torch.Tensor, int, bool]:
         """Micro steps up to the next optimizer-step boundary; then the one exchange between ranks.
@@ -121,6 +131,8 @@ class Trainer:
                     acc.zero_()
                     t0, micro_in_window = time.perf_counter(), 0
                 stop = stop and st.step < self.num_steps  # at the end: just finish
+                if self._validation_due():  # before the checkpoint, which then holds the figures
+                    self._validate(metrics)
                 every = cfg.checkpoint.every_steps
                 if stop or st.step == self.num_steps or (every and st.step % every == 0):
                     self.save()
@@ -173,6 +185,19 @@ class Trainer:
                      f"kl {values['loss/kl']:.4f} | " if "loss/kl" in values else "", values["lr"], values["throughput/tokens_per_s"],
                      f" | MFU {values['throughput/mfu']:.1%}" if "throughput/mfu" in values else "")
 
+    def _validation_due(self) -> bool:
+        # a function of the step alone, so every rank agrees (the evaluation ends in a collective);
+        # also when stopping for a signal, so a preempted run logs what an uninterrupted one does
+        every = self.cfg.log.eval_every_steps
+        return self.validator is not None and (self.state.step == self.num_steps or bool(every and self.state.step % every == 0))
+
+    def _validate(self, metrics: Metrics) -> None:
+        values = self.validator(self.engine)
+        self.state.val = {"step": self.state.step, **values}
+        metrics.scalars(self.state.step, values)
+        if self.d.rank == 0:
+            log.info("%s", evaluate.console_line(self.state.step, values))
+
     def save(self) -> Path:
         self.state.data = self.stream.state_dict()
         trainer_state = {"trainer": {k: v for k, v in vars(self.state).items() if k != "data"}, "data": self.state.data,
@@ -209,7 +234,8 @@ def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dis
         save(cfg, run_dir / "run_config.yaml")
         (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=1))
         (run_dir / "environment.json").write_text(json.dumps({"versions": versions(), "device": device_info(),
-                                                              "world_size": d.world_size, "backend": d.backend}, indent=1))
+                                                              "world_size": d.world_size, "backend": d.backend,
+                                                              "started_by": command_line()}, indent=1))
         student.config.save_pretrained(str(run_dir / "student_config"))
         from transformers import AutoTokenizer
 

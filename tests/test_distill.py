@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 def base_overrides(shards, **extra):
     values = {"data.shards": str(shards), "data.num_workers": 1, "data.verify_checksums": False,
-              "deepspeed.config": str(ROOT / "ds_configs" / "zero2-fp32.json"), "log.every_steps": 5, **extra}
+              "deepspeed.config": str(ROOT / "ds_configs" / "zero2-fp32.json"), "log.every_steps": 5, "log.eval_max_samples": 32,
+              **extra}
     return [f"{k}={v}" for k, v in values.items()]
 
 
@@ -34,8 +36,17 @@ def run(cmd, timeout=600):
     return proc
 
 
+def metric_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss/total"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss/total"] for r in metric_lines(run_dir) if "loss/total" in r]
+
+
+def validations(run_dir: Path) -> list[dict]:
+    """The validation lines of metrics.jsonl, without their timings."""
+    return [{k: v for k, v in r.items() if k not in ("time", "val/seconds")} for r in metric_lines(run_dir) if "val/mlm_loss" in r]
 
 
 def export_logits_in_clean_process(student_dir: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -58,8 +69,9 @@ def export_logits_in_clean_process(student_dir: Path, ids: torch.Tensor) -> torc
 
 def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     out = tmp_path / "run"
-    run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 300), "--module", "ds_distil", "distill",
-         "--config", SMOKE, "--out", str(out), *base_overrides(small_shards, **{"train.max_steps": 30, "checkpoint.every_steps": 15})])
+    proc = run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 300), "--module",
+                "ds_distil", "distill", "--config", SMOKE, "--out", str(out),
+                *base_overrides(small_shards, **{"train.max_steps": 30, "checkpoint.every_steps": 15, "log.eval_every_steps": 15})])
     for name in ("run_config.yaml", "ds_config.json", "environment.json", "metrics.jsonl", "student/config.json",
                  "student/model.safetensors", "student/tokenizer.json", "checkpoints/latest"):
         assert (out / name).exists(), name
@@ -69,17 +81,42 @@ def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     assert json.loads((out / "environment.json").read_text())["world_size"] == 2
     ls = losses(out)
     assert len(ls) == 6 and sum(ls[-2:]) < sum(ls[:2]) - 0.3, f"the loss did not fall: {ls}"
-    scalars = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    scalars = [r for r in metric_lines(out) if "loss/total" in r][-1]
     for key in ("loss/kl", "loss/mlm", "lr", "grad_norm", "throughput/tokens_per_s", "cpu/rss_gib"):
         assert key in scalars, key
+    # validation every 15 steps and at the end, on the held-out split: metrics.jsonl, TensorBoard, the console, the checkpoint
+    vals = validations(out)
+    assert [v["step"] for v in vals] == [15, 30], vals
+    for v in vals:
+        assert v.keys() >= {"val/mlm_loss", "val/perplexity", "val/mlm_accuracy", "val/kl", "val/top1_agreement"}
+        assert v["val/samples"] == 32 and v["val/perplexity"] == pytest.approx(math.exp(v["val/mlm_loss"]))
+    assert vals[1]["val/mlm_loss"] < vals[0]["val/mlm_loss"], vals
+    assert "step 30 validation | mlm loss" in proc.stderr and "validation: 32 of the 118 samples of the held-out split" in proc.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("val/perplexity")] == [15, 30]
+    saved = json.loads((out / "checkpoints" / "step00000030" / "trainer_state.json").read_text())["trainer"]["val"]
+    assert saved["step"] == 30 and saved["val/mlm_loss"] == vals[1]["val/mlm_loss"]
     assert (out / "checkpoints" / "latest").read_text() == "step00000030"
     assert [p.name for p in sorted((out / "checkpoints").glob("step*"))] == ["step00000015", "step00000030"]
     ids = torch.randint(1000, 5000, (2, 12))
     logits = export_logits_in_clean_process(out / "student", ids)
     assert logits.shape == (2, 12, 119547) and torch.isfinite(logits).all()
-    # `ds-distil export` of an earlier checkpoint
+    # the model card: Hub metadata, and what the run recorded (test_card.py checks the rest)
+    from ds_distil.card import split_card
+
+    meta, body = split_card((out / "student" / "README.md").read_text(encoding="utf-8"))
+    assert meta["language"] == ["tl"] and "distillation" in meta["tags"] and meta["model_name"] == "run (bert 2x64)"
+    [val_entry] = meta["model-index"][0]["results"]
+    assert {m["type"]: m["value"] for m in val_entry["metrics"]}["perplexity"] == round(vals[1]["val/perplexity"], 6)
+    assert "30 optimizer steps" in body and "at step 30 (the exported step)" in body and "on 2 rank(s), started by deepspeed" in body
+    assert f"ds-distil distill --config {SMOKE} --out {out}" in body
+    # `ds-distil export` of an earlier checkpoint: its own step and validation on the card
     proc = run_cli("export", "--run", str(out), "--tag", "step00000015", "--out", str(tmp_path / "at15"), env=ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    body15 = split_card((tmp_path / "at15" / "README.md").read_text(encoding="utf-8"))[1]
+    assert "15 optimizer steps" in body15 and "at step 15 (the exported step)" in body15
     from safetensors.torch import load_file
 
     early, final = load_file(tmp_path / "at15" / "model.safetensors"), load_file(out / "student" / "model.safetensors")
@@ -99,6 +136,11 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
          "--merge-ranks", "2", *common, "train.micro_batch_size=8"])
     two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    # validation at the end: each rank its share of the held-out samples, then summed; the weights agree to ~1e-5
+    val_two, val_one = validations(tmp_path / "two"), validations(tmp_path / "one")
+    assert len(val_two) == len(val_one) == 1 and val_two[0].keys() == val_one[0].keys()
+    for key, value in val_one[0].items():
+        assert val_two[0][key] == pytest.approx(value, rel=1e-4), key
     moved = 0
     for name, p in one["student"].items():
         assert torch.allclose(p, two["student"][name], rtol=1e-4, atol=1e-6), name
@@ -160,6 +202,7 @@ def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shard
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bit-identical, dropout on (each rank's RNG state is in the checkpoint)
     assert losses(tmp_path / "whole")[-1] == losses(out)[-1]
+    assert validations(tmp_path / "whole") == validations(out) and len(validations(out)) == 1
 
     # resizing as the error says: a new run (here 1 rank) starting from the exported student's weights
     # (with lr 1e-10, so that its own export must stay within 1e-8 of the one it started from; lr 0 is refused)
@@ -237,7 +280,7 @@ def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(s
     More signals (USR1 and TERM, every 5 ms until the process exits, so also while the checkpoint is
     being written) change nothing: one checkpoint, whole, and the one before it untouched."""
     common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 14, "checkpoint.every_steps": 3,
-                                                                   "checkpoint.keep": 5, "log.every_steps": 1})]
+                                                                   "checkpoint.keep": 5, "log.every_steps": 1, "log.eval_every_steps": 5})]
     run([sys.executable, "-m", "ds_distil", "distill", "--out", str(tmp_path / "whole"), *common])
 
     out = tmp_path / "preempted"
@@ -274,6 +317,7 @@ def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(s
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert losses(tmp_path / "whole") == losses(out)  # metrics.jsonl continues without duplicated steps
+    assert [v["step"] for v in validations(out)] == [5, 10, 14] and validations(tmp_path / "whole") == validations(out)
 
 
 def test_compiled_step_computes_what_the_eager_step_does(small_shards, tmp_path):

@@ -365,6 +365,13 @@ class MLMStream:
         while True:
             yield from self.epoch_batches()
 
+    def read(self, start: int, count: int) -> Iterator[tuple[np.ndarray, int]]:
+        """Samples at positions [start, start + count) of the split in shard order (never shuffled),
+        as (ids, index in the split), checked as training reads them. For held-out evaluation."""
+        dataset = _EpochDataset(self, 0, 0)
+        dataset.shuffle = False
+        return dataset._read_range(start, count)
+
     def _layout(self) -> dict:
         shard_ids = hashlib.sha256("".join(s.sha256 for s in self.shards).encode()).hexdigest()
         return {"world_size": self.world_size, "workers": self.workers, "batch_size": self.batch_size, "seed": self.cfg.seed,
