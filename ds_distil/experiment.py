@@ -117,13 +117,21 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
         else:
             task_dirs[task] = str(data / TASK_DIRS[task])
     fractions = [1.0] + [f for f in study.ablations.data_fractions if f != 1.0]
+    prep_deps = []
+    if study.vocab.enabled:  # the corpus in the full vocabulary, the tokens it uses, then everything in those
+        full = out / "shards" / "full-vocab"
+        stages.append(Stage("prepare/full-vocab", ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(full),
+                                                   "--seq-len", str(p.seq_len), "--seed", str(p.seed), *overrides_of(p.settings)], full))
+        stages.append(Stage("vocab", ["vocab", "--shards", str(full), "--out", str(out / "vocab"), *overrides_of(study.vocab.settings)],
+                            out / "vocab", deps=["prepare/full-vocab"]))
+        tokenizer, prep_deps = str(out / "vocab"), ["vocab"]
     shards = {}
     for f in fractions:
         tag = _fraction_tag(f)
         shards[f] = out / "shards" / tag
         stages.append(Stage(f"prepare/{tag}", ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(shards[f]),
                                                "--seq-len", str(p.seq_len), "--fraction", str(f), "--seed", str(p.seed),
-                                               *overrides_of(p.settings)], shards[f]))
+                                               *overrides_of(p.settings)], shards[f], deps=list(prep_deps)))
     main = shards[1.0]
 
     # --- the teacher: hub weights, or MLM from random weights on the corpus
@@ -139,8 +147,10 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
         teacher_label = t.label or "Teacher (MLM from random weights on the corpus; stand-in for mBERT)"
     rows.append(_row("teacher", teacher_label, "teacher", teacher_model, "pretrained", teacher_stage, teacher_run, tables=[2, 3, 4, 5]))
 
-    def finetunes(row: dict) -> None:
-        for task in ft.tasks:
+    ablation_tasks = study.ablations.tasks or list(ft.tasks)
+
+    def finetunes(row: dict, tasks: list[str] | None = None) -> None:
+        for task in tasks or ft.tasks:
             for seed in ft.seeds:
                 stages.append(_finetune(study, row, task, task_dirs[task], seed, out, tokenizer))
 
@@ -182,7 +192,7 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
             run = distill_student(vid, overrides_of(s.settings), shards[f], teacher_model, [f"prepare/{_fraction_tag(f)}", *teacher_stage])
             rows.append(_row(vid, f"{s.label}, {f:.0%} of the corpus", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
                              run, tables=[3], student=sid, variant={"fraction": f}))
-            finetunes(rows[-1])
+            finetunes(rows[-1], ablation_tasks)
     if t.condition.enabled:
         cond_run = out / "teacher-cond"
         stages.append(_distill(study, "teacher-cond", cond_run, t.condition.config,
@@ -190,7 +200,7 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
                                 f"student.pretrained={teacher_model}", "student.preset=null"], ["prepare/f100", *teacher_stage]))
         rows.append(_row("teacher-cond", f"{teacher_label}, MLM-conditioned on the corpus", "teacher-cond", str(cond_run / "student"),
                          "pretrained", ["teacher-cond"], cond_run, tables=[4]))
-        finetunes(rows[-1])
+        finetunes(rows[-1], ablation_tasks)
         if ab.conditioned_teacher:
             for sid in chosen:
                 s = study.students[sid]
@@ -198,7 +208,7 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
                 run = distill_student(vid, overrides_of(s.settings), main, str(cond_run / "student"), ["prepare/f100", "teacher-cond"])
                 rows.append(_row(vid, f"{s.label}, from the conditioned teacher", "variant", str(run / "student"), "pretrained",
                                  [f"distill/{vid}"], run, tables=[4], student=sid, variant={"conditioned": True}))
-                finetunes(rows[-1])
+                finetunes(rows[-1], ablation_tasks)
     for sid in chosen:
         s = study.students[sid]
         for name, settings in ab.embeddings.items():
@@ -207,7 +217,7 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
                                   ["prepare/f100", *teacher_stage])
             rows.append(_row(vid, f"{s.label}, embeddings: {name}", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
                              run, tables=[5], student=sid, variant={"embeddings": name, "settings": overrides_of(settings)}))
-            finetunes(rows[-1])
+            finetunes(rows[-1], ablation_tasks)
 
     # --- the report: every finetuning result, the paper's tables
     ft_names = [s.name for s in stages if s.command == "finetune"]
@@ -271,6 +281,10 @@ def validate(stages: list[Stage], study_path: Path) -> None:
                 load(FinetuneConfig, args.config, args.overrides)
             elif s.command == "prepare":
                 config_from_args(args, PrepareConfig)
+            elif s.command == "vocab":
+                from ds_distil.vocab import VocabConfig
+
+                config_from_args(args, VocabConfig)
         except UserError as e:
             raise UserError(f"study {study_path}: stage {s.name}: {e}") from None
 
@@ -292,6 +306,7 @@ def assign_keys(stages: list[Stage], plan_text: str, plan_path: Path) -> None:
 def plan_document(study: Study, stages: list[Stage], rows: list[dict]) -> str:
     """plan.json: what the report needs (rows, tasks, seeds, the sizing note), deterministic so its key is stable."""
     doc = {"study": to_dict(study), "rows": rows, "tasks": list(study.finetune.tasks), "seeds": study.finetune.seeds,
+           "ablation_tasks": study.ablations.tasks or list(study.finetune.tasks),
            "stages": [{"name": s.name, "out": str(s.out), "command": s.command} for s in stages]}
     return json.dumps(doc, indent=1, sort_keys=True)
 
@@ -435,19 +450,25 @@ class Runner:
         return 0
 
     def makespan(self, todo: list[Stage]) -> tuple[float, bool]:
-        """Minutes to run `todo` as run() would: plan order, dependencies first, `parallel` slots; the study's estimates."""
-        names = {s.name for s in todo}
-        finish: dict[str, float] = {}
-        slots = [0.0] * self.parallel
-        known = True
-        for s in todo:
-            est = estimate_minutes(self.study, s.name)
-            known &= est is not None
-            ready = max([finish[d] for d in s.deps if d in names] + [0.0])
-            i = min(range(len(slots)), key=lambda k: slots[k])
-            start = max(slots[i], ready)
-            finish[s.name] = slots[i] = start + (est or 0.0)
-        return max(finish.values(), default=0.0), known
+        """Minutes to run `todo` as run() does (the first stage in plan order whose dependencies are done takes a free slot
+        of `parallel`), each stage taking the study's estimate."""
+        est = {s.name: estimate_minutes(self.study, s.name) for s in todo}
+        pending, done = list(todo), {s.name for s in self.stages} - {s.name for s in todo}
+        running: list[tuple[float, str]] = []
+        now = 0.0
+        while pending or running:
+            while len(running) < self.parallel:
+                ready = next((s for s in pending if all(d in done for d in s.deps)), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                running.append((now + (est[ready.name] or 0.0), ready.name))
+            if not running:
+                break
+            running.sort()
+            now, name = running.pop(0)
+            done.add(name)
+        return now, all(v is not None for v in est.values())
 
     def run(self) -> int:
         self.claim()

@@ -99,12 +99,13 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
             if len(ids) <= 1:
                 continue  # no ablation of this kind in the study
         rows = [model_row(rid) for rid in ids] + reference
+        cols = tasks if number == 2 else [t for t in tasks if t in plan.get("ablation_tasks", tasks)]
         for row in rows:
-            row["diff"] = {t: _diff(row["cells"][t]["score"], teacher["cells"][t]["score"]) for t in tasks} if number != 2 else None
+            row["diff"] = {t: _diff(row["cells"][t]["score"], teacher["cells"][t]["score"]) for t in cols} if number != 2 else None
         if number == 2:
             for row in rows:
                 row["speedup"] = _speedup(row, teacher, tasks)
-        tables[number] = {"title": TITLES[number], "rows": rows}
+        tables[number] = {"title": TITLES[number], "rows": rows, "tasks": cols}
     mixed = {t: len(v) for t, v in datasets.items() if len(v) > 1}
     return {"study": plan["study"]["name"], "tasks": tasks, "metric": metric, "seeds": plan["seeds"], "tables": tables,
             "mixed_datasets": mixed, "stage_times": stage_times}
@@ -145,7 +146,7 @@ def _pct(s: dict | None) -> str:
 
 
 def _secs(s: dict | None) -> str:
-    return "-" if s is None else f"{s['mean']:.0f}"
+    return "-" if s is None else (f"{s['mean']:.0f}" if s["mean"] >= 10 else f"{s['mean']:.1f}")
 
 
 def render(tables: dict, plan: dict) -> str:
@@ -168,6 +169,7 @@ def render(tables: dict, plan: dict) -> str:
     for t, n in tables["mixed_datasets"].items():
         lines += [f"⚠ task {t}: results from {n} different datasets (or test files) are averaged here; check the runs.", ""]
     for number, table in sorted(tables["tables"].items()):
+        tasks = table["tasks"]
         lines += [f"## {table['title']}", ""]
         head = ["model", *[f"{t} ({metric[t]})" for t in tasks]]
         if number == 2:
@@ -189,7 +191,9 @@ def render(tables: dict, plan: dict) -> str:
     bow = next((r for t in tables["tables"].values() for r in t["rows"] if r["id"] == "bow"), None)
     if bow and bow.get("description"):
         lines += [f"Bag of words: the classifier chosen on each task's validation split: {bow['description']}.", ""]
-    lines += _stage_lines(tables["stage_times"], study.get("estimates") or {})
+    order = [st["name"] for st in plan.get("stages", [])]
+    lines += _stage_lines(dict(sorted(tables["stage_times"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))),
+                          study.get("estimates") or {})
     return "\n".join(lines) + "\n"
 
 

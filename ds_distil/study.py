@@ -7,6 +7,9 @@ paper's tables. ds_distil/experiment.py turns the rows into stages (commands) an
 What a study holds (every section is optional except `name` and `teacher.source`):
 
 * `prepare`: the corpus, tokenizer and sequence length of the shards; one shard set per data fraction.
+* `vocab`: optionally, a target-language vocabulary chosen from the corpus (`ds-distil vocab`), in
+  which the whole study then runs (the shards are prepared again with it): a CPU lever, since the
+  LM heads over mBERT's 119,547 rows dominate the cost of small models.
 * `teacher`: `source: hub` distils from `teacher.hub` (bert-base-multilingual-cased) where the hub is
   reachable; `source: pretrain` pretrains a stand-in teacher with MLM from random weights on the
   corpus first (no weights needed). The study decides; nothing probes the network. `condition`:
@@ -54,6 +57,14 @@ class PrepareStudy:
 
 
 @dataclasses.dataclass
+class VocabStudy:
+    enabled: bool = _help("choose a target-language vocabulary from the corpus (`ds-distil vocab`) and run the whole study in it "
+                          "(teacher, students, blank models): every token the corpus uses is kept, so the corpus tokenizes as "
+                          "before, and the LM heads and embeddings shrink", default=False)
+    settings: dict[str, Any] = _help("`ds-distil vocab` keys (min_count, coverage, max_size, single_chars)", default_factory=dict)
+
+
+@dataclasses.dataclass
 class ConditionStudy:
     enabled: bool = _help("MLM-condition the teacher on the corpus before distilling from it (Table 4)", default=False)
     config: list[str] = _help("distill config file(s) of the conditioning run", default_factory=list)
@@ -86,6 +97,7 @@ class StudentStudy:
 @dataclasses.dataclass
 class AblationStudy:
     students: list[str] = _help("students that get the ablations (default: all)", default_factory=list)
+    tasks: list[str] = _help("tasks the ablation rows (and the conditioned teacher) are finetuned on (default: all)", default_factory=list)
     data_fractions: list[float] = _help("distil on these fractions of the corpus too (Table 3; 1.0 is the main run)", default_factory=list)
     conditioned_teacher: bool = _help("distil from the conditioned teacher too (Table 4; needs teacher.condition.enabled)", default=False)
     embeddings: dict[str, dict[str, Any]] = _help("Table 5 variants: name -> settings, e.g. copy: {student.embeddings: teacher}",
@@ -133,6 +145,7 @@ class Study:
     estimates: dict[str, float] = _help("expected minutes per stage, by glob pattern over stage names (first match wins)",
                                         default_factory=dict)
     prepare: PrepareStudy = dataclasses.field(default_factory=PrepareStudy)
+    vocab: VocabStudy = dataclasses.field(default_factory=VocabStudy)
     distill: DistillStudy = dataclasses.field(default_factory=DistillStudy)
     students: dict[str, StudentStudy] = dataclasses.field(default_factory=dict)
     ablations: AblationStudy = dataclasses.field(default_factory=AblationStudy)
@@ -177,6 +190,9 @@ def check(study: Study) -> list[str]:
     for task in study.finetune.tasks:
         if task not in TASK_NAMES:
             out.append(f"finetune.tasks: unknown task '{task}' (known: {', '.join(TASK_NAMES)})")
+    for task in study.ablations.tasks:
+        if task not in study.finetune.tasks:
+            out.append(f"ablations.tasks: '{task}' is not one of finetune.tasks ({', '.join(study.finetune.tasks)})")
     if not study.finetune.tasks:
         out.append("finetune.tasks is empty: name at least one task (" + ", ".join(TASK_NAMES) + ")")
     if not study.finetune.seeds or len(set(study.finetune.seeds)) != len(study.finetune.seeds):
@@ -186,6 +202,9 @@ def check(study: Study) -> list[str]:
     for f in files:
         if not Path(f).is_file():
             out.append(f"config file {f} does not exist (paths are relative to the directory you run from, the checkout)")
+    if study.vocab.enabled and study.teacher.source == "hub":
+        out.append("vocab.enabled needs teacher.source: pretrain (a hub teacher keeps its vocabulary: distil into a trimmed "
+                   "student with distill.settings student.vocab instead)")
     if study.teacher.source == "pretrain" and not (study.teacher.config or study.teacher.settings):
         out.append("teacher.source: pretrain needs the teacher's architecture and training in teacher.settings or teacher.config")
     return out
