@@ -172,7 +172,7 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
         for sid, s in study.students.items():
             # the student's architecture with random weights: its exported config.json, so any size works
             arch = str(out / "students" / sid / "student" / "config.json")
-            rows.append(_row(f"{sid}@scratch", f"From Scratch ({s.label} architecture, random weights)", "scratch", arch, "blank",
+            rows.append(_row(f"{sid}@scratch", f"From Scratch: {s.label}'s architecture, random weights", "scratch", arch, "blank",
                              [f"distill/{sid}"], None, tables=[2], student=sid))
             finetunes(rows[-1])
     for bid, b in study.baselines.models.items():
@@ -308,7 +308,7 @@ def plan_document(study: Study, stages: list[Stage], rows: list[dict]) -> str:
     doc = {"study": to_dict(study), "rows": rows, "tasks": list(study.finetune.tasks), "seeds": study.finetune.seeds,
            "ablation_tasks": study.ablations.tasks or list(study.finetune.tasks),
            "stages": [{"name": s.name, "out": str(s.out), "command": s.command} for s in stages]}
-    return json.dumps(doc, indent=1, sort_keys=True)
+    return json.dumps(doc, indent=1)  # insertion order, which is deterministic (and `estimates` is first-match)
 
 
 def estimate_minutes(study: Study, name: str) -> float | None:

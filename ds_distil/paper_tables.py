@@ -162,7 +162,8 @@ def render(tables: dict, plan: dict) -> str:
                "**Teacher:** no mBERT weights were used. The teacher row is a model pretrained here with MLM from random "
                "weights on the corpus (teacher.source: pretrain), the stand-in for mBERT; the differences in Tables 3-5 "
                "are to that row."), "",
-              f"Scores: test {', '.join(f'{t} {metric[t]}' for t in tasks)} in percent (NER: entity-level F1), mean ± std over "
+              f"Scores: test {', '.join(f'{t} {metric[t]}' for t in tasks)} in percent"
+              f"{' (NER: entity-level F1, seqeval)' if 'ner' in tasks else ''}, mean ± std over "
               f"the finetuning seeds {', '.join(map(str, tables['seeds']))} (one distillation run per student). Runtime: the "
               "finetuning loop only, seconds, mean over seeds. Reference rows (bag of words, majority class) are computed on the "
               "same splits and the same training examples; they do not depend on the seed.", ""]

@@ -100,6 +100,9 @@ def test_a_changed_setting_changes_the_key_of_its_stage_and_of_what_depends_on_i
 
     base = keys()
     assert keys() == base  # deterministic
+    runner = Runner(load_study(path), path, tmp_path / "o")
+    estimates = json.loads(runner.plan_text)["study"]["estimates"]  # the report matches stages against them first-match:
+    assert list(estimates) == list(load_study(path).estimates)     # plan.json keeps the study's order
     changed = keys("finetune.seeds=[1,7]")
     assert any(n.endswith("/seed7") for n in changed) and not any(n.endswith("/seed7") for n in base)
     kept = [n for n in base if n in changed]
@@ -218,7 +221,7 @@ def test_tiny_study_runs_stops_on_a_failing_stage_is_interrupted_and_resumes(tmp
     assert all(v["state"] == "done" for v in _markers(out).values())
     tables = (out / "report" / "tables.md").read_text()
     assert "Table 2" in tables and "Table 5" in tables and "Table 3" not in tables
-    for row in ("Teacher (MLM from random weights", "| Student S |", "From Scratch (Student S architecture", "Student S, embeddings: copy",
+    for row in ("Teacher (MLM from random weights", "| Student S |", "From Scratch: Student S's architecture", "Student S, embeddings: copy",
                 "Bag of words", "Majority class", "Sized down", "Stage times"):
         assert row in tables, row
     t5 = tables.split("## Table 5")[1].split("##")[0]
