@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DS_DISTIL_DATA:-$(cd .. && pwd)/shared/data}
 OUT=${DEMO_OUT:-runs/demo}
+read -ra STUDY_ARGS <<<"${DEMO_OVERRIDES:-}"  # study keys for a quick check of this script, e.g. teacher.settings.train.max_steps=3
 if [ ! -f "$DATA/corpus/tl_corpus_combined.txt" ] || [ ! -f "$DATA/mbert_tokenizer/vocab.txt" ] || [ ! -f "$DATA/hatespeech/train.csv" ]; then
   echo "demo: no Tagalog data at $DATA: point DS_DISTIL_DATA at the data directory (with corpus/, mbert_tokenizer/ and hatespeech/)" >&2
   exit 2
@@ -22,10 +23,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 start=$(date +%s)
 
 echo "== the plan: every stage as the command it runs"
-ds-distil experiment configs/studies/demo.yaml --out "$OUT" --dry-run
+ds-distil experiment configs/studies/demo.yaml --out "$OUT" --dry-run "${STUDY_ARGS[@]}"
 echo
 echo "== running it (each stage's log: $OUT/logs/)"
-ds-distil experiment configs/studies/demo.yaml --out "$OUT"
+ds-distil experiment configs/studies/demo.yaml --out "$OUT" "${STUDY_ARGS[@]}"
 echo
 sed -n '/^## Table 2/,/^## /p' "$OUT/report/tables.md" | sed '$d'
 echo "demo: done in $(( $(date +%s) - start )) s"

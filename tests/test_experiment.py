@@ -235,3 +235,23 @@ def test_tiny_study_runs_stops_on_a_failing_stage_is_interrupted_and_resumes(tmp
     redo = sorted(ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("[") and "redo" in ln)
     assert redo == sorted(["distill/s", "finetune/s/hatespeech/seed1", "finetune/s@scratch/hatespeech/seed1", "distill/s@emb-copy",
                            "finetune/s@emb-copy/hatespeech/seed1", "report"]), proc.stdout
+
+
+@pytest.mark.slow
+def test_local_ranks_run_a_stage_as_several_processes(tmp_path, data_dir, corpus, mbert_tokenizer_dir):
+    """ranks: 2 with the local launcher: each distill / finetune stage is two processes with RANK/WORLD_SIZE set."""
+    hs = tmp_path / "hs"
+    hs.mkdir()
+    for split, n in (("train", 80), ("valid", 40), ("test", 40)):
+        small_csv(data_dir / "hatespeech" / f"{split}.csv", hs / f"{split}.csv", n)
+    study = tmp_path / "two.yaml"
+    text = TINY.format(corpus=corpus, tokenizer=mbert_tokenizer_dir, hs=hs, student_steps=2).replace("name: tiny", "name: two\nranks: 2")
+    study.write_text(text.split("students:")[0] + "baselines: {from_scratch: false}\n" + "finetune:" + text.split("finetune:")[1])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "ds_distil", "experiment", str(study), "--out", str(out)], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[2 ranks: RANK=0..1 WORLD_SIZE=2] ds-distil distill" in proc.stdout
+    assert "distill: 2 rank(s)" in (out / "logs" / "teacher.log").read_text()
+    res = json.loads((out / "finetune" / "teacher" / "hatespeech" / "seed1" / "results.json").read_text())
+    assert res["world_size"] == 2 and res["model_name"] == "teacher"

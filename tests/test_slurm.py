@@ -159,6 +159,7 @@ BAD = {  # name: (script, variables, message in the job log)
     "more GPUs than the node has": ("distill.sbatch", {"GPUS_PER_NODE": "2"}, "error: asked for 2 GPU(s) per node but torch sees 0"),
     "GPU device without a GPU": ("finetune.sbatch", {"DEVICE": "gpu"}, "error: DEVICE=gpu but torch sees no GPU"),
     "unknown benchmark": ("bench.sbatch", {"BENCHES": "nope"}, "error: no benchmark benchmarks/nope.py"),
+    "missing study": ("experiment.sbatch", {"STUDY": "nowhere/study.yaml"}, "error: study nowhere/study.yaml does not exist"),
 }
 
 
