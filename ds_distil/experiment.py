@@ -41,7 +41,6 @@ import fcntl
 import fnmatch
 import hashlib
 import json
-import logging
 import os
 import re
 import shlex
@@ -58,7 +57,6 @@ from ds_distil.errors import UserError
 from ds_distil.signals import EXIT_PREEMPTED
 from ds_distil.study import TASK_DIRS, Study, load_study, overrides_of
 
-log = logging.getLogger(__name__)
 
 STATE = ".experiment"
 RANK_COMMANDS = ("distill", "finetune")  # the commands that run as ranks (srun steps under SLURM)
@@ -431,6 +429,7 @@ class Runner:
 
     # --- the whole study
     def dry_run(self) -> int:
+        self.check_owner()
         print(f"study {self.study.name} ({self.study_path}) -> {self.out}: {len(self.stages)} stages, launcher {self.launcher}"
               + (f", up to {self.parallel} at a time" if self.parallel > 1 else ""))
         if self.study.sized_down:
@@ -514,20 +513,25 @@ class Runner:
         print(f"experiment: done in {time.time() - t_study:.0f} s; tables: {self.out / 'report' / 'tables.md'}", flush=True)
         return 0
 
-    def claim(self) -> None:
-        """DIR is new, empty, or a study's (DIR/.experiment); one runner at a time (a lock the kernel drops with the process)."""
+    def check_owner(self) -> None:
+        """DIR is new, empty, or this study's (DIR/.experiment/study.json names it)."""
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out} is a file; pass a directory")
         if self.out.is_dir() and any(self.out.iterdir()) and not self.state.is_dir():
             raise UserError(f"--out {self.out} is not empty and is not a study's output (no {STATE}/); choose a new directory")
-        self.state.mkdir(parents=True, exist_ok=True)
         owner = self.state / "study.json"
         if owner.exists():
             name = json.loads(owner.read_text()).get("name")
             if name != self.study.name:
                 raise UserError(f"--out {self.out} holds the study '{name}', not '{self.study.name}'; use another --out "
                                 "(or rename the study back)")
-        else:
+
+    def claim(self) -> None:
+        """check_owner, then one runner at a time (a lock the kernel drops with the process)."""
+        self.check_owner()
+        self.state.mkdir(parents=True, exist_ok=True)
+        owner = self.state / "study.json"
+        if not owner.exists():
             owner.write_text(json.dumps({"name": self.study.name}))
         self._lock = open(self.state / "lock", "a+")
         try:
