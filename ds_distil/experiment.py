@@ -120,7 +120,9 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
         full = out / "shards" / "full-vocab"
         stages.append(Stage("prepare/full-vocab", ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(full),
                                                    "--seq-len", str(p.seq_len), "--seed", str(p.seed), *overrides_of(p.settings)], full))
-        stages.append(Stage("vocab", ["vocab", "--shards", str(full), "--out", str(out / "vocab"), *overrides_of(study.vocab.settings)],
+        report = [f"report_data={data}"] if study.data_dir else []  # its [UNK] report on the study's downstream sets
+        stages.append(Stage("vocab", ["vocab", "--shards", str(full), "--out", str(out / "vocab"), *report,
+                                      *overrides_of(study.vocab.settings)],
                             out / "vocab", deps=["prepare/full-vocab"]))
         tokenizer, prep_deps = str(out / "vocab"), ["vocab"]
     shards = {}
