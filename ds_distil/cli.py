@@ -181,9 +181,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ds_distil.report import write_report
 
     path = write_report(args.runs, args.out, args.baseline, overwrite=args.overwrite)
+    if args.study:
+        from ds_distil.paper_tables import write_tables
+
+        tables = write_tables(args.study, args.runs, args.out)
+        print(tables.read_text())
+        print(f"wrote {tables}, {tables.with_suffix('.json')}; all runs: {path}")
+        return 0
     print(path.read_text().split("\n\nDevice")[0])
     print(f"wrote {path}, {path.with_suffix('.json')}, {path.with_suffix('.png')}")
     return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run a whole study (configs/studies/*.yaml): data, teacher, students, ablations, baselines, finetuning, the paper's tables; resumes."""
+    from ds_distil.experiment import run_experiment
+
+    return run_experiment(args.study, args.out, dry_run=args.dry_run, launcher=args.launcher, overrides=args.overrides)
 
 
 def cmd_build_nli(args: argparse.Namespace) -> int:
@@ -261,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help=cmd_distill.__doc__, description=cmd_distill.__doc__ + " Runs as a single process, "
                        "under `deepspeed --num_gpus N --module ds_distil distill ...` and `torchrun --nproc_per_node N -m ds_distil distill ...`.",
                        formatter_class=raw, epilog=_keys_epilog(DistillConfig))
-    p.add_argument("--config", action="append", required=True, metavar="YAML", help="run config (configs/*.yaml); several are merged in order")
+    p.add_argument("--config", action="append", default=[], metavar="YAML", help="run config (configs/*.yaml); several are merged in order")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: resolved config, checkpoints, TensorBoard, student/")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in DIR (start fresh if none)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in DIR: the new run is written beside it and "
@@ -281,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help=cmd_finetune.__doc__, description=cmd_finetune.__doc__, formatter_class=raw,
                        epilog=_keys_epilog(FinetuneConfig, FinetuneConfig()))
-    p.add_argument("--model", required=True, help=f"hub name, local HF directory, or preset: {', '.join(FT_PRESETS)}")
+    p.add_argument("--model", required=True, help=f"hub name, local HF directory, a config.json (random weights), or preset: {', '.join(FT_PRESETS)}")
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
@@ -294,7 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--baseline", default=None, help="model to compute training speedups against (default: mbert)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--study", default=None, metavar="PLAN_JSON", help="a study's plan.json (written by `ds-distil experiment`): "
+                   "adds the paper's Tables 2-5 (tables.md)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("experiment", help=cmd_experiment.__doc__, description=cmd_experiment.__doc__ + " A finished stage is skipped "
+                       "on rerun; a stopped distillation resumes from its checkpoint; a changed setting redoes what depends on it.")
+    p.add_argument("study", metavar="STUDY.yaml", help="the study (configs/studies/: paper-tl-cpu, paper-tl-gpu, demo)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the study's directory: every stage's output, logs/, report/")
+    p.add_argument("--dry-run", action="store_true", help="print the stages as the commands they run, and what is done already")
+    p.add_argument("--launcher", choices=["local", "srun"], default="local",
+                   help="local: processes on this machine (study.ranks of them per stage); srun: each rank stage as an srun step (SLURM)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="study settings, e.g. teacher.source=hub finetune.seeds=[1,2]")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("tasks", help="task data utilities")
     tsub = p.add_subparsers(dest="task_command", required=True, metavar="COMMAND")
@@ -309,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after a flag that follows a positional (`experiment STUDY --dry-run k=v`): argparse leaves them over
+        if not isinstance(getattr(args, "overrides", None), list) or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     setup_logging(getattr(args, "verbose", False))
     try:
         return args.func(args)

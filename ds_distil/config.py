@@ -46,6 +46,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in get_args(tp))
     if get_origin(tp) is list:
         return f"list of {_type_name(get_args(tp)[0])}"
+    if get_origin(tp) is dict:
+        return f"mapping of {_type_name(get_args(tp)[1])}"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -63,6 +65,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value in get_args(tp):
             return value
         raise ConfigError(f"config key '{key}': expected one of {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is dict:  # a mapping of names to values (or to sections, for dataclass values)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {str(k): _convert(v, get_args(tp)[1], f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single value where a list is expected
@@ -135,6 +143,8 @@ def to_dict(obj: Any) -> Any:
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
     return obj
 
 

@@ -93,7 +93,7 @@ class FinetuneConfig:
 def _tokenizer_for(model: str, cfg: TaskConfig):
     from ds_distil.tokenizer import load_tokenizer, probe
 
-    if model in FT_PRESETS:
+    if model in FT_PRESETS or _is_architecture_file(model):
         name = cfg.tokenizer or str(default_data_dir() / "mbert_tokenizer")
         tok = load_tokenizer(name)
         probe(tok, name)
@@ -107,8 +107,13 @@ def _tokenizer_for(model: str, cfg: TaskConfig):
     return tok
 
 
+def _is_architecture_file(model: str) -> bool:
+    return model.endswith(".json") and Path(model).is_file()
+
+
 def build_model(model: str, task: Task, tokenizer):
-    """A hub name or HF directory (pretrained encoder, new classifier head) or an architecture preset (random weights)."""
+    """A hub name or HF directory (pretrained encoder, new classifier head), or random weights: an
+    architecture preset or a config.json file (any size: e.g. an exported student's, for its From Scratch row)."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, RobertaConfig
 
     from ds_distil.models import PRESET_SIZES, bert_config
@@ -124,6 +129,19 @@ def build_model(model: str, task: Task, tokenizer):
     if model in PRESET_SIZES:
         config = bert_config(model, len(tokenizer), tokenizer.pad_token_id)
         config.update(labels)
+        return auto.from_config(config)
+    if _is_architecture_file(model):
+        from transformers import AutoConfig
+
+        spec = json.loads(Path(model).read_text())
+        if "model_type" not in spec:
+            raise UserError(f"{model} has no 'model_type'; pass a Hugging Face config.json (e.g. a model directory's)")
+        if spec.get("vocab_size") != len(tokenizer):
+            raise UserError(f"{model} has vocab_size {spec.get('vocab_size')} but the tokenizer has {len(tokenizer)} tokens; "
+                            "set task.tokenizer to the tokenizer this architecture was made for")
+        for k in ("architectures", "id2label", "label2id", "num_labels", "_name_or_path"):
+            spec.pop(k, None)
+        config = AutoConfig.for_model(**spec, **labels)
         return auto.from_config(config)
     try:
         net, info = auto.from_pretrained(model, output_loading_info=True, **labels)

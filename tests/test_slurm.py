@@ -160,6 +160,7 @@ BAD = {  # name: (script, variables, message in the job log)
     "more GPUs than the node has": ("distill.sbatch", {"GPUS_PER_NODE": "2"}, "error: asked for 2 GPU(s) per node but torch sees 0"),
     "GPU device without a GPU": ("finetune.sbatch", {"DEVICE": "gpu"}, "error: DEVICE=gpu but torch sees no GPU"),
     "unknown benchmark": ("bench.sbatch", {"BENCHES": "nope"}, "error: no benchmark benchmarks/nope.py"),
+    "missing study": ("experiment.sbatch", {"STUDY": "nowhere/study.yaml"}, "error: study nowhere/study.yaml does not exist"),
 }
 
 
@@ -207,3 +208,49 @@ def test_scripts_are_bash_n_and_shellcheck_clean():
     require("shellcheck", "apt-get install -y shellcheck")
     proc = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout
+
+
+STUDY = """
+name: slurm-tiny
+estimates: {{"*": 0.1}}
+prepare: {{corpus: {corpus}, tokenizer: {tokenizer}, seq_len: 64, settings: {{max_docs: 300, workers: 1, samples_per_shard: 100}}}}
+teacher:
+  source: pretrain
+  settings:
+    student: {{preset: micro}}
+    train: {{micro_batch_size: 4, max_steps: 40, lr: 0.001}}
+    data: {{num_workers: 0, shuffle_buffer: 50}}
+    checkpoint.every_steps: 2
+    log.every_steps: 1
+    deepspeed.config: ds_configs/zero2-fp32.json
+finetune:
+  seeds: [1]
+  settings: {{train.max_steps: 2, train.micro_batch_size: 8, eval_batch_size: 64, task.max_length: 32}}
+  tasks: {{hatespeech: {{data_dir: {hs}}}}}
+"""
+
+
+def test_study_job_is_requeued_when_signalled_and_resumes_the_study(cluster, tmp_path, data_dir, corpus, mbert_tokenizer_dir):
+    """One job for the whole study: USR1 mid-distillation -> checkpoint, exit 75, requeue; the requeued
+    job skips the finished stages, resumes the teacher and finishes with the tables."""
+    hs = tmp_path / "hs"
+    hs.mkdir()
+    for split in ("train", "valid", "test"):
+        lines = (data_dir / "hatespeech" / f"{split}.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (hs / f"{split}.csv").write_text("".join(lines[:81]), encoding="utf-8")
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY.format(corpus=corpus, tokenizer=mbert_tokenizer_dir, hs=hs))
+    run_dir, log = tmp_path / "study", tmp_path / "study.log"
+    job = sbatch(cluster, "experiment.sbatch", log, STUDY=str(study), RUN_DIR=str(run_dir))
+    metrics = run_dir / "teacher" / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 6, cluster, job, log)
+    signal_batch(cluster, job)
+    assert wait_done(cluster, job, timeout=600) == "COMPLETED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert job_field(cluster, job, "Restarts") == "1", text[-3000:]
+    assert "stopped by SIGUSR1 at stage teacher" in text and "the study runner exited with status 75" in text and "requeueing" in text
+    assert "(restart 1)" in text and "1 of 4 stages done earlier" in text and "teacher (resuming)" in text
+    assert "srun --ntasks=1" in text  # the teacher ran as an srun step
+    tlog = (run_dir / "logs" / "teacher.log").read_text()
+    assert tlog.count("=== ") == 2 and "resumed from step" in tlog
+    assert "done: " in text and "Table 2" in (run_dir / "report" / "tables.md").read_text()

@@ -1,0 +1,84 @@
+"""The paper's tables from a study's results: mean ± std over seeds, runtimes and the average speedup
+over the teacher, differences to the teacher row in the ablation tables, the reference rows, the
+validation perplexity of distillation runs (when logged), and measured stage times beside estimates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ds_distil.paper_tables import build, render, stage_times, write_tables
+
+
+def result(path, row, task, seed, score, runtime, bow=0.7, majority=0.5):
+    path.mkdir(parents=True)
+    path.joinpath("results.json").write_text(json.dumps({
+        "model": row, "model_name": row, "task": task, "dataset": task, "metric": "accuracy", "score": score, "valid_score": score,
+        "macro_f1": score, "train_runtime_s": runtime, "seed": seed, "data": {"files": {"test": {"sha256": "a" * 64}}},
+        "baselines": {"majority": {"label": "0", "test": {"score": majority, "macro_f1": 0.3}},
+                      "bow": {"model": "multinomial NB (alpha 0.3)", "test": {"score": bow, "macro_f1": bow}}}}))
+
+
+def plan(tmp_path, estimates):
+    rows = [{"id": "teacher", "label": "Teacher", "kind": "teacher", "run_dir": str(tmp_path / "teacher"), "tables": [2, 3, 4, 5],
+             "student": None},
+            {"id": "s", "label": "S", "kind": "student", "run_dir": str(tmp_path / "s"), "tables": [2, 3, 4, 5], "student": "s"},
+            {"id": "s@scratch", "label": "From Scratch", "kind": "scratch", "run_dir": None, "tables": [2], "student": "s"},
+            {"id": "s@data50", "label": "S, 50%", "kind": "variant", "run_dir": str(tmp_path / "s50"), "tables": [3], "student": "s"}]
+    return {"study": {"name": "t", "teacher": {"source": "pretrain", "hub": "x"}, "sized_down": "small on purpose", "estimates": estimates},
+            "rows": rows, "tasks": ["hatespeech", "pos"], "ablation_tasks": ["hatespeech"], "seeds": [1, 2],
+            "stages": [{"name": n} for n in ("teacher", "finetune/teacher/hatespeech/seed1", "finetune/s/hatespeech/seed1")]}
+
+
+def test_tables_from_results(tmp_path):
+    runs = tmp_path / "finetune"
+    scores = {"teacher": (0.80, 0.82, 100.0), "s": (0.70, 0.74, 25.0), "s@scratch": (0.60, 0.60, 20.0), "s@data50": (0.66, 0.68, 25.0)}
+    for row, (a, b, rt) in scores.items():
+        for task in ("hatespeech", "pos") if row != "s@data50" else ("hatespeech",):
+            result(runs / row / task / "seed1", row, task, 1, a, rt)
+            result(runs / row / task / "seed2", row, task, 2, b, rt * (1.5 if task == "pos" else 1.0))
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "metrics.jsonl").write_text('{"step": 10, "loss/mlm": 7.5}\n{"step": 20, "loss/mlm": 6.25, "val/perplexity": 310.5}\n'
+                                                        '{"step": 2')  # a torn last line (a killed run) is skipped
+    from ds_distil.report import collect
+
+    p = plan(tmp_path, {"finetune/teacher/*": 3.0, "finetune/*": 1.0, "teacher": 10.0})
+    tables = build(p, collect([runs]), {"teacher": 600.0, "finetune/teacher/hatespeech/seed1": 120.0, "finetune/s/hatespeech/seed1": 30.0})
+    t2 = {r["id"]: r for r in tables["tables"][2]["rows"]}
+    assert list(t2) == ["teacher", "s", "s@scratch", "bow", "majority"]
+    assert t2["s"]["cells"]["hatespeech"]["score"]["mean"] == pytest.approx(0.72)
+    assert t2["s"]["cells"]["hatespeech"]["score"]["std"] == pytest.approx(0.0282843, rel=1e-4)
+    assert t2["s"]["speedup"] == pytest.approx(4.0)  # 100/25 on both tasks (pos: 125/31.25)
+    assert t2["teacher"]["val_perplexity"] == 310.5 and t2["teacher"]["train_mlm_loss"] == 6.25 and t2["s"]["val_perplexity"] is None
+    assert t2["bow"]["cells"]["pos"]["score"]["mean"] == 0.7 and t2["majority"]["cells"]["hatespeech"]["score"]["mean"] == 0.5
+    assert set(tables["tables"]) == {2, 3}  # no Table 4 or 5 rows in this study
+    t3 = {r["id"]: r for r in tables["tables"][3]["rows"]}
+    assert list(t3) == ["teacher", "s", "s@data50", "bow", "majority"] and tables["tables"][3]["tasks"] == ["hatespeech"]
+    assert t3["s@data50"]["diff"]["hatespeech"] == pytest.approx(0.67 - 0.81)
+
+    md = render(tables, p)
+    assert "**Sized down, not the paper's setting:** small on purpose" in md and "stand-in for mBERT" in md
+    assert "| S | 72.00 ± 2.83 | 72.00 ± 2.83 | 25 | 31 | 4.00x | - | - |" in md
+    assert "| Teacher | 81.00 ± 1.41 | 81.00 ± 1.41 | 100 | 125 | 1.00x | 310.5 | 6.250 |" in md
+    assert "| S, 50% | 67.00 ± 1.41 | -14.00 |" in md and "| Bag of words (linear model on unigrams + bigrams) | 70.00 | -11.00 |" in md
+    # estimates are first-match in the study's order: the teacher's finetuning is 3.0, not the later catch-all's 1.0
+    assert "| finetune/teacher/hatespeech | 1 | 2.0 | 3.0 |" in md and "| finetune/s/hatespeech | 1 | 0.5 | 1.0 |" in md
+    assert md.index("| teacher | 1 | 10.0 | 10.0 |") < md.index("| finetune/teacher/hatespeech |")  # in plan order
+
+
+def test_stage_times_come_from_done_markers_only(tmp_path):
+    stages = tmp_path / ".experiment" / "stages" / "finetune"
+    stages.mkdir(parents=True)
+    (stages / "a.json").write_text(json.dumps({"name": "finetune/a", "state": "done", "seconds": 12.5}))
+    (stages / "b.json").write_text(json.dumps({"name": "finetune/b", "state": "running"}))
+    (stages / "c.json").write_text("{torn")
+    assert stage_times(tmp_path) == {"finetune/a": 12.5}
+
+
+def test_a_file_that_is_not_a_plan_is_refused(tmp_path):
+    from ds_distil.errors import UserError
+
+    (tmp_path / "plan.json").write_text("{}")
+    with pytest.raises(UserError, match="is not a study's plan.json"):
+        write_tables(tmp_path / "plan.json", [str(tmp_path)], tmp_path / "out")
