@@ -11,7 +11,7 @@ DATA=${DS_DISTIL_DATA:-$(cd .. && pwd)/shared/data}
 OUT=${DEMO_OUT:-runs/demo}
 read -ra STUDY_ARGS <<<"${DEMO_OVERRIDES:-}"  # study keys for a quick check of this script, e.g. teacher.settings.train.max_steps=3
 if [ ! -f "$DATA/corpus/tl_corpus_combined.txt" ] || [ ! -f "$DATA/mbert_tokenizer/vocab.txt" ] || [ ! -f "$DATA/hatespeech/train.csv" ]; then
-  echo "demo: no Tagalog data at $DATA: point DS_DISTIL_DATA at the data directory (with corpus/, mbert_tokenizer/ and hatespeech/)" >&2
+  echo "demo: no Tagalog data at $DATA: point DS_DISTIL_DATA at the data directory (with corpus/, mbert_tokenizer/ and hatespeech/), or prepare OSCAR from the hub instead: ds-distil prepare --hf-dataset oscar-corpus/OSCAR-2301 --hf-config tl --tokenizer bert-base-multilingual-cased --out runs/shards/oscar-tl" >&2
   exit 2
 fi
 if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -d "$OUT/.experiment" ]; then

@@ -62,4 +62,5 @@ if __name__ == "__main__":
     if dist.get_rank() == 0:
         with open(args.out, "w") as f:
             json.dump({"metrics": metrics, "indices": gathered}, f)
+    dist.barrier()  # no rank tears the group down while another still receives (gloo aborts: 'terminate called ...')
     dist.destroy_process_group()
