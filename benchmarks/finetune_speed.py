@@ -202,7 +202,7 @@ def render(result: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--full", action="store_true")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tasks", default=",".join(TASKS))

@@ -33,7 +33,7 @@ def timed(fn, repeats):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--corpus", default=str(DATA / "corpus" / "tl_corpus_combined.txt"))
     p.add_argument("--tokenizer", default=str(DATA / "mbert_tokenizer"))
     p.add_argument("--repeats", type=int, default=3)

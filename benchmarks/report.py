@@ -56,7 +56,7 @@ def render(results: Path) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args()
     out = Path(args.results) / "README.md"

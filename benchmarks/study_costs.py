@@ -104,7 +104,7 @@ def measure(name: str, steps: int, warmup: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--only", default=None, help="kinds to measure, comma-separated (mlm, distill, finetune, eval)")
     p.add_argument("--match", default=None, help="only configurations whose name contains this")
     p.add_argument("--steps", type=int, default=6)

@@ -261,7 +261,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--full", action="store_true", help="real sizes for a GPU: batches 128 and 256 (seq 128)")
     p.add_argument("--students", default="dbert-tiny,dbert-base")
     p.add_argument("--methods", default="ours,reference,baseline")

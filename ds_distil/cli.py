@@ -227,7 +227,7 @@ OVERWRITE_HELP = ("replace what DIR holds: the new output is built beside it and
 def build_parser() -> argparse.ArgumentParser:
     from ds_distil.config import DistillConfig
 
-    parser = argparse.ArgumentParser(prog="ds-distil", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ds-distil", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--version", action="version", version=f"ds-distil {__version__}")
     # the deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
