@@ -81,3 +81,13 @@ def small_vocab(tmp_path_factory, small_shards) -> Path:
     out = tmp_path_factory.mktemp("small-vocab") / "vocab"
     build_vocab(VocabConfig(shards=str(small_shards), out=str(out), report_data="none"))
     return out
+
+
+def one_line_error(proc, *needles):
+    """A refused command: exit status 2 and exactly one 'error:' line holding every needle; returns that line."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if "error:" in l]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

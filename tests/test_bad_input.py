@@ -12,19 +12,10 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, one_line_error, run_cli
 from ds_distil.config import DataConfig
 from ds_distil.data import MLMStream, load_manifest
 from ds_distil.errors import CorruptShardError, UserError
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [l for l in proc.stderr.splitlines() if "error:" in l]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def prepare_args(out, *inputs, tok):

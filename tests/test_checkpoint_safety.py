@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, one_line_error, run_cli
 from ds_distil.checkpoint import MARKER, _prune, latest_tag
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -40,15 +40,6 @@ def args(shards, **extra):
 
 def distill(out, shards, *flags, **extra):
     return run_cli("distill", "--out", str(out), *flags, *args(shards, **extra), env=ENV, timeout=600)
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = [l for l in proc.stderr.splitlines() if "error:" in l]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def tree(directory: Path) -> dict[str, str]:

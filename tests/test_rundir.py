@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, one_line_error, run_cli
 from ds_distil.errors import UserError
 from ds_distil.rundir import LOCK, MARKER, claim, owner
 
@@ -24,15 +24,6 @@ from ds_distil.rundir import LOCK, MARKER, claim, owner
 def tree(directory: Path) -> dict[str, str]:
     """Every file under `directory` with its sha256: byte-identical means equal."""
     return {str(f.relative_to(directory)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.rglob("*")) if f.is_file()}
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [l for l in proc.stderr.splitlines() if "error:" in l]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
