@@ -205,7 +205,8 @@ def render(info: dict) -> str:
                   f"{vr['original']:,} tokens, covering {vr['train_coverage']:.2%} of the training tokens)" if vr else
                   f"{vocab:,} tokens (the teacher's tokenizer, `{(manifest or {}).get('tokenizer', {}).get('name', '?')}`)")
     lines += ["## Model", "", "| | |", "|---|---|",
-              f"| architecture | BERT (`BertForMaskedLM`): {layers} layers, {hidden} hidden, {mc.get('intermediate_size')} FFN, "
+              f"| architecture | {'pre-LN BERT' if mc.get('model_type') == 'megatron-bert' else 'BERT'} "
+              f"(`{(mc.get('architectures') or ['BertForMaskedLM'])[0]}`): {layers} layers, {hidden} hidden, {mc.get('intermediate_size')} FFN, "
               f"{mc.get('num_attention_heads')} heads, {mc.get('max_position_embeddings')} positions |",
               f"| parameters | {info['parameters'] / 1e6:.1f}M, of which {info['embedding_parameters'] / 1e6:.1f}M embeddings |",
               f"| vocabulary | {vocab_text} |",

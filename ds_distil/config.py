@@ -382,6 +382,9 @@ class StudentConfig:
         "or the teacher's projected onto the student's size by PCA", default="random")
     freeze_embeddings: bool = _help("keep the embeddings fixed during training", default=False)
     dropout: float = _help("hidden and attention dropout", default=0.1)
+    norm: Literal["post", "pre"] = _help(
+        "where a blank model's LayerNorms sit: post (BERT, BertForMaskedLM) or pre (pre-LN, MegatronBertForMaskedLM: "
+        "leaves MLM's unigram plateau sooner when pretrained from random weights)", default="post")
     vocab: str | None = _help("a target-language vocabulary (`ds-distil vocab --out DIR`): the student gets only its tokens, "
                               "the teacher's LM head and the KL run over them", default=None)
 
@@ -392,6 +395,9 @@ class StudentConfig:
         if self.preset is None and self.pretrained is None and None in sizes:
             raise ValueError("set a preset, pretrained weights, or all of num_layers, hidden_size, intermediate_size, "
                              "num_heads and max_positions")
+        if self.pretrained is not None and self.norm != "post":
+            raise ValueError("student.norm chooses a blank model's architecture; pretrained weights bring their own "
+                             "(drop student.norm or student.pretrained)")
 
 
 @dataclasses.dataclass

@@ -29,9 +29,11 @@ PRESET_SIZES = {
 }
 
 
-def bert_config(preset: str | None, vocab_size: int, pad_token_id: int, dropout: float = 0.1, **sizes):
-    """A BertConfig from a preset, with any of num_layers/hidden_size/intermediate_size/num_heads/max_positions overridden."""
-    from transformers import BertConfig
+def bert_config(preset: str | None, vocab_size: int, pad_token_id: int, dropout: float = 0.1, norm: str = "post", **sizes):
+    """A BertConfig from a preset, with any of num_layers/hidden_size/intermediate_size/num_heads/max_positions overridden;
+    norm="pre": the same sizes as a MegatronBertConfig (BERT with pre-LN layers, a final LayerNorm, and no
+    LayerNorm on the embeddings; Xiong et al. 2020), which AutoModelFor* classes load like BERT."""
+    from transformers import BertConfig, MegatronBertConfig
 
     layers, hidden, ffn, heads, positions = PRESET_SIZES[preset] if preset else (None,) * 5
     layers = sizes.get("num_layers") or layers
@@ -43,7 +45,9 @@ def bert_config(preset: str | None, vocab_size: int, pad_token_id: int, dropout:
         raise UserError("a custom model size needs num_layers, hidden_size, intermediate_size, num_heads and max_positions")
     if hidden % heads:
         raise UserError(f"hidden_size {hidden} is not divisible by num_heads {heads}")
-    return BertConfig(
+    if norm not in ("post", "pre"):
+        raise UserError(f"norm must be post or pre, not {norm!r}")
+    return (BertConfig if norm == "post" else MegatronBertConfig)(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=ffn, max_position_embeddings=positions, pad_token_id=pad_token_id,
         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, type_vocab_size=2,
@@ -101,7 +105,7 @@ def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teache
     """The student: preset/sizes (random weights) or pretrained; embeddings from the teacher if asked
     (`teacher_rows`: the teacher's word-embedding row of each student token, for a trimmed
     vocabulary); vocabulary rows padded to `pad_multiple` (see pad_vocab), before any freezing."""
-    from transformers import BertForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
     if cfg.pretrained:
         model = _from_pretrained(cfg.pretrained, "student", hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
@@ -112,7 +116,7 @@ def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teache
                             f"prepare the shards with its tokenizer{hint}")
     else:
         sizes = {k: getattr(cfg, k) for k in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "max_positions")}
-        model = BertForMaskedLM(bert_config(cfg.preset, vocab_size, pad_token_id, cfg.dropout, **sizes))
+        model = AutoModelForMaskedLM.from_config(bert_config(cfg.preset, vocab_size, pad_token_id, cfg.dropout, cfg.norm, **sizes))
     if cfg.embeddings != "random":
         if teacher is None:
             raise UserError(f"student.embeddings={cfg.embeddings} needs a teacher (teacher.enabled is false)")
@@ -143,7 +147,8 @@ def init_embeddings_from_teacher(student: nn.Module, teacher: nn.Module, project
             src, dst = source(name), getattr(s_emb, name).weight
             n = min(src.shape[0], dst.shape[0])
             dst[:n].copy_(src[:n].float())
-        s_emb.LayerNorm.load_state_dict({k: v.float() for k, v in t_emb.LayerNorm.state_dict().items()})
+        if hasattr(s_emb, "LayerNorm") and hasattr(t_emb, "LayerNorm"):  # a pre-LN model's embeddings have none
+            s_emb.LayerNorm.load_state_dict({k: v.float() for k, v in t_emb.LayerNorm.state_dict().items()})
         log.info("student embeddings copied from the teacher (hidden size %d)", hs)
         return
     if not project:

@@ -78,3 +78,36 @@ def test_embeddings_of_other_size_are_refused_or_projected():
     assert w_s.shape == (1000, 64) and 0.5 < kept <= 1.0001
     with pytest.raises(UserError, match="needs a teacher"):
         build_student(StudentConfig(preset="micro", embeddings="teacher"), 1000, 0, None)
+
+
+def test_pre_ln_student_is_a_megatron_bert_that_the_pipeline_and_auto_classes_handle(tmp_path):
+    """student.norm=pre: the masked-only forward, vocabulary padding, embedding copy from a post-LN
+    teacher and the Hugging Face round trip (finetuning loads it with AutoModelFor*) all work on it."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, MegatronBertForMaskedLM
+
+    from ds_distil.models import masked_lm_forward, pad_vocab, unpad_vocab
+
+    torch.manual_seed(0)
+    teacher = build_teacher(TeacherConfig(preset="micro"), 1000, 0)
+    student = build_student(StudentConfig(preset="micro", norm="pre", embeddings="teacher", dropout=0.0), 1000, 0, teacher)
+    assert isinstance(student, MegatronBertForMaskedLM) and student.config.model_type == "megatron-bert"
+    assert torch.equal(encoder(student).embeddings.word_embeddings.weight, encoder(teacher).embeddings.word_embeddings.weight)
+    student.eval()
+    ids = torch.randint(5, 1000, (2, 12))
+    attention = torch.ones_like(ids)
+    full = student(input_ids=ids, attention_mask=attention).logits
+    positions = torch.tensor([1, 7, 20])
+    picked, _ = masked_lm_forward(student, ids, attention, positions)
+    assert torch.allclose(picked, full.reshape(-1, 1000)[positions], atol=1e-5)
+    restored = unpad_vocab(pad_vocab(student, 128), 1000)
+    assert torch.equal(restored(input_ids=ids, attention_mask=attention).logits, full)
+
+    student.save_pretrained(tmp_path)
+    assert torch.equal(AutoModelForMaskedLM.from_pretrained(tmp_path).eval()(input_ids=ids, attention_mask=attention).logits, full)
+    classifier, info = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2, output_loading_info=True)
+    assert not [k for k in info["missing_keys"] if not k.startswith(("classifier", "bert.pooler"))], info["missing_keys"]
+
+
+def test_norm_applies_to_blank_models_only():
+    with pytest.raises(ValueError, match="student.norm"):
+        StudentConfig(pretrained="some/model", norm="pre")
