@@ -384,7 +384,7 @@ class StudentConfig:
     dropout: float = _help("hidden and attention dropout", default=0.1)
     norm: Literal["post", "pre"] = _help(
         "where a blank model's LayerNorms sit: post (BERT, BertForMaskedLM) or pre (pre-LN, MegatronBertForMaskedLM: "
-        "leaves MLM's unigram plateau sooner when pretrained from random weights)", default="post")
+        "stable at the higher learning rates of pretraining from random weights; Xiong et al. 2020)", default="post")
     vocab: str | None = _help("a target-language vocabulary (`ds-distil vocab --out DIR`): the student gets only its tokens, "
                               "the teacher's LM head and the KL run over them", default=None)
 

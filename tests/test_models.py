@@ -104,7 +104,7 @@ def test_pre_ln_student_is_a_megatron_bert_that_the_pipeline_and_auto_classes_ha
 
     student.save_pretrained(tmp_path)
     assert torch.equal(AutoModelForMaskedLM.from_pretrained(tmp_path).eval()(input_ids=ids, attention_mask=attention).logits, full)
-    classifier, info = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2, output_loading_info=True)
+    _, info = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2, output_loading_info=True)
     assert not [k for k in info["missing_keys"] if not k.startswith(("classifier", "bert.pooler"))], info["missing_keys"]
 
 
