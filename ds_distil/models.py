@@ -45,9 +45,7 @@ def bert_config(preset: str | None, vocab_size: int, pad_token_id: int, dropout:
         raise UserError("a custom model size needs num_layers, hidden_size, intermediate_size, num_heads and max_positions")
     if hidden % heads:
         raise UserError(f"hidden_size {hidden} is not divisible by num_heads {heads}")
-    if norm not in ("post", "pre"):
-        raise UserError(f"norm must be post or pre, not {norm!r}")
-    return (BertConfig if norm == "post" else MegatronBertConfig)(
+    return {"post": BertConfig, "pre": MegatronBertConfig}[norm](  # user input is checked by StudentConfig's Literal
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=ffn, max_position_embeddings=positions, pad_token_id=pad_token_id,
         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, type_vocab_size=2,
