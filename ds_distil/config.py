@@ -485,11 +485,7 @@ class LogConfig:
         if self.every_steps < 1:
             raise ValueError(f"every_steps must be >= 1, got {self.every_steps}")
         if self.eval_every_steps < 0 or self.eval_max_samples < 0:
-            raise ValueError("eval_every_steps and eval_max_samples must be >= 0")
-
-    def __post_init__(self) -> None:
-        if self.every_steps < 1:
-            raise ValueError(f"every_steps must be >= 1, got {self.every_steps}")
+            raise ValueError(f"eval_every_steps and eval_max_samples must be >= 0, got {self.eval_every_steps} and {self.eval_max_samples}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ValueError(f"peak_tflops must be > 0, got {self.peak_tflops}")
 

@@ -103,6 +103,9 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path):
         ("checkpoint.keep=0", "keep must be >= 1"),  # issue 14 case 2: keep=0 deleted the final checkpoint
         ("checkpoint.every_steps=-1", "every_steps must be >= 0"),
         ("log.every_steps=0", "every_steps must be >= 1"),
+        ("log.eval_every_steps=-1", "eval_every_steps and eval_max_samples must be >= 0"),  # a check once shadowed
+        ("log.eval_max_samples=-2", "eval_every_steps and eval_max_samples must be >= 0"),
+        ("log.peak_tflops=0", "peak_tflops must be > 0"),
         ("train.lr=-0.001", "lr must be > 0"),
         ("train.lr=0", "lr must be > 0"),
         ("train.max_steps=0", "max_steps must be >= 1"),
