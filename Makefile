@@ -9,6 +9,8 @@ export TOKENIZERS_PARALLELISM ?= false
 # (each with its own venv) do not rebuild it over each other's copy at every start
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 PYTEST_ARGS ?=
+# tests run on TEST_WORKERS processes side by side (pytest-xdist; 0: in this process)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test env clean-demo
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 test: $(STAMP)
-	$(PY) -m pytest -q -rs --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean-demo:
 	rm -rf runs/demo

@@ -74,9 +74,11 @@ def measure(spec: dict) -> dict:
     import torch
 
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]))
     from benchmarks.reference import ReferenceFinetune
     from ds_distil import engine as eng
+    from ds_distil.env_info import free_port
+
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     from ds_distil.config import TrainConfig
     from ds_distil.data.tasks import load_task
     from ds_distil.finetune import build_model, featurise
@@ -231,9 +233,9 @@ def main() -> None:
         dirs = {"hatespeech": str(DATA / "hatespeech"), "pos": str(DATA / "ud_pos")}
         if "nli" in tasks:
             dirs["nli"] = str(nli_dir(Path(tmp)))
-        for i, m in enumerate(models):
+        for m in models:
             spec = {"model": m, "tasks": {t: dirs[t] for t in tasks}, "methods": methods, "batch": batch, "max_length": max_length,
-                    "steps": steps, "warmup": warmup, "port": 29200 + i, "vocab": args.vocab}
+                    "steps": steps, "warmup": warmup, "vocab": args.vocab}
             got = run_isolated("benchmarks.finetune_speed", spec)
             got_rows = got.get("rows") or [{"model": m, "task": t, "method": me, "error": got.get("error", "?")} for t in tasks for me in methods]
             rows += got_rows

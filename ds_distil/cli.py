@@ -141,10 +141,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student."""
     from ds_distil.config import DistillConfig, load
+    from ds_distil.engine import close_distributed
     from ds_distil.trainer import run_distill
 
     cfg = load(DistillConfig, args.config, args.overrides)
-    return run_distill(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    status = run_distill(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    close_distributed()  # every rank returns the same status (finished, or stopped by a signal at the same step)
+    return status
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -159,15 +162,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json."""
     from ds_distil.config import load
+    from ds_distil.engine import close_distributed
     from ds_distil.finetune import FinetuneConfig, run_finetune
     from ds_distil.signals import exit_on_stop_signal, ignore_stop_signals
-
     from ds_distil.summary import result_lines
 
     cfg = load(FinetuneConfig, args.config, args.overrides)
     exit_on_stop_signal("finetune")
     res = run_finetune(args.model, args.task, args.out, cfg, overwrite=args.overwrite)
     ignore_stop_signals()  # results.json is written: a late signal must not turn this run into a "stopped" one
+    close_distributed()
     if res["score"] is not None:
         print("\n".join(result_lines(res)))
         print(f"{res['model_name']} | {res['task']} / {res['dataset']} | test {res['metric']} {res['score']:.4f} | "

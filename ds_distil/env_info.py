@@ -6,8 +6,16 @@ import importlib.metadata as md
 import os
 import platform
 import re
+import socket
 import subprocess
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port the OS has just found free on this host (for a single process's or a local launch's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cpu_model() -> str:

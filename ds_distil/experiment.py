@@ -53,6 +53,7 @@ import time
 from pathlib import Path
 
 from ds_distil.config import to_dict
+from ds_distil.env_info import free_port
 from ds_distil.errors import UserError
 from ds_distil.signals import EXIT_PREEMPTED
 from ds_distil.study import TASK_DIRS, Study, load_study, overrides_of
@@ -342,11 +343,6 @@ def shown(stage: Stage, launcher: str, resume: bool) -> str:
     return text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # ------------------------------------------------------------------------------------ running
 
@@ -581,7 +577,7 @@ class Runner:
             argvs = [a + ["--resume"] for a in argvs]
         env = dict(os.environ)
         if len(argvs) > 1:  # local ranks: what srun or torchrun would set
-            env.update(WORLD_SIZE=str(len(argvs)), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+            env.update(WORLD_SIZE=str(len(argvs)), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(argvs))))
         procs = []
         for rank, argv in enumerate(argvs):

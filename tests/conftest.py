@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# pytest-xdist (`make test` runs 2 workers): each worker, and the processes its tests start, gets its share
+# of the cores; torch's default of one thread per core in every worker would oversubscribe them.
+# Set before any test module imports torch; an OMP_NUM_THREADS of the user's own wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 def shared_data_dir() -> Path | None:
@@ -52,20 +60,49 @@ def run_prepare(out: Path, inputs, tokenizer, **overrides):
     return prepare(cfg)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """DIR/name, made by build(DIR/name) once for the whole test run: under pytest-xdist every worker
+    is a session of its own, so the first one builds it (holding a file lock) and the others wait and
+    share it. Read-only for the tests, like any session fixture."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        out = tmp_path_factory.mktemp(name) / name
+        build(out)
+        return out
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers of this run
+    out, done = root / "shared" / name, root / "shared" / f"{name}.done"
+    out.parent.mkdir(exist_ok=True)
+    with FileLock(str(root / "shared" / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # what a worker that failed half-way left
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def full_shards(tmp_path_factory, corpus, mbert_tokenizer_dir) -> Path:
     """The whole real corpus, in corpus order (no document shuffle), 4096 samples per shard."""
-    out = tmp_path_factory.mktemp("full") / "shards"
-    run_prepare(out, [corpus], mbert_tokenizer_dir, doc_shuffle_buffer=0, seed=0)
-    return out
+    return built_once(tmp_path_factory, "full-shards",
+                      lambda out: run_prepare(out, [corpus], mbert_tokenizer_dir, doc_shuffle_buffer=0, seed=0))
 
 
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory, corpus, mbert_tokenizer_dir) -> Path:
     """3,000 real documents in many small shards (uneven: the last shard is partial)."""
-    out = tmp_path_factory.mktemp("small") / "shards"
-    run_prepare(out, [corpus], mbert_tokenizer_dir, max_docs=3000, samples_per_shard=150, val_fraction=0.05, seed=1)
-    return out
+    return built_once(tmp_path_factory, "small-shards",
+                      lambda out: run_prepare(out, [corpus], mbert_tokenizer_dir, max_docs=3000, samples_per_shard=150,
+                                              val_fraction=0.05, seed=1))
+
+
+def free_port() -> str:
+    """A port the OS has just found free, for a torchrun rendezvous: tests run side by side (pytest -n 2),
+    so a port derived from the pid could collide with another test's."""
+    from ds_distil.env_info import free_port as port
+
+    return str(port())
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -78,9 +115,13 @@ def small_vocab(tmp_path_factory, small_shards) -> Path:
     """A target-language vocabulary of small_shards (every seen token, every single character)."""
     from ds_distil.vocab import VocabConfig, build_vocab
 
-    out = tmp_path_factory.mktemp("small-vocab") / "vocab"
-    build_vocab(VocabConfig(shards=str(small_shards), out=str(out), report_data="none"))
-    return out
+    return built_once(tmp_path_factory, "small-vocab",
+                      lambda out: build_vocab(VocabConfig(shards=str(small_shards), out=str(out), report_data="none")))
+
+
+def tree(directory: Path) -> dict[str, str]:
+    """Every file under `directory` with its sha256: byte-identical means equal."""
+    return {str(f.relative_to(directory)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.rglob("*")) if f.is_file()}
 
 
 def one_line_error(proc, *needles):
@@ -91,3 +132,9 @@ def one_line_error(proc, *needles):
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked slow first (a stable sort): under pytest-xdist the long ones start early and the short
+    ones fill the gaps at the end, instead of one worker finishing a long test while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -41,7 +41,7 @@ def test_throughput_markdown_comes_from_the_numbers():
 
 
 @pytest.mark.parametrize("module, args", [
-    ("benchmarks.throughput", ["--students", "no-such-student", "--steps", "1", "--warmup", "1", "--inputs", "1"]),
+    ("benchmarks.throughput", ["--students", "no-such-student", "--methods", "ours,baseline", "--steps", "1", "--warmup", "1", "--inputs", "1"]),
     ("benchmarks.finetune_speed", ["--models", "no-such-model", "--tasks", "hatespeech", "--steps", "1", "--warmup", "1"]),
 ])
 def test_a_benchmark_whose_every_configuration_failed_exits_non_zero_and_writes_nothing(module, args, tmp_path, data_dir):

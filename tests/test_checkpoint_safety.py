@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, one_line_error, run_cli
+from conftest import ROOT, one_line_error, run_cli, tree
 from ds_distil.checkpoint import MARKER, _prune, latest_tag
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("checkpoint-safety")]  # one `finished` run, on one worker
 
 
 def args(shards, **extra):
@@ -40,10 +40,6 @@ def args(shards, **extra):
 
 def distill(out, shards, *flags, **extra):
     return run_cli("distill", "--out", str(out), *flags, *args(shards, **extra), env=ENV, timeout=600)
-
-
-def tree(directory: Path) -> dict[str, str]:
-    return {str(f.relative_to(directory)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.rglob("*")) if f.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, free_port, run_cli
 from ds_distil.checkpoint import MARKER, latest_tag
 
 HELPER = ROOT / "tests" / "helpers" / "distill_run.py"
@@ -69,7 +69,7 @@ def export_logits_in_clean_process(student_dir: Path, ids: torch.Tensor) -> torc
 
 def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     out = tmp_path / "run"
-    proc = run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(29600 + os.getpid() % 300), "--module",
+    proc = run([str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", free_port(), "--module",
                 "ds_distil", "distill", "--config", SMOKE, "--out", str(out),
                 *base_overrides(small_shards, **{"train.max_steps": 30, "checkpoint.every_steps": 15, "log.eval_every_steps": 15})])
     for name in ("run_config.yaml", "ds_config.json", "environment.json", "metrics.jsonl", "student/config.json",
@@ -128,8 +128,7 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
     extra = {"student.vocab": str(small_vocab), "student.embeddings": "teacher-pca"} if trimmed else {}
     common = base_overrides(small_shards, **{"train.max_steps": 8, "checkpoint.every_steps": 0, "student.dropout": 0.0,
                                              "data.shuffle": False, **extra})
-    port = str(29900 + os.getpid() % 90)
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, str(HELPER),
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), str(HELPER),
          "--config", SMOKE, "--out", str(tmp_path / "two"), "--probe", str(tmp_path / "two.pt"),
          *common, "train.micro_batch_size=4"])
     run([sys.executable, str(HELPER), "--config", SMOKE, "--out", str(tmp_path / "one"), "--probe", str(tmp_path / "one.pt"),
@@ -156,8 +155,7 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
 
 
 def torchrun_distill(out, *args):
-    port = str(29700 + (os.getpid() + len(str(out))) % 200)
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
             "-m", "ds_distil", "distill", "--out", str(out), *args]
 
 

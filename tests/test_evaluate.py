@@ -8,13 +8,12 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, run_prepare
+from conftest import ROOT, free_port, run_prepare
 from ds_distil.losses import IGNORE_INDEX
 
 HELPER = ROOT / "tests" / "helpers" / "validate_ranks.py"
@@ -131,8 +130,7 @@ def test_two_ranks_give_the_figures_of_one_rank(small_shards, small_vocab, tmp_p
     results = {}
     for nproc, batch in ((2, 3), (1, 8)):
         out = tmp_path / f"{nproc}.json"
-        port = str(29400 + (os.getpid() + 7 * nproc + trimmed) % 300)
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port,
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", free_port(),
                                str(HELPER), "--shards", str(small_shards), "--out", str(out), "--batch-size", str(batch),
                                "--max-samples", "45", *extra], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, free_port, run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
 FIELDS = {"model", "model_name", "task", "dataset", "metric", "score", "valid_score", "macro_f1", "train_runtime_s", "samples_per_s",
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def finetune_cmd(out, model, task, *overrides, ranks=1):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-              "--master_port", str(29300 + (os.getpid() + len(str(out))) % 90), "-m", "ds_distil"] if ranks > 1 else [sys.executable, "-m", "ds_distil"]
+              "--master_port", free_port(), "-m", "ds_distil"] if ranks > 1 else [sys.executable, "-m", "ds_distil"]
     return [*launch, "finetune", "--model", model, "--task", task, "--out", str(out), *overrides]
 
 

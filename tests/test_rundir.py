@@ -5,7 +5,6 @@ Issue 14, cases 1, 4 and 5 (prepare, report, build-nli here; distill and export 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -16,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, one_line_error, run_cli
+from conftest import ROOT, free_port, one_line_error, run_cli, tree
 from ds_distil.errors import UserError
 from ds_distil.rundir import LOCK, MARKER, claim, owner
-
-
-def tree(directory: Path) -> dict[str, str]:
-    """Every file under `directory` with its sha256: byte-identical means equal."""
-    return {str(f.relative_to(directory)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.rglob("*")) if f.is_file()}
 
 
 @pytest.fixture
@@ -224,7 +218,7 @@ def test_two_ranks_get_rank0s_refusal_and_then_its_claim(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29100 + os.getpid() % 100),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
            str(ROOT / "tests" / "helpers" / "claim_ranks.py"), str(out)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

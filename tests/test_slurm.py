@@ -22,7 +22,7 @@ HAVE_SLURM = shutil.which("slurmctld") is not None and shutil.which("munged") is
 SCRIPTS = [*sorted((ROOT / "slurm").glob("*")), *sorted((ROOT / "tests" / "slurm").glob("*.sh")), *sorted((ROOT / "scripts").glob("*.sh")),
            *sorted((ROOT / "benchmarks").glob("*.sh")),
            ROOT / ".ci" / "run"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one throw-away cluster, on one worker
 
 
 def require(tool: str, install: str):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from ds_distil.config import DataConfig
 from ds_distil.data import MLMStream, load_manifest
 from ds_distil.data.stream import IGNORE_INDEX, mask_tokens, plan_rank
@@ -136,7 +137,7 @@ def test_mask_tokens_never_draws_special_random_tokens():
 
 
 def torchrun(shards, out, *extra, nproc=2, timeout=240):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(29500 + os.getpid() % 1000),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", free_port(),
            str(HELPER), "--shards", str(shards), "--out", str(out), *map(str, extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -26,7 +26,9 @@ done
 
 host=$(hostname)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
-cpus=$(nproc)
+# the machine's cores: nproc obeys OMP_NUM_THREADS (1 under `make test`'s workers), and a node of 1 CPU
+# would leave every 2-task job pending
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 # free ports, so that a second cluster (or a real one) on this machine does not collide
 read -r ctl_port d_port < <(python3 -c 'import socket
 ps = [socket.socket() for _ in range(2)]
