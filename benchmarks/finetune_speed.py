@@ -76,14 +76,14 @@ def measure(spec: dict) -> dict:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     from benchmarks.reference import ReferenceFinetune
     from ds_distil import engine as eng
-    from ds_distil.env_info import free_port
-
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     from ds_distil.config import TrainConfig
     from ds_distil.data.tasks import load_task
+    from ds_distil.env_info import free_port
     from ds_distil.finetune import build_model, featurise
     from ds_distil.tokenizer import load_tokenizer
 
+    # one process of its own, even when started from inside a launcher's rank
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     d = eng.init_distributed()
     dev = d.device
     trimmed = spec["model"].endswith(TRIMMED)

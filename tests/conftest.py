@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ds_distil import env_info
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # pytest-xdist (`make test` runs 2 workers): each worker, and the processes its tests start, gets its share
@@ -64,8 +66,7 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
     """DIR/name, made by build(DIR/name) once for the whole test run: under pytest-xdist every worker
     is a session of its own, so the first one builds it (holding a file lock) and the others wait and
     share it. Read-only for the tests, like any session fixture."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
         out = tmp_path_factory.mktemp(name) / name
         build(out)
         return out
@@ -100,9 +101,7 @@ def small_shards(tmp_path_factory, corpus, mbert_tokenizer_dir) -> Path:
 def free_port() -> str:
     """A port the OS has just found free, for a torchrun rendezvous: tests run side by side (pytest -n 2),
     so a port derived from the pid could collide with another test's."""
-    from ds_distil.env_info import free_port as port
-
-    return str(port())
+    return str(env_info.free_port())
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
