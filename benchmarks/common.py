@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ds_distil.env_info import device_info, versions  # noqa: F401  (re-exported for the benchmarks)
+from ds_distil.core.env_info import device_info, versions  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,8 +54,8 @@ def command_line(module: str) -> str:
 
 def write_report(what: str, result: dict, markdown: str, out_dir: Path = RESULTS) -> tuple[Path, Path]:
     """Write <what>_<device>_<date>.json and .md; returns both paths. The folder is claimed for
-    benchmark results (ds_distil.rundir): a folder of something else is refused, two writers at once too."""
-    from ds_distil.rundir import claim
+    benchmark results (ds_distil.core.rundir): a folder of something else is refused, two writers at once too."""
+    from ds_distil.core.rundir import claim
 
     date = datetime.date.today().isoformat()
     stem = f"{what}_{result['device']['label']}_{date}"

@@ -30,7 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
+from benchmarks.common import (
+    command_line,
+    device_info,
+    header,
+    parse_or_measure,
+    run_isolated,
+    versions,
+    write_report,
+)
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta")
@@ -52,7 +60,7 @@ def _fixed_batches(feats: list[dict], batch: int, max_length: int, pad_id: int, 
     """n batches of exactly batch x max_length (the finetune collate, then padded on to max_length)."""
     import torch
 
-    from ds_distil.finetune import collate
+    from ds_distil.finetune.train import collate
 
     fn = collate(pad_id)
     out = []
@@ -75,12 +83,12 @@ def measure(spec: dict) -> dict:
 
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     from benchmarks.reference import ReferenceFinetune
-    from ds_distil import engine as eng
-    from ds_distil.config import TrainConfig
+    from ds_distil.core.env_info import free_port
     from ds_distil.data.tasks import load_task
-    from ds_distil.env_info import free_port
-    from ds_distil.finetune import build_model, featurise
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.data.tokenizer import load_tokenizer
+    from ds_distil.finetune.train import build_model, featurise
+    from ds_distil.runtime import engine as eng
+    from ds_distil.schema.distill import TrainConfig
 
     # one process of its own, even when started from inside a launcher's rank
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -219,7 +227,7 @@ def main() -> None:
     if args is None:
         return
     if args.vocab:
-        from ds_distil.vocab import load_vocab_map
+        from ds_distil.data.vocab import load_vocab_map
 
         load_vocab_map(args.vocab)  # a bad directory fails here, not in every cell
         args.models += "".join(f",{m}{TRIMMED}" for m in ("dbert-base", "dbert-tiny") if f"{m}{TRIMMED}" not in args.models)

@@ -18,7 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import add_out_argument, command_line, device_info, header, versions, write_report
+from benchmarks.common import (
+    add_out_argument,
+    command_line,
+    device_info,
+    header,
+    versions,
+    write_report,
+)
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -40,9 +47,9 @@ def main() -> None:
     add_out_argument(p, "--out-dir")
     args = p.parse_args()
 
-    from ds_distil.config import PrepareConfig
     from ds_distil.data.shards import prepare
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.data.tokenizer import load_tokenizer
+    from ds_distil.schema.prepare import PrepareConfig
 
     docs = [line.strip() for line in open(args.corpus, encoding="utf-8") if line.strip()]
     tok = load_tokenizer(args.tokenizer)

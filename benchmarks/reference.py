@@ -2,7 +2,7 @@
 plain PyTorch for one device, with every lever that pays and no framework around them.
 
 Both speed benchmarks time it in the same run as our step, on the same models (built by
-ds_distil.models, so the same vocabulary padding and attention implementation), inputs and FLOP
+ds_distil.model.build, so the same vocabulary padding and attention implementation), inputs and FLOP
 count, so "ours / reference" says how far the framework is from the best this machine gives.
 
 Distillation (`ReferenceDistill`): the teacher frozen in its inference dtype, the student with fp32
@@ -22,10 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ds_distil.config import LossConfig
-from ds_distil.engine import param_groups
-from ds_distil.losses import IGNORE_INDEX, distillation_losses
-from ds_distil.models import masked_lm_forward
+from ds_distil.data.masking import IGNORE_INDEX
+from ds_distil.distill.losses import distillation_losses
+from ds_distil.model.forward import masked_lm_forward
+from ds_distil.runtime.engine import param_groups
+from ds_distil.schema.distill import LossConfig
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 

@@ -18,14 +18,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import add_out_argument, command_line, device_info, header, versions, write_report
+from benchmarks.common import (
+    add_out_argument,
+    command_line,
+    device_info,
+    header,
+    versions,
+    write_report,
+)
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 CHILD = r"""
 import json, resource, sys, time
-from ds_distil.config import DataConfig
-from ds_distil.data import MLMStream, load_manifest
+from ds_distil.schema.distill import DataConfig
+from ds_distil.data.manifest import load_manifest
+from ds_distil.data.stream import MLMStream
 shards, workers, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 stream = MLMStream(load_manifest(shards), DataConfig(shards=shards, num_workers=workers), batch_size=batch)
 t0 = time.perf_counter(); n = 0
@@ -39,7 +47,7 @@ print(json.dumps({"samples": n, "seconds": dt, "main_peak_rss_mib": self_kb / 10
 
 PREP_CHILD = r"""
 import json, resource, sys, time
-from ds_distil.config import PrepareConfig
+from ds_distil.core.config import PrepareConfig
 from ds_distil.data.shards import prepare
 t0 = time.perf_counter()
 m = prepare(PrepareConfig(out=sys.argv[1], input=[sys.argv[2]], tokenizer=sys.argv[3], overwrite=True))

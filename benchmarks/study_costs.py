@@ -7,7 +7,7 @@
 Kinds: `mlm` (the teacher's pretraining step: MLM only, no teacher), `distill` (a student against a
 frozen teacher), `finetune` (a sequence-classification step at batch 32) and `eval` (a forward
 pass of 64 examples). Each is our own code path (DistillStep under a one-rank DeepSpeed engine, the
-finetuning engine of ds_distil.finetune), random weights (speed does not depend on them), inputs of
+finetuning engine of ds_distil.finetune.train), random weights (speed does not depend on them), inputs of
 the real shape. Besides the wall time per step, the **process CPU time** per step is reported: on
 a machine shared with other jobs the wall time grows with the load while the CPU time of the
 process barely does; the CPU time divided by the threads the step keeps busy (about 1.6 of 2 cores
@@ -38,7 +38,7 @@ CONFIGS = {  # name: (kind, model sizes (layers, hidden, ffn, heads), teacher si
 
 
 def _student_cfg(sizes):
-    from ds_distil.config import StudentConfig
+    from ds_distil.schema.distill import StudentConfig
 
     layers, hidden, ffn, heads = sizes
     return StudentConfig(preset=None, num_layers=layers, hidden_size=hidden, intermediate_size=ffn, num_heads=heads, max_positions=512)
@@ -48,9 +48,16 @@ def measure(name: str, steps: int, warmup: int) -> dict:
     import torch
 
     from benchmarks.throughput import make_batches
-    from ds_distil.config import LossConfig, TrainConfig
-    from ds_distil.engine import DS_CONFIGS, ds_config_from, init_distributed, initialize, place_teacher
-    from ds_distil.models import MaskedLM, bert_config, build_student
+    from ds_distil.model.build import bert_config, build_student
+    from ds_distil.model.forward import MaskedLM
+    from ds_distil.runtime.engine import (
+        DS_CONFIGS,
+        ds_config_from,
+        init_distributed,
+        initialize,
+        place_teacher,
+    )
+    from ds_distil.schema.distill import LossConfig, TrainConfig
 
     kind, sizes, teacher_sizes, batch, seq, vocab, precision = CONFIGS[name]
     d = init_distributed()
@@ -58,7 +65,7 @@ def measure(name: str, steps: int, warmup: int) -> dict:
     train = TrainConfig(micro_batch_size=batch, max_steps=steps + warmup, lr=1e-4)
     ds = ds_config_from(train, str(DS_CONFIGS / f"zero2-{precision}.json"), 1, train.max_steps, fused=False)
     if kind in ("mlm", "distill"):
-        from ds_distil.distill_step import DistillStep
+        from ds_distil.distill.step import DistillStep
 
         teacher = None
         if teacher_sizes:

@@ -9,7 +9,7 @@ engineer writes by hand, same models, same inputs, same run.
 Teacher: the mBERT architecture (12 x 768, vocabulary 119,547), random weights (speed does not
 depend on them). Students: dBERT Tiny and dBERT Base. Three methods:
 
-* ours: `ds_distil.distill_step.DistillStep`, the trainer's own micro step, under a single-rank
+* ours: `ds_distil.distill.step.DistillStep`, the trainer's own micro step, under a single-rank
   DeepSpeed ZeRO-2 engine with the run defaults (precision auto, padded vocabulary, fused AdamW,
   torch.compile where `perf.compile` auto turns it on), reading its statistics once per step as the
   trainer does.
@@ -26,7 +26,7 @@ target-language vocabulary (teacher head and KL over its tokens; inputs drawn fr
 Each configuration runs in a fresh process (so peak memory is its own). Warm-up steps (compilation
 included) are excluded; the timed steps run back to back, the device synchronised at both ends
 only; inputs cycle over several differently masked batches. MFU counts the FLOPs of
-ds_distil.flops (LM heads at the masked positions, real vocabulary) for every method, so it
+ds_distil.runtime.flops (LM heads at the masked positions, real vocabulary) for every method, so it
 compares useful work per second.
 """
 
@@ -39,7 +39,15 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
+from benchmarks.common import (
+    command_line,
+    device_info,
+    header,
+    parse_or_measure,
+    run_isolated,
+    versions,
+    write_report,
+)
 
 VOCAB = 119547
 # --levers: ours with one lever turned off (or changed) at a time
@@ -59,8 +67,12 @@ def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None) -> lis
     masked as the stream masks them."""
     import torch
 
-    from ds_distil.config import DataConfig
-    from ds_distil.data.stream import mask_tokens, max_masked_per_sample, static_positions
+    from ds_distil.data.masking import (
+        mask_tokens,
+        max_masked_per_sample,
+        static_positions,
+    )
+    from ds_distil.schema.distill import DataConfig
 
     cfg = DataConfig(shards="-")
     special = torch.tensor([0, 100, 101, 102, 103])
@@ -85,12 +97,25 @@ def measure(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from benchmarks.reference import ReferenceDistill
-    from ds_distil.config import LossConfig, StudentConfig, TeacherConfig, TrainConfig
-    from ds_distil.distill_step import DistillStep
-    from ds_distil.engine import DS_CONFIGS, ds_config_from, init_distributed, initialize, place_teacher, teacher_dtype
-    from ds_distil.flops import Arch, distill_step_flops, peak_flops
-    from ds_distil.losses import kl_sum
-    from ds_distil.models import MaskedLM, build_student, build_teacher
+    from ds_distil.distill.losses import kl_sum
+    from ds_distil.distill.step import DistillStep
+    from ds_distil.model.build import build_student, build_teacher
+    from ds_distil.model.forward import MaskedLM
+    from ds_distil.runtime.engine import (
+        DS_CONFIGS,
+        ds_config_from,
+        init_distributed,
+        initialize,
+        place_teacher,
+        teacher_dtype,
+    )
+    from ds_distil.runtime.flops import Arch, distill_step_flops, peak_flops
+    from ds_distil.schema.distill import (
+        LossConfig,
+        StudentConfig,
+        TeacherConfig,
+        TrainConfig,
+    )
 
     d = init_distributed()  # a single process: on a port the OS finds free
     device, method, precision = d.device, spec["method"], spec["precision"]
@@ -98,7 +123,8 @@ def measure(spec: dict) -> dict:
     pad = spec["pad"] if method != "baseline" else 1
     s_vocab, s_pad, translation, ordinary = VOCAB, 0, {}, None
     if method == "ours-trimmed":  # the student over a target-language vocabulary (ds-distil vocab)
-        from ds_distil.vocab import load_vocab_map, prepare_trimmed_run
+        from ds_distil.data.vocab import load_vocab_map
+        from ds_distil.model.surgery import prepare_trimmed_run
 
         vmap = load_vocab_map(spec["vocab"])
         teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, 1)
@@ -279,7 +305,7 @@ def main() -> None:
         return
     import torch
 
-    from ds_distil.engine import bf16_capable
+    from ds_distil.runtime.engine import bf16_capable
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

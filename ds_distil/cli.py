@@ -1,6 +1,6 @@
 """`ds-distil <subcommand>`: thin wrappers over library functions.
 
-Flags of a subcommand are generated from its config dataclass (`ds_distil.config`), so the help
+Flags of a subcommand are generated from its config dataclass (`ds_distil.core.config`), so the help
 text, the types and the YAML keys have one source. Errors the user can fix are one line on stderr
 and exit status 2.
 """
@@ -18,14 +18,16 @@ import warnings
 from pathlib import Path
 
 from ds_distil import __version__
-from ds_distil.config import DataConfig, PrepareConfig, from_dict, load_dict, parse_value
-from ds_distil.errors import UserError
+from ds_distil.core.config import from_dict, load_dict, parse_value
+from ds_distil.core.errors import UserError
+from ds_distil.schema.distill import DataConfig
+from ds_distil.schema.prepare import PrepareConfig
 
 log = logging.getLogger("ds_distil")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    from ds_distil import quiet
+    from ds_distil.core import quiet
 
     rank = os.environ.get("RANK")
     prefix = f"[rank {rank}] " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
@@ -85,7 +87,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_vocab(args: argparse.Namespace) -> int:
     """Choose a target-language vocabulary from prepared shards (kept tokens, tokenizer, id map, report)."""
-    from ds_distil.vocab import VocabConfig, build_vocab
+    from ds_distil.data.vocab import build_vocab
+    from ds_distil.schema.vocab import VocabConfig
 
     cfg = config_from_args(args, VocabConfig)
     r = build_vocab(cfg)
@@ -104,7 +107,7 @@ def cmd_vocab(args: argparse.Namespace) -> int:
 
 def cmd_trim(args: argparse.Namespace) -> int:
     """Trim an existing model (a Hugging Face directory with its tokenizer) to a target-language vocabulary."""
-    from ds_distil.vocab import trim_model
+    from ds_distil.model.trim import trim_model
 
     path = trim_model(args.model, args.vocab, args.out, overwrite=args.overwrite)
     print(f"wrote {path} (AutoModelForMaskedLM.from_pretrained loads it)")
@@ -113,8 +116,9 @@ def cmd_trim(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Stream a few batches from prepared shards and show what a training rank would see."""
-    from ds_distil.data import MLMStream, load_manifest
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.data.manifest import load_manifest
+    from ds_distil.data.stream import MLMStream
+    from ds_distil.data.tokenizer import load_tokenizer
 
     manifest = load_manifest(args.shards)
     data_cfg = from_dict(DataConfig, {**load_dict(args.config, args.overrides).get("data", {}), "shards": args.shards})
@@ -140,9 +144,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student."""
-    from ds_distil.config import DistillConfig, load
-    from ds_distil.engine import close_distributed
-    from ds_distil.trainer import run_distill
+    from ds_distil.core.config import load
+    from ds_distil.distill.trainer import run_distill
+    from ds_distil.runtime.engine import close_distributed
+    from ds_distil.schema.distill import DistillConfig
 
     cfg = load(DistillConfig, args.config, args.overrides)
     status = run_distill(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
@@ -152,7 +157,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer)."""
-    from ds_distil.checkpoint import export_student
+    from ds_distil.distill.checkpoint import export_student
 
     path = export_student(args.run, out=args.out, tag=args.tag, overwrite=args.overwrite)
     print(f"exported {path} with its model card README.md (load it with AutoModelForMaskedLM.from_pretrained)")
@@ -161,11 +166,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json."""
-    from ds_distil.config import load
-    from ds_distil.engine import close_distributed
-    from ds_distil.finetune import FinetuneConfig, run_finetune
-    from ds_distil.signals import exit_on_stop_signal, ignore_stop_signals
-    from ds_distil.summary import result_lines
+    from ds_distil.core.config import load
+    from ds_distil.core.signals import exit_on_stop_signal, ignore_stop_signals
+    from ds_distil.finetune.summary import result_lines
+    from ds_distil.finetune.train import run_finetune
+    from ds_distil.runtime.engine import close_distributed
+    from ds_distil.schema.finetune import FinetuneConfig
 
     cfg = load(FinetuneConfig, args.config, args.overrides)
     exit_on_stop_signal("finetune")
@@ -182,11 +188,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Collect finetuning results into one table per task and dataset, baselines included (Markdown, JSON, PNG)."""
-    from ds_distil.report import write_report
+    from ds_distil.reporting.report import write_report
 
     path = write_report(args.runs, args.out, args.baseline, overwrite=args.overwrite)
     if args.study:
-        from ds_distil.paper_tables import write_tables
+        from ds_distil.reporting.paper_tables import write_tables
 
         tables = write_tables(args.study, args.runs, args.out)
         print(tables.read_text())
@@ -199,15 +205,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     """Run a whole study (configs/studies/*.yaml): data, teacher, students, ablations, baselines, finetuning, the paper's tables; resumes."""
-    from ds_distil.experiment import run_experiment
+    from ds_distil.study.runner import run_experiment
 
     return run_experiment(args.study, args.out, dry_run=args.dry_run, launcher=args.launcher, overrides=args.overrides)
 
 
 def cmd_build_nli(args: argparse.Namespace) -> int:
     """Build a NewsPH-NLI-style entailment set from a CSV of news articles."""
+    from ds_distil.core.rundir import claim
     from ds_distil.data.tasks import build_nli, read_articles, write_nli
-    from ds_distil.rundir import claim
 
     pairs = build_nli(read_articles(Path(args.articles), args.column), seed=args.seed)
     with claim(args.out, "build-nli", overwrite=args.overwrite, inputs=[args.articles]) as rd:
@@ -218,7 +224,7 @@ def cmd_build_nli(args: argparse.Namespace) -> int:
 
 
 def _keys_epilog(cls: type, instance=None, prefix: str = "") -> str:
-    from ds_distil.config import keys_help
+    from ds_distil.core.config import keys_help
 
     return ("settable keys (YAML via --config, or key=value after the flags; shown with their defaults):\n" +
             keys_help(cls, instance, prefix=prefix))
@@ -229,7 +235,7 @@ OVERWRITE_HELP = ("replace what DIR holds: the new output is built beside it and
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ds_distil.config import DistillConfig
+    from ds_distil.schema.distill import DistillConfig
 
     parser = argparse.ArgumentParser(prog="ds-distil", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--version", action="version", version=f"ds-distil {__version__}")
@@ -252,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, PrepareConfig)
     p.set_defaults(func=cmd_prepare)
 
-    from ds_distil.vocab import VocabConfig
+    from ds_distil.schema.vocab import VocabConfig
 
     p = sub.add_parser("vocab", help=cmd_vocab.__doc__, description=cmd_vocab.__doc__)
     add_config_flags(p, VocabConfig)
@@ -295,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     from ds_distil.data.tasks import TASKS
-    from ds_distil.finetune import FT_PRESETS, FinetuneConfig
+    from ds_distil.schema.finetune import FT_PRESETS, FinetuneConfig
 
     p = sub.add_parser("finetune", help=cmd_finetune.__doc__, description=cmd_finetune.__doc__, formatter_class=raw,
                        epilog=_keys_epilog(FinetuneConfig, FinetuneConfig()))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ds_distil import env_info
+from ds_distil.core import env_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,8 @@ def corpus_docs(corpus: Path) -> list[str]:
 
 
 def run_prepare(out: Path, inputs, tokenizer, **overrides):
-    from ds_distil.config import PrepareConfig
     from ds_distil.data.shards import prepare
+    from ds_distil.schema.prepare import PrepareConfig
 
     cfg = PrepareConfig(out=str(out), input=[str(p) for p in inputs], tokenizer=str(tokenizer), **overrides)
     return prepare(cfg)
@@ -112,7 +112,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 @pytest.fixture(scope="session")
 def small_vocab(tmp_path_factory, small_shards) -> Path:
     """A target-language vocabulary of small_shards (every seen token, every single character)."""
-    from ds_distil.vocab import VocabConfig, build_vocab
+    from ds_distil.data.vocab import build_vocab
+    from ds_distil.schema.vocab import VocabConfig
 
     return built_once(tmp_path_factory, "small-vocab",
                       lambda out: build_vocab(VocabConfig(shards=str(small_shards), out=str(out), report_data="none")))

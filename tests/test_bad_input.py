@@ -11,11 +11,12 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, one_line_error, run_cli
-from ds_distil.config import DataConfig
-from ds_distil.data import MLMStream, load_manifest
-from ds_distil.errors import CorruptShardError, UserError
+
+from ds_distil.core.errors import CorruptShardError, UserError
+from ds_distil.data.manifest import load_manifest
+from ds_distil.data.stream import MLMStream
+from ds_distil.schema.distill import DataConfig
 
 
 def prepare_args(out, *inputs, tok):
@@ -264,7 +265,7 @@ def test_corrupt_weights_in_a_model_directory_is_one_line(tmp_path):
     BertForMaskedLM(BertConfig(vocab_size=119547, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)).save_pretrained(str(model))
     data = (model / "model.safetensors").read_bytes()
     (model / "model.safetensors").write_bytes(data[:5000])
-    from ds_distil.models import _from_pretrained
+    from ds_distil.model.build import _from_pretrained
 
     with pytest.raises(UserError, match="cannot load teacher .*model"):
         _from_pretrained(str(model), "teacher")

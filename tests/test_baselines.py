@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from ds_distil.baselines import run_baselines
-from ds_distil.data.tasks import Example, Task
+from ds_distil.data.examples import Example, Task
+from ds_distil.finetune.baselines import run_baselines
 
 
 def feats_for(task: Task) -> dict[str, list[dict]]:

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -61,8 +60,8 @@ def test_reports_go_only_into_a_folder_of_benchmark_results(tmp_path):
     import pytest
 
     from benchmarks.common import write_report
-    from ds_distil.errors import UserError
-    from ds_distil.rundir import owner
+    from ds_distil.core.errors import UserError
+    from ds_distil.core.rundir import owner
 
     result = {"device": {"label": "cpu2"}}
     write_report("a", result, "# a\n", tmp_path / "res")

@@ -1,4 +1,4 @@
-"""The model card an export writes (ds_distil/card.py), and the finetuning results `ds-distil report` adds to it.
+"""The model card an export writes (ds_distil/distill/card.py), and the finetuning results `ds-distil report` adds to it.
 
 The run directory here is built by hand from the same pieces a real run writes (resolved config,
 trainer state, environment.json, ds_config.json, real shards); test_distill.py checks the card of a
@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from ds_distil.card import FT_END, FT_START, add_results, split_card, write_card
-from ds_distil.config import DistillConfig, load, save, to_dict
+from ds_distil.core.config import load, save, to_dict
+from ds_distil.distill.card import FT_END, FT_START, add_results, split_card, write_card
+from ds_distil.schema.distill import DistillConfig
 
 TAG = "step00000030"
 VAL = {"step": 30, "val/mlm_loss": 6.5, "val/perplexity": 665.141633, "val/mlm_accuracy": 0.125, "val/kl": 0.75,
@@ -84,7 +85,7 @@ def test_the_card_has_hub_metadata_and_says_what_the_run_recorded(small_shards, 
     from transformers import AutoModelForMaskedLM
 
     AutoModelForMaskedLM.from_pretrained(str(student))
-    from ds_distil.modelinfo import display_name
+    from ds_distil.model.info import display_name
 
     assert display_name(str(student)) == "run (bert 2x64)"
 
@@ -116,13 +117,13 @@ def test_a_trimmed_vocabulary_is_named_and_relative_paths_are_found_from_where_t
 def fake_result(path, model, task, dataset, seed, score):
     path.mkdir(parents=True)
     (path / "results.json").write_text(json.dumps({
-        "model": str(model), "model_name": __import__("ds_distil.modelinfo").modelinfo.display_name(str(model)), "task": task,
+        "model": str(model), "model_name": __import__("ds_distil.model.info", fromlist=["display_name"]).display_name(str(model)), "task": task,
         "dataset": dataset, "metric": "f1" if task == "ner" else "accuracy", "score": score, "macro_f1": score / 2,
         "train_runtime_s": 12.0 + seed, "seed": seed, "data": {"files": {"test": {"sha256": "a" * 64}}}}))
 
 
 def test_report_adds_finetuning_results_to_the_card_and_later_reports_merge(small_shards, tmp_path):
-    from ds_distil.report import write_report
+    from ds_distil.reporting.report import write_report
 
     run, student = fake_run(tmp_path, small_shards)
     write_card(student, run, TAG)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, one_line_error, run_cli, tree
-from ds_distil.checkpoint import MARKER, _prune, latest_tag
+
+from ds_distil.distill.checkpoint import MARKER, _prune, latest_tag
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
@@ -142,7 +142,7 @@ def test_truncated_newest_checkpoint_falls_back_and_the_run_ends_bit_identical(f
         f.write('{"step": 7, "loss/to')  # a line torn by a kill mid-write
 
     # a run holding the directory refuses this one, naming it; killed with SIGKILL, it blocks nothing
-    code = "import sys, time\nfrom ds_distil.rundir import claim\nclaim(sys.argv[1], 'distill', in_place=True)\nprint('held', flush=True)\ntime.sleep(600)\n"
+    code = "import sys, time\nfrom ds_distil.core.rundir import claim\nclaim(sys.argv[1], 'distill', in_place=True)\nprint('held', flush=True)\ntime.sleep(600)\n"
     holder = subprocess.Popen([sys.executable, "-c", code, str(run_copy)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     one_line_error(distill(run_copy, small_shards, "--resume"), "in use by another ds-distil run", f"pid {holder.pid}")

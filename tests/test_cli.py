@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from ds_distil.cli import build_parser
-from ds_distil.config import PrepareConfig, load
+from ds_distil.core.config import load
+from ds_distil.schema.prepare import PrepareConfig
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 

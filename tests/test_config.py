@@ -3,7 +3,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ds_distil.config import ConfigError, DataConfig, PrepareConfig, from_dict, load, load_dict, save, to_dict
+from ds_distil.core.config import ConfigError, from_dict, load, load_dict, save, to_dict
+from ds_distil.schema.distill import DataConfig
+from ds_distil.schema.prepare import PrepareConfig
 
 
 @dataclass
@@ -78,14 +80,14 @@ def test_section_validation_names_the_problem():
 
 
 def test_a_section_given_in_part_keeps_the_fields_own_defaults():
-    from ds_distil.finetune import FinetuneConfig
+    from ds_distil.schema.finetune import FinetuneConfig
 
     cfg = from_dict(FinetuneConfig, {"train": {"seed": 7}})
     assert cfg.train.seed == 7 and cfg.train.lr == 5e-5 and cfg.train.adam_betas == [0.9, 0.999]  # finetuning's, not distillation's
 
 
 def test_numbers_in_exponent_form_are_numbers(tmp_path):
-    from ds_distil.finetune import FinetuneConfig
+    from ds_distil.schema.finetune import FinetuneConfig
 
     # YAML 1.1 (PyYAML) would read 5e-5 as a string; the command line and YAML files read it as a float
     cfg = load(FinetuneConfig, [], ["train.lr=5e-5", "train.adam_eps=1E-6", "train.weight_decay=0"])
@@ -114,7 +116,7 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path):
     ],
 )
 def test_distill_values_out_of_range_are_refused_naming_the_section(override, message):
-    from ds_distil.config import DistillConfig
+    from ds_distil.schema.distill import DistillConfig
 
     with pytest.raises(ConfigError, match=message) as e:
         load(DistillConfig, [], ["data.shards=d", "teacher.preset=tiny", override])
@@ -122,7 +124,7 @@ def test_distill_values_out_of_range_are_refused_naming_the_section(override, me
 
 
 def test_finetune_max_train_examples_zero_is_refused_not_everything():
-    from ds_distil.finetune import FinetuneConfig
+    from ds_distil.schema.finetune import FinetuneConfig
 
     with pytest.raises(ConfigError, match="max_train_examples must be >= 2"):
         from_dict(FinetuneConfig, {"task": {"max_train_examples": 0}})

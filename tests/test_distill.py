@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, free_port, run_cli
-from ds_distil.checkpoint import MARKER, latest_tag
+
+from ds_distil.distill.checkpoint import MARKER, latest_tag
 
 HELPER = ROOT / "tests" / "helpers" / "distill_run.py"
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -104,7 +104,7 @@ def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     logits = export_logits_in_clean_process(out / "student", ids)
     assert logits.shape == (2, 12, 119547) and torch.isfinite(logits).all()
     # the model card: Hub metadata, and what the run recorded (test_card.py checks the rest)
-    from ds_distil.card import split_card
+    from ds_distil.distill.card import split_card
 
     meta, body = split_card((out / "student" / "README.md").read_text(encoding="utf-8"))
     assert meta["language"] == ["tl"] and "distillation" in meta["tags"] and meta["model_name"] == "run (bert 2x64)"
@@ -241,7 +241,7 @@ def test_refused_inputs_get_one_line_errors(small_shards, small_vocab, corpus, t
     line = distill("teacher.preset=null", f"teacher.pretrained={nan_dir}", "train.max_nonfinite_steps=3")
     assert "loss was NaN/inf for 3 optimizer steps in a row at step 3" in line
     # a student trimmed to a target-language vocabulary, with full-vocabulary shards and no student.vocab
-    from ds_distil.vocab import trim_model
+    from ds_distil.model.trim import trim_model
 
     full_dir, trimmed_dir = tmp_path / "full-student", tmp_path / "trimmed-student"
     BertForMaskedLM(BertConfig(vocab_size=119547, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,

@@ -1,15 +1,21 @@
 """The DeepSpeed config is filled from the run config: one source for batch sizes and the optimizer."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-
-from ds_distil.config import DistillConfig, from_dict, load
-from ds_distil.engine import build_ds_config, resolve_ds_json, teacher_dtype, total_steps
-from ds_distil.errors import UserError
 from conftest import ROOT
 
+from ds_distil.core.config import from_dict, load
+from ds_distil.core.errors import UserError
+from ds_distil.runtime.engine import (
+    build_ds_config,
+    resolve_ds_json,
+    teacher_dtype,
+    total_steps,
+)
+from ds_distil.schema.distill import DistillConfig
 
 CPU = torch.device("cpu")
 
@@ -62,6 +68,7 @@ def test_auto_precision_is_bf16_on_gpus_that_have_it_fp16_on_older_ones_fp32_on_
     assert resolve_ds_json("auto", gpu).endswith(expected)
     assert teacher_dtype("auto", gpu) == (torch.bfloat16 if bf16 else torch.float16)
     assert resolve_ds_json("auto", CPU).endswith("zero2-fp32.json") and teacher_dtype("auto", CPU) == torch.float32
+    assert Path(resolve_ds_json("auto", gpu)).is_file() and Path(resolve_ds_json("auto", CPU)).is_file()  # the shipped JSONs
     assert resolve_ds_json("my.json", gpu) == "my.json"  # an explicit choice is kept
 
 

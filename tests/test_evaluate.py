@@ -1,4 +1,4 @@
-"""Held-out validation (ds_distil/evaluate.py): fixed masks, the right figures, 1 rank = 2 ranks, no side effects."""
+"""Held-out validation (ds_distil/distill/evaluate.py): fixed masks, the right figures, 1 rank = 2 ranks, no side effects."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, free_port, run_prepare
-from ds_distil.losses import IGNORE_INDEX
+
+from ds_distil.data.masking import IGNORE_INDEX
 
 HELPER = ROOT / "tests" / "helpers" / "validate_ranks.py"
 _spec = importlib.util.spec_from_file_location("validate_ranks", HELPER)
@@ -143,9 +143,9 @@ def test_two_ranks_give_the_figures_of_one_rank(small_shards, small_vocab, tmp_p
 
 
 def test_shards_without_a_validation_split_are_said_once_and_skipped(tmp_path, corpus, mbert_tokenizer_dir, caplog):
-    from ds_distil import evaluate
-    from ds_distil.config import DataConfig
-    from ds_distil.data import load_manifest
+    from ds_distil.data.manifest import load_manifest
+    from ds_distil.distill import evaluate
+    from ds_distil.schema.distill import DataConfig
 
     run_prepare(tmp_path / "s", [corpus], mbert_tokenizer_dir, max_docs=30, val_fraction=0.0)
     manifest = load_manifest(tmp_path / "s")

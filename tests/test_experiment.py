@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
@@ -42,7 +41,7 @@ def test_every_shipped_study_is_loaded_and_planned(study, tmp_path, data_dir):
 
 
 def test_shipped_studies_say_how_they_are_sized():
-    from ds_distil.study import load_study
+    from ds_distil.schema.study import load_study
 
     cpu, gpu, demo = (load_study(ROOT / "configs" / "studies" / f"{n}.yaml") for n in ("paper-tl-cpu", "paper-tl-gpu", "demo"))
     assert cpu.sized_down and demo.sized_down and gpu.sized_down  # every study here is smaller than the paper's 3 epochs of OSCAR
@@ -91,8 +90,8 @@ def test_a_directory_the_study_did_not_make_is_refused(tmp_path):
 
 
 def test_a_changed_setting_changes_the_key_of_its_stage_and_of_what_depends_on_it(tmp_path, data_dir):
-    from ds_distil.experiment import Runner
-    from ds_distil.study import load_study
+    from ds_distil.schema.study import load_study
+    from ds_distil.study.runner import Runner
 
     path = ROOT / "configs" / "studies" / "paper-tl-gpu.yaml"
 

@@ -7,7 +7,6 @@ import os
 import sys
 
 import pytest
-
 from conftest import ROOT, free_port, run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
@@ -69,7 +68,7 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     import hashlib
     import subprocess
 
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.data.tokenizer import load_tokenizer
 
     with open(data_dir / "hatespeech" / "train.csv", encoding="utf-8") as f:
         texts = [r["text"] for r in csv.DictReader(f)][:60]

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ds_distil.config import LossConfig
-from ds_distil.losses import distillation_losses, kl_sum
-from ds_distil.models import bert_config, masked_lm_forward
+from ds_distil.distill.losses import distillation_losses, kl_sum
+from ds_distil.model.build import bert_config
+from ds_distil.model.forward import masked_lm_forward
+from ds_distil.schema.distill import LossConfig
 
 VOCAB = 500
 
@@ -125,8 +126,9 @@ def test_padded_vocabulary_and_static_positions_equal_the_plain_full_logits_refe
     same gradients as the full-logits reference on the unpadded models; padding rows get no gradient."""
     import copy
 
-    from ds_distil.data.stream import static_positions
-    from ds_distil.models import MaskedLM, pad_vocab
+    from ds_distil.data.masking import static_positions
+    from ds_distil.model.forward import MaskedLM
+    from ds_distil.model.surgery import pad_vocab
 
     teacher, student = tiny_pair(seed=3)
     ids, attention, labels = batch(seed=4)
@@ -162,7 +164,7 @@ def test_padded_vocabulary_and_static_positions_equal_the_plain_full_logits_refe
 
 
 def test_padding_is_undone_for_export_with_identical_logits():
-    from ds_distil.models import pad_vocab, unpad_vocab
+    from ds_distil.model.surgery import pad_vocab, unpad_vocab
 
     _, student = tiny_pair(seed=5)
     student.eval()

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from ds_distil.config import StudentConfig, TeacherConfig
-from ds_distil.errors import UserError
-from ds_distil.models import build_student, build_teacher, count_parameters, encoder
+from ds_distil.core.errors import UserError
+from ds_distil.model.build import build_student, build_teacher, count_parameters
+from ds_distil.model.forward import encoder
+from ds_distil.schema.distill import StudentConfig, TeacherConfig
 
 MBERT_VOCAB = 119547
 
@@ -16,7 +17,7 @@ MBERT_VOCAB = 119547
     ("mbert", (12, 768, 3072, 12, 512)),
 ])
 def test_presets_have_the_papers_sizes(preset, sizes):
-    from ds_distil.models import bert_config
+    from ds_distil.model.build import bert_config
 
     c = bert_config(preset, MBERT_VOCAB, 0)
     assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.max_position_embeddings) == sizes
@@ -83,9 +84,14 @@ def test_embeddings_of_other_size_are_refused_or_projected():
 def test_pre_ln_student_is_a_megatron_bert_that_the_pipeline_and_auto_classes_handle(tmp_path):
     """student.norm=pre: the masked-only forward, vocabulary padding, embedding copy from a post-LN
     teacher and the Hugging Face round trip (finetuning loads it with AutoModelFor*) all work on it."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, MegatronBertForMaskedLM
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        MegatronBertForMaskedLM,
+    )
 
-    from ds_distil.models import masked_lm_forward, pad_vocab, unpad_vocab
+    from ds_distil.model.forward import masked_lm_forward
+    from ds_distil.model.surgery import pad_vocab, unpad_vocab
 
     torch.manual_seed(0)
     teacher = build_teacher(TeacherConfig(preset="micro"), 1000, 0)

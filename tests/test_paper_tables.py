@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ds_distil.paper_tables import build, render, stage_times, write_tables
+from ds_distil.reporting.paper_tables import build, render, stage_times, write_tables
 
 
 def result(path, row, task, seed, score, runtime, bow=0.7, majority=0.5):
@@ -41,7 +41,7 @@ def test_tables_from_results(tmp_path):
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "metrics.jsonl").write_text('{"step": 10, "loss/mlm": 7.5}\n{"step": 20, "loss/mlm": 6.25, "val/perplexity": 310.5}\n'
                                                         '{"step": 2')  # a torn last line (a killed run) is skipped
-    from ds_distil.report import collect
+    from ds_distil.reporting.report import collect
 
     p = plan(tmp_path, {"finetune/teacher/*": 3.0, "finetune/*": 1.0, "teacher": 10.0})
     tables = build(p, collect([runs]), {"teacher": 600.0, "finetune/teacher/hatespeech/seed1": 120.0, "finetune/s/hatespeech/seed1": 30.0})
@@ -77,7 +77,7 @@ def test_stage_times_come_from_done_markers_only(tmp_path):
 
 
 def test_a_file_that_is_not_a_plan_is_refused(tmp_path):
-    from ds_distil.errors import UserError
+    from ds_distil.core.errors import UserError
 
     (tmp_path / "plan.json").write_text("{}")
     with pytest.raises(UserError, match="is not a study's plan.json"):

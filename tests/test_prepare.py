@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import webdataset as wds
-
 from conftest import run_prepare
-from ds_distil.data import load_manifest
+
+from ds_distil.data.manifest import load_manifest
 from ds_distil.data.shards import BLOCK, BlockSelector
-from ds_distil.tokenizer import load_tokenizer
+from ds_distil.data.tokenizer import load_tokenizer
 
 
 def read_split(directory, split):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import run_cli
+
+from ds_distil.core.errors import UserError
+from ds_distil.data.examples import Example
 from ds_distil.data.readers import ReadOptions
-from ds_distil.data.tasks import Example, load_task
-from ds_distil.errors import UserError
+from ds_distil.data.tasks import load_task
 
 GOOD = "text,label\nisa,a\ndalawa,b\ntatlo,a\n"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
-from ds_distil.report import build_table, collect, render_markdown
+
+from ds_distil.reporting.report import build_table, collect, render_markdown
 
 
 def fake_result(path, model_name, dataset, seed, score, runtime, test_sha="a" * 64, majority=0.8, warnings=()):

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, free_port, one_line_error, run_cli, tree
-from ds_distil.errors import UserError
-from ds_distil.rundir import LOCK, MARKER, claim, owner
+
+from ds_distil.core.errors import UserError
+from ds_distil.core.rundir import LOCK, MARKER, claim, owner
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_second_concurrent_run_is_refused_while_the_first_finishes(tmp_path, cor
 def test_a_killed_holder_leaves_no_lock(tmp_path):
     """fcntl locks die with their process: a run killed with SIGKILL never blocks the next one."""
     out = tmp_path / "run"
-    code = ("import sys, time\nfrom ds_distil.rundir import claim\n"
+    code = ("import sys, time\nfrom ds_distil.core.rundir import claim\n"
             "rd = claim(sys.argv[1], 'distill', in_place=True)\nprint('held', flush=True)\ntime.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -200,7 +200,7 @@ def test_a_failed_first_run_leaves_no_directory_or_marker(tmp_path):
 
 def test_commit_without_an_atomic_exchange_still_swaps(tmp_path, monkeypatch):
     """Where renameat2(RENAME_EXCHANGE) is missing (NFS), two renames do the swap."""
-    import ds_distil.rundir as rundir
+    import ds_distil.core.rundir as rundir
 
     monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
     out = tmp_path / "rep"
@@ -214,7 +214,7 @@ def test_commit_without_an_atomic_exchange_still_swaps(tmp_path, monkeypatch):
 
 def test_two_ranks_get_rank0s_refusal_and_then_its_claim(tmp_path):
     out = tmp_path / "run"
-    code = "import sys, time\nfrom ds_distil.rundir import claim\nclaim(sys.argv[1], 'distill', in_place=True)\nprint('held', flush=True)\ntime.sleep(600)\n"
+    code = "import sys, time\nfrom ds_distil.core.rundir import claim\nclaim(sys.argv[1], 'distill', in_place=True)\nprint('held', flush=True)\ntime.sleep(600)\n"
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}

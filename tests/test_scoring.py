@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from ds_distil.baselines import run_baselines
-from ds_distil.data.tasks import Example, Task
-from ds_distil.scoring import collapse_warning, evaluate
+from ds_distil.data.examples import Example, Task
+from ds_distil.finetune.baselines import run_baselines
+from ds_distil.finetune.scoring import collapse_warning, evaluate
 
 LABELS = ["hate", "ok"]
 
@@ -62,11 +62,11 @@ def test_token_tasks_score_per_word_and_never_warn():
 
 
 def test_progress_without_a_terminal_logs_lines_with_eta(caplog):
-    from ds_distil.progress import Progress
+    from ds_distil.core.progress import Progress
 
     bar = Progress(10, "finetune", "step", log_every_s=0.0)  # pytest's stderr is not a terminal: no bar
     assert bar.bar is None
-    with caplog.at_level(logging.INFO, logger="ds_distil.progress"):
+    with caplog.at_level(logging.INFO, logger="ds_distil.core.progress"):
         bar.update(4, loss="0.5000")
     assert caplog.messages and caplog.messages[-1].startswith("finetune: 4/10 steps (40%) | loss 0.5000 | ")
     assert "steps/s | ETA " in caplog.messages[-1]
@@ -77,7 +77,7 @@ def test_progress_without_a_terminal_logs_lines_with_eta(caplog):
 
 
 def test_third_party_stdout_is_swallowed_unless_verbose_or_failing(capsys, monkeypatch):
-    from ds_distil import quiet
+    from ds_distil.core import quiet
 
     monkeypatch.setattr(quiet, "VERBOSE", False)
     with quiet.third_party_stdout():
@@ -96,7 +96,7 @@ def test_third_party_stdout_is_swallowed_unless_verbose_or_failing(capsys, monke
 def test_model_names_come_from_card_config_or_export_not_the_path(tmp_path):
     import json
 
-    from ds_distil.modelinfo import display_name
+    from ds_distil.model.info import display_name
 
     d = tmp_path / "runs" / "x" / "student"
     d.mkdir(parents=True)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import free_port
-from ds_distil.config import DataConfig
-from ds_distil.data import MLMStream, load_manifest
-from ds_distil.data.stream import IGNORE_INDEX, mask_tokens, plan_rank
+
+from ds_distil.data.manifest import load_manifest
+from ds_distil.data.masking import IGNORE_INDEX, mask_tokens
+from ds_distil.data.stream import MLMStream, plan_rank
+from ds_distil.schema.distill import DataConfig
 
 HELPER = Path(__file__).parent / "helpers" / "stream_ranks.py"
 

@@ -6,8 +6,9 @@ import csv
 
 import pytest
 
-from ds_distil.data.tasks import Example, Task, build_nli, check_iob2, load_task, read_iob2, write_nli
-from ds_distil.errors import UserError
+from ds_distil.core.errors import UserError
+from ds_distil.data.examples import Example, Task
+from ds_distil.data.tasks import build_nli, check_iob2, load_task, read_iob2, write_nli
 
 
 def test_hatespeech_counts_match_the_files(data_dir):
@@ -89,8 +90,8 @@ def test_nli_builder_is_balanced_deterministic_and_never_repeats_a_pair(data_dir
 
 
 def test_first_subword_label_alignment(mbert_tokenizer_dir):
-    from ds_distil.finetune import featurise
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.data.tokenizer import load_tokenizer
+    from ds_distil.finetune.train import featurise
 
     tok = load_tokenizer(str(mbert_tokenizer_dir))
     words = ["Pinagsasabihan", "si", "Juan", "ng", "Maynila"]
@@ -105,7 +106,7 @@ def test_first_subword_label_alignment(mbert_tokenizer_dir):
 
 
 def test_seqeval_entity_f1_on_a_known_example():
-    from ds_distil.scoring import score
+    from ds_distil.finetune.scoring import score
 
     labels = ["B-LOC", "B-PER", "I-PER", "O"]
     ex = [Example(["a", "b", "c", "d"], ["B-PER", "I-PER", "O", "B-LOC"]), Example(["e", "f"], ["B-PER", "O"])]

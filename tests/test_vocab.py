@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_cli, run_prepare
-from ds_distil.config import LossConfig
-from ds_distil.errors import UserError
-from ds_distil.vocab import VocabConfig, build_vocab, load_vocab_map
+
+from ds_distil.core.errors import UserError
+from ds_distil.data.vocab import build_vocab, load_vocab_map
+from ds_distil.schema.distill import LossConfig
+from ds_distil.schema.vocab import VocabConfig
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def vocab_dir(tmp_path_factory, docs_shards):
 
 
 def test_every_seen_token_kept_tokenizes_the_training_text_identically(docs_shards, vocab_dir):
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.data.tokenizer import load_tokenizer
 
     shards, docs = docs_shards
     full, trimmed = load_tokenizer(str(shards / "tokenizer")), load_tokenizer(str(vocab_dir))
@@ -52,7 +53,7 @@ def test_every_seen_token_kept_tokenizes_the_training_text_identically(docs_shar
 
 
 def test_text_made_of_kept_characters_never_becomes_unk(vocab_dir):
-    from ds_distil.tokenizer import load_tokenizer
+    from ds_distil.data.tokenizer import load_tokenizer
 
     trimmed = load_tokenizer(str(vocab_dir))
     chars = sorted(t for t in trimmed.get_vocab() if len(t) == 1 and not t.isspace())
@@ -79,9 +80,11 @@ def test_kl_over_the_kept_vocabulary_equals_the_restricted_renormalised_full_ref
     renormalised there (the student's logits are over the kept tokens anyway)."""
     from transformers import BertForMaskedLM
 
-    from ds_distil.data.stream import static_positions
-    from ds_distil.losses import distillation_losses
-    from ds_distil.models import MaskedLM, bert_config, restrict_head
+    from ds_distil.data.masking import static_positions
+    from ds_distil.distill.losses import distillation_losses
+    from ds_distil.model.build import bert_config
+    from ds_distil.model.forward import MaskedLM
+    from ds_distil.model.surgery import restrict_head
 
     vocab, kept = 500, torch.tensor(sorted(random.Random(1).sample(range(5, 500), 120) + [0, 1, 2, 3, 4]))
     old_to_new = torch.full((vocab,), -1, dtype=torch.long)
@@ -126,7 +129,7 @@ def test_kl_over_the_kept_vocabulary_equals_the_restricted_renormalised_full_ref
 def test_trim_after_the_fact_keeps_the_kept_logits(tmp_path, docs_shards, vocab_dir):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from ds_distil.models import bert_config
+    from ds_distil.model.build import bert_config
 
     model_dir = tmp_path / "model"
     torch.manual_seed(0)
@@ -150,7 +153,7 @@ def test_trim_after_the_fact_keeps_the_kept_logits(tmp_path, docs_shards, vocab_
 def test_bad_vocabularies_are_refused(tmp_path, docs_shards, vocab_dir, small_shards):
     # from other shards (same tokenizer)
     with pytest.raises(UserError, match="counted on other training shards"):
-        load_vocab_map(vocab_dir).check_shards(__import__("ds_distil.data", fromlist=["load_manifest"]).load_manifest(small_shards))
+        load_vocab_map(vocab_dir).check_shards(__import__("ds_distil.data.manifest", fromlist=["load_manifest"]).load_manifest(small_shards))
     # a map that drops a special token
     broken = tmp_path / "broken"
     import shutil

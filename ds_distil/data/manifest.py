@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ds_distil.errors import CorruptShardError, UserError
+from ds_distil.core.errors import CorruptShardError, UserError
 
 FORMAT = "ds-distil-shards/1"
 MANIFEST = "manifest.json"
@@ -102,7 +102,7 @@ def load_manifest(directory: str | Path) -> Manifest:
     if not directory.is_dir():
         raise UserError(f"shard directory {directory} does not exist; create it with `ds-distil prepare --out {directory} ...`")
     if not path.is_file():
-        from ds_distil.rundir import staging_siblings
+        from ds_distil.core.rundir import staging_siblings
 
         partial = " (an interrupted `prepare` left it incomplete)" if staging_siblings(directory) else ""
         raise UserError(

@@ -37,8 +37,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from ds_distil.core.errors import UserError
 from ds_distil.data import sampling
-from ds_distil.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class SplitData:
 
 def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, train_path: Path | None):
     """Examples of one file, every row checked; `known_labels` (valid/test): labels training has."""
-    from ds_distil.data.tasks import Example
+    from ds_distil.data.examples import Example
 
     header, rows, used = read_rows(path, opts.encoding)
     _check_columns(path, header, rows, opts)
@@ -294,7 +294,7 @@ def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, tra
 
 def read_classification(name: str, directory: Path, opts: ReadOptions, metric: str = "accuracy"):
     """A sequence (or pair) classification Task from a directory of split files."""
-    from ds_distil.data.tasks import Task
+    from ds_distil.data.examples import Task
 
     files = find_split_files(directory, opts.valid_fraction)
     train = read_split(files["train"], opts, None, None)
@@ -317,3 +317,9 @@ def read_classification(name: str, directory: Path, opts: ReadOptions, metric: s
         log.info("no validation file: held out %d of %d training rows (task.valid_fraction=%s, stratified, seed %d)",
                  len(held), len(kept) + len(held), opts.valid_fraction, opts.seed)
     return Task(name, "pair" if opts.text_pair_column else "sequence", metric, splits, source=str(directory), provenance=provenance)
+
+
+def read_options(task) -> ReadOptions:
+    """How the `task` section of a finetune config (schema.finetune.TaskConfig) says users' files are read."""
+    return ReadOptions(task.text_column, task.label_column, task.text_pair_column, task.encoding, task.skip_bad_rows,
+                       task.valid_fraction, task.seed)

@@ -11,7 +11,7 @@ The pipeline streams; nothing is held for the whole corpus:
          continues in the next sample after its [CLS], so no token is wasted; only the last sample of
          a split is padded
       -> tar shards, tokenizer/, manifest.json (last) written into a staging sibling of --out that is
-         swapped in whole when complete (ds_distil.rundir).
+         swapped in whole when complete (ds_distil.core.rundir).
 
 Document selection is by blocks of 1000 consecutive documents: in each block a seeded permutation
 ranks the documents and those ranked below round(fraction * 1000) are kept. So a fraction keeps
@@ -22,7 +22,6 @@ exactly that share of every full block, the choice does not depend on how long t
 from __future__ import annotations
 
 import collections
-from collections import Counter
 import datetime
 import gzip
 import hashlib
@@ -33,6 +32,7 @@ import multiprocessing as mp
 import os
 import random
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +40,14 @@ from pathlib import Path
 import numpy as np
 
 from ds_distil import __version__
-from ds_distil.config import PrepareConfig, save, to_dict
+from ds_distil.core.config import save, to_dict
+from ds_distil.core.errors import UserError
+from ds_distil.core.progress import Progress
+from ds_distil.core.rundir import claim
 from ds_distil.data.lines import bounded_lines, split_long
 from ds_distil.data.manifest import FORMAT, MANIFEST, SAMPLE_KEY
-from ds_distil.errors import UserError
-from ds_distil.progress import Progress
-from ds_distil.rundir import claim
-from ds_distil.tokenizer import load_tokenizer, probe, tokenizer_info
+from ds_distil.data.tokenizer import load_tokenizer, probe, tokenizer_info
+from ds_distil.schema.prepare import PrepareConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
-"""Every rank claims --out through rank 0 (ds_distil.rundir.claim_on_rank0) and prints what it got:
+"""Every rank claims --out through rank 0 (ds_distil.core.rundir.claim_on_rank0) and prints what it got:
 the directory to write, or rank 0's refusal as its own one-line error."""
 
 import os
 import sys
 
-from ds_distil.engine import init_distributed
-from ds_distil.errors import UserError
-from ds_distil.rundir import claim, claim_on_rank0
+from ds_distil.core.errors import UserError
+from ds_distil.core.rundir import claim, claim_on_rank0
+from ds_distil.runtime.engine import init_distributed
 
 d = init_distributed()
 try:

@@ -12,10 +12,11 @@ import hashlib
 import torch
 import torch.distributed as dist
 
-from ds_distil.checkpoint import export_student
-from ds_distil.config import DistillConfig, load
-from ds_distil.data import MLMStream
-from ds_distil.trainer import setup
+from ds_distil.core.config import load
+from ds_distil.data.stream import MLMStream
+from ds_distil.distill.checkpoint import export_student
+from ds_distil.distill.trainer import setup
+from ds_distil.schema.distill import DistillConfig
 
 p = argparse.ArgumentParser()
 p.add_argument("--config", action="append", required=True)

@@ -12,8 +12,9 @@ import json
 import torch
 import torch.distributed as dist
 
-from ds_distil.config import DataConfig
-from ds_distil.data import MLMStream, load_manifest
+from ds_distil.data.manifest import load_manifest
+from ds_distil.data.stream import MLMStream
+from ds_distil.schema.distill import DataConfig
 
 p = argparse.ArgumentParser()
 p.add_argument("--shards", required=True)

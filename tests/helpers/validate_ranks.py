@@ -15,16 +15,18 @@ import json
 import torch
 import torch.distributed as dist
 
-from ds_distil import evaluate
-from ds_distil.config import DataConfig, StudentConfig, TeacherConfig
-from ds_distil.data import load_manifest
-from ds_distil.models import MaskedLM, build_student, build_teacher
+from ds_distil.data.manifest import load_manifest
+from ds_distil.distill import evaluate
+from ds_distil.model.build import build_student, build_teacher
+from ds_distil.model.forward import MaskedLM
+from ds_distil.schema.distill import DataConfig, StudentConfig, TeacherConfig
 
 
 def build(shards: str, batch_size: int, max_samples: int = 0, vocab: str | None = None, teacher: bool = True,
           rank: int = 0, world_size: int = 1, temperature: float = 2.0):
     """(validator, student MaskedLM) for micro/tiny models seeded 0; with `vocab`, a trimmed student."""
-    from ds_distil.vocab import load_vocab_map, prepare_trimmed_run
+    from ds_distil.data.vocab import load_vocab_map
+    from ds_distil.model.surgery import prepare_trimmed_run
 
     manifest = load_manifest(shards)
     tok = manifest.tokenizer

@@ -1,0 +1,273 @@
+"""Typed configuration: dataclasses loaded from YAML files plus `section.key=value` overrides.
+
+Unknown keys and values of the wrong type are refused with a message naming the dotted key.
+`to_dict` / `save` give back the resolved configuration, which every command writes next to
+its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from ds_distil.core.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, whose floats need a dot: `5e-5` and `1e-4` would stay strings (and be
+    refused for `train.lr`). YAML 1.2, JSON and Python read them as numbers; so do we."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if get_origin(tp) is dict:
+        return f"mapping of {_type_name(get_args(tp)[1])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (converted where lossless)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"config key '{key}': expected one of {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is dict:  # a mapping of names to values (or to sections, for dataclass values)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {str(k): _convert(v, get_args(tp)[1], f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return [_convert(v, get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a section (mapping), got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. a path or name that YAML read as a number
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(cls: type, key: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(cls, key, prefix)
+        f = fields[key]
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            # a section given in part keeps this field's own defaults for the rest (they may differ from the class's)
+            value = {**to_dict(f.default_factory()), **value}
+        kwargs[key] = _convert(value, hints[key], prefix + key)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing config key '{prefix}{missing[0]}' (no default; set it in the YAML or as {prefix}{missing[0]}=...)")
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # __post_init__ validation
+        raise ConfigError(f"config section '{prefix.rstrip('.') or cls.__name__}': {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value, read as YAML (so `3`, `1e-4`, `true`, `null`, `[a, b]` get their types)."""
+    try:
+        return yaml_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `section.key=value` override to a nested dict, in place."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not of the form section.key=value")
+    dotted, _, raw = override.partition("=")
+    parts = dotted.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
+    node[parts[-1]] = parse_value(raw)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass an existing YAML file (see configs/)")
+    try:
+        data = yaml_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {p}{line} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_dict(paths: list[str | Path] = (), overrides: list[str] = ()) -> dict[str, Any]:
+    """Merge YAML files (a file may name `base: other.yaml`, relative to itself) and overrides."""
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = _merge(data, _with_bases(Path(path), seen=()))
+    for override in overrides:
+        apply_override(data, override)
+    return data
+
+
+def _with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through 'base'")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bases = base if isinstance(base, list) else [base]
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = _merge(merged, _with_bases(path.parent / str(b), seen + (path.resolve(),)))
+    return _merge(merged, data)
+
+
+def load(cls: type[T], paths: list[str | Path] = (), overrides: list[str] = ()) -> T:
+    return from_dict(cls, load_dict(paths, overrides))
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    return str(value)
+
+
+def keys_help(cls: type, instance: Any = None, width: int = 42, prefix: str = "") -> str:
+    """Every settable key of `cls` as `section.key=DEFAULT  help (type)`, for a command's --help: generated
+    from the dataclasses, so the keys, their defaults and their meaning are written once. `instance`
+    supplies defaults that differ from the classes' (finetuning's `train` section)."""
+    lines: list[str] = []
+
+    def walk(c: type, obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(c)
+        for f in dataclasses.fields(c):
+            if obj is not None:
+                value = getattr(obj, f.name)
+            elif f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                value = dataclasses.MISSING
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], None if value is dataclasses.MISSING else value, f"{prefix}{f.name}.")
+                continue
+            key = f"{prefix}{f.name}=" + ("..." if value is dataclasses.MISSING else _yaml_scalar(value))
+            text = f.metadata.get("help", "") + f" ({_type_name(hints[f.name])}" + (", required)" if value is dataclasses.MISSING else ")")
+            lines.append(f"  {key:<{width}}{text}" if len(key) < width - 1 else f"  {key}\n  {'':<{width}}{text}")
+
+    walk(cls, instance, prefix)
+    return "\n".join(lines)
+
+
+def save(obj: Any, path: str | Path) -> None:
+    """Write a resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def setting(help: str, *, resume: bool = False, **kw: Any) -> Any:
+    """A config field with its help text (the CLI's help and `--help`'s key list) and, for `ds-distil distill`,
+    whether it may change on `--resume` (resume=True: it changes neither the samples nor the arithmetic; the
+    resume fingerprint leaves it out). dataclasses.field's default / default_factory pass through."""
+    return dataclasses.field(metadata={"help": help, "resume": resume}, **kw)

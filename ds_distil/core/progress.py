@@ -1,0 +1,69 @@
+"""Progress of long work, on rank 0 only: a tqdm bar (rate, ETA, and figures such as the loss) when
+stderr is a terminal; otherwise, in log files and SLURM jobs where a bar would be a wall of carriage
+returns, a log line with the same figures every `log_every_s` seconds (or none, where the caller
+logs its own lines, as distillation does).
+
+Every long loop (prepare, distill, finetune, evaluation) goes through this one class, so they look alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("ds_distil.core.progress")
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    def __init__(self, total: int | None, desc: str, unit: str = "step", enabled: bool = True, initial: int = 0,
+                 log_every_s: float | None = 60.0, leave: bool = True, unit_scale: bool = False):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.enabled = enabled
+        self.bar = None
+        self.postfix: dict = {}
+        self.log_every_s = log_every_s
+        self.unit_scale = unit_scale
+        self.t0 = self.last_log = time.perf_counter()
+        self.start = initial
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=leave,
+                            unit_scale=unit_scale, file=sys.stderr)
+
+    def update(self, n: int = 1, **postfix) -> None:
+        if not self.enabled:
+            return
+        self.n += n
+        if postfix:
+            self.postfix.update(postfix)
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(n)
+        elif self.log_every_s is not None and time.perf_counter() - self.last_log >= self.log_every_s:
+            self._log_line()
+
+    def _log_line(self) -> None:
+        from tqdm import tqdm
+
+        self.last_log = now = time.perf_counter()
+        rate = (self.n - self.start) / max(now - self.t0, 1e-9)
+        count = tqdm.format_sizeof if self.unit_scale else (lambda x: f"{x:,}")
+        speed = tqdm.format_sizeof if self.unit_scale else (lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.2f}")
+        unit = self.unit if self.unit_scale else self.unit + "s"
+        done = f"{count(self.n)}/{count(self.total)} {unit} ({100 * self.n / max(self.total, 1):.0f}%)" if self.total else f"{count(self.n)} {unit}"
+        eta = f" | ETA {_clock((self.total - self.n) / rate)}" if rate > 0 and self.total else ""
+        extra = "".join(f" | {k} {v}" for k, v in self.postfix.items())
+        log.info("%s: %s%s | %s %s/s%s", self.desc, done, extra, speed(rate), unit, eta)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

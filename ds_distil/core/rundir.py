@@ -1,0 +1,410 @@
+"""Run directories: who owns an --out, one writer at a time, and outputs that appear whole.
+
+Every command that writes an `--out` claims it first (`claim`):
+
+* **Ownership.** OUT/.ds-distil-run.json names the command (and version) that made the directory.
+  A non-empty directory without it, or made by another command, is refused without --overwrite;
+  outputs of the landed version (no marker) are recognised by the files only ds-distil writes.
+* **Inputs.** --out may not be, contain, or lie inside one of the command's inputs.
+* **One writer.** OUT/.ds-distil.lock is held with a POSIX record lock (fcntl) for as long as the
+  command runs. The kernel drops it when the process dies however it dies (kill -9 included), so a
+  killed run never blocks --resume; a second run is refused naming the PID and host that hold it.
+  POSIX locks are what NFS supports across nodes (NFSv4 natively, v3 through lockd); a file system
+  mounted without lock support gets a warning and no guard.
+* **Whole outputs.** One-shot commands (prepare, finetune, export, report, build-nli) write into a
+  hidden sibling `.NAME.ds-distil-new-PID` and swap it in on success (`commit`, an atomic
+  renameat2 exchange where the file system has it): a failed or interrupted run leaves the old
+  output as it was. The old output is then deleted if it was ds-distil's, or kept beside as
+  `NAME.replaced-DATE` if it was not. distill writes in place (it resumes); with --overwrite it
+  writes into the sibling and swaps it in at its first complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ds_distil import __version__
+from ds_distil.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".ds-distil-run.json"
+LOCK = ".ds-distil.lock"
+STAGING_INFIX = ".ds-distil-new-"
+
+# What to do with an existing output of the same command:
+#   keep:       refused without --overwrite (expensive to make: shards, finetuning results)
+#   replace:    replaced without asking (derived from other outputs, cheap to make again)
+#   accumulate: the command adds its files to the folder (benchmark results)
+#   resume:     distill: continued with --resume, replaced with --overwrite
+POLICY = {"prepare": "keep", "finetune": "keep", "export": "replace", "report": "replace", "build-nli": "replace",
+          "benchmarks": "accumulate", "distill": "resume", "vocab": "keep", "trim": "replace"}
+
+# Files that only ds-distil writes: directories made before run markers existed still count as ours.
+LEGACY = {"prepare": ("manifest.json", "prepare_config.yaml"), "distill": ("run_config.yaml", "ds_config.json"),
+          "finetune": ("finetune_config.yaml",), "export": ("ds_distil_export.json",), "report": ("report.md", "report.json")}
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def check_disjoint(out: Path, inputs, command: str, may_contain_out=()) -> None:
+    """Refuse an --out that is an input, contains one, or lies inside an input directory (except
+    those in `may_contain_out`, e.g. report's --runs, whose results the report sits beside)."""
+    o = Path(out).resolve()
+    containers = {Path(p).resolve() for p in may_contain_out}
+    for p in inputs:
+        if p is None or not Path(p).exists():
+            continue
+        i = Path(p).resolve()
+        if o == i:
+            raise UserError(f"--out {out} is also an input of {command} ({p}); write the output somewhere else")
+        if o in i.parents:
+            raise UserError(f"--out {out} contains the input {p}; {command} would write over it: choose another --out")
+        if i in o.parents and i not in containers:
+            raise UserError(f"--out {out} lies inside the input directory {p}; choose an --out outside it")
+
+
+# ------------------------------------------------------------------------------------- owner
+
+
+def read_marker(directory: Path) -> dict | None:
+    try:
+        data = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and "command" in data else None
+    except (OSError, ValueError):
+        return None
+
+
+def owner(directory: Path) -> str | None:
+    """The ds-distil command that made `directory`, or None."""
+    marker = read_marker(directory)
+    if marker:
+        return str(marker["command"])
+    for command, files in LEGACY.items():
+        if all((directory / f).is_file() for f in files):
+            return command
+    return None
+
+
+def _write_marker(directory: Path, command: str) -> None:
+    info = {"command": command, "ds_distil_version": __version__, "host": socket.gethostname(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    tmp = directory / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(directory / MARKER)
+
+
+def _entries(directory: Path, ignore=()) -> list[str]:
+    return sorted(e.name for e in directory.iterdir() if e.name not in (LOCK, *ignore))
+
+
+def staging_siblings(out: Path) -> list[Path]:
+    out = Path(out)
+    return sorted(out.parent.glob(f".{out.name}{STAGING_INFIX}*")) if out.parent.is_dir() else []
+
+
+# -------------------------------------------------------------------------------------- lock
+
+
+class Lock:
+    """An exclusive POSIX record lock on PATH, with the holder's pid/host/command written in it.
+
+    fcntl locks belong to the process (not inherited by forked DataLoader/tokenizer workers) and
+    vanish when it dies, so no stale lock survives a kill. Caveat of POSIX locks: closing *any*
+    descriptor of the file in this process drops the lock, so nothing else here opens it.
+    """
+
+    def __init__(self, path: Path, command: str):
+        self.path, self.fd = Path(path), None
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    raise UserError(f"{self.path.parent} is in use by another ds-distil run ({_holder(self.path)}); "
+                                    "wait for it to finish, or choose another --out") from None
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    log.warning("the file system of %s does not support locks (%s): nothing stops a second run from "
+                                "writing the same directory at the same time", self.path.parent, e.strerror)
+                    return
+                raise
+            try:  # the holder may have deleted the file as we opened it: then lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                          "since": datetime.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+                return
+            os.close(fd)
+        raise UserError(f"could not lock {self.path}: it keeps being replaced; is another run starting there?")
+
+    def moved_to(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)  # while still locked: a waiter then finds the file gone and retries
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"`ds-distil {h['command']}`, pid {h['pid']} on host {h['host']}, since {h['since']}; lock file {path}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"lock file {path}"
+
+
+# ------------------------------------------------------------------------------------- swap
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # e.g. NFS: two renames instead
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _aside_name(out: Path) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
+    while path.exists():
+        path, n = out.with_name(f"{out.name}.replaced-{stamp}-{n}"), n + 1
+    return path
+
+
+# ---------------------------------------------------------------------------------- the claim
+
+
+@dataclass
+class RunDir:
+    """A claimed --out. Write into `path`; `commit()` makes it the output (a no-op when in place)."""
+
+    out: Path
+    path: Path
+    command: str
+    created: bool  # we made `out` (it did not exist)
+    state: str  # "new" (nothing of value there), "owned" (our own earlier output, written in place), "staging"
+    old_owner: str | None = None  # of what a staging commit replaces
+    locks: list = field(default_factory=list)
+    committed: bool = False
+    in_place: bool = False  # distill: keeps writing after the commit
+    alias: Path | None = None
+
+    @property
+    def staging(self) -> bool:
+        return self.path != self.out
+
+    def commit(self) -> Path:
+        """Swap the staging directory in; the replaced output is deleted if ds-distil's, kept aside otherwise."""
+        if not self.staging:
+            self.committed = True
+            return self.out
+        _write_marker(self.path, self.command)
+        staging = old = self.path
+        if not _exchange(self.path, self.out):
+            old = self.out.with_name(f".{self.out.name}.ds-distil-old-{os.getpid()}")
+            os.rename(self.out, old)
+            os.rename(self.path, self.out)
+        out_lock, new_lock = self.locks  # the staging lock file now sits in OUT
+        new_lock.moved_to(self.out / LOCK)
+        out_lock.moved_to(old / LOCK)
+        out_lock.release()
+        if self.old_owner is not None or not _entries(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            aside = _aside_name(self.out)
+            os.rename(old, aside)
+            log.warning("--overwrite: the earlier content of %s (not written by ds-distil) was kept as %s", self.out, aside)
+        self.locks = [new_lock]
+        if self.in_place:
+            # a run that goes on writing: files some libraries reopen by name (TensorBoard's event file)
+            # must still be found under the old path until the process ends
+            os.symlink(self.out.resolve(), staging)
+            self.alias = staging
+        self.path, self.committed = self.out, True
+        return self.out
+
+    def abort(self) -> None:
+        """After a failure: remove the staging directory, and --out itself if we created it and it is empty."""
+        if self.staging and not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self.out.is_dir() and not _entries(self.out, ignore=(MARKER,)) and (self.created or self.state == "new"):
+            self.release()
+            if self.created:
+                shutil.rmtree(self.out, ignore_errors=True)
+            else:  # the user's empty directory: as it was
+                (self.out / MARKER).unlink(missing_ok=True)
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
+        if self.alias is not None and self.alias.is_symlink():
+            self.alias.unlink()
+            self.alias = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        self.release()
+
+
+def claim(out: str | Path, command: str, *, overwrite: bool = False, inputs=(), may_contain_out=(),
+          ignore=(), in_place: bool = False) -> RunDir:
+    """Claim --out for `command`: check inputs and ownership, take the lock, and say where to write.
+
+    `in_place`: write into OUT itself when it is new, empty or already this command's (distill;
+    the caller decides about resuming); otherwise a staging sibling is used. `ignore`: names that
+    do not make OUT count as non-empty (the SLURM script's hostfile).
+    """
+    out = Path(out)
+    if out.is_symlink():  # swap the directory it points to, not the link
+        out = out.resolve()
+    check_disjoint(out, inputs, command, may_contain_out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory")
+    _refuse_if_not_ours(out, command, overwrite, ignore)  # before creating anything in a stranger's directory
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".ds-distil-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out} ({e.strerror}); choose a directory you can write to") from None
+    rd = RunDir(out, out, command, created, "new", in_place=in_place)
+    try:
+        rd.locks.append(Lock(out / LOCK, command))
+        prev = _refuse_if_not_ours(out, command, overwrite, ignore)  # again, now that we hold the lock
+        for stale in staging_siblings(out):  # left by a killed run of ours (a live one would hold the lock)
+            if stale.is_symlink():
+                stale.unlink()
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+        empty = not _entries(out, ignore=(MARKER, *ignore))
+        if in_place and (empty or (prev == command and not overwrite)):
+            rd.state = "new" if empty else "owned"
+            if empty or read_marker(out) is None:
+                _write_marker(out, command)
+            return rd
+        if POLICY.get(command) == "accumulate" and (empty or prev == command):
+            rd.state = "owned"
+            if read_marker(out) is None:
+                _write_marker(out, command)
+            return rd
+        staging = out.with_name(f".{out.name}{STAGING_INFIX}{os.getpid()}")
+        staging.mkdir()
+        rd.path, rd.state, rd.old_owner = staging, "staging", prev if not empty else command
+        rd.locks.append(Lock(staging / LOCK, command))
+        if in_place:
+            _write_marker(staging, command)
+        return rd
+    except BaseException:
+        rd.abort()
+        rd.release()
+        raise
+
+
+def _refuse_if_not_ours(out: Path, command: str, overwrite: bool, ignore) -> str | None:
+    """The owner of a non-empty OUT if this command may write there; otherwise a one-line refusal."""
+    if not out.is_dir() or not _entries(out, ignore=(MARKER, *ignore)):
+        return None
+    prev = owner(out)
+    if overwrite:
+        return prev
+    if prev is None:
+        names = _entries(out, ignore=(MARKER, *ignore))
+        listing = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"--out {out} is not empty ({listing}) and was not made by ds-distil; choose an empty or new "
+                        "directory, or pass --overwrite to replace it (its content is then kept beside it as "
+                        f"{out.name}.replaced-DATE)")
+    if prev != command:
+        raise UserError(f"--out {out} holds the output of `ds-distil {prev}`, not of {command}; choose another --out, "
+                        "or pass --overwrite to replace it")
+    policy = POLICY.get(command)
+    if policy == "keep":
+        raise UserError(f"--out {out} already holds the output of an earlier `ds-distil {command}`; pass --overwrite to "
+                        "replace it (the new output is built beside it and swapped in only when complete)")
+    return prev
+
+
+# ------------------------------------------------------------------------------ several ranks
+
+
+def claim_on_rank0(rank: int, make) -> RunDir:
+    """Rank 0 claims (`make()`); every rank learns where to write, or raises the same one-line error."""
+    rd, err = None, None
+    if rank == 0:
+        try:
+            rd = make()
+        except UserError as e:
+            err = str(e)
+    box = broadcast([(str(rd.out), str(rd.path), rd.state) if rd else None, err])
+    if box[1] is not None:
+        raise UserError(box[1])
+    if rank != 0:  # a view of rank 0's claim: no lock, nothing to commit
+        out, path, state = box[0]
+        rd = RunDir(Path(out), Path(path), "", False, state)
+    return rd
+
+
+def commit_on_rank0(rd: RunDir, rank: int) -> Path:
+    """All ranks call this: rank 0 swaps the staging directory in, the others then write to OUT too."""
+    err = None
+    if rank == 0:
+        try:
+            rd.commit()
+        except OSError as e:
+            err = f"could not move the new run {rd.path} into place as {rd.out} ({e}); it is complete in {rd.path}"
+    box = broadcast([err])
+    if box[0] is not None:
+        raise UserError(box[0])
+    rd.path, rd.committed = rd.out, True
+    return rd.out
+
+
+def broadcast(box: list) -> list:
+    """Rank 0's `box` (a list of picklable values) on every rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+        # and wait for every rank: rank 0 may otherwise leave (and exit) while another still receives,
+        # which gloo answers with an abort in that rank ("terminate called without an active exception")
+        dist.barrier()
+    return box

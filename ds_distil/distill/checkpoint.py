@@ -1,0 +1,266 @@
+"""Checkpoints: DeepSpeed's ZeRO checkpoint plus our trainer state, committed only when complete;
+and the export of a checkpoint to a Hugging Face model directory.
+
+Layout under RUN/checkpoints/:
+    step00000100/            DeepSpeed's files (model states, each rank's optimizer partition)
+        trainer_state.json   step, tokens, data-stream position, resolved config (rank 0)
+        rng_rank{R}.pt       each rank's RNG states (dropout must resume exactly on every rank)
+        COMPLETE             written last (atomically), after every rank has finished and files are
+                             synced: step, world size, and the size and sha256 of every file
+    latest                   the newest complete tag, replaced atomically (DeepSpeed's convention)
+    stepNNNNNNNN.damaged/    a complete checkpoint whose files no longer match COMPLETE, set aside
+
+DeepSpeed itself writes `latest` from rank 0 without waiting for the other ranks' files, so we
+save with save_latest=False and commit ourselves. A tag without COMPLETE (a run killed while
+writing) is never resumed from and is removed by the next successful save. --resume verifies
+the newest complete checkpoint against its COMPLETE and falls back to the newest one that
+matches, saying which. Loading never unpickles arbitrary objects (ds_distil.core.safe_load).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ds_distil.core.errors import UserError
+from ds_distil.core.safe_load import weights_only_loads
+from ds_distil.data.manifest import sha256_file
+from ds_distil.model.surgery import unpad_vocab
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+TAG_RE = re.compile(r"^step(\d{8,})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def complete_tags(ckpt_dir: Path) -> list[tuple[int, str]]:
+    """(step, tag) of the complete checkpoints, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for d in ckpt_dir.iterdir():
+        m = TAG_RE.match(d.name)
+        if m and (d / MARKER).is_file():
+            found.append((int(m.group(1)), d.name))
+    return sorted(found)
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    tags = complete_tags(ckpt_dir)
+    return tags[-1][1] if tags else None
+
+
+def _file_table(tag_dir: Path) -> dict:
+    return {str(f.relative_to(tag_dir)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+            for f in sorted(tag_dir.rglob("*")) if f.is_file() and f.name != MARKER}
+
+
+def verify(tag_dir: Path, world_size: int | None = None) -> str | None:
+    """What is wrong with a complete checkpoint (its files against COMPLETE), or None if nothing."""
+    try:
+        marker = json.loads((tag_dir / MARKER).read_text())
+    except (OSError, ValueError) as e:
+        return f"its {MARKER} is unreadable ({e})"
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if files is None:  # written before COMPLETE carried checksums: only what must be there
+        needed = ["trainer_state.json"] + [f"rng_rank{r}.pt" for r in range(marker.get("world_size", 1) if isinstance(marker, dict) else 1)]
+        missing = [n for n in needed if not (tag_dir / n).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    for name, want in files.items():
+        f = tag_dir / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} has {f.stat().st_size} bytes, {want['bytes']} when written (truncated?)"
+    for name, want in files.items():
+        if sha256_file(tag_dir / name) != want["sha256"]:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
+def choose_tag(run_dir: Path, set_aside: bool = True) -> tuple[str | None, list[str]]:
+    """The newest complete checkpoint that verifies, and a line per newer one that did not (set aside
+    as stepN.damaged when `set_aside`, so that no later save or export takes it for good)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    notes = []
+    for _, tag in reversed(complete_tags(ckpt_dir)):
+        problem = verify(ckpt_dir / tag)
+        if problem is None:
+            return tag, notes
+        where = ""
+        if set_aside:
+            aside = ckpt_dir / f"{tag}.damaged"
+            shutil.rmtree(aside, ignore_errors=True)
+            (ckpt_dir / tag).rename(aside)
+            where = f", set aside as {aside.name}"
+        notes.append(f"checkpoint {tag} is damaged: {problem}{where}")
+    return None, notes
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    internal, version, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(engine, run_dir: Path, step: int, trainer_state: dict, keep: int) -> Path:
+    """Every rank calls this. Returns the tag directory once it is complete and committed."""
+    import torch.distributed as dist
+
+    ckpt_dir = run_dir / "checkpoints"
+    tag = tag_for(step)
+    rank = dist.get_rank()
+    tag_dir = ckpt_dir / tag
+    if rank == 0 and tag_dir.exists():  # an interrupted save of this step, or one set aside: start it clean
+        shutil.rmtree(tag_dir)
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)  # ends with a barrier
+    torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
+    if rank == 0:
+        tmp = tag_dir / "trainer_state.json.tmp"
+        tmp.write_text(json.dumps(trainer_state, indent=1))
+        tmp.replace(tag_dir / "trainer_state.json")
+    dist.barrier()
+    if rank == 0:
+        _fsync_tree(tag_dir)
+        marker = {"step": step, "world_size": dist.get_world_size(), "files": _file_table(tag_dir)}
+        marker_tmp = tag_dir / (MARKER + ".tmp")
+        with open(marker_tmp, "w") as fh:
+            fh.write(json.dumps(marker, indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        marker_tmp.replace(tag_dir / MARKER)
+        latest_tmp = ckpt_dir / "latest.tmp"
+        latest_tmp.write_text(tag)
+        latest_tmp.replace(ckpt_dir / "latest")
+        _prune(ckpt_dir, keep)
+    dist.barrier()
+    return tag_dir
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    keep = max(keep, 1)  # the newest complete checkpoint is never deleted (config refuses keep < 1 too)
+    complete = complete_tags(ckpt_dir)
+    newest = complete[-1][0]
+    for d in ckpt_dir.iterdir():
+        m = TAG_RE.match(d.name)
+        if m and not (d / MARKER).is_file() and int(m.group(1)) != newest:
+            shutil.rmtree(d, ignore_errors=True)  # an interrupted save
+    for _, tag in complete[: max(0, len(complete) - keep)]:
+        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+
+
+def check_world_size(run_dir: Path, tag: str, world_size: int) -> None:
+    marker = json.loads((run_dir / "checkpoints" / tag / MARKER).read_text())
+    if marker["world_size"] != world_size:
+        raise UserError(
+            f"{run_dir / 'checkpoints' / tag} was written by {marker['world_size']} ranks, this run has {world_size}; "
+            "resume with the same number of ranks (ZeRO partitions optimizer state per rank), or to change size, "
+            f"`ds-distil export --run {run_dir}` and start a new run with student.pretrained={run_dir}/student"
+        )
+
+
+def load(engine, run_dir: Path, tag: str) -> dict:
+    """Restore engine (model, optimizer, scheduler, loss scaler) and RNG from checkpoint `tag`
+    (chosen and verified by choose_tag); returns its trainer state."""
+    import torch.distributed as dist
+
+    ckpt_dir = run_dir / "checkpoints"
+    check_world_size(run_dir, tag, dist.get_world_size())
+    with weights_only_loads(ckpt_dir / tag):
+        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        rng_file = ckpt_dir / tag / f"rng_rank{dist.get_rank()}.pt"
+        rng = torch.load(rng_file, weights_only=True)
+    if path is None:
+        raise UserError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}; it may be damaged: delete it to resume from an older one")
+    set_rng_state(rng)
+    return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
+
+
+def export_student(run_dir: Path, out: Path | None = None, tag: str | None = None, overwrite: bool = False) -> Path:
+    """Consolidate a ZeRO checkpoint into RUN/student: config.json, model.safetensors, tokenizer files.
+    Loads with `AutoModelForMaskedLM.from_pretrained(dir)` and nothing of ours. The checkpoint is
+    verified against its COMPLETE and read without unpickling arbitrary objects."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    from ds_distil.core.rundir import claim
+
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if tag is None:
+        tag, notes = choose_tag(run_dir, set_aside=False)
+        for note in notes:
+            log.warning("%s; exporting an older one", note)
+        if tag is None:
+            raise UserError(f"{run_dir} has no complete, intact checkpoint to export; run `ds-distil distill --out {run_dir}` first")
+    else:
+        if not (ckpt_dir / tag / MARKER).is_file():
+            raise UserError(f"checkpoint {ckpt_dir / tag} is incomplete or missing (no {MARKER}); pick another tag "
+                            f"({', '.join(t for _, t in complete_tags(ckpt_dir)) or 'none complete'})")
+        problem = verify(ckpt_dir / tag)
+        if problem:
+            raise UserError(f"checkpoint {ckpt_dir / tag} is damaged: {problem}; pick another tag")
+    out = Path(out) if out else run_dir / "student"
+    with weights_only_loads(ckpt_dir / tag):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    config = AutoConfig.from_pretrained(str(run_dir / "student_config"))
+    model = AutoModelForMaskedLM.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "lm_head.decoder.weight", "lm_head.decoder.bias"}
+    if unexpected or set(missing) - tied:
+        raise UserError(f"checkpoint {tag} does not match the student architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    unpad_vocab(model, len(tokenizer))  # training may pad the vocabulary rows (perf.pad_vocab_multiple)
+    inputs = [ckpt_dir / tag, run_dir / "tokenizer", run_dir / "student_config"]
+    with claim(out, "export", overwrite=overwrite, inputs=inputs) as rd:
+        model.save_pretrained(str(rd.path), safe_serialization=True)
+        tokenizer.save_pretrained(str(rd.path))
+        (rd.path / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
+        from ds_distil.distill.card import write_card
+
+        write_card(rd.path, run_dir, tag)  # README.md: the model card (ds_distil/distill/card.py)
+        rd.commit()
+    return out

@@ -1,0 +1,194 @@
+"""Held-out validation of a distillation run: the student on the shards' validation split.
+
+What is measured, per masked token of the validation samples (the same figures whatever the ranks,
+workers or batch size, and the same masks in every run over the same shards):
+
+    val/mlm_loss        the student's cross-entropy against the original tokens (`val/perplexity` = its exp)
+    val/mlm_accuracy    the student's top-1 prediction is the original token
+    val/kl              KL(teacher || student) at temperature T, as `loss/kl` in training (not scaled by T^2)
+    val/top1_agreement  the student's top-1 token is the teacher's
+
+The last two need a teacher; MLM-only runs (teacher conditioning, from-scratch) report the first two.
+
+Why the masking is fixed: the training stream masks batch j of rank r with a generator seeded by
+(seed, epoch, rank, j), so a sample's masks depend on the rank layout. Here every validation sample
+is masked on its own, by a generator seeded by a fixed constant and its index in the split, so the
+same sample gets the same masks on any layout, at any step, in any run over the same shards.
+
+The first `log.eval_max_samples` samples of the split (in shard order) are split into contiguous
+ranges over the ranks; each rank evaluates its share in batches of `train.micro_batch_size` (the last
+one padded with empty samples, so a compiled model sees the training shapes) and adds up sums (losses,
+agreements, counts); one all-reduce of those sums gives every rank the figures of the whole set. So
+1 rank and 2 ranks give the same numbers up to float summation order.
+
+The student runs through the DeepSpeed engine (its forward, no backward, no step) in eval mode under
+torch.no_grad, then goes back to training mode; the evaluation draws nothing from the global RNG, so
+training continues exactly as it would have without it (exact resume holds). The loss functions,
+the masked-positions-only heads and a trimmed vocabulary's id translation are the training step's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ds_distil.data.manifest import Manifest
+from ds_distil.data.masking import IGNORE_INDEX, mask_tokens, static_positions
+from ds_distil.data.stream import MLMStream, _seed
+from ds_distil.distill.losses import kl_sum, mlm_sum
+
+log = logging.getLogger(__name__)
+
+VAL_MASK_SEED = 20240917  # fixed: not data.seed, so that runs with other training seeds see the same masks
+# the sums every rank adds up: student CE, KL, student top-1 == target, student top-1 == teacher top-1,
+# masked tokens (with a target the student has), real tokens, samples
+SUMS = ("mlm", "kl", "correct", "agree", "masked", "tokens", "samples")
+
+
+def has_validation_split(manifest: Manifest) -> bool:
+    return int(manifest.data["splits"].get("val", {}).get("samples", 0)) > 0
+
+
+def rank_share(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(first position, count) of rank `rank`'s contiguous share of n samples (sizes differ by at most one)."""
+    base, extra = divmod(n, world_size)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+class Validator:
+    """`validator(model)` -> the metrics of the validation set (the same dict on every rank).
+
+    `model` is called as the training step calls the engine: (input_ids, attention_mask, positions) ->
+    (logits at the positions over the student's vocabulary, hidden states). `teacher_lm` likewise (a
+    MaskedLM over the teacher, its head already over a trimmed vocabulary's kept rows), or None.
+    With a trimmed vocabulary, `id_map` / `target_map` translate ids for the student, as in DistillStep.
+    """
+
+    def __init__(self, stream: MLMStream, max_samples: int, batch_size: int, device: torch.device, temperature: float,
+                 teacher_lm: nn.Module | None = None, id_map: torch.Tensor | None = None, target_map: torch.Tensor | None = None,
+                 rank: int = 0, world_size: int = 1):
+        self.stream, self.batch_size, self.device = stream, batch_size, device
+        self.temperature, self.teacher_lm = temperature, teacher_lm
+        self.id_map = id_map.to(device) if id_map is not None else None
+        self.target_map = target_map.to(device) if target_map is not None else None
+        self.rank, self.world_size = rank, world_size
+        self.n_samples = min(stream.n_samples, max_samples) if max_samples > 0 else stream.n_samples
+        self.start, self.count = rank_share(self.n_samples, rank, world_size)
+
+    # -- the data: this rank's share, fixed masks
+
+    def mask(self, ids: np.ndarray, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels) of one sample: its masks depend on its index in the split alone."""
+        s = self.stream
+        g = torch.Generator().manual_seed(_seed(VAL_MASK_SEED, "val-mask", index) % 2**63)
+        out = mask_tokens(torch.from_numpy(ids.astype(np.int64))[None], s.special_ids, s.random_ids, s.mask_id, s.cfg, g)
+        return out["input_ids"][0], out["labels"][0]
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's share in batches of batch_size (the last padded with empty samples, index -1)."""
+        s = self.stream
+        items = []
+        for ids, index in s.read(self.start, self.count):
+            items.append((ids, index))
+            if len(items) == self.batch_size:
+                yield self._collate(items)
+                items = []
+        if items:
+            yield self._collate(items)
+
+    def _collate(self, items: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:
+        s = self.stream
+        rows = [self.mask(ids, index) for ids, index in items]
+        originals = [torch.from_numpy(ids.astype(np.int64)) for ids, _ in items]
+        for _ in range(self.batch_size - len(items)):  # padding samples: no attention, no target
+            empty = torch.full((s.seq_len,), s.pad_id, dtype=torch.long)
+            rows.append((empty, torch.full_like(empty, IGNORE_INDEX)))
+            originals.append(empty)
+        labels = torch.stack([r[1] for r in rows])
+        positions, targets = static_positions(labels, s.max_masked)
+        return {"input_ids": torch.stack([r[0] for r in rows]), "labels": labels,
+                "attention_mask": (torch.stack(originals) != s.pad_id).long(), "positions": positions, "targets": targets,
+                "index": torch.tensor([index for _, index in items] + [-1] * (self.batch_size - len(items)), dtype=torch.long)}
+
+    # -- the evaluation
+
+    @torch.no_grad()
+    def _sums(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        dev = self.device
+        input_ids = batch["input_ids"].to(dev)
+        attention_mask = batch["attention_mask"].to(dev)
+        positions = batch["positions"].to(dev)
+        targets = batch["targets"].to(dev)
+        student_ids = input_ids
+        if self.id_map is not None:  # a trimmed vocabulary: exactly DistillStep's translation
+            student_ids = self.id_map[input_ids]
+            targets = torch.where(targets >= 0, self.target_map[targets.clamp(min=0)], IGNORE_INDEX)
+        real = targets != IGNORE_INDEX
+        logits, _ = model(student_ids, attention_mask, positions)
+        s_top = logits.argmax(-1)
+        zero = torch.zeros((), device=dev)
+        kl = agree = zero
+        if self.teacher_lm is not None:
+            t_logits, _ = self.teacher_lm(input_ids, attention_mask, positions)
+            kl = kl_sum(logits, t_logits, self.temperature, real.float())
+            agree = ((s_top == t_logits.argmax(-1)) & real).sum()
+        samples = (batch["index"] >= 0).sum().to(dev)
+        sums = (mlm_sum(logits, targets), kl, ((s_top == targets) & real).sum(), agree, real.sum(), attention_mask.sum(), samples)
+        return torch.stack([x.to(torch.float64) for x in sums])
+
+    def __call__(self, model) -> dict[str, float]:
+        """Evaluate `model` (an engine or a MaskedLM) on the validation set; every rank must call this."""
+        t0 = time.perf_counter()
+        inner = getattr(model, "module", model)
+        was_training = inner.training
+        model.eval()
+        try:
+            acc = torch.zeros(len(SUMS), dtype=torch.float64, device=self.device)
+            for batch in self.batches():
+                acc += self._sums(model, batch)
+        finally:
+            model.train(was_training)
+        if self.world_size > 1:
+            dist.all_reduce(acc)  # one collective per evaluation, on every rank whatever its share
+        return self.metrics(acc.cpu(), time.perf_counter() - t0)
+
+    def metrics(self, acc: torch.Tensor, elapsed: float) -> dict[str, float]:
+        v = dict(zip(SUMS, acc.tolist()))
+        n = max(v["masked"], 1.0)
+        out = {"val/mlm_loss": v["mlm"] / n}
+        out["val/perplexity"] = math.exp(min(out["val/mlm_loss"], 700.0))  # exp overflows a float beyond ~709
+        out["val/mlm_accuracy"] = v["correct"] / n
+        if self.teacher_lm is not None:
+            out["val/kl"] = v["kl"] / n
+            out["val/top1_agreement"] = v["agree"] / n
+        out.update({"val/samples": v["samples"], "val/masked_tokens": v["masked"], "val/tokens": v["tokens"],
+                    "val/seconds": elapsed})
+        return out
+
+
+def build(manifest: Manifest, stream_cfg, max_samples: int, batch_size: int, device: torch.device, temperature: float,
+          rank: int, world_size: int, keep_ids: torch.Tensor | None = None, **step_parts) -> Validator | None:
+    """A Validator over the manifest's validation split, or None (logged once) when it has none."""
+    if not has_validation_split(manifest):
+        if rank == 0:
+            log.warning("%s has no validation split (prepared with val_fraction 0): no validation metrics in this run; "
+                        "prepare with --val-fraction 0.01 to have them", manifest.directory)
+        return None
+    stream = MLMStream(manifest, stream_cfg, batch_size=batch_size, split="val", rank=rank, world_size=world_size, shuffle=False,
+                       keep_ids=keep_ids)
+    return Validator(stream, max_samples, batch_size, device, temperature, rank=rank, world_size=world_size, **step_parts)
+
+
+def console_line(step: int, values: dict[str, float]) -> str:
+    line = f"step {step} validation | mlm loss {values['val/mlm_loss']:.4f} | perplexity {values['val/perplexity']:.2f}"
+    if "val/kl" in values:
+        line += f" | kl {values['val/kl']:.4f} | top-1 agreement {values['val/top1_agreement']:.2%}"
+    return line + (f" | {int(values['val/samples']):,} samples, {int(values['val/masked_tokens']):,} masked tokens"
+                   f" ({values['val/seconds']:.1f} s)")

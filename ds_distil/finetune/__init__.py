@@ -1,0 +1,1 @@
+"""Finetuning on downstream tasks, scoring and baselines."""

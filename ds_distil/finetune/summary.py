@@ -1,0 +1,85 @@
+"""What a finetuning run found, for results.json and the console: the data (dataset name, files read
+with their sha256, label map, label distribution per split), the evaluation of each split (beside
+accuracy and macro-F1: per-class scores and the confusion matrix), the baselines (ds_distil.finetune.baselines)
+and warnings (one class predicted for nearly everything)."""
+
+from __future__ import annotations
+
+from ds_distil.data.examples import Task
+from ds_distil.finetune.baselines import run_baselines
+from ds_distil.finetune.scoring import collapse_warning, evaluate, label_counts
+
+MAX_CONSOLE_CLASSES = 12  # more classes (POS tags): the confusion matrix is in results.json only
+
+
+def describe_data(task: Task) -> dict:
+    return {
+        "dataset": task.dataset,
+        "data": {"source": task.source, **task.provenance},
+        "labels": list(task.labels),
+        "label_map": {label: i for i, label in enumerate(task.labels)},
+        "splits": {s: {"examples": len(task.splits[s]), "label_counts": label_counts(task, s)} for s in ("train", "valid", "test")},
+    }
+
+
+def evaluate_run(task: Task, preds: dict[str, dict], feats: dict[str, list[dict]]) -> dict:
+    """{evaluation: {valid, test}, baselines, warnings} from the model's predictions of valid and test."""
+    evaluation = {split: evaluate(task, preds[split], feats[split]) for split in ("valid", "test")}
+    warnings = [w for w in [collapse_warning(task, evaluation["test"])] if w]
+    return {"evaluation": evaluation, "baselines": run_baselines(task, feats), "warnings": warnings}
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{n:,} ({n / max(total, 1):.1%})"
+
+
+def data_lines(res: dict) -> list[str]:
+    """The label distribution of each split, as a small table."""
+    splits = res["splits"]
+    lines = [f"data: {res['task']} / dataset '{res['dataset']}' ({res['data']['source']}): " +
+             " | ".join(f"{s} {v['examples']:,}" for s, v in splits.items()) + " examples"]
+    held = res["data"].get("valid_from_train")
+    if held:
+        lines.append(f"  valid: {held['examples']:,} rows held out of train (task.valid_fraction={held['fraction']}, seed {held['seed']})")
+    sample = res["data"].get("train_sample")
+    if sample:
+        lines.append(f"  train: a stratified sample of {sample['examples']:,} of {sample['of']:,} rows (task.max_train_examples, seed {sample['seed']})")
+    if len(res["labels"]) <= MAX_CONSOLE_CLASSES:
+        width = max(len(str(lab)) for lab in res["labels"]) + 2
+        lines.append("  " + "label".ljust(width) + "".join(s.rjust(18) for s in splits))
+        for lab in res["labels"]:
+            lines.append("  " + str(lab).ljust(width) + "".join(_pct(v["label_counts"][lab], sum(v["label_counts"].values())).rjust(18)
+                                                             for v in splits.values()))
+    return lines
+
+
+def result_lines(res: dict) -> list[str]:
+    """Scores, baselines, per-class table, confusion matrix and warnings of a results.json dict."""
+    test, valid = res["evaluation"]["test"], res["evaluation"]["valid"]
+    metric = res["metric"]
+    def scores(ev: dict) -> str:
+        acc = f" | accuracy {ev['accuracy']:.4f}" if metric != "accuracy" else ""
+        return f"{metric} {ev['score']:.4f}{acc} | macro-F1 {ev['macro_f1']:.4f}"
+
+    lines = [f"{res['model_name']} on {res['task']} / {res['dataset']} (seed {res['seed']}):",
+             f"  test  {scores(test)}", f"  valid {scores(valid)}"]
+    for name, b in res["baselines"].items():
+        lines.append(f"  baseline {name} ({b['description']}): test {metric} {b['test']['score']:.4f} | "
+                     f"macro-F1 {b['test']['macro_f1']:.4f}")
+    labels = res["labels"]
+    if len(labels) <= MAX_CONSOLE_CLASSES:
+        width = max(max(len(str(lab)) for lab in labels) + 2, 7)
+        lines.append("  per class (test):")
+        lines.append("  " + "label".ljust(width) + "".join(h.rjust(11) for h in ("precision", "recall", "f1", "support", "predicted")))
+        for lab in labels:
+            c = test["per_class"][lab]
+            lines.append("  " + str(lab).ljust(width) + "".join(f"{c[k]:.4f}".rjust(11) for k in ("precision", "recall", "f1")) +
+                         f"{c['support']:,}".rjust(11) + f"{c['predicted']:,}".rjust(11))
+        lines.append("  confusion matrix (test; rows: true label, columns: predicted):")
+        lines.append("  " + "".ljust(width) + "".join(str(lab).rjust(9) for lab in labels))
+        for lab, row in zip(labels, test["confusion_matrix"]):
+            lines.append("  " + str(lab).ljust(width) + "".join(f"{n:,}".rjust(9) for n in row))
+    else:
+        lines.append(f"  {len(labels)} classes: per-class scores and the confusion matrix are in results.json")
+    lines += [f"  WARNING: {w}" for w in res.get("warnings", [])]
+    return lines

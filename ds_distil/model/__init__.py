@@ -1,0 +1,1 @@
+"""Teacher and student models: building, the masked-positions forward, vocabulary surgery, checks."""

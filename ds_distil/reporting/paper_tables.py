@@ -1,0 +1,255 @@
+"""The paper's Tables 2-5 from a study's finetuning results (`ds-distil report --study OUT/plan.json`).
+
+* Table 2: the teacher (mBERT, or the stand-in pretrained here), the baselines, the students and
+  the From Scratch rows on every task, with each model's training runtime per task and its average
+  speedup over the teacher (mean over tasks of runtime(teacher) / runtime(model)), as in the paper.
+* Table 3: students distilled on fractions of the corpus; Table 4: from the MLM-conditioned teacher;
+  Table 5: with the teacher's embeddings copied, and copied + frozen. Each with its difference to
+  the teacher's row (the paper's "mBERT" row), in points.
+* Every table ends with two reference rows computed on the same splits at finetuning time
+  (ds_distil/finetune/baselines.py): the bag-of-words linear model and the majority class.
+
+Scores are mean ± standard deviation over the finetuning seeds (one distillation run per student:
+the seeds vary finetuning only). Validation perplexity and the last training MLM loss of each
+distillation run come from its metrics.jsonl (`val/perplexity`, `loss/mlm`) where written. The
+measured wall time of every stage (from the runner's markers) is listed beside the study's estimate.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from ds_distil.core.errors import UserError
+from ds_distil.reporting.report import collect, dataset_key, model_name
+
+REFERENCE = {"bow": "Bag of words (linear model on unigrams + bigrams)", "majority": "Majority class"}
+TITLES = {2: "Table 2: students, teacher and baselines", 3: "Table 3: distillation on less of the corpus",
+          4: "Table 4: distilling from an MLM-conditioned teacher", 5: "Table 5: student embeddings copied from the teacher"}
+
+
+def _stats(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def last_metric(run_dir: str | None, key: str) -> float | None:
+    """The last value of `key` in a distillation run's metrics.jsonl (None when absent: older runs, no validation)."""
+    if not run_dir:
+        return None
+    path = Path(run_dir) / "metrics.jsonl"
+    value = None
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+            if rec.get(key) is not None:
+                value = rec[key]
+    except OSError:
+        return None
+    return value
+
+
+def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dict:
+    tasks = plan["tasks"]
+    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    datasets = defaultdict(set)
+    for r in results:
+        cells[(model_name(r), r["task"])].append(r)
+        datasets[r["task"]].add(dataset_key(r))
+    metric = {t: next((r["metric"] for r in results if r["task"] == t), "?") for t in tasks}
+    rows_by_id = {row["id"]: row for row in plan["rows"]}
+
+    def cell(rid: str, task: str) -> dict:
+        runs = cells.get((rid, task), [])
+        return {"score": _stats([r["score"] for r in runs]), "runtime_s": _stats([r["train_runtime_s"] for r in runs]),
+                "seeds": sorted(r.get("seed") for r in runs)}
+
+    def model_row(rid: str) -> dict:
+        row = rows_by_id[rid]
+        return {"id": rid, "label": row["label"], "kind": row["kind"], "cells": {t: cell(rid, t) for t in tasks},
+                "val_perplexity": last_metric(row.get("run_dir"), "val/perplexity"),
+                "train_mlm_loss": last_metric(row.get("run_dir"), "loss/mlm")}
+
+    # reference rows: identical for every run of a task on the same data; taken from the teacher's runs where there are any
+    reference = []
+    for name, label in REFERENCE.items():
+        cells_ref, desc = {}, ""
+        for t in tasks:
+            runs = cells.get(("teacher", t)) or [r for r in results if r["task"] == t]
+            found = [r["baselines"][name] for r in runs if name in r.get("baselines", {})]
+            cells_ref[t] = {"score": _stats([found[0]["test"]["score"]]) if found else None, "runtime_s": None, "seeds": []}
+            if found and name == "bow":
+                desc += f"{t}: {found[0].get('model', '')}; "
+        reference.append({"id": name, "label": label, "kind": "reference", "cells": cells_ref, "description": desc.rstrip("; "),
+                          "val_perplexity": None, "train_mlm_loss": None})
+
+    teacher = model_row("teacher")
+    tables = {}
+    for number in (2, 3, 4, 5):
+        ids = [row["id"] for row in plan["rows"] if number in row["tables"]]
+        if number != 2:
+            ids = _ablation_order(plan["rows"], number)
+            if len(ids) <= 1:
+                continue  # no ablation of this kind in the study
+        rows = [model_row(rid) for rid in ids] + reference
+        cols = tasks if number == 2 else [t for t in tasks if t in plan.get("ablation_tasks", tasks)]
+        for row in rows:
+            row["diff"] = {t: _diff(row["cells"][t]["score"], teacher["cells"][t]["score"]) for t in cols} if number != 2 else None
+        if number == 2:
+            for row in rows:
+                row["speedup"] = _speedup(row, teacher, tasks)
+        tables[number] = {"title": TITLES[number], "rows": rows, "tasks": cols}
+    mixed = {t: len(v) for t, v in datasets.items() if len(v) > 1}
+    return {"study": plan["study"]["name"], "tasks": tasks, "metric": metric, "seeds": plan["seeds"], "tables": tables,
+            "mixed_datasets": mixed, "stage_times": stage_times}
+
+
+def _ablation_order(rows: list[dict], number: int) -> list[str]:
+    """The teacher, then per student: its main row followed by its variants of this table."""
+    out = ["teacher"]
+    if number == 4 and any(r["id"] == "teacher-cond" for r in rows):
+        out.append("teacher-cond")
+    variants = [r for r in rows if r["kind"] == "variant" and number in r["tables"]]
+    for student in dict.fromkeys(r["student"] for r in variants):
+        out.append(student)
+        out += [r["id"] for r in variants if r["student"] == student]
+    return out
+
+
+def _diff(score: dict | None, ref: dict | None) -> float | None:
+    return None if score is None or ref is None else score["mean"] - ref["mean"]
+
+
+def _speedup(row: dict, teacher: dict, tasks: list[str]) -> float | None:
+    ratios = []
+    for t in tasks:
+        mine, ref = row["cells"][t]["runtime_s"], teacher["cells"][t]["runtime_s"]
+        if mine and ref and mine["mean"] > 0:
+            ratios.append(ref["mean"] / mine["mean"])
+    return statistics.fmean(ratios) if ratios else None
+
+
+# ------------------------------------------------------------------------------------ markdown
+
+
+def _pct(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s['mean'] * 100:.2f} ± {s['std'] * 100:.2f}" if s["n"] > 1 else f"{s['mean'] * 100:.2f}"
+
+
+def _secs(s: dict | None) -> str:
+    return "-" if s is None else (f"{s['mean']:.0f}" if s["mean"] >= 10 else f"{s['mean']:.1f}")
+
+
+def render(tables: dict, plan: dict) -> str:
+    study = plan["study"]
+    tasks, metric = tables["tasks"], tables["metric"]
+    teacher_src = study["teacher"]["source"]
+    lines = [f"# Study {study['name']}: the paper's tables", ""]
+    if study.get("description"):
+        lines += [study["description"].strip(), ""]
+    if study.get("sized_down"):
+        lines += [f"**Sized down, not the paper's setting:** {study['sized_down'].strip()}", ""]
+    lines += [("**Teacher:** the hub model " + study["teacher"]["hub"] + " (teacher.source: hub)." if teacher_src == "hub" else
+               "**Teacher:** no mBERT weights were used. The teacher row is a model pretrained here with MLM from random "
+               "weights on the corpus (teacher.source: pretrain), the stand-in for mBERT; the differences in Tables 3-5 "
+               "are to that row."), "",
+              f"Scores: test {', '.join(f'{t} {metric[t]}' for t in tasks)} in percent"
+              f"{' (NER: entity-level F1, seqeval)' if 'ner' in tasks else ''}, mean ± std over "
+              f"the finetuning seeds {', '.join(map(str, tables['seeds']))} (one distillation run per student). Runtime: the "
+              "finetuning loop only, seconds, mean over seeds. Reference rows (bag of words, majority class) are computed on the "
+              "same splits and the same training examples; they do not depend on the seed.", ""]
+    for t, n in tables["mixed_datasets"].items():
+        lines += [f"⚠ task {t}: results from {n} different datasets (or test files) are averaged here; check the runs.", ""]
+    for number, table in sorted(tables["tables"].items()):
+        tasks = table["tasks"]
+        lines += [f"## {table['title']}", ""]
+        head = ["model", *[f"{t} ({metric[t]})" for t in tasks]]
+        if number == 2:
+            head += [f"{t} runtime (s)" for t in tasks] + ["avg speedup vs teacher", "val ppl", "train MLM loss"]
+        else:
+            head += [f"Δ {t} vs teacher" for t in tasks]
+        lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        for row in table["rows"]:
+            vals = [row["label"], *[_pct(row["cells"][t]["score"]) for t in tasks]]
+            if number == 2:
+                sp = row.get("speedup")
+                vals += [_secs(row["cells"][t]["runtime_s"]) for t in tasks]
+                vals += [f"{sp:.2f}x" if sp else "-", f"{row['val_perplexity']:.1f}" if row["val_perplexity"] else "-",
+                         f"{row['train_mlm_loss']:.3f}" if row["train_mlm_loss"] else "-"]
+            else:
+                vals += [("-" if row["diff"][t] is None or row["id"] == "teacher" else f"{row['diff'][t] * 100:+.2f}") for t in tasks]
+            lines.append("| " + " | ".join(vals) + " |")
+        lines.append("")
+    bow = next((r for t in tables["tables"].values() for r in t["rows"] if r["id"] == "bow"), None)
+    if bow and bow.get("description"):
+        lines += [f"Bag of words: the classifier chosen on each task's validation split: {bow['description']}.", ""]
+    order = [st["name"] for st in plan.get("stages", [])]
+    lines += _stage_lines(dict(sorted(tables["stage_times"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))),
+                          study.get("estimates") or {})
+    return "\n".join(lines) + "\n"
+
+
+def _stage_lines(times: dict[str, float], estimates: dict[str, float]) -> list[str]:
+    if not times:
+        return []
+    groups: dict[str, list] = defaultdict(lambda: [0.0, 0, 0.0, True])
+    for name, secs in times.items():
+        g = groups[_group(name)]
+        g[0] += secs
+        g[1] += 1
+        est = next((m for p, m in estimates.items() if fnmatch.fnmatchcase(name, p)), None)
+        g[2] += est or 0.0
+        g[3] &= est is not None
+    lines = ["## Stage times (measured wall time of this run's stages, against the study's estimates)", "",
+             "| stages | count | measured (min) | estimate (min) |", "|---|---:|---:|---:|"]
+    for name, (secs, n, est, known) in groups.items():
+        lines.append(f"| {name} | {n} | {secs / 60:.1f} | {f'{est:.1f}' if known else '-'} |")
+    total = sum(g[0] for g in groups.values())
+    lines += [f"| all | {sum(g[1] for g in groups.values())} | {total / 60:.1f} | |", ""]
+    return lines
+
+
+def _group(name: str) -> str:
+    parts = name.split("/")
+    if parts[0] == "finetune":  # per row and task
+        return "/".join(parts[:3])
+    return parts[0]
+
+
+def stage_times(out: Path) -> dict[str, float]:
+    """Seconds of every finished stage, from the runner's markers under OUT/.experiment/stages."""
+    times = {}
+    root = out / ".experiment" / "stages"
+    for p in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if m.get("state") == "done" and "seconds" in m:
+            times[m["name"]] = m["seconds"]
+    return times
+
+
+def write_tables(plan_path: str | Path, run_dirs: list[str], out: str | Path) -> Path:
+    plan_path = Path(plan_path)
+    try:
+        plan = json.loads(plan_path.read_text())
+        plan["rows"], plan["study"]["name"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{plan_path} is not a study's plan.json (written by `ds-distil experiment`)") from None
+    results = collect(run_dirs)
+    tables = build(plan, results, stage_times(plan_path.parent))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text(render(tables, plan))
+    (out / "tables.json").write_text(json.dumps(tables, indent=1))
+    return out / "tables.md"

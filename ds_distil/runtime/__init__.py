@@ -1,0 +1,1 @@
+"""What a training run on N ranks needs, distillation or finetuning: DeepSpeed, metrics, FLOPs."""

@@ -1,0 +1,202 @@
+"""DeepSpeed glue: distributed init, the DeepSpeed config filled from the run config, the student
+engine (ZeRO, trained) and the teacher (plain module, frozen, never given to DeepSpeed).
+
+Same code for `deepspeed --num_gpus N --module ds_distil ...`, `torchrun ... -m ds_distil ...` and a
+plain single process: the launchers set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*, a plain process gets
+single-rank defaults. NCCL on GPUs, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ds_distil.core.env_info import free_port
+from ds_distil.core.errors import UserError
+from ds_distil.schema.distill import DistillConfig, PerfConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Keys of the DeepSpeed JSON that the run config owns: one source of truth.
+OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+              "scheduler", "gradient_clipping")
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+
+def init_distributed() -> Dist:
+    """Initialise torch.distributed through DeepSpeed; CUDA device per local rank, else CPU + gloo."""
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:  # a plain single process
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    import deepspeed
+
+    from ds_distil.core.quiet import third_party_stdout
+
+    backend = "nccl" if cuda else "gloo"
+    with third_party_stdout():  # "DeepSpeed ... shm_comm_op built successfully" on CPU; shown with --verbose
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPU(s) visible; "
+                            "start at most one process per GPU")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return Dist(rank, world, local_rank, device, backend)
+
+
+def close_distributed() -> None:
+    """End torch.distributed before the process exits: each rank waits for the others, then the process group
+    is destroyed. Left to the interpreter's teardown, a rank can abort at exit after its work is done
+    ('terminate called without an active exception', status -6: seen on 2 CPU ranks under gloo, once in a
+    local 2-rank study's finetuning stage, once in a 2-rank finetune). Call only where every rank gets to."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def total_steps(train: TrainConfig, micro_steps_per_epoch: int) -> int:
+    """Optimizer steps of the run: max_steps, or epochs x (micro batches per epoch / accumulation)."""
+    if train.max_steps is not None:
+        return train.max_steps
+    return max(1, round(train.epochs * micro_steps_per_epoch / train.grad_accum_steps))
+
+
+DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"  # the checkout's ds_configs/
+
+
+def bf16_capable(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_ds_json(choice: str, device: torch.device) -> str:
+    """`auto`: bf16 on GPUs that have it (Ampere and newer: no loss scaler, no overflow skips, the
+    fp16 range problems gone), fp16 on older GPUs, fp32 on CPU (bf16 there is exact but only fast
+    on CPUs with AMX; pass ds_configs/zero2-bf16.json to use it)."""
+    if choice != "auto":
+        return choice
+    if device.type != "cuda":
+        return str(DS_CONFIGS / "zero2-fp32.json")
+    return str(DS_CONFIGS / ("zero2-bf16.json" if bf16_capable(device) else "zero2-fp16.json"))
+
+
+def fused_adamw(choice: bool | str, device: torch.device) -> bool:
+    """torch's fused AdamW (one kernel for the whole update; CUDA and CPU since torch 2.4)."""
+    if choice == "auto":
+        return device.type in ("cuda", "cpu")
+    return choice is True
+
+
+def compile_enabled(perf: PerfConfig, device: torch.device) -> bool:
+    return perf.compile is True or (perf.compile == "auto" and device.type == "cuda")
+
+
+def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int, device: torch.device) -> dict:
+    """The DeepSpeed JSON named by cfg.deepspeed.config, completed from cfg.train and cfg.perf."""
+    return ds_config_from(cfg.train, resolve_ds_json(cfg.deepspeed.config, device), world_size, num_steps,
+                          fused=fused_adamw(cfg.perf.fused_adamw, device))
+
+
+def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: int, fused: bool = False) -> dict:
+    """A DeepSpeed JSON (ZeRO, precision) completed with batch sizes, optimizer, schedule and clipping from `t`."""
+    path = Path(json_path)
+    if not path.is_file():
+        raise UserError(f"deepspeed.config {path} does not exist; pass one of ds_configs/*.json")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"deepspeed.config {path} is not valid JSON ({e})") from None
+    owned = [k for k in OWNED_KEYS if k in ds]
+    if owned:
+        raise UserError(f"{path} sets {', '.join(owned)}: these come from the run config's `train` section "
+                        "(one source of truth); remove them from the JSON")
+    warmup = max(1, round(t.warmup_ratio * num_steps))
+    if t.schedule == "linear":
+        scheduler = {"type": "WarmupDecayLR", "params": {"total_num_steps": num_steps, "warmup_min_lr": 0.0, "warmup_max_lr": t.lr,
+                                                          "warmup_num_steps": warmup, "warmup_type": "linear"}}
+    else:
+        scheduler = {"type": "WarmupCosineLR", "params": {"total_num_steps": num_steps, "warmup_min_ratio": 0.0,
+                                                           "warmup_num_steps": warmup, "cos_min_ratio": 0.0, "warmup_type": "linear"}}
+    # torch's AdamW (no JIT-compiled DeepSpeed op to build); DeepSpeed passes the other params on to
+    # it, so "fused" selects torch's single-kernel implementation
+    adam = {"lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps, "weight_decay": t.weight_decay, "torch_adam": True,
+            "adam_w_mode": True}
+    if fused:
+        adam["fused"] = True
+    ds.update(
+        train_micro_batch_size_per_gpu=t.micro_batch_size,
+        gradient_accumulation_steps=t.grad_accum_steps,
+        train_batch_size=t.micro_batch_size * t.grad_accum_steps * world_size,
+        gradient_clipping=t.grad_clip,
+        optimizer={"type": "AdamW", "params": adam},
+        scheduler=scheduler,
+    )
+    ds.setdefault("steps_per_print", 10**9)  # we log ourselves
+    ds.setdefault("wall_clock_breakdown", False)
+    if ds.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
+        log.warning("fp16 on CPU runs only where the CPU has fp16 hardware; use ds_configs/zero2-bf16.json or zero2-fp32.json otherwise")
+    return ds
+
+
+def precision(ds_config: dict) -> str:
+    if ds_config.get("fp16", {}).get("enabled"):
+        return "fp16"
+    if ds_config.get("bf16", {}).get("enabled"):
+        return "bf16"
+    return "fp32"
+
+
+def teacher_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on GPUs that have it, else fp16; fp32 on CPU."""
+    if choice == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if bf16_capable(device) else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+
+
+def place_teacher(teacher: nn.Module | None, device: torch.device, dtype: torch.dtype) -> nn.Module | None:
+    """Frozen inference copy on this rank's device: eval mode, no grads, cast once."""
+    if teacher is None:
+        return None
+    teacher = teacher.to(device=device, dtype=dtype).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only, not on biases and LayerNorm; frozen parameters left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def initialize(model: nn.Module, ds_config: dict, weight_decay: float):
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, weight_decay), config=ds_config)
+    return engine

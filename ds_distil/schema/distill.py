@@ -1,0 +1,223 @@
+"""`ds-distil distill`: its configuration, section by section. Field metadata "help" is the CLI help text; defaults are
+the paper's or, where the paper is silent, what fits a small-compute user."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ds_distil.core.config import setting
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """How prepared shards are streamed to the ranks (section `data`)."""
+
+    shards: str = setting("directory written by `ds-distil prepare`")
+    num_workers: int = setting("DataLoader worker processes per rank", default=2)
+    shuffle: bool = setting("shuffle shard order and samples (per-epoch seed)", default=True)
+    shuffle_buffer: int = setting("samples in each worker's shuffle buffer", default=10000)
+    mlm_probability: float = setting("fraction of maskable tokens chosen for MLM", default=0.15)
+    mask_token_prob: float = setting("of those: replaced by [MASK]", default=0.8)
+    random_token_prob: float = setting("of those: replaced by a random token (the rest are kept)", default=0.1)
+    seed: int = setting("seed of shuffling and masking", default=0)
+    verify_checksums: bool = setting("check shard sha256 against the manifest at start (each rank a share)", default=True)
+    skip_corrupt_shards: bool = setting("skip unreadable shards (counted and logged) instead of stopping", default=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.mask_token_prob < 0 or self.random_token_prob < 0 or self.mask_token_prob + self.random_token_prob > 1.0:
+            raise ValueError("mask_token_prob and random_token_prob must be >= 0 and sum to <= 1")
+        if self.num_workers < 0 or self.shuffle_buffer < 1:
+            raise ValueError("num_workers must be >= 0 and shuffle_buffer >= 1")
+
+
+PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tiny", "micro")
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    """The frozen teacher (section `teacher`). Set exactly one of pretrained / config / preset, or
+    enabled=false for MLM-only training (teacher conditioning, from-scratch baselines)."""
+
+    enabled: bool = setting("false: no teacher, MLM loss only", default=True)
+    pretrained: str | None = setting("weights: a hub name (bert-base-multilingual-cased) or a local HF directory", default=None)
+    config: str | None = setting("architecture config.json for a randomly initialised teacher", default=None)
+    preset: str | None = setting(f"architecture preset for a randomly initialised teacher: {', '.join(PRESETS)}", default=None)
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = setting("teacher precision; auto: bf16 on GPUs that have it, else fp16; fp32 on CPU",
+                                                           default="auto")
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("pretrained", "config", "preset") if getattr(self, k)]
+        if self.enabled and len(given) != 1:
+            raise ValueError("set exactly one of pretrained, config or preset (or enabled: false for MLM only); "
+                             f"got {', '.join(given) or 'none'}")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    """The model trained (section `student`): a preset, sizes overriding it, or pretrained weights."""
+
+    preset: str | None = setting(f"architecture preset: {', '.join(PRESETS)}", default="dbert-tiny")
+    num_layers: int | None = setting("override the preset's layer count", default=None)
+    hidden_size: int | None = setting("override the preset's hidden size", default=None)
+    intermediate_size: int | None = setting("override the preset's FFN size", default=None)
+    num_heads: int | None = setting("override the preset's attention heads", default=None)
+    max_positions: int | None = setting("override the preset's position count", default=None)
+    pretrained: str | None = setting("start from these weights instead (hub name or HF directory), e.g. to MLM-condition a teacher", default=None)
+    embeddings: Literal["random", "teacher", "teacher-pca"] = setting(
+        "word/position/type embeddings: random; copied from the teacher (same hidden size only); "
+        "or the teacher's projected onto the student's size by PCA", default="random")
+    freeze_embeddings: bool = setting("keep the embeddings fixed during training", default=False)
+    dropout: float = setting("hidden and attention dropout", default=0.1)
+    norm: Literal["post", "pre"] = setting(
+        "where a blank model's LayerNorms sit: post (BERT, BertForMaskedLM) or pre (pre-LN, MegatronBertForMaskedLM: "
+        "stable at the higher learning rates of pretraining from random weights; Xiong et al. 2020)", default="post")
+    vocab: str | None = setting("a target-language vocabulary (`ds-distil vocab --out DIR`): the student gets only its tokens, "
+                              "the teacher's LM head and the KL run over them", default=None)
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
+        sizes = (self.num_layers, self.hidden_size, self.intermediate_size, self.num_heads, self.max_positions)
+        if self.preset is None and self.pretrained is None and None in sizes:
+            raise ValueError("set a preset, pretrained weights, or all of num_layers, hidden_size, intermediate_size, "
+                             "num_heads and max_positions")
+        if self.pretrained is not None and self.norm != "post":
+            raise ValueError("student.norm chooses a blank model's architecture; pretrained weights bring their own "
+                             "(drop student.norm or student.pretrained)")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """`a_kl * T^2 * KL(teacher || student) + a_mlm * CE + a_hidden * hidden`, per masked token (section `loss`)."""
+
+    a_kl: float = setting("weight of the distillation KL term", default=0.5)
+    a_mlm: float = setting("weight of the MLM cross-entropy term", default=0.5)
+    temperature: float = setting("softmax temperature T, applied to teacher and student", default=2.0)
+    a_hidden: float = setting("weight of the last-hidden-state term (needs equal hidden sizes)", default=0.0)
+    hidden_kind: Literal["cosine", "mse"] = setting("hidden-state term: 1 - cosine, or mean squared error", default="cosine")
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if min(self.a_kl, self.a_mlm, self.a_hidden) < 0 or self.a_kl + self.a_mlm + self.a_hidden == 0:
+            raise ValueError("loss weights must be >= 0 and not all 0")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Batch sizes, schedule, optimizer: the one source the DeepSpeed config is filled from (section `train`)."""
+
+    micro_batch_size: int = setting("samples per rank per forward pass", default=32)
+    grad_accum_steps: int = setting("micro batches per optimizer step; global batch = micro x accum x ranks", default=1)
+    epochs: float = setting("passes over the training data (the paper: 3)", default=3.0)
+    max_steps: int | None = setting("stop after this many optimizer steps instead of epochs", default=None)
+    lr: float = setting("peak learning rate", default=5e-4)
+    warmup_ratio: float = setting("share of steps warming up linearly", default=0.05)
+    schedule: Literal["linear", "cosine"] = setting("decay after warm-up", default="linear")
+    weight_decay: float = setting("AdamW weight decay (not on biases and LayerNorm)", default=0.01)
+    adam_betas: list[float] = setting("AdamW betas", default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = setting("AdamW epsilon", default=1e-6)
+    grad_clip: float = setting("gradient norm clipping (0: off)", default=1.0)
+    seed: int = setting("seed of model init and dropout", default=42)
+    max_nonfinite_steps: int = setting("stop when the loss is NaN/inf this many steps in a row", default=10)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("micro_batch_size and grad_accum_steps must be >= 1")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError("set epochs > 0 or max_steps")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null to train for `epochs`), got {self.max_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.adam_eps <= 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0 and adam_eps > 0")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Section `checkpoint`."""
+
+    every_steps: int = setting("save every N optimizer steps (and at the end; 0: only at the end)", default=1000)
+    keep: int = setting("complete checkpoints kept (older ones are deleted; >= 1: the newest is never deleted)", default=2)
+    export: bool = setting("export the student as a Hugging Face directory at the end", default=True)
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ValueError(f"keep must be >= 1 (the final checkpoint is what export and --resume read), got {self.keep}")
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0 (0: only at the end), got {self.every_steps}")
+
+
+@dataclasses.dataclass
+class LogConfig:
+    """Section `log`."""
+
+    every_steps: int = setting("log scalars every N optimizer steps", default=10)
+    tensorboard: bool = setting("write TensorBoard events under DIR/tensorboard", default=True)
+    peak_tflops: float | None = setting("device peak TFLOP/s for MFU (default: known GPUs; none on CPU)", default=None)
+    eval_every_steps: int = setting("validate on the shards' held-out split every N optimizer steps and at the end "
+                                  "(0: only at the end)", default=500)
+    eval_max_samples: int = setting("validate on the first N samples of the validation split, the same in every run "
+                                  "(0: all of them)", default=2048)
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1, got {self.every_steps}")
+        if self.eval_every_steps < 0 or self.eval_max_samples < 0:
+            raise ValueError(f"eval_every_steps and eval_max_samples must be >= 0, got {self.eval_every_steps} and {self.eval_max_samples}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be > 0, got {self.peak_tflops}")
+
+
+@dataclasses.dataclass
+class DeepSpeedConfig:
+    """Section `deepspeed`: the JSON holding ZeRO and precision settings. Batch sizes, optimizer,
+    scheduler and clipping come from `train` and must not be in it."""
+
+    config: str = setting("DeepSpeed JSON (see ds_configs/), or auto: zero2-bf16 on a GPU with bf16 (Ampere and newer), "
+                        "zero2-fp16 on older GPUs, zero2-fp32 on CPU", default="auto")
+
+
+@dataclasses.dataclass
+class PerfConfig:
+    """Section `perf`: speed levers. None of them changes what is computed beyond floating-point
+    rounding; each was measured (benchmarks/results/README.md)."""
+
+    pad_vocab_multiple: int = setting("pad the vocabulary rows of teacher and student to a multiple of this (aligned LM-head "
+                                    "GEMMs; padding logits are cut off before the softmax, and the export drops the rows); "
+                                    "1: off", default=128)
+    compile: bool | Literal["auto"] = setting("torch.compile the teacher, the student and the loss (true/false); auto: on for CUDA",
+                                            default="auto")
+    fused_adamw: bool | Literal["auto"] = setting("torch's fused AdamW kernel (one kernel for the whole update) instead of "
+                                                     "the per-tensor one (true/false); auto: on where torch has it for the device", default="auto")
+
+    def __post_init__(self) -> None:
+        if self.pad_vocab_multiple < 1:
+            raise ValueError(f"pad_vocab_multiple must be >= 1 (1: no padding), got {self.pad_vocab_multiple}")
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """`ds-distil distill --config FILE --out DIR [section.key=value ...]`."""
+
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=DeepSpeedConfig)
+    perf: PerfConfig = dataclasses.field(default_factory=PerfConfig)

@@ -1,0 +1,56 @@
+"""`ds-distil finetune`: its configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ds_distil.core.config import setting
+from ds_distil.schema.distill import DeepSpeedConfig, TrainConfig
+
+FT_PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta", "tiny", "micro")
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """Section `task`: where the data comes from and how it is read."""
+
+    data_dir: str | None = setting("local data directory (default: the task's folder in $DS_DISTIL_DATA or ../shared/data)", default=None)
+    hub: bool = setting("load the task's Hugging Face dataset instead of local files", default=False)
+    dataset_name: str | None = setting("name of the data in results.json and the report (default: the data directory's name)", default=None)
+    text_column: str = setting("csv task: text column (field, for JSON)", default="text")
+    text_pair_column: str | None = setting("csv task: second text column, for sentence pairs", default=None)
+    label_column: str = setting("csv task: label column", default="label")
+    encoding: str = setting("file encoding; auto: a BOM, else UTF-8 (e.g. cp1252, latin-1)", default="auto")
+    skip_bad_rows: bool = setting("skip rows with an empty label or text, wrong field count or unknown label (counted) instead of stopping", default=False)
+    valid_fraction: float | None = setting("no validation file: hold this share of train out (stratified by label, seeded by task.seed)", default=None)
+    seed: int = setting("seed of the held-out split and of the training sample (not of training: that is train.seed)", default=0)
+    max_length: int = setting("tokens per example after tokenization (truncated)", default=128)
+    max_train_examples: int | None = setting("train on a sample of N examples (stratified by label, seeded by task.seed)", default=None)
+    tokenizer: str | None = setting("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
+
+    def __post_init__(self) -> None:
+        if self.valid_fraction is not None and not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        if self.max_train_examples is not None and self.max_train_examples < 2:
+            raise ValueError(f"max_train_examples must be >= 2 (or null for all), got {self.max_train_examples}")
+
+
+
+def _ft_train_defaults() -> TrainConfig:
+    return TrainConfig(micro_batch_size=32, epochs=3.0, lr=5e-5, warmup_ratio=0.1, adam_betas=[0.9, 0.999], adam_eps=1e-8)
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    train: TrainConfig = dataclasses.field(default_factory=_ft_train_defaults)
+    model_name: str | None = setting("name of the model in results.json and the report (default: from its card or config)", default=None)
+    eval_batch_size: int = setting("examples per rank per evaluation batch", default=64)
+    log_every_steps: int = setting("log training loss every N steps", default=20)
+    deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=lambda: DeepSpeedConfig(config="auto"))
+
+    def __post_init__(self) -> None:
+        if self.eval_batch_size < 1 or self.log_every_steps < 1:
+            raise ValueError("eval_batch_size and log_every_steps must be >= 1")

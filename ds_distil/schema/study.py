@@ -1,0 +1,231 @@
+"""A study: one YAML file that describes a whole reproduction of the paper (configs/studies/*.yaml).
+
+This module reads and checks the file (typed sections, unknown keys refused naming the key, like
+every config of ours) and expands it into **rows**: the models whose finetuning scores fill the
+paper's tables. ds_distil/study/runner.py turns the rows into stages (commands) and runs them.
+
+What a study holds (every section is optional except `name` and `teacher.source`):
+
+* `prepare`: the corpus, tokenizer and sequence length of the shards; one shard set per data fraction.
+* `vocab`: optionally, a target-language vocabulary chosen from the corpus (`ds-distil vocab`), in
+  which the whole study then runs (the shards are prepared again with it): a CPU lever, since the
+  LM heads over mBERT's 119,547 rows dominate the cost of small models.
+* `teacher`: `source: hub` distils from `teacher.hub` (bert-base-multilingual-cased) where the hub is
+  reachable; `source: pretrain` pretrains a stand-in teacher with MLM from random weights on the
+  corpus first (no weights needed). The study decides; nothing probes the network. `condition`:
+  MLM-condition the teacher on the corpus before distilling from it (Table 4).
+* `distill`: settings of every student run; `students`: the students (Table 2), each a name,
+  a label and settings (`student.*`, `train.*`, ...).
+* `ablations`: applied to `ablations.students`: distillation on fractions of the corpus
+  (Table 3), from the conditioned teacher (Table 4), with embeddings copied from the teacher and
+  copied + frozen (Table 5).
+* `baselines`: `from_scratch` (each student's architecture finetuned from random weights, the
+  paper's From Scratch row) and `models` (mBERT / DistilmBERT / Tagalog-RoBERTa: architecture
+  presets with random weights, which give the runtime and a blank model's score, or hub names /
+  directories with weights).
+* `finetune`: the recipes (`configs/finetune/blank.yaml` for random weights, `pretrained.yaml` for
+  pretrained and distilled encoders), the seeds, and the tasks with their own settings.
+
+Settings are mappings of dotted keys (`train.max_steps: 600`) or nested sections, passed to the
+command as `key=value` overrides, after the config files and before what the study itself sets
+(shards, teacher path). Paths are relative to the directory the study is run from (the checkout),
+like every config of ours. `sized_down` says, above every table, how and why the study is smaller
+than the paper; `estimates` gives the expected minutes per stage (glob patterns), summed by `--dry-run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from ds_distil.core.config import ConfigError, from_dict, load_dict, setting
+from ds_distil.core.errors import UserError
+
+TASK_NAMES = ("hatespeech", "pos", "ner", "nli")
+TASK_DIRS = {"hatespeech": "hatespeech", "pos": "ud_pos", "ner": "uner_ner"}  # nli is built from fakenews/full.csv
+
+
+@dataclasses.dataclass
+class PrepareStudy:
+    corpus: str | None = setting("corpus text file(s) (default: DATA/corpus/tl_corpus_combined.txt)", default=None)
+    tokenizer: str | None = setting("tokenizer directory or hub name (default: DATA/mbert_tokenizer)", default=None)
+    seq_len: int = setting("tokens per sample", default=128)
+    seed: int = setting("seed of the validation split and the fractions", default=0)
+    settings: dict[str, Any] = setting("more `ds-distil prepare` keys", default_factory=dict)
+
+
+@dataclasses.dataclass
+class VocabStudy:
+    enabled: bool = setting("choose a target-language vocabulary from the corpus (`ds-distil vocab`) and run the whole study in it "
+                          "(teacher, students, blank models): every token the corpus uses is kept, so the corpus tokenizes as "
+                          "before, and the LM heads and embeddings shrink", default=False)
+    settings: dict[str, Any] = setting("`ds-distil vocab` keys (min_count, coverage, max_size, single_chars)", default_factory=dict)
+
+
+@dataclasses.dataclass
+class ConditionStudy:
+    enabled: bool = setting("MLM-condition the teacher on the corpus before distilling from it (Table 4)", default=False)
+    config: list[str] = setting("distill config file(s) of the conditioning run", default_factory=list)
+    settings: dict[str, Any] = setting("its settings (train.max_steps, train.lr, ...)", default_factory=dict)
+
+
+@dataclasses.dataclass
+class TeacherStudy:
+    source: Literal["hub", "pretrain"] = setting("hub: the pretrained hub model `hub`; pretrain: MLM from random weights on the corpus")
+    hub: str = setting("hub name or local directory of the pretrained teacher (source: hub)", default="bert-base-multilingual-cased")
+    label: str | None = setting("the teacher's row name (default: mBERT, or a stand-in description)", default=None)
+    config: list[str] = setting("distill config file(s) of the pretraining run (source: pretrain; student.* is the teacher's architecture)",
+                              default_factory=list)
+    settings: dict[str, Any] = setting("settings of the pretraining run", default_factory=dict)
+    condition: ConditionStudy = dataclasses.field(default_factory=ConditionStudy)
+
+
+@dataclasses.dataclass
+class DistillStudy:
+    config: list[str] = setting("distill config file(s) of every student run", default_factory=list)
+    settings: dict[str, Any] = setting("settings of every student run", default_factory=dict)
+
+
+@dataclasses.dataclass
+class StudentStudy:
+    label: str = setting("row name in the tables")
+    settings: dict[str, Any] = setting("this student's settings (student.preset, student.num_layers, ...)", default_factory=dict)
+
+
+@dataclasses.dataclass
+class AblationStudy:
+    students: list[str] = setting("students that get the ablations (default: all)", default_factory=list)
+    tasks: list[str] = setting("tasks the ablation rows (and the conditioned teacher) are finetuned on (default: all)", default_factory=list)
+    data_fractions: list[float] = setting("distil on these fractions of the corpus too (Table 3; 1.0 is the main run)", default_factory=list)
+    conditioned_teacher: bool = setting("distil from the conditioned teacher too (Table 4; needs teacher.condition.enabled)", default=False)
+    embeddings: dict[str, dict[str, Any]] = setting("Table 5 variants: name -> settings, e.g. copy: {student.embeddings: teacher}",
+                                                  default_factory=dict)
+
+
+@dataclasses.dataclass
+class BaselineModelStudy:
+    model: str = setting("architecture preset (random weights: mbert, distilmbert, tagalog-roberta, ...) or hub name / directory")
+    label: str = setting("row name in the tables")
+
+
+@dataclasses.dataclass
+class BaselineStudy:
+    from_scratch: bool = setting("finetune each student's architecture from random weights (the From Scratch row)", default=True)
+    models: dict[str, BaselineModelStudy] = setting("more rows: name -> model and label", default_factory=dict)
+
+
+@dataclasses.dataclass
+class TaskStudy:
+    data_dir: str | None = setting("the task's data (default: its folder in DATA; nli: built from DATA/fakenews/full.csv)", default=None)
+    settings: dict[str, Any] = setting("this task's finetuning settings (after the recipe)", default_factory=dict)
+
+
+@dataclasses.dataclass
+class FinetuneStudy:
+    blank_recipe: str = setting("finetune config for models with random weights", default="configs/finetune/blank.yaml")
+    pretrained_recipe: str = setting("finetune config for pretrained and distilled encoders", default="configs/finetune/pretrained.yaml")
+    seeds: list[int] = setting("training seeds; the tables give mean ± std over them", default_factory=lambda: [1, 2, 3])
+    tasks: dict[str, TaskStudy] = setting(f"tasks ({', '.join(TASK_NAMES)}) and their settings", default_factory=dict)
+    settings: dict[str, Any] = setting("settings of every finetuning run (after the recipe, before the task's)", default_factory=dict)
+
+
+@dataclasses.dataclass
+class Study:
+    name: str = setting("the study's name")
+    teacher: TeacherStudy = setting("the teacher")
+    description: str = setting("what the study is", default="")
+    sized_down: str | None = setting("how and why this study is smaller than the paper (shown above every table); null: full size",
+                                   default=None)
+    data_dir: str | None = setting("the data folder (default: $DS_DISTIL_DATA or ../shared/data)", default=None)
+    ranks: int = setting("processes per distill / finetune stage", default=1)
+    parallel: int = setting("stages run at once where their dependencies allow (local launcher only: a GPU fits several small "
+                          "finetuning runs; under SLURM the stages are srun steps run one at a time)", default=1)
+    estimates: dict[str, float] = setting("expected minutes per stage, by glob pattern over stage names (first match wins)",
+                                        default_factory=dict)
+    prepare: PrepareStudy = dataclasses.field(default_factory=PrepareStudy)
+    vocab: VocabStudy = dataclasses.field(default_factory=VocabStudy)
+    distill: DistillStudy = dataclasses.field(default_factory=DistillStudy)
+    students: dict[str, StudentStudy] = dataclasses.field(default_factory=dict)
+    ablations: AblationStudy = dataclasses.field(default_factory=AblationStudy)
+    baselines: BaselineStudy = dataclasses.field(default_factory=BaselineStudy)
+    finetune: FinetuneStudy = dataclasses.field(default_factory=FinetuneStudy)
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
+    """Read, type-check and cross-check a study file; every error is one line naming the file."""
+    path = Path(path)
+    try:
+        study = from_dict(Study, load_dict([path], list(overrides)))
+    except ConfigError as e:
+        raise UserError(f"study {path}: {e}") from None
+    problems = check(study)
+    if problems:
+        raise UserError(f"study {path}: {problems[0]}")
+    return study
+
+
+def check(study: Study) -> list[str]:
+    """What from_dict cannot see: names that must match, values in range, files that must exist."""
+    out = []
+    if study.ranks < 1 or study.parallel < 1:
+        out.append(f"ranks and parallel must be >= 1, got {study.ranks} and {study.parallel}")
+    if not study.students and study.ablations.students:
+        out.append("ablations.students names students, but the study has none")
+    for name in study.ablations.students:
+        if name not in study.students:
+            out.append(f"ablations.students: '{name}' is not one of the students ({', '.join(study.students) or 'none'})")
+    for f in study.ablations.data_fractions:
+        if not 0.0 < f < 1.0:
+            out.append(f"ablations.data_fractions: {f} is not in (0, 1) (1.0 is the main run)")
+    if study.ablations.conditioned_teacher and not study.teacher.condition.enabled:
+        out.append("ablations.conditioned_teacher needs teacher.condition.enabled: true")
+    for name in [*study.students, *study.baselines.models, *study.ablations.embeddings]:
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            out.append(f"'{name}': names of students, baselines and variants may hold letters, digits, '-', '_' and '.' only")
+    for task in study.finetune.tasks:
+        if task not in TASK_NAMES:
+            out.append(f"finetune.tasks: unknown task '{task}' (known: {', '.join(TASK_NAMES)})")
+    for task in study.ablations.tasks:
+        if task not in study.finetune.tasks:
+            out.append(f"ablations.tasks: '{task}' is not one of finetune.tasks ({', '.join(study.finetune.tasks)})")
+    if not study.finetune.tasks:
+        out.append("finetune.tasks is empty: name at least one task (" + ", ".join(TASK_NAMES) + ")")
+    if not study.finetune.seeds or len(set(study.finetune.seeds)) != len(study.finetune.seeds):
+        out.append(f"finetune.seeds must be distinct and not empty, got {study.finetune.seeds}")
+    files = [study.finetune.blank_recipe, study.finetune.pretrained_recipe, *study.distill.config, *study.teacher.config,
+             *study.teacher.condition.config]
+    for f in files:
+        if not Path(f).is_file():
+            out.append(f"config file {f} does not exist (paths are relative to the directory you run from, the checkout)")
+    if study.vocab.enabled and study.teacher.source == "hub":
+        out.append("vocab.enabled needs teacher.source: pretrain (a hub teacher keeps its vocabulary: distil into a trimmed "
+                   "student with distill.settings student.vocab instead)")
+    if study.teacher.source == "pretrain" and not (study.teacher.config or study.teacher.settings):
+        out.append("teacher.source: pretrain needs the teacher's architecture and training in teacher.settings or teacher.config")
+    return out
+
+
+def overrides_of(settings: dict[str, Any], prefix: str = "") -> list[str]:
+    """{'train': {'lr': 1e-4}, 'task.max_length': 64} -> ['train.lr=0.0001', 'task.max_length=64'] (values as YAML reads them back)."""
+    out = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out += overrides_of(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={_text(value)}")
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)

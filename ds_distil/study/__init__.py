@@ -1,0 +1,1 @@
+"""Whole studies: the plan of stages, their keys, the runner."""

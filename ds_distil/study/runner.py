@@ -1,0 +1,645 @@
+"""`ds-distil experiment STUDY.yaml --out DIR [--dry-run]`: a whole study, stage by stage, resumable.
+
+A study (ds_distil/schema/study.py) becomes a list of **stages**, each one of our CLI commands run as a
+subprocess: build the NLI set, prepare the shards (one set per data fraction), pretrain or
+condition the teacher, distil every student and ablation variant, finetune every model on every
+task and seed, write the report with the paper's tables. Each stage has
+
+* a **key**: sha256 of its command, of the config files it reads (by content) and of the keys of
+  the stages it depends on. Changing a setting changes the key of that stage and of everything
+  downstream, so exactly those are redone; nothing else is.
+* a **marker**, DIR/.experiment/stages/NAME.json: written as `running` before the command starts and
+  as `done` (with its key and duration) only after it exited 0. On a rerun a `done` stage with the
+  same key is skipped; a `running` one (interrupted, failed) is redone: distill with `--resume`
+  from its newest complete checkpoint, the others from their start after their partial output is
+  removed; a `done` one whose key changed is redone from scratch (its output is removed first:
+  it was made by this study, as its marker proves, for settings that no longer hold).
+* a **log**, DIR/logs/NAME.log (appended per attempt). A failing stage stops the study with one
+  line naming the stage, the error it printed and its log.
+
+Signals: SIGUSR1, SIGTERM or Ctrl-C ask the running stage to stop at a safe point (distill
+checkpoints, finetune stops at once) and the runner exits 75; the same command continues. Under
+SLURM (`--launcher srun`, slurm/experiment.sbatch) rank stages run as `srun` steps and the batch
+script requeues the job on 75 (one job that requeues, not one job per stage).
+
+Why a runner of our own and not Snakemake, doit or Luigi: the stages form a short, fixed chain
+(tens of commands) that one process runs in order, so the features those tools are built for
+(a DAG scheduler, parallel local jobs, cluster executors, a daemon with a web UI) would go unused,
+while what we need is specific: distill resumes in place (`--resume`) instead of being redone as a
+file-target rule would be, stages are keyed by their command and config *contents* (Snakemake
+keys on file times and, optionally, parameters; doit keeps its own dbm state file; Luigi only asks
+whether an output exists), a signal must reach the ranks of the running stage and end the runner
+with 75 for SLURM's requeue, and `--dry-run` must print exactly our commands. Snakemake would add
+a dependency tree of ~30 packages and a second language (its rule files); doit and Luigi would
+still need this signal and resume handling around them. The runner is this one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ds_distil.core.config import to_dict
+from ds_distil.core.env_info import free_port
+from ds_distil.core.errors import UserError
+from ds_distil.core.signals import EXIT_PREEMPTED
+from ds_distil.schema.study import TASK_DIRS, Study, load_study, overrides_of
+
+STATE = ".experiment"
+RANK_COMMANDS = ("distill", "finetune")  # the commands that run as ranks (srun steps under SLURM)
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    args: list[str]  # the ds-distil command line after `ds-distil`
+    out: Path
+    deps: list[str] = dataclasses.field(default_factory=list)
+    files: list[str] = dataclasses.field(default_factory=list)  # config files read: their content goes into the key
+    ranks: int = 1
+    key: str = ""
+
+    @property
+    def command(self) -> str:
+        return self.args[0]
+
+    @property
+    def resumable(self) -> bool:
+        return self.command == "distill"
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+def _fraction_tag(f: float) -> str:
+    return f"f{round(f * 100):03d}"
+
+
+def _data_dir(study: Study) -> Path:
+    from ds_distil.data.tasks import default_data_dir
+
+    return Path(study.data_dir) if study.data_dir else default_data_dir()
+
+
+def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
+    """(stages in run order, rows of the tables). A row is a model finetuned on every task and seed."""
+    data = _data_dir(study)
+    p, ft = study.prepare, study.finetune
+    corpus = p.corpus or str(data / "corpus" / "tl_corpus_combined.txt")
+    tokenizer = p.tokenizer or str(data / "mbert_tokenizer")
+    stages: list[Stage] = []
+    rows: list[dict] = []
+
+    # --- data: the NLI set, the shards of every fraction
+    task_dirs = {}
+    for task, t in ft.tasks.items():
+        if t.data_dir:
+            task_dirs[task] = t.data_dir
+        elif task == "nli":
+            stages.append(Stage("data/nli", ["tasks", "build-nli", "--articles", str(data / "fakenews" / "full.csv"),
+                                             "--out", str(out / "data" / "nli"), "--seed", "0"], out / "data" / "nli"))
+            task_dirs[task] = str(out / "data" / "nli")
+        else:
+            task_dirs[task] = str(data / TASK_DIRS[task])
+    fractions = [1.0] + [f for f in study.ablations.data_fractions if f != 1.0]
+    prep_deps = []
+    if study.vocab.enabled:  # the corpus in the full vocabulary, the tokens it uses, then everything in those
+        full = out / "shards" / "full-vocab"
+        stages.append(Stage("prepare/full-vocab", ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(full),
+                                                   "--seq-len", str(p.seq_len), "--seed", str(p.seed), *overrides_of(p.settings)], full))
+        report = [f"report_data={data}"] if study.data_dir else []  # its [UNK] report on the study's downstream sets
+        stages.append(Stage("vocab", ["vocab", "--shards", str(full), "--out", str(out / "vocab"), *report,
+                                      *overrides_of(study.vocab.settings)],
+                            out / "vocab", deps=["prepare/full-vocab"]))
+        tokenizer, prep_deps = str(out / "vocab"), ["vocab"]
+    shards = {}
+    for f in fractions:
+        tag = _fraction_tag(f)
+        shards[f] = out / "shards" / tag
+        stages.append(Stage(f"prepare/{tag}", ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(shards[f]),
+                                               "--seq-len", str(p.seq_len), "--fraction", str(f), "--seed", str(p.seed),
+                                               *overrides_of(p.settings)], shards[f], deps=list(prep_deps)))
+    main = shards[1.0]
+
+    # --- the teacher: hub weights, or MLM from random weights on the corpus
+    t = study.teacher
+    if t.source == "hub":
+        teacher_model, teacher_stage, teacher_run = t.hub, [], None
+        teacher_label = t.label or f"mBERT ({t.hub}, hub weights)"
+    else:
+        teacher_run = out / "teacher"
+        stages.append(_distill(study, "teacher", teacher_run, t.config,
+                               [*overrides_of(t.settings), f"data.shards={main}", "teacher.enabled=false"], ["prepare/f100"]))
+        teacher_model, teacher_stage = str(teacher_run / "student"), ["teacher"]
+        teacher_label = t.label or "Teacher (MLM from random weights on the corpus; stand-in for mBERT)"
+    rows.append(_row("teacher", teacher_label, "teacher", teacher_model, "pretrained", teacher_stage, teacher_run, tables=[2, 3, 4, 5]))
+
+    ablation_tasks = study.ablations.tasks or list(ft.tasks)
+
+    def finetunes(row: dict, tasks: list[str] | None = None) -> None:
+        for task in tasks or ft.tasks:
+            for seed in ft.seeds:
+                stages.append(_finetune(study, row, task, task_dirs[task], seed, out, tokenizer))
+
+    finetunes(rows[-1])
+
+    # --- students (Table 2), their From Scratch rows and the other baselines
+    def distill_student(sid: str, settings: list[str], shard_dir: Path, teacher: str, deps: list[str]) -> Path:
+        run = out / "students" / sid
+        common = [*overrides_of(study.distill.settings), *settings, f"data.shards={shard_dir}", f"teacher.pretrained={teacher}"]
+        stages.append(_distill(study, f"distill/{sid}", run, study.distill.config, common, deps))
+        return run
+
+    for sid, s in study.students.items():
+        run = distill_student(sid, overrides_of(s.settings), main, teacher_model, ["prepare/f100", *teacher_stage])
+        rows.append(_row(sid, s.label, "student", str(run / "student"), "pretrained", [f"distill/{sid}"], run, tables=[2, 3, 4, 5],
+                         student=sid))
+        finetunes(rows[-1])
+    if study.baselines.from_scratch:
+        for sid, s in study.students.items():
+            # the student's architecture with random weights: its exported config.json, so any size works
+            arch = str(out / "students" / sid / "student" / "config.json")
+            rows.append(_row(f"{sid}@scratch", f"From Scratch: {s.label}'s architecture, random weights", "scratch", arch, "blank",
+                             [f"distill/{sid}"], None, tables=[2], student=sid))
+            finetunes(rows[-1])
+    for bid, b in study.baselines.models.items():
+        from ds_distil.schema.finetune import FT_PRESETS
+
+        blank = b.model in FT_PRESETS
+        rows.append(_row(bid, b.label, "baseline", b.model, "blank" if blank else "pretrained", [], None, tables=[2]))
+        finetunes(rows[-1])
+
+    # --- ablations: data fractions (Table 3), conditioned teacher (Table 4), embeddings (Table 5)
+    ab = study.ablations
+    chosen = ab.students or list(study.students)
+    for sid in chosen:
+        s = study.students[sid]
+        for f in ab.data_fractions:
+            vid = f"{sid}@data{round(f * 100)}"
+            run = distill_student(vid, overrides_of(s.settings), shards[f], teacher_model, [f"prepare/{_fraction_tag(f)}", *teacher_stage])
+            rows.append(_row(vid, f"{s.label}, {f:.0%} of the corpus", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
+                             run, tables=[3], student=sid, variant={"fraction": f}))
+            finetunes(rows[-1], ablation_tasks)
+    if t.condition.enabled:
+        cond_run = out / "teacher-cond"
+        stages.append(_distill(study, "teacher-cond", cond_run, t.condition.config,
+                               [*overrides_of(t.condition.settings), f"data.shards={main}", "teacher.enabled=false",
+                                f"student.pretrained={teacher_model}", "student.preset=null"], ["prepare/f100", *teacher_stage]))
+        rows.append(_row("teacher-cond", f"{teacher_label}, MLM-conditioned on the corpus", "teacher-cond", str(cond_run / "student"),
+                         "pretrained", ["teacher-cond"], cond_run, tables=[4]))
+        finetunes(rows[-1], ablation_tasks)
+        if ab.conditioned_teacher:
+            for sid in chosen:
+                s = study.students[sid]
+                vid = f"{sid}@cond"
+                run = distill_student(vid, overrides_of(s.settings), main, str(cond_run / "student"), ["prepare/f100", "teacher-cond"])
+                rows.append(_row(vid, f"{s.label}, from the conditioned teacher", "variant", str(run / "student"), "pretrained",
+                                 [f"distill/{vid}"], run, tables=[4], student=sid, variant={"conditioned": True}))
+                finetunes(rows[-1], ablation_tasks)
+    for sid in chosen:
+        s = study.students[sid]
+        for name, settings in ab.embeddings.items():
+            vid = f"{sid}@emb-{name}"
+            run = distill_student(vid, [*overrides_of(s.settings), *overrides_of(settings)], main, teacher_model,
+                                  ["prepare/f100", *teacher_stage])
+            rows.append(_row(vid, f"{s.label}, embeddings: {name}", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
+                             run, tables=[5], student=sid, variant={"embeddings": name, "settings": overrides_of(settings)}))
+            finetunes(rows[-1], ablation_tasks)
+
+    # --- the report: every finetuning result, the paper's tables
+    ft_names = [s.name for s in stages if s.command == "finetune"]
+    stages.append(Stage("report", ["report", "--runs", str(out / "finetune"), "--out", str(out / "report"), "--study",
+                                   str(out / "plan.json")], out / "report", deps=ft_names, files=[str(out / "plan.json")]))
+    _check_unique(stages)
+    return stages, rows
+
+
+def _row(rid, label, kind, model, recipe, deps, run_dir, tables, student=None, variant=None) -> dict:
+    return {"id": rid, "label": label, "kind": kind, "model": model, "recipe": recipe, "deps": deps,
+            "run_dir": str(run_dir) if run_dir else None, "tables": tables, "student": student, "variant": variant or {}}
+
+
+def _distill(study: Study, name: str, run: Path, configs: list[str], overrides: list[str], deps: list[str]) -> Stage:
+    args = ["distill"] + [a for c in configs for a in ("--config", c)] + ["--out", str(run), *overrides]
+    return Stage(name, args, run, deps=deps, files=list(configs), ranks=study.ranks)
+
+
+def _finetune(study: Study, row: dict, task: str, data_dir: str, seed: int, out: Path, tokenizer: str) -> Stage:
+    ft = study.finetune
+    recipe = ft.blank_recipe if row["recipe"] == "blank" else ft.pretrained_recipe
+    run = out / "finetune" / row["id"] / task / f"seed{seed}"
+    extra = [f"task.tokenizer={tokenizer}"] if row["recipe"] == "blank" else []  # weights-free models take the study's tokenizer
+    args = ["finetune", "--model", row["model"], "--task", task, "--out", str(run), "--config", recipe,
+            *overrides_of(ft.settings), *overrides_of(ft.tasks[task].settings), f"task.data_dir={data_dir}", *extra,
+            f"train.seed={seed}", f"model_name={row['id']}"]
+    deps = list(row["deps"]) + (["data/nli"] if task == "nli" and data_dir == str(out / "data" / "nli") else [])
+    return Stage(f"finetune/{row['id']}/{task}/seed{seed}", args, run, deps=deps, files=[recipe], ranks=study.ranks)
+
+
+def _check_unique(stages: list[Stage]) -> None:
+    seen = set()
+    for s in stages:
+        if s.name in seen:
+            raise UserError(f"two stages are named {s.name}: rename a student, baseline or variant")
+        seen.add(s.name)
+
+
+def validate(stages: list[Stage], study_path: Path) -> None:
+    """Parse every stage's command with the CLI's own parser and config loaders, before anything runs:
+    an unknown key or a wrong type in a study's settings is refused here, naming the stage."""
+    import contextlib
+    import io
+
+    from ds_distil.cli import build_parser, config_from_args
+    from ds_distil.core.config import load
+    from ds_distil.schema.distill import DistillConfig
+    from ds_distil.schema.finetune import FinetuneConfig
+    from ds_distil.schema.prepare import PrepareConfig
+
+    parser = build_parser()
+    for s in stages:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                args = parser.parse_args(s.args)
+        except SystemExit:
+            raise UserError(f"study {study_path}: stage {s.name}: {err.getvalue().strip().splitlines()[-1]}") from None
+        try:
+            if s.command == "distill":
+                load(DistillConfig, args.config, args.overrides)
+            elif s.command == "finetune":
+                load(FinetuneConfig, args.config, args.overrides)
+            elif s.command == "prepare":
+                config_from_args(args, PrepareConfig)
+            elif s.command == "vocab":
+                from ds_distil.schema.vocab import VocabConfig
+
+                config_from_args(args, VocabConfig)
+        except UserError as e:
+            raise UserError(f"study {study_path}: stage {s.name}: {e}") from None
+
+
+def _sha_file(path: str) -> str:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
+
+
+def assign_keys(stages: list[Stage], plan_text: str, plan_path: Path) -> None:
+    """key = sha256(command, contents of its config files, keys of its dependencies), in run order."""
+    keys = {}
+    for s in stages:
+        files = {f: (hashlib.sha256(plan_text.encode()).hexdigest() if Path(f) == plan_path else _sha_file(f)) for f in s.files}
+        blob = json.dumps({"args": s.args, "files": files, "deps": [keys[d] for d in s.deps]}, sort_keys=True)
+        s.key = keys[s.name] = hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan_document(study: Study, stages: list[Stage], rows: list[dict]) -> str:
+    """plan.json: what the report needs (rows, tasks, seeds, the sizing note), deterministic so its key is stable."""
+    doc = {"study": to_dict(study), "rows": rows, "tasks": list(study.finetune.tasks), "seeds": study.finetune.seeds,
+           "ablation_tasks": study.ablations.tasks or list(study.finetune.tasks),
+           "stages": [{"name": s.name, "out": str(s.out), "command": s.command} for s in stages]}
+    return json.dumps(doc, indent=1)  # insertion order, which is deterministic (and `estimates` is first-match)
+
+
+def estimate_minutes(study: Study, name: str) -> float | None:
+    for pattern, minutes in study.estimates.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return minutes
+    return None
+
+
+# ---------------------------------------------------------------------------------- launching
+
+
+def launch_argv(stage: Stage, launcher: str) -> list[list[str]]:
+    """The process(es) of a stage: one argv per process (local ranks are separate processes)."""
+    base = [sys.executable, "-m", "ds_distil", *stage.args]
+    if stage.command not in RANK_COMMANDS:
+        return [base]
+    if launcher == "srun":
+        return [["srun", f"--ntasks={stage.ranks}", "--kill-on-bad-exit=1", "bash", "-c",
+                 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"', "rank", *base]]
+    return [base] * stage.ranks
+
+
+def shown(stage: Stage, launcher: str, resume: bool) -> str:
+    args = stage.args + (["--resume"] if resume else [])
+    text = "ds-distil " + shlex.join(args)
+    if stage.command in RANK_COMMANDS and launcher == "srun":
+        return f"srun --ntasks={stage.ranks} --kill-on-bad-exit=1 [RANK=$SLURM_PROCID ...] {text}"
+    if stage.command in RANK_COMMANDS and stage.ranks > 1:
+        return f"[{stage.ranks} ranks: RANK=0..{stage.ranks - 1} WORLD_SIZE={stage.ranks}] {text}"
+    return text
+
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+@dataclasses.dataclass
+class _Running:
+    """A started stage: its processes (one per local rank, or srun), its log file, when it started."""
+
+    stage: Stage
+    procs: list[subprocess.Popen]
+    log: object
+    t0: float
+    failed_at: float | None = None
+
+    def codes(self) -> list[int | None]:
+        return [p.poll() for p in self.procs]
+
+    def finished(self) -> bool:
+        codes = self.codes()
+        if all(c is not None for c in codes):
+            return True
+        # one rank failed: give the others 30 s, then stop them (they would wait in a collective for ever)
+        if self.failed_at is None and any(c not in (None, 0) for c in codes):
+            self.failed_at = time.time()
+        if self.failed_at is not None and time.time() - self.failed_at > 30:
+            for p in self.procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+        return False
+
+    def signal(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGUSR1)  # distill: checkpoint and exit 75; finetune: exit 75
+                except ProcessLookupError:
+                    pass
+
+
+class Runner:
+    def __init__(self, study: Study, study_path: Path, out: Path, launcher: str = "local"):
+        self.study, self.study_path, self.out, self.launcher = study, study_path, out, launcher
+        self.state = out / STATE
+        self.stages, self.rows = build_plan(study, out)
+        validate(self.stages, study_path)
+        self.plan_text = plan_document(study, self.stages, self.rows)
+        assign_keys(self.stages, self.plan_text, out / "plan.json")
+        self.parallel = 1 if launcher == "srun" else study.parallel  # srun steps of one allocation: one at a time
+        self.running: list[_Running] = []
+        self.stop_signal: str | None = None
+        self.stopped_at: str | None = None
+
+    # --- markers
+    def marker_path(self, stage: Stage) -> Path:
+        return self.state / "stages" / f"{stage.name}.json"
+
+    def marker(self, stage: Stage) -> dict | None:
+        p = self.marker_path(stage)
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def write_marker(self, stage: Stage, **fields) -> None:
+        p = self.marker_path(stage)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps({"name": stage.name, "key": stage.key, "command": shown(stage, self.launcher, False), **fields}, indent=1))
+        os.replace(tmp, p)
+
+    def status(self, stage: Stage) -> str:
+        """done | stale (done with other settings) | retry (started, not finished, same settings) | changed | new."""
+        m = self.marker(stage)
+        if m is None:
+            return "new"
+        if m.get("state") == "done":
+            return "done" if m.get("key") == stage.key else "stale"
+        return "retry" if m.get("key") == stage.key else "changed"
+
+    def log_path(self, stage: Stage) -> Path:
+        return self.out / "logs" / f"{stage.name}.log"
+
+    # --- the whole study
+    def dry_run(self) -> int:
+        self.check_owner()
+        print(f"study {self.study.name} ({self.study_path}) -> {self.out}: {len(self.stages)} stages, launcher {self.launcher}"
+              + (f", up to {self.parallel} at a time" if self.parallel > 1 else ""))
+        if self.study.sized_down:
+            print(f"sized down: {self.study.sized_down}")
+        for i, s in enumerate(self.stages, 1):
+            st = self.status(s)
+            est = estimate_minutes(self.study, s.name)
+            what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": "started earlier: "
+                    + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run"}[st]
+            print(f"[{i}/{len(self.stages)}] {s.name} ({what}{f'; ~{est:g} min' if est is not None and st != 'done' else ''})")
+            print(f"    {shown(s, self.launcher, st == 'retry' and s.resumable)}")
+        todo = [s for s in self.stages if self.status(s) != "done"]
+        minutes, known = self.makespan(todo)
+        print(f"{len(todo)} of {len(self.stages)} stages to run; estimated {minutes:.0f} min"
+              + (f" with up to {self.parallel} at a time" if self.parallel > 1 else "")
+              + ("" if known else " (some stages have no estimate)") + " (the study's `estimates`; its comments say how they were made)")
+        return 0
+
+    def makespan(self, todo: list[Stage]) -> tuple[float, bool]:
+        """Minutes to run `todo` as run() does (the first stage in plan order whose dependencies are done takes a free slot
+        of `parallel`), each stage taking the study's estimate."""
+        est = {s.name: estimate_minutes(self.study, s.name) for s in todo}
+        pending, done = list(todo), {s.name for s in self.stages} - {s.name for s in todo}
+        running: list[tuple[float, str]] = []
+        now = 0.0
+        while pending or running:
+            while len(running) < self.parallel:
+                ready = next((s for s in pending if all(d in done for d in s.deps)), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                running.append((now + (est[ready.name] or 0.0), ready.name))
+            if not running:
+                break
+            running.sort()
+            now, name = running.pop(0)
+            done.add(name)
+        return now, all(v is not None for v in est.values())
+
+    def run(self) -> int:
+        self.claim()
+        self.write_plan()
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        todo = [s for s in self.stages if self.status(s) != "done"]
+        stale = [s.name for s in todo if self.status(s) in ("stale", "changed")]
+        if stale:
+            print(f"experiment: settings changed for {len(stale)} stage(s) (and what depends on them), redone from scratch: "
+                  + ", ".join(stale[:6]) + (" ..." if len(stale) > 6 else ""), flush=True)
+        print(f"experiment: study {self.study.name} -> {self.out}: {len(self.stages) - len(todo)} of {len(self.stages)} stages done earlier, "
+              f"{len(todo)} to run" + (f", up to {self.parallel} at a time" if self.parallel > 1 else ""), flush=True)
+        t_study = time.time()
+        done = {s.name for s in self.stages if s not in todo}
+        index = {s.name: i for i, s in enumerate(self.stages, 1)}
+        running: list[_Running] = []
+        failed: list[tuple[Stage, int]] = []
+        while todo or running:
+            # start what may start: in plan order, dependencies finished, up to `parallel` at a time
+            while not (self.stop_signal or failed) and len(running) < self.parallel:
+                ready = next((s for s in todo if all(d in done for d in s.deps)), None)
+                if ready is None:
+                    break
+                todo.remove(ready)
+                running.append(self._start(ready, index[ready.name]))
+            for r in [r for r in running if r.finished()]:
+                running.remove(r)
+                code = self._finish(r)
+                if code == 0:
+                    done.add(r.stage.name)
+                elif not self.stop_signal:
+                    failed.append((r.stage, code))
+            if not running and (self.stop_signal or failed or not any(all(d in done for d in s.deps) for s in todo)):
+                break
+            time.sleep(0.2)
+        if failed:
+            return self._failed(*failed[0])
+        if self.stop_signal:
+            return self._stopped(todo[0] if todo else None)
+        if todo:  # cannot happen with a consistent plan: a dependency that is never run
+            raise UserError(f"stage {todo[0].name} waits for stages that are not in the plan: {todo[0].deps}")
+        print(f"experiment: done in {time.time() - t_study:.0f} s; tables: {self.out / 'report' / 'tables.md'}", flush=True)
+        return 0
+
+    def check_owner(self) -> None:
+        """DIR is new, empty, or this study's (DIR/.experiment/study.json names it)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out} is a file; pass a directory")
+        if self.out.is_dir() and any(self.out.iterdir()) and not self.state.is_dir():
+            raise UserError(f"--out {self.out} is not empty and is not a study's output (no {STATE}/); choose a new directory")
+        owner = self.state / "study.json"
+        if owner.exists():
+            name = json.loads(owner.read_text()).get("name")
+            if name != self.study.name:
+                raise UserError(f"--out {self.out} holds the study '{name}', not '{self.study.name}'; use another --out "
+                                "(or rename the study back)")
+
+    def claim(self) -> None:
+        """check_owner, then one runner at a time (a lock the kernel drops with the process)."""
+        self.check_owner()
+        self.state.mkdir(parents=True, exist_ok=True)
+        owner = self.state / "study.json"
+        if not owner.exists():
+            owner.write_text(json.dumps({"name": self.study.name}))
+        self._lock = open(self.state / "lock", "a+")
+        try:
+            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            raise UserError(f"--out {self.out} is in use by {holder}; wait for it to end (or stop it) and run again") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._lock.flush()
+
+    def write_plan(self) -> None:
+        for name, text in (("plan.json", self.plan_text), ("study.yaml", self._study_yaml())):
+            tmp = self.out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.out / name)
+
+    def _study_yaml(self) -> str:
+        import yaml
+
+        return f"# resolved from {self.study_path}\n" + yaml.safe_dump(to_dict(self.study), sort_keys=False)
+
+    # --- one stage
+    def _start(self, stage: Stage, index: int) -> "_Running":
+        st = self.status(stage)
+        resume = st == "retry" and stage.resumable
+        if not resume and stage.out.exists():
+            if self.marker(stage) is None:
+                raise UserError(f"{stage.out} exists but no stage of this study made it; move it away and run again")
+            shutil.rmtree(stage.out)  # ours (its marker says so): partial, or made for settings that changed
+        self.write_marker(stage, state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        logf = self.log_path(stage)
+        logf.parent.mkdir(parents=True, exist_ok=True)
+        cmd = shown(stage, self.launcher, resume)
+        est = estimate_minutes(self.study, stage.name)
+        print(f"[{index}/{len(self.stages)}] {stage.name}{' (resuming)' if resume else ''}"
+              f"{f' (~{est:g} min)' if est is not None else ''}: {cmd}", flush=True)
+        f = open(logf, "a")
+        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {cmd}\n")
+        f.flush()
+        argvs = launch_argv(stage, self.launcher)
+        if resume:
+            argvs = [a + ["--resume"] for a in argvs]
+        env = dict(os.environ)
+        if len(argvs) > 1:  # local ranks: what srun or torchrun would set
+            env.update(WORLD_SIZE=str(len(argvs)), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(argvs))))
+        procs = []
+        for rank, argv in enumerate(argvs):
+            penv = dict(env, RANK=str(rank), LOCAL_RANK=str(rank)) if len(argvs) > 1 else env
+            # a session of its own: a terminal's Ctrl-C reaches the runner only, which asks the stage to stop cleanly
+            procs.append(subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=penv, start_new_session=True))
+        r = _Running(stage, procs, f, time.time())
+        self.running.append(r)
+        if self.stop_signal:  # a signal came while starting
+            r.signal()
+        return r
+
+    def _finish(self, r: "_Running") -> int:
+        self.running.remove(r)
+        r.log.close()
+        code = next((c for c in r.codes() if c != 0), 0)
+        seconds = time.time() - r.t0
+        if code == 0:
+            self.write_marker(r.stage, state="done", seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            print(f"    {r.stage.name}: done in {seconds:.0f} s{self._summary(r.stage)}", flush=True)
+        return code
+
+    def _on_signal(self, signum, _frame) -> None:
+        first = self.stop_signal is None
+        self.stop_signal = self.stop_signal or signal.Signals(signum).name
+        if first:
+            print(f"experiment: got {signal.Signals(signum).name}: asking the running stage(s) to stop at a safe point", flush=True)
+            self.stopped_at = ", ".join(r.stage.name for r in self.running) or None
+            for r in list(self.running):
+                r.signal()
+
+    def _summary(self, stage: Stage) -> str:
+        if stage.command == "finetune":
+            try:
+                r = json.loads((stage.out / "results.json").read_text())
+                return f": test {r['metric']} {r['score']:.4f} (valid {r['valid_score']:.4f}), training {r['train_runtime_s']:.0f} s"
+            except (OSError, KeyError, TypeError, json.JSONDecodeError):
+                return ""
+        return ""
+
+    def _stopped(self, stage: Stage | None) -> int:
+        where = f" at stage {self.stopped_at or (stage.name if stage else '?')}"
+        print(f"experiment: stopped by {self.stop_signal}{where}; run the same command again to continue "
+              "(finished stages are kept, a distillation resumes from its checkpoint)", flush=True)
+        return EXIT_PREEMPTED
+
+    def _failed(self, stage: Stage, code: int) -> int:
+        logf = self.log_path(stage)
+        error = ""
+        try:
+            lines = logf.read_text(errors="replace").splitlines()
+            errors = [ln for ln in lines if re.match(r"^ds-distil [\w -]+: error: ", ln)]
+            error = errors[-1] if errors else next((ln for ln in reversed(lines) if ln.strip()), "")
+        except OSError:
+            pass
+        print(f"experiment: stage {stage.name} failed (exit status {code}): {error.strip()[:400]}; its log: {logf}",
+              file=sys.stderr, flush=True)
+        return 1
+
+
+def run_experiment(study_path: str, out: str, dry_run: bool = False, launcher: str = "local", overrides: list[str] = ()) -> int:
+    study = load_study(study_path, overrides)
+    runner = Runner(study, Path(study_path), Path(out), launcher)
+    return runner.dry_run() if dry_run else runner.run()
