@@ -1,27 +1,22 @@
-"""`ds-distil <subcommand>`: thin wrappers over library functions.
+"""`ds-distil <subcommand>`: each command handed to the function of its layer.
 
-Flags of a subcommand are generated from its config dataclass (`ds_distil.core.config`), so the help
-text, the types and the YAML keys have one source. Errors the user can fix are one line on stderr
-and exit status 2.
+The parser, every flag and its help live in ds_distil/schema/commands.py (no torch: `--help` answers at
+once); this module attaches a handler to each command and imports what the handler needs only when it
+runs. Errors the user can fix are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
-import typing
 import warnings
 from pathlib import Path
 
-from ds_distil import __version__
-from ds_distil.core.config import from_dict, load_dict, parse_value
 from ds_distil.core.errors import UserError
-from ds_distil.schema.distill import DataConfig
-from ds_distil.schema.prepare import PrepareConfig
+from ds_distil.schema import commands
 
 log = logging.getLogger("ds_distil")
 
@@ -39,35 +34,6 @@ def setup_logging(verbose: bool = False) -> None:
     quiet.configure(verbose)  # the rest of the third-party noise, unless --verbose
 
 
-# ----------------------------------------------------------------- dataclass -> argparse -> dataclass
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One --flag per field of `cls`; values are parsed as YAML scalars and type-checked by config.from_dict."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else (None if f.default_factory is dataclasses.MISSING else f.default_factory())
-        help_text = f.metadata.get("help", "") + ("" if default in (None, []) else f" (default: {default})")
-        if hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif typing.get_origin(hints[f.name]) is list:
-            parser.add_argument(flag, dest=f.name, nargs="+", metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=argparse.SUPPRESS, help=help_text)
-    parser.add_argument("--config", action="append", default=[], metavar="YAML", help="YAML file(s) with these keys; flags win")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="more settings, e.g. seq_len=256")
-
-
-def config_from_args(args: argparse.Namespace, cls: type):
-    data = load_dict(args.config, args.overrides)
-    for f in dataclasses.fields(cls):
-        if f.name in vars(args):
-            value = getattr(args, f.name)
-            data[f.name] = value if isinstance(value, (list, bool)) else parse_value(value)
-    return from_dict(cls, data)
-
-
 # ------------------------------------------------------------------------------------- commands
 
 
@@ -75,7 +41,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Tokenize a corpus into packed WebDataset shards with a manifest."""
     from ds_distil.data.shards import prepare
 
-    cfg = config_from_args(args, PrepareConfig)
+    cfg = commands.stage_config(args)
     manifest = prepare(cfg)
     for split, s in manifest["splits"].items():
         print(f"{split}: {s['samples']:,} samples of {manifest['seq_len']} tokens, {s['tokens']:,} tokens, "
@@ -88,9 +54,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_vocab(args: argparse.Namespace) -> int:
     """Choose a target-language vocabulary from prepared shards (kept tokens, tokenizer, id map, report)."""
     from ds_distil.data.vocab import build_vocab
-    from ds_distil.schema.vocab import VocabConfig
 
-    cfg = config_from_args(args, VocabConfig)
+    cfg = commands.stage_config(args)
     r = build_vocab(cfg)
     b = r["breakdown"]
     print(f"kept {r['kept']:,} of {r['original']:,} tokens ({r['kept_fraction']:.1%}): {b['special']} special, "
@@ -121,7 +86,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ds_distil.data.tokenizer import load_tokenizer
 
     manifest = load_manifest(args.shards)
-    data_cfg = from_dict(DataConfig, {**load_dict(args.config, args.overrides).get("data", {}), "shards": args.shards})
+    data_cfg = commands.stage_config(args)
     tokenizer = load_tokenizer(args.tokenizer or str(manifest.tokenizer_dir))
     stream = MLMStream(manifest, data_cfg, batch_size=args.batch_size, split=args.split, tokenizer=tokenizer)
     t = manifest.tokenizer
@@ -144,12 +109,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student."""
-    from ds_distil.core.config import load
     from ds_distil.distill.trainer import run_distill
     from ds_distil.runtime.engine import close_distributed
-    from ds_distil.schema.distill import DistillConfig
 
-    cfg = load(DistillConfig, args.config, args.overrides)
+    cfg = commands.stage_config(args)
     status = run_distill(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     close_distributed()  # every rank returns the same status (finished, or stopped by a signal at the same step)
     return status
@@ -166,14 +129,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json."""
-    from ds_distil.core.config import load
     from ds_distil.core.signals import exit_on_stop_signal, ignore_stop_signals
     from ds_distil.finetune.summary import result_lines
     from ds_distil.finetune.train import run_finetune
     from ds_distil.runtime.engine import close_distributed
-    from ds_distil.schema.finetune import FinetuneConfig
 
-    cfg = load(FinetuneConfig, args.config, args.overrides)
+    cfg = commands.stage_config(args)
     exit_on_stop_signal("finetune")
     res = run_finetune(args.model, args.task, args.out, cfg, overwrite=args.overwrite)
     ignore_stop_signals()  # results.json is written: a late signal must not turn this run into a "stopped" one
@@ -223,125 +184,13 @@ def cmd_build_nli(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_epilog(cls: type, instance=None, prefix: str = "") -> str:
-    from ds_distil.core.config import keys_help
-
-    return ("settable keys (YAML via --config, or key=value after the flags; shown with their defaults):\n" +
-            keys_help(cls, instance, prefix=prefix))
-
-
-OVERWRITE_HELP = ("replace what DIR holds: the new output is built beside it and swapped in only when complete "
-                  "(a directory ds-distil did not make is kept beside it as DIR.replaced-DATE)")
+HANDLERS = {"prepare": cmd_prepare, "vocab": cmd_vocab, "trim": cmd_trim, "inspect": cmd_inspect, "distill": cmd_distill,
+            "export": cmd_export, "finetune": cmd_finetune, "report": cmd_report, "experiment": cmd_experiment,
+            "tasks build-nli": cmd_build_nli}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ds_distil.schema.distill import DistillConfig
-
-    parser = argparse.ArgumentParser(prog="ds-distil", description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--version", action="version", version=f"ds-distil {__version__}")
-    # the deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show third-party output (DeepSpeed, transformers, ...)")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="also show third-party output (DeepSpeed's log and op builds, transformers' weight-loading report, warnings)")
-    raw = argparse.RawDescriptionHelpFormatter
-    _sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    class _Sub:  # every subcommand gets --verbose
-        def add_parser(self, name, **kw):
-            return _sub.add_parser(name, parents=[common], **kw)
-
-    sub = _Sub()
-
-    p = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
-    add_config_flags(p, PrepareConfig)
-    p.set_defaults(func=cmd_prepare)
-
-    from ds_distil.schema.vocab import VocabConfig
-
-    p = sub.add_parser("vocab", help=cmd_vocab.__doc__, description=cmd_vocab.__doc__)
-    add_config_flags(p, VocabConfig)
-    p.set_defaults(func=cmd_vocab)
-
-    p = sub.add_parser("trim", help=cmd_trim.__doc__, description=cmd_trim.__doc__)
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory (weights and tokenizer), e.g. a distill run's student/")
-    p.add_argument("--vocab", required=True, metavar="VOCAB_DIR", help="written by `ds-distil vocab`")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.set_defaults(func=cmd_trim)
-
-    p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__, formatter_class=raw,
-                       epilog=_keys_epilog(DataConfig, prefix="data."))
-    p.add_argument("--shards", required=True, help="directory written by `ds-distil prepare`")
-    p.add_argument("--split", default="train", choices=["train", "val"])
-    p.add_argument("--tokenizer", help="check the shards against this tokenizer (default: the one saved with them)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--batches", type=int, default=3, help="batches to show")
-    p.add_argument("--config", action="append", default=[], metavar="YAML", help="run config whose `data` section to use")
-    p.add_argument("overrides", nargs="*", metavar="data.key=value")
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser("distill", help=cmd_distill.__doc__, description=cmd_distill.__doc__ + " Runs as a single process, "
-                       "under `deepspeed --num_gpus N --module ds_distil distill ...` and `torchrun --nproc_per_node N -m ds_distil distill ...`.",
-                       formatter_class=raw, epilog=_keys_epilog(DistillConfig))
-    p.add_argument("--config", action="append", default=[], metavar="YAML", help="run config (configs/*.yaml); several are merged in order")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory: resolved config, checkpoints, TensorBoard, student/")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in DIR (start fresh if none)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in DIR: the new run is written beside it and "
-                   "swapped in at its first complete checkpoint; until then the old run stays whole")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100 data.num_workers=0")
-    p.set_defaults(func=cmd_distill)
-
-    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
-    p.add_argument("--run", required=True, metavar="DIR", help="run directory of `ds-distil distill`")
-    p.add_argument("--out", default=None, metavar="DIR", help="where to write the model (default: DIR/student)")
-    p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step00001000 (default: the newest complete one)")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.set_defaults(func=cmd_export)
-
-    from ds_distil.data.tasks import TASKS
-    from ds_distil.schema.finetune import FT_PRESETS, FinetuneConfig
-
-    p = sub.add_parser("finetune", help=cmd_finetune.__doc__, description=cmd_finetune.__doc__, formatter_class=raw,
-                       epilog=_keys_epilog(FinetuneConfig, FinetuneConfig()))
-    p.add_argument("--model", required=True, help=f"hub name, local HF directory, a config.json (random weights), or preset: {', '.join(FT_PRESETS)}")
-    p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--config", action="append", default=[], metavar="YAML")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 train.lr=5e-5 task.max_length=128 (all keys below)")
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
-    p.add_argument("--runs", nargs="+", required=True, help="finetune output directories (searched for results.json)")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--baseline", default=None, help="model to compute training speedups against (default: mbert)")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--study", default=None, metavar="PLAN_JSON", help="a study's plan.json (written by `ds-distil experiment`): "
-                   "adds the paper's Tables 2-5 (tables.md)")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("experiment", help=cmd_experiment.__doc__, description=cmd_experiment.__doc__ + " A finished stage is skipped "
-                       "on rerun; a stopped distillation resumes from its checkpoint; a changed setting redoes what depends on it.")
-    p.add_argument("study", metavar="STUDY.yaml", help="the study (configs/studies/: paper-tl-cpu, paper-tl-gpu, demo)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the study's directory: every stage's output, logs/, report/")
-    p.add_argument("--dry-run", action="store_true", help="print the stages as the commands they run, and what is done already")
-    p.add_argument("--launcher", choices=["local", "srun"], default="local",
-                   help="local: processes on this machine (study.ranks of them per stage); srun: each rank stage as an srun step (SLURM)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="study settings, e.g. teacher.source=hub finetune.seeds=[1,2]")
-    p.set_defaults(func=cmd_experiment)
-
-    p = sub.add_parser("tasks", help="task data utilities")
-    tsub = p.add_subparsers(dest="task_command", required=True, metavar="COMMAND")
-    q = tsub.add_parser("build-nli", help=cmd_build_nli.__doc__, description=cmd_build_nli.__doc__)
-    q.add_argument("--articles", required=True, help="CSV with one article per row (e.g. ../shared/data/fakenews/full.csv)")
-    q.add_argument("--column", default="article")
-    q.add_argument("--out", required=True, metavar="DIR", help="writes train.csv, valid.csv, test.csv (premise, hypothesis, label)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    q.set_defaults(func=cmd_build_nli)
-    return parser
+    return commands.build_parser(HANDLERS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,8 +149,8 @@ def test_truncated_newest_checkpoint_falls_back_and_the_run_ends_bit_identical(f
     holder.send_signal(signal.SIGKILL)
     holder.wait()
 
-    # safe changes (logging interval, checkpoints kept) are accepted
-    proc = distill(run_copy, small_shards, "--resume", **{"log.every_steps": 2, "checkpoint.keep": 4})
+    # safe changes (logging and validation intervals, checkpoints kept) are accepted
+    proc = distill(run_copy, small_shards, "--resume", **{"log.every_steps": 2, "log.eval_every_steps": 3, "checkpoint.keep": 4})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint step00000006 is damaged: zero_pp_rank_0_mp_rank_00_optim_states.pt has 4096 bytes" in proc.stderr
     assert "continuing from step00000004" in proc.stderr and "resumed from step 4" in proc.stderr

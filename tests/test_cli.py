@@ -47,7 +47,7 @@ def test_console_script_is_installed():
 
 
 def test_prepare_flags_yaml_and_overrides_resolve_to_one_config(tmp_path):
-    from ds_distil.cli import config_from_args
+    from ds_distil.schema.commands import config_from_args
 
     (tmp_path / "p.yaml").write_text("seq_len: 256\nfraction: 0.8\ntokenizer: t\n")
     args = build_parser().parse_args(["prepare", "--config", str(tmp_path / "p.yaml"), "--out", "o", "--input", "a.txt", "b.txt",

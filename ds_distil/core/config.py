@@ -230,10 +230,23 @@ def _yaml_scalar(value: Any) -> str:
     return str(value)
 
 
-def keys_help(cls: type, instance: Any = None, width: int = 42, prefix: str = "") -> str:
+def flat_fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every leaf field of a config class by its dotted key (sections walked into)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(flat_fields(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = f
+    return out
+
+
+def keys_help(cls: type, instance: Any = None, width: int = 42, prefix: str = "", resume_note: bool = False) -> str:
     """Every settable key of `cls` as `section.key=DEFAULT  help (type)`, for a command's --help: generated
     from the dataclasses, so the keys, their defaults and their meaning are written once. `instance`
-    supplies defaults that differ from the classes' (finetuning's `train` section)."""
+    supplies defaults that differ from the classes' (finetuning's `train` section); `resume_note` marks the keys that
+    may change on --resume."""
     lines: list[str] = []
 
     def walk(c: type, obj: Any, prefix: str) -> None:
@@ -251,7 +264,8 @@ def keys_help(cls: type, instance: Any = None, width: int = 42, prefix: str = ""
                 walk(hints[f.name], None if value is dataclasses.MISSING else value, f"{prefix}{f.name}.")
                 continue
             key = f"{prefix}{f.name}=" + ("..." if value is dataclasses.MISSING else _yaml_scalar(value))
-            text = f.metadata.get("help", "") + f" ({_type_name(hints[f.name])}" + (", required)" if value is dataclasses.MISSING else ")")
+            note = ", may change on --resume" if resume_note and f.metadata.get("resume") else ""
+            text = f.metadata.get("help", "") + f" ({_type_name(hints[f.name])}" + (", required" if value is dataclasses.MISSING else "") + note + ")"
             lines.append(f"  {key:<{width}}{text}" if len(key) < width - 1 else f"  {key}\n  {'':<{width}}{text}")
 
     walk(cls, instance, prefix)

@@ -21,6 +21,7 @@ from pathlib import Path
 from ds_distil.core.errors import UserError
 from ds_distil.data.examples import SPLITS, Example, Task
 from ds_distil.data.readers import ReadOptions
+from ds_distil.schema.finetune import TASK_NAMES
 
 SPLIT_ALIASES = {"train": ("train",), "valid": ("valid", "validation", "dev"), "test": ("test",)}
 
@@ -264,7 +265,7 @@ def _hub_tokens(task: str, name: str, tokens: str, tags: str) -> Task:
     return Task(task, "token", "f1", splits, source=name, dataset=name)
 
 
-TASKS = ("hatespeech", "ner", "pos", "nli", "csv")
+TASKS = TASK_NAMES
 
 
 def load_task(name: str, data_dir: str | None = None, hub: bool = False, seed: int = 0, read: ReadOptions = ReadOptions(),

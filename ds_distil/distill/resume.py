@@ -1,11 +1,11 @@
 """Resume is exact or refused: the settings a checkpoint was made under, compared on --resume.
 
-Every setting that changes which samples a rank sees, how they are masked, or how the model
-trains is recorded in the checkpoint (trainer_state.json, "resume") and compared on --resume;
-a difference is refused naming the key, the old value and the new one. The shards are compared
-by content (their checksums in the manifest), not by path, so a moved shard directory resumes.
-
-Safe to change on --resume (they change neither the samples nor the arithmetic): SAFE_TO_CHANGE.
+Every setting of the run config is recorded in the checkpoint (trainer_state.json, "resume") and compared on
+--resume, except those the schema marks as changeable (`setting(..., resume=True)` in schema/distill.py: they
+change neither the samples a rank sees, nor how they are masked, nor the arithmetic). A difference is refused
+naming the key, the old value and the new one. Beside the config, derived facts are compared: the world size,
+the shards' content (their checksums in the manifest, not their path, so a moved shard directory resumes), the
+masking rule and the resolved DeepSpeed JSON.
 """
 
 from __future__ import annotations
@@ -13,18 +13,26 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ds_distil.core.config import to_dict
+from ds_distil.core.config import flat_fields, to_dict
 from ds_distil.core.errors import UserError
+from ds_distil.schema.distill import DistillConfig
 
-SAFE_TO_CHANGE = (
-    "log.every_steps", "log.tensorboard", "log.peak_tflops",
-    "checkpoint.every_steps", "checkpoint.keep", "checkpoint.export",
-    "data.shards",  # the path: the content is compared through shards.content_sha256
-    "data.verify_checksums", "data.skip_corrupt_shards",
-    "deepspeed.config",  # the path: the resolved DeepSpeed JSON is compared instead
-    "train.max_nonfinite_steps",
-)
 DS_UNCOMPARED = ("steps_per_print", "wall_clock_breakdown")
+DERIVED = ("world_size", "shards.content_sha256", "shards.seq_len", "shards.vocab_sha256", "data.masking_rule",
+           "deepspeed.resolved_json_sha256", "student.vocab_kept_sha256")  # not typed by the user: follow from the data, ranks, JSON
+
+
+def changeable() -> list[str]:
+    """The config keys a resumed run may change (the schema's resume=True fields)."""
+    return [key for key, f in flat_fields(DistillConfig).items() if f.metadata.get("resume")]
+
+
+def changeable_text() -> str:
+    """`changeable()` for a message: a section whose every key may change as `section.*`."""
+    keys, fields = changeable(), flat_fields(DistillConfig)
+    sections = {k.rsplit(".", 1)[0] for k in keys}
+    whole = {s for s in sections if all(k in keys for k in fields if k.startswith(s + "."))}
+    return ", ".join([f"{s}.*" for s in sorted(whole)] + [k for k in keys if k.rsplit(".", 1)[0] not in whole])
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -37,9 +45,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def fingerprint(cfg, manifest, world_size: int, ds_config: dict, masking_rule: str) -> dict:
+def fingerprint(cfg: DistillConfig, manifest, world_size: int, ds_config: dict, masking_rule: str) -> dict:
     """The flat {setting: value} a resumed run must match."""
-    fp = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in SAFE_TO_CHANGE}
+    may_change = set(changeable())
+    fp = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in may_change}
     shards = manifest.shards("train")
     fp["world_size"] = world_size
     fp["shards.content_sha256"] = hashlib.sha256("".join(s.sha256 for s in shards).encode()).hexdigest()
@@ -55,17 +64,16 @@ def saved_fingerprint(trainer_state: dict) -> dict:
     """A checkpoint's fingerprint; for one written before fingerprints, its resolved config."""
     if "resume" in trainer_state:
         return trainer_state["resume"]
-    return {k: v for k, v in _flatten(trainer_state.get("config", {})).items() if k not in SAFE_TO_CHANGE}
-
-
-DERIVED = ("world_size", "shards.content_sha256", "shards.seq_len", "shards.vocab_sha256", "data.masking_rule",
-           "deepspeed.resolved_json_sha256")  # not typed by the user: follow from the data, the ranks, the JSON
+    return _flatten(trainer_state.get("config", {}))
 
 
 def check(saved: dict, now: dict, checkpoint: str, derived: bool) -> None:
-    """Refuse a resume whose settings differ from the checkpoint's (keys the checkpoint records): the config
-    keys (derived=False; checked first, so the message names what the user changed), or the derived ones."""
-    keys = [k for k in saved if (k in DERIVED) == derived]
+    """Refuse a resume whose settings differ from the checkpoint's: the config keys (derived=False; checked first,
+    so the message names what the user changed), or the derived ones. Only keys the checkpoint records are compared
+    (a setting added since takes its default, which is what the run did), and never one the schema now lets change
+    (an older checkpoint may record it)."""
+    may_change = set(changeable())
+    keys = [k for k in saved if (k in DERIVED) == derived and k not in may_change]
     changed = [(k, saved[k], now.get(k, "(not set)")) for k in keys if now.get(k, "(not set)") != saved[k]]
     if not changed:
         return
@@ -74,6 +82,5 @@ def check(saved: dict, now: dict, checkpoint: str, derived: bool) -> None:
     raise UserError(
         f"--resume would change {key} from {old!r} to {new!r}{more} against checkpoint {checkpoint}: the run would no "
         "longer be the one it continues (other samples, masking or arithmetic); resume with the run's own settings "
-        "(RUN/run_config.yaml), or start a new run with another --out. Changeable on resume: log.*, checkpoint.*, "
-        "data.shards (the path, same content), data.verify_checksums, data.skip_corrupt_shards, train.max_nonfinite_steps"
+        f"(RUN/run_config.yaml), or start a new run with another --out. Changeable on resume: {changeable_text()}"
     )

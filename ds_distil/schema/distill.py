@@ -13,7 +13,7 @@ from ds_distil.core.config import setting
 class DataConfig:
     """How prepared shards are streamed to the ranks (section `data`)."""
 
-    shards: str = setting("directory written by `ds-distil prepare`")
+    shards: str = setting("directory written by `ds-distil prepare`", resume=True)
     num_workers: int = setting("DataLoader worker processes per rank", default=2)
     shuffle: bool = setting("shuffle shard order and samples (per-epoch seed)", default=True)
     shuffle_buffer: int = setting("samples in each worker's shuffle buffer", default=10000)
@@ -21,8 +21,8 @@ class DataConfig:
     mask_token_prob: float = setting("of those: replaced by [MASK]", default=0.8)
     random_token_prob: float = setting("of those: replaced by a random token (the rest are kept)", default=0.1)
     seed: int = setting("seed of shuffling and masking", default=0)
-    verify_checksums: bool = setting("check shard sha256 against the manifest at start (each rank a share)", default=True)
-    skip_corrupt_shards: bool = setting("skip unreadable shards (counted and logged) instead of stopping", default=False)
+    verify_checksums: bool = setting("check shard sha256 against the manifest at start (each rank a share)", default=True, resume=True)
+    skip_corrupt_shards: bool = setting("skip unreadable shards (counted and logged) instead of stopping", default=False, resume=True)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
@@ -46,7 +46,7 @@ class TeacherConfig:
     config: str | None = setting("architecture config.json for a randomly initialised teacher", default=None)
     preset: str | None = setting(f"architecture preset for a randomly initialised teacher: {', '.join(PRESETS)}", default=None)
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = setting("teacher precision; auto: bf16 on GPUs that have it, else fp16; fp32 on CPU",
-                                                           default="auto")
+                                                             default="auto")
 
     def __post_init__(self) -> None:
         given = [k for k in ("pretrained", "config", "preset") if getattr(self, k)]
@@ -69,15 +69,15 @@ class StudentConfig:
     max_positions: int | None = setting("override the preset's position count", default=None)
     pretrained: str | None = setting("start from these weights instead (hub name or HF directory), e.g. to MLM-condition a teacher", default=None)
     embeddings: Literal["random", "teacher", "teacher-pca"] = setting(
-        "word/position/type embeddings: random; copied from the teacher (same hidden size only); "
-        "or the teacher's projected onto the student's size by PCA", default="random")
+          "word/position/type embeddings: random; copied from the teacher (same hidden size only); "
+          "or the teacher's projected onto the student's size by PCA", default="random")
     freeze_embeddings: bool = setting("keep the embeddings fixed during training", default=False)
     dropout: float = setting("hidden and attention dropout", default=0.1)
     norm: Literal["post", "pre"] = setting(
-        "where a blank model's LayerNorms sit: post (BERT, BertForMaskedLM) or pre (pre-LN, MegatronBertForMaskedLM: "
-        "stable at the higher learning rates of pretraining from random weights; Xiong et al. 2020)", default="post")
+          "where a blank model's LayerNorms sit: post (BERT, BertForMaskedLM) or pre (pre-LN, MegatronBertForMaskedLM: "
+          "stable at the higher learning rates of pretraining from random weights; Xiong et al. 2020)", default="post")
     vocab: str | None = setting("a target-language vocabulary (`ds-distil vocab --out DIR`): the student gets only its tokens, "
-                              "the teacher's LM head and the KL run over them", default=None)
+                                "the teacher's LM head and the KL run over them", default=None)
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -124,7 +124,7 @@ class TrainConfig:
     adam_eps: float = setting("AdamW epsilon", default=1e-6)
     grad_clip: float = setting("gradient norm clipping (0: off)", default=1.0)
     seed: int = setting("seed of model init and dropout", default=42)
-    max_nonfinite_steps: int = setting("stop when the loss is NaN/inf this many steps in a row", default=10)
+    max_nonfinite_steps: int = setting("stop when the loss is NaN/inf this many steps in a row", default=10, resume=True)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
@@ -149,9 +149,9 @@ class TrainConfig:
 class CheckpointConfig:
     """Section `checkpoint`."""
 
-    every_steps: int = setting("save every N optimizer steps (and at the end; 0: only at the end)", default=1000)
-    keep: int = setting("complete checkpoints kept (older ones are deleted; >= 1: the newest is never deleted)", default=2)
-    export: bool = setting("export the student as a Hugging Face directory at the end", default=True)
+    every_steps: int = setting("save every N optimizer steps (and at the end; 0: only at the end)", default=1000, resume=True)
+    keep: int = setting("complete checkpoints kept (older ones are deleted; >= 1: the newest is never deleted)", default=2, resume=True)
+    export: bool = setting("export the student as a Hugging Face directory at the end", default=True, resume=True)
 
     def __post_init__(self) -> None:
         if self.keep < 1:
@@ -164,13 +164,13 @@ class CheckpointConfig:
 class LogConfig:
     """Section `log`."""
 
-    every_steps: int = setting("log scalars every N optimizer steps", default=10)
-    tensorboard: bool = setting("write TensorBoard events under DIR/tensorboard", default=True)
-    peak_tflops: float | None = setting("device peak TFLOP/s for MFU (default: known GPUs; none on CPU)", default=None)
+    every_steps: int = setting("log scalars every N optimizer steps", default=10, resume=True)
+    tensorboard: bool = setting("write TensorBoard events under DIR/tensorboard", default=True, resume=True)
+    peak_tflops: float | None = setting("device peak TFLOP/s for MFU (default: known GPUs; none on CPU)", default=None, resume=True)
     eval_every_steps: int = setting("validate on the shards' held-out split every N optimizer steps and at the end "
-                                  "(0: only at the end)", default=500)
+                                    "(0: only at the end)", default=500, resume=True)
     eval_max_samples: int = setting("validate on the first N samples of the validation split, the same in every run "
-                                  "(0: all of them)", default=2048)
+                                    "(0: all of them)", default=2048, resume=True)
 
     def __post_init__(self) -> None:
         if self.every_steps < 1:
@@ -187,7 +187,7 @@ class DeepSpeedConfig:
     scheduler and clipping come from `train` and must not be in it."""
 
     config: str = setting("DeepSpeed JSON (see ds_configs/), or auto: zero2-bf16 on a GPU with bf16 (Ampere and newer), "
-                        "zero2-fp16 on older GPUs, zero2-fp32 on CPU", default="auto")
+                          "zero2-fp16 on older GPUs, zero2-fp32 on CPU", default="auto", resume=True)
 
 
 @dataclasses.dataclass
@@ -196,12 +196,12 @@ class PerfConfig:
     rounding; each was measured (benchmarks/results/README.md)."""
 
     pad_vocab_multiple: int = setting("pad the vocabulary rows of teacher and student to a multiple of this (aligned LM-head "
-                                    "GEMMs; padding logits are cut off before the softmax, and the export drops the rows); "
-                                    "1: off", default=128)
+                                      "GEMMs; padding logits are cut off before the softmax, and the export drops the rows); "
+                                      "1: off", default=128)
     compile: bool | Literal["auto"] = setting("torch.compile the teacher, the student and the loss (true/false); auto: on for CUDA",
-                                            default="auto")
+                                              default="auto")
     fused_adamw: bool | Literal["auto"] = setting("torch's fused AdamW kernel (one kernel for the whole update) instead of "
-                                                     "the per-tensor one (true/false); auto: on where torch has it for the device", default="auto")
+                                                       "the per-tensor one (true/false); auto: on where torch has it for the device", default="auto")
 
     def __post_init__(self) -> None:
         if self.pad_vocab_multiple < 1:

@@ -7,6 +7,7 @@ import dataclasses
 from ds_distil.core.config import setting
 from ds_distil.schema.distill import DeepSpeedConfig, TrainConfig
 
+TASK_NAMES = ("hatespeech", "ner", "pos", "nli", "csv")  # data/tasks.py reads them
 FT_PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta", "tiny", "micro")
 
 

@@ -13,9 +13,9 @@ class PrepareConfig:
 
     out: str = setting("output directory for shards, manifest.json and tokenizer/")
     input: list[str] = setting(
-        "local text files: .txt (one document per line), .jsonl (one JSON object per line), .gz of either",
-        default_factory=list,
-    )
+          "local text files: .txt (one document per line), .jsonl (one JSON object per line), .gz of either",
+          default_factory=list,
+      )
     hf_dataset: str | None = setting("Hugging Face dataset to stream instead, e.g. oscar-corpus/OSCAR-2301", default=None)
     hf_config: str | None = setting("its configuration, e.g. tl", default=None)
     hf_split: str = setting("its split", default="train")
@@ -31,7 +31,7 @@ class PrepareConfig:
     max_docs: int | None = setting("stop after this many documents (after selection); for trials", default=None)
     skip_bad_lines: bool = setting("skip lines that are not valid UTF-8 / JSON instead of stopping", default=False)
     max_line_bytes: int = setting("longest line read whole; a longer text line is cut into documents of at most this size, "
-                                "a longer JSON line skipped (both counted); bounds prepare's memory", default=1 << 20)
+                                  "a longer JSON line skipped (both counted); bounds prepare's memory", default=1 << 20)
     overwrite: bool = setting("replace an existing prepared directory", default=False)
 
     def __post_init__(self) -> None:

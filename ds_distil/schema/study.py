@@ -59,8 +59,8 @@ class PrepareStudy:
 @dataclasses.dataclass
 class VocabStudy:
     enabled: bool = setting("choose a target-language vocabulary from the corpus (`ds-distil vocab`) and run the whole study in it "
-                          "(teacher, students, blank models): every token the corpus uses is kept, so the corpus tokenizes as "
-                          "before, and the LM heads and embeddings shrink", default=False)
+                            "(teacher, students, blank models): every token the corpus uses is kept, so the corpus tokenizes as "
+                            "before, and the LM heads and embeddings shrink", default=False)
     settings: dict[str, Any] = setting("`ds-distil vocab` keys (min_count, coverage, max_size, single_chars)", default_factory=dict)
 
 
@@ -77,7 +77,7 @@ class TeacherStudy:
     hub: str = setting("hub name or local directory of the pretrained teacher (source: hub)", default="bert-base-multilingual-cased")
     label: str | None = setting("the teacher's row name (default: mBERT, or a stand-in description)", default=None)
     config: list[str] = setting("distill config file(s) of the pretraining run (source: pretrain; student.* is the teacher's architecture)",
-                              default_factory=list)
+                                default_factory=list)
     settings: dict[str, Any] = setting("settings of the pretraining run", default_factory=dict)
     condition: ConditionStudy = dataclasses.field(default_factory=ConditionStudy)
 
@@ -101,7 +101,7 @@ class AblationStudy:
     data_fractions: list[float] = setting("distil on these fractions of the corpus too (Table 3; 1.0 is the main run)", default_factory=list)
     conditioned_teacher: bool = setting("distil from the conditioned teacher too (Table 4; needs teacher.condition.enabled)", default=False)
     embeddings: dict[str, dict[str, Any]] = setting("Table 5 variants: name -> settings, e.g. copy: {student.embeddings: teacher}",
-                                                  default_factory=dict)
+                                                    default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -137,13 +137,13 @@ class Study:
     teacher: TeacherStudy = setting("the teacher")
     description: str = setting("what the study is", default="")
     sized_down: str | None = setting("how and why this study is smaller than the paper (shown above every table); null: full size",
-                                   default=None)
+                                     default=None)
     data_dir: str | None = setting("the data folder (default: $DS_DISTIL_DATA or ../shared/data)", default=None)
     ranks: int = setting("processes per distill / finetune stage", default=1)
     parallel: int = setting("stages run at once where their dependencies allow (local launcher only: a GPU fits several small "
-                          "finetuning runs; under SLURM the stages are srun steps run one at a time)", default=1)
+                            "finetuning runs; under SLURM the stages are srun steps run one at a time)", default=1)
     estimates: dict[str, float] = setting("expected minutes per stage, by glob pattern over stage names (first match wins)",
-                                        default_factory=dict)
+                                          default_factory=dict)
     prepare: PrepareStudy = dataclasses.field(default_factory=PrepareStudy)
     vocab: VocabStudy = dataclasses.field(default_factory=VocabStudy)
     distill: DistillStudy = dataclasses.field(default_factory=DistillStudy)

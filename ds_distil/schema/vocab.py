@@ -15,14 +15,14 @@ class VocabConfig:
     out: str = setting("output directory: tokenizer files, vocab_map.json, vocab_report.json")
     min_count: int = setting("keep corpus tokens seen at least this many times (the default rule)", default=1)
     coverage: float | None = setting("instead: keep the most frequent tokens until they cover this share of the training tokens "
-                                   "(e.g. 0.99)", default=None)
+                                     "(e.g. 0.99)", default=None)
     max_size: int | None = setting("instead: keep the most frequent tokens up to this total vocabulary size", default=None)
     single_chars: str = setting("single-character tokens and their ## forms kept: all (any text the full vocabulary covers "
-                              "keeps a tokenization) or seen (only characters the corpus uses)", default="all")
+                                "keeps a tokenization) or seen (only characters the corpus uses)", default="all")
     extra_text: list[str] = setting("more text files (one document per line) whose tokens are kept too, e.g. a downstream "
-                                  "task's training text", default_factory=list)
+                                    "task's training text", default_factory=list)
     report_data: str | None = setting("directory with the downstream sets to report on (default: $DS_DISTIL_DATA or ../shared/data; "
-                                    "'none' to skip)", default=None)
+                                      "'none' to skip)", default=None)
     overwrite: bool = setting("replace an existing vocabulary directory", default=False)
 
     def __post_init__(self) -> None:

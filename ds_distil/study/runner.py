@@ -36,10 +36,12 @@ still need this signal and resume handling around them. The runner is this one f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import re
@@ -56,6 +58,7 @@ from ds_distil.core.config import to_dict
 from ds_distil.core.env_info import free_port
 from ds_distil.core.errors import UserError
 from ds_distil.core.signals import EXIT_PREEMPTED
+from ds_distil.schema import commands
 from ds_distil.schema.study import TASK_DIRS, Study, load_study, overrides_of
 
 STATE = ".experiment"
@@ -258,18 +261,9 @@ def _check_unique(stages: list[Stage]) -> None:
 
 
 def validate(stages: list[Stage], study_path: Path) -> None:
-    """Parse every stage's command with the CLI's own parser and config loaders, before anything runs:
+    """Parse every stage's command with the command line's own parser and config schemas, before anything runs:
     an unknown key or a wrong type in a study's settings is refused here, naming the stage."""
-    import contextlib
-    import io
-
-    from ds_distil.cli import build_parser, config_from_args
-    from ds_distil.core.config import load
-    from ds_distil.schema.distill import DistillConfig
-    from ds_distil.schema.finetune import FinetuneConfig
-    from ds_distil.schema.prepare import PrepareConfig
-
-    parser = build_parser()
+    parser = commands.build_parser()
     for s in stages:
         try:
             with contextlib.redirect_stderr(io.StringIO()) as err:
@@ -277,16 +271,7 @@ def validate(stages: list[Stage], study_path: Path) -> None:
         except SystemExit:
             raise UserError(f"study {study_path}: stage {s.name}: {err.getvalue().strip().splitlines()[-1]}") from None
         try:
-            if s.command == "distill":
-                load(DistillConfig, args.config, args.overrides)
-            elif s.command == "finetune":
-                load(FinetuneConfig, args.config, args.overrides)
-            elif s.command == "prepare":
-                config_from_args(args, PrepareConfig)
-            elif s.command == "vocab":
-                from ds_distil.schema.vocab import VocabConfig
-
-                config_from_args(args, VocabConfig)
+            commands.stage_config(args)
         except UserError as e:
             raise UserError(f"study {study_path}: stage {s.name}: {e}") from None
 
