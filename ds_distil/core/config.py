@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write
 
 T = TypeVar("T")
 
@@ -275,9 +276,7 @@ def keys_help(cls: type, instance: Any = None, width: int = 42, prefix: str = ""
 def save(obj: Any, path: str | Path) -> None:
     """Write a resolved config as YAML, atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def setting(help: str, *, resume: bool = False, **kw: Any) -> Any:

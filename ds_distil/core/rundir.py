@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ds_distil import __version__
 from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,7 @@ def owner(directory: Path) -> str | None:
 def _write_marker(directory: Path, command: str) -> None:
     info = {"command": command, "ds_distil_version": __version__, "host": socket.gethostname(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    tmp = directory / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(directory / MARKER)
+    atomic_write(directory / MARKER, json.dumps(info, indent=1) + "\n")
 
 
 def _entries(directory: Path, ignore=()) -> list[str]:

@@ -42,6 +42,7 @@ import numpy as np
 from ds_distil import __version__
 from ds_distil.core.config import save, to_dict
 from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write_json
 from ds_distil.core.progress import Progress
 from ds_distil.core.rundir import claim
 from ds_distil.data.lines import bounded_lines, split_long
@@ -493,7 +494,5 @@ def _prepare_into(staging: Path, cfg: PrepareConfig, files: list[Path], tokenize
         },
         "config": to_dict(cfg),
     }
-    tmp = staging / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, staging / MANIFEST)
+    atomic_write_json(staging / MANIFEST, manifest, ensure_ascii=False)
     return manifest

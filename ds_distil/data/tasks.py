@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import random
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write
 from ds_distil.data.examples import SPLITS, Example, Task
 from ds_distil.data.readers import ReadOptions
 from ds_distil.schema.finetune import TASK_NAMES
@@ -352,9 +354,8 @@ def build_nli(articles: Iterable[str], seed: int = 0, valid_fraction: float = 0.
 def write_nli(pairs: dict[str, list[dict]], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, rows in pairs.items():
-        tmp = out_dir / f".{split}.csv.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["premise", "hypothesis", "label"])
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(out_dir / f"{split}.csv")
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=["premise", "hypothesis", "label"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(out_dir / f"{split}.csv", text.getvalue())

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from ds_distil.core.io import atomic_write, atomic_write_json
+
 log = logging.getLogger(__name__)
 
 CARD = "README.md"
@@ -295,10 +297,7 @@ def write_card(model_dir: str | Path, run_dir: str | Path, tag: str) -> Path:
     """Write model_dir/README.md for the export of checkpoint `tag` of `run_dir`."""
     model_dir = Path(model_dir)
     text = render(gather(model_dir, Path(run_dir), tag))
-    tmp = model_dir / (CARD + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(model_dir / CARD)
-    return model_dir / CARD
+    return atomic_write(model_dir / CARD, text)
 
 
 # -------------------------------------------------------------------------------- finetuning results
@@ -344,9 +343,7 @@ def add_results(model_dir: str | Path, rows: list[dict], source: str | None = No
         kept[(r["task"], r["dataset"])] = {**{k: r.get(k) for k in ("task", "dataset", "metric", "score", "macro_f1", "runtime_s", "seeds")},
                                            "source": source, "added": stamp}
     ordered = [kept[k] for k in sorted(kept)]
-    tmp = model_dir / (RESULTS + ".tmp")
-    tmp.write_text(json.dumps({"rows": ordered}, indent=1), encoding="utf-8")
-    tmp.replace(model_dir / RESULTS)
+    atomic_write_json(model_dir / RESULTS, {"rows": ordered})
 
     meta, body = split_card((model_dir / CARD).read_text(encoding="utf-8"))
     index = meta.get("model-index") or [{"name": meta.get("model_name", model_dir.name), "results": []}]
@@ -369,7 +366,5 @@ def add_results(model_dir: str | Path, rows: list[dict], source: str | None = No
     start, end = body.index(FT_START) + len(FT_START), body.index(FT_END)
     body = body[:start] + "\n" + "\n".join(table) + "\n\n" + note + "\n" + body[end:]
     text = _front_matter(meta) + body
-    tmp = model_dir / (CARD + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(model_dir / CARD)
+    atomic_write(model_dir / CARD, text)
     return True

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write, atomic_write_json
 from ds_distil.core.safe_load import weights_only_loads
 from ds_distil.data.manifest import sha256_file
 from ds_distil.model.surgery import unpad_vocab
@@ -157,22 +158,13 @@ def save(engine, run_dir: Path, step: int, trainer_state: dict, keep: int) -> Pa
     engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)  # ends with a barrier
     torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
     if rank == 0:
-        tmp = tag_dir / "trainer_state.json.tmp"
-        tmp.write_text(json.dumps(trainer_state, indent=1))
-        tmp.replace(tag_dir / "trainer_state.json")
+        atomic_write_json(tag_dir / "trainer_state.json", trainer_state)
     dist.barrier()
     if rank == 0:
         _fsync_tree(tag_dir)
         marker = {"step": step, "world_size": dist.get_world_size(), "files": _file_table(tag_dir)}
-        marker_tmp = tag_dir / (MARKER + ".tmp")
-        with open(marker_tmp, "w") as fh:
-            fh.write(json.dumps(marker, indent=1))
-            fh.flush()
-            os.fsync(fh.fileno())
-        marker_tmp.replace(tag_dir / MARKER)
-        latest_tmp = ckpt_dir / "latest.tmp"
-        latest_tmp.write_text(tag)
-        latest_tmp.replace(ckpt_dir / "latest")
+        atomic_write_json(tag_dir / MARKER, marker, fsync=True)
+        atomic_write(ckpt_dir / "latest", tag)
         _prune(ckpt_dir, keep)
     dist.barrier()
     return tag_dir

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ds_distil.core.config import save, to_dict
 from ds_distil.core.env_info import device_info, versions
 from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write_json
 from ds_distil.core.progress import Progress
 from ds_distil.data import sampling
 from ds_distil.data.examples import Task
@@ -284,9 +285,7 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
         "versions": versions(), "config": to_dict(cfg),
     }
     if d.rank == 0:
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(out_dict, indent=1))
-        tmp.replace(out / "results.json")
+        atomic_write_json(out / "results.json", out_dict)
         log.info("%s on %s: test %s %.4f (valid %.4f), training %.1f s, %.1f samples/s", model, task.name, out_dict["metric"],
                  out_dict["score"], out_dict["valid_score"], runtime, out_dict["samples_per_s"])
         for warning in found["warnings"]:

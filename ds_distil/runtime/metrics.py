@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ds_distil.core.io import atomic_write
 from ds_distil.core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,7 @@ class Metrics:
         path = run_dir / "metrics.jsonl"
         if path.exists():  # drop what a killed run logged after the checkpoint we continue from
             kept = _lines_up_to(path, start_step)
-            tmp = path.with_suffix(".jsonl.tmp")  # replaced whole: a kill here loses no line
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write(path, "".join(line + "\n" for line in kept))  # replaced whole: a kill here loses no line
         self.jsonl = open(path, "a", encoding="utf-8")
         # log_every_s: progress lines where there is no terminal for a bar (distillation logs its own lines)
         self.bar = Progress(total_steps, desc, "step", initial=start_step, log_every_s=log_every_s)

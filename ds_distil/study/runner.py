@@ -57,6 +57,7 @@ from pathlib import Path
 from ds_distil.core.config import to_dict
 from ds_distil.core.env_info import free_port
 from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write, atomic_write_json
 from ds_distil.core.signals import EXIT_PREEMPTED
 from ds_distil.schema import commands
 from ds_distil.schema.study import TASK_DIRS, Study, load_study, overrides_of
@@ -395,9 +396,7 @@ class Runner:
     def write_marker(self, stage: Stage, **fields) -> None:
         p = self.marker_path(stage)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps({"name": stage.name, "key": stage.key, "command": shown(stage, self.launcher, False), **fields}, indent=1))
-        os.replace(tmp, p)
+        atomic_write_json(p, {"name": stage.name, "key": stage.key, "command": shown(stage, self.launcher, False), **fields})
 
     def status(self, stage: Stage) -> str:
         """done | stale (done with other settings) | retry (started, not finished, same settings) | changed | new."""
@@ -531,9 +530,7 @@ class Runner:
 
     def write_plan(self) -> None:
         for name, text in (("plan.json", self.plan_text), ("study.yaml", self._study_yaml())):
-            tmp = self.out / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, self.out / name)
+            atomic_write(self.out / name, text)
 
     def _study_yaml(self) -> str:
         import yaml
