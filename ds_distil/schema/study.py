@@ -2,7 +2,8 @@
 
 This module reads and checks the file (typed sections, unknown keys refused naming the key, like
 every config of ours) and expands it into **rows**: the models whose finetuning scores fill the
-paper's tables. ds_distil/study/runner.py turns the rows into stages (commands) and runs them.
+paper's tables. ds_distil/study/plan.py turns the rows into stages (commands) and
+ds_distil/study/runner.py runs them.
 
 What a study holds (every section is optional except `name` and `teacher.source`):
 

@@ -1,21 +1,19 @@
 """`ds-distil experiment STUDY.yaml --out DIR [--dry-run]`: a whole study, stage by stage, resumable.
 
-A study (ds_distil/schema/study.py) becomes a list of **stages**, each one of our CLI commands run as a
-subprocess: build the NLI set, prepare the shards (one set per data fraction), pretrain or
-condition the teacher, distil every student and ablation variant, finetune every model on every
-task and seed, write the report with the paper's tables. Each stage has
+The study's plan (ds_distil/study/plan.py) is a list of stages, each one of our CLI commands, with a
+key each (ds_distil/study/keys.py). This module runs them as subprocesses, in plan order, each once
+the stages it depends on are done (up to the study's `parallel` at a time), and keeps
 
-* a **key**: sha256 of its command, of the config files it reads (by content) and of the keys of
-  the stages it depends on. Changing a setting changes the key of that stage and of everything
-  downstream, so exactly those are redone; nothing else is.
-* a **marker**, DIR/.experiment/stages/NAME.json: written as `running` before the command starts and
+* a **marker** per stage, DIR/.experiment/stages/NAME.json: written as `running` before the command starts and
   as `done` (with its key and duration) only after it exited 0. On a rerun a `done` stage with the
   same key is skipped; a `running` one (interrupted, failed) is redone: distill with `--resume`
   from its newest complete checkpoint, the others from their start after their partial output is
   removed; a `done` one whose key changed is redone from scratch (its output is removed first:
   it was made by this study, as its marker proves, for settings that no longer hold).
-* a **log**, DIR/logs/NAME.log (appended per attempt). A failing stage stops the study with one
+* a **log** per stage, DIR/logs/NAME.log (appended per attempt). A failing stage stops the study with one
   line naming the stage, the error it printed and its log.
+* a **lock**, DIR/.experiment/lock (ds_distil/core/rundir.py's `Lock`), held while the study runs: one
+  runner per DIR at a time. `--dry-run` takes no lock and writes nothing.
 
 Signals: SIGUSR1, SIGTERM or Ctrl-C ask the running stage to stop at a safe point (distill
 checkpoints, finetune stops at once) and the runner exits 75; the same command continues. Under
@@ -31,24 +29,20 @@ keys on file times and, optionally, parameters; doit keeps its own dbm state fil
 whether an output exists), a signal must reach the ranks of the running stage and end the runner
 with 75 for SLURM's requeue, and `--dry-run` must print exactly our commands. Snakemake would add
 a dependency tree of ~30 packages and a second language (its rule files); doit and Luigi would
-still need this signal and resume handling around them. The runner is this one file.
+still need this signal and resume handling around them. The runner is this file, with the plan and
+the keys beside it (plan.py, keys.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import fnmatch
-import hashlib
-import io
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -58,245 +52,17 @@ from ds_distil.core.config import to_dict
 from ds_distil.core.env_info import free_port
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write, atomic_write_json
+from ds_distil.core.rundir import Lock
 from ds_distil.core.signals import EXIT_PREEMPTED
-from ds_distil.schema import commands
-from ds_distil.schema.study import TASK_DIRS, Study, load_study, overrides_of
+from ds_distil.schema.study import Study, load_study
+from ds_distil.study.keys import assign_keys
+from ds_distil.study.plan import Stage, build_plan, plan_document, validate
 
 STATE = ".experiment"
 RANK_COMMANDS = ("distill", "finetune")  # the commands that run as ranks (srun steps under SLURM)
 
 
-@dataclasses.dataclass
-class Stage:
-    name: str
-    args: list[str]  # the ds-distil command line after `ds-distil`
-    out: Path
-    deps: list[str] = dataclasses.field(default_factory=list)
-    files: list[str] = dataclasses.field(default_factory=list)  # config files read: their content goes into the key
-    ranks: int = 1
-    key: str = ""
-
-    @property
-    def command(self) -> str:
-        return self.args[0]
-
-    @property
-    def resumable(self) -> bool:
-        return self.command == "distill"
-
-
-# ------------------------------------------------------------------------------------ the plan
-
-
-def _fraction_tag(f: float) -> str:
-    return f"f{round(f * 100):03d}"
-
-
-def _data_dir(study: Study) -> Path:
-    from ds_distil.data.tasks import default_data_dir
-
-    return Path(study.data_dir) if study.data_dir else default_data_dir()
-
-
-def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
-    """(stages in run order, rows of the tables). A row is a model finetuned on every task and seed."""
-    data = _data_dir(study)
-    p, ft = study.prepare, study.finetune
-    corpus = p.corpus or str(data / "corpus" / "tl_corpus_combined.txt")
-    tokenizer = p.tokenizer or str(data / "mbert_tokenizer")
-    stages: list[Stage] = []
-    rows: list[dict] = []
-
-    # --- data: the NLI set, the shards of every fraction
-    task_dirs = {}
-    for task, t in ft.tasks.items():
-        if t.data_dir:
-            task_dirs[task] = t.data_dir
-        elif task == "nli":
-            stages.append(Stage("data/nli", ["tasks", "build-nli", "--articles", str(data / "fakenews" / "full.csv"),
-                                             "--out", str(out / "data" / "nli"), "--seed", "0"], out / "data" / "nli"))
-            task_dirs[task] = str(out / "data" / "nli")
-        else:
-            task_dirs[task] = str(data / TASK_DIRS[task])
-    fractions = [1.0] + [f for f in study.ablations.data_fractions if f != 1.0]
-    prep_deps = []
-    if study.vocab.enabled:  # the corpus in the full vocabulary, the tokens it uses, then everything in those
-        full = out / "shards" / "full-vocab"
-        stages.append(Stage("prepare/full-vocab", ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(full),
-                                                   "--seq-len", str(p.seq_len), "--seed", str(p.seed), *overrides_of(p.settings)], full))
-        report = [f"report_data={data}"] if study.data_dir else []  # its [UNK] report on the study's downstream sets
-        stages.append(Stage("vocab", ["vocab", "--shards", str(full), "--out", str(out / "vocab"), *report,
-                                      *overrides_of(study.vocab.settings)],
-                            out / "vocab", deps=["prepare/full-vocab"]))
-        tokenizer, prep_deps = str(out / "vocab"), ["vocab"]
-    shards = {}
-    for f in fractions:
-        tag = _fraction_tag(f)
-        shards[f] = out / "shards" / tag
-        stages.append(Stage(f"prepare/{tag}", ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(shards[f]),
-                                               "--seq-len", str(p.seq_len), "--fraction", str(f), "--seed", str(p.seed),
-                                               *overrides_of(p.settings)], shards[f], deps=list(prep_deps)))
-    main = shards[1.0]
-
-    # --- the teacher: hub weights, or MLM from random weights on the corpus
-    t = study.teacher
-    if t.source == "hub":
-        teacher_model, teacher_stage, teacher_run = t.hub, [], None
-        teacher_label = t.label or f"mBERT ({t.hub}, hub weights)"
-    else:
-        teacher_run = out / "teacher"
-        stages.append(_distill(study, "teacher", teacher_run, t.config,
-                               [*overrides_of(t.settings), f"data.shards={main}", "teacher.enabled=false"], ["prepare/f100"]))
-        teacher_model, teacher_stage = str(teacher_run / "student"), ["teacher"]
-        teacher_label = t.label or "Teacher (MLM from random weights on the corpus; stand-in for mBERT)"
-    rows.append(_row("teacher", teacher_label, "teacher", teacher_model, "pretrained", teacher_stage, teacher_run, tables=[2, 3, 4, 5]))
-
-    ablation_tasks = study.ablations.tasks or list(ft.tasks)
-
-    def finetunes(row: dict, tasks: list[str] | None = None) -> None:
-        for task in tasks or ft.tasks:
-            for seed in ft.seeds:
-                stages.append(_finetune(study, row, task, task_dirs[task], seed, out, tokenizer))
-
-    finetunes(rows[-1])
-
-    # --- students (Table 2), their From Scratch rows and the other baselines
-    def distill_student(sid: str, settings: list[str], shard_dir: Path, teacher: str, deps: list[str]) -> Path:
-        run = out / "students" / sid
-        common = [*overrides_of(study.distill.settings), *settings, f"data.shards={shard_dir}", f"teacher.pretrained={teacher}"]
-        stages.append(_distill(study, f"distill/{sid}", run, study.distill.config, common, deps))
-        return run
-
-    for sid, s in study.students.items():
-        run = distill_student(sid, overrides_of(s.settings), main, teacher_model, ["prepare/f100", *teacher_stage])
-        rows.append(_row(sid, s.label, "student", str(run / "student"), "pretrained", [f"distill/{sid}"], run, tables=[2, 3, 4, 5],
-                         student=sid))
-        finetunes(rows[-1])
-    if study.baselines.from_scratch:
-        for sid, s in study.students.items():
-            # the student's architecture with random weights: its exported config.json, so any size works
-            arch = str(out / "students" / sid / "student" / "config.json")
-            rows.append(_row(f"{sid}@scratch", f"From Scratch: {s.label}'s architecture, random weights", "scratch", arch, "blank",
-                             [f"distill/{sid}"], None, tables=[2], student=sid))
-            finetunes(rows[-1])
-    for bid, b in study.baselines.models.items():
-        from ds_distil.schema.finetune import FT_PRESETS
-
-        blank = b.model in FT_PRESETS
-        rows.append(_row(bid, b.label, "baseline", b.model, "blank" if blank else "pretrained", [], None, tables=[2]))
-        finetunes(rows[-1])
-
-    # --- ablations: data fractions (Table 3), conditioned teacher (Table 4), embeddings (Table 5)
-    ab = study.ablations
-    chosen = ab.students or list(study.students)
-    for sid in chosen:
-        s = study.students[sid]
-        for f in ab.data_fractions:
-            vid = f"{sid}@data{round(f * 100)}"
-            run = distill_student(vid, overrides_of(s.settings), shards[f], teacher_model, [f"prepare/{_fraction_tag(f)}", *teacher_stage])
-            rows.append(_row(vid, f"{s.label}, {f:.0%} of the corpus", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
-                             run, tables=[3], student=sid, variant={"fraction": f}))
-            finetunes(rows[-1], ablation_tasks)
-    if t.condition.enabled:
-        cond_run = out / "teacher-cond"
-        stages.append(_distill(study, "teacher-cond", cond_run, t.condition.config,
-                               [*overrides_of(t.condition.settings), f"data.shards={main}", "teacher.enabled=false",
-                                f"student.pretrained={teacher_model}", "student.preset=null"], ["prepare/f100", *teacher_stage]))
-        rows.append(_row("teacher-cond", f"{teacher_label}, MLM-conditioned on the corpus", "teacher-cond", str(cond_run / "student"),
-                         "pretrained", ["teacher-cond"], cond_run, tables=[4]))
-        finetunes(rows[-1], ablation_tasks)
-        if ab.conditioned_teacher:
-            for sid in chosen:
-                s = study.students[sid]
-                vid = f"{sid}@cond"
-                run = distill_student(vid, overrides_of(s.settings), main, str(cond_run / "student"), ["prepare/f100", "teacher-cond"])
-                rows.append(_row(vid, f"{s.label}, from the conditioned teacher", "variant", str(run / "student"), "pretrained",
-                                 [f"distill/{vid}"], run, tables=[4], student=sid, variant={"conditioned": True}))
-                finetunes(rows[-1], ablation_tasks)
-    for sid in chosen:
-        s = study.students[sid]
-        for name, settings in ab.embeddings.items():
-            vid = f"{sid}@emb-{name}"
-            run = distill_student(vid, [*overrides_of(s.settings), *overrides_of(settings)], main, teacher_model,
-                                  ["prepare/f100", *teacher_stage])
-            rows.append(_row(vid, f"{s.label}, embeddings: {name}", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
-                             run, tables=[5], student=sid, variant={"embeddings": name, "settings": overrides_of(settings)}))
-            finetunes(rows[-1], ablation_tasks)
-
-    # --- the report: every finetuning result, the paper's tables
-    ft_names = [s.name for s in stages if s.command == "finetune"]
-    stages.append(Stage("report", ["report", "--runs", str(out / "finetune"), "--out", str(out / "report"), "--study",
-                                   str(out / "plan.json")], out / "report", deps=ft_names, files=[str(out / "plan.json")]))
-    _check_unique(stages)
-    return stages, rows
-
-
-def _row(rid, label, kind, model, recipe, deps, run_dir, tables, student=None, variant=None) -> dict:
-    return {"id": rid, "label": label, "kind": kind, "model": model, "recipe": recipe, "deps": deps,
-            "run_dir": str(run_dir) if run_dir else None, "tables": tables, "student": student, "variant": variant or {}}
-
-
-def _distill(study: Study, name: str, run: Path, configs: list[str], overrides: list[str], deps: list[str]) -> Stage:
-    args = ["distill"] + [a for c in configs for a in ("--config", c)] + ["--out", str(run), *overrides]
-    return Stage(name, args, run, deps=deps, files=list(configs), ranks=study.ranks)
-
-
-def _finetune(study: Study, row: dict, task: str, data_dir: str, seed: int, out: Path, tokenizer: str) -> Stage:
-    ft = study.finetune
-    recipe = ft.blank_recipe if row["recipe"] == "blank" else ft.pretrained_recipe
-    run = out / "finetune" / row["id"] / task / f"seed{seed}"
-    extra = [f"task.tokenizer={tokenizer}"] if row["recipe"] == "blank" else []  # weights-free models take the study's tokenizer
-    args = ["finetune", "--model", row["model"], "--task", task, "--out", str(run), "--config", recipe,
-            *overrides_of(ft.settings), *overrides_of(ft.tasks[task].settings), f"task.data_dir={data_dir}", *extra,
-            f"train.seed={seed}", f"model_name={row['id']}"]
-    deps = list(row["deps"]) + (["data/nli"] if task == "nli" and data_dir == str(out / "data" / "nli") else [])
-    return Stage(f"finetune/{row['id']}/{task}/seed{seed}", args, run, deps=deps, files=[recipe], ranks=study.ranks)
-
-
-def _check_unique(stages: list[Stage]) -> None:
-    seen = set()
-    for s in stages:
-        if s.name in seen:
-            raise UserError(f"two stages are named {s.name}: rename a student, baseline or variant")
-        seen.add(s.name)
-
-
-def validate(stages: list[Stage], study_path: Path) -> None:
-    """Parse every stage's command with the command line's own parser and config schemas, before anything runs:
-    an unknown key or a wrong type in a study's settings is refused here, naming the stage."""
-    parser = commands.build_parser()
-    for s in stages:
-        try:
-            with contextlib.redirect_stderr(io.StringIO()) as err:
-                args = parser.parse_args(s.args)
-        except SystemExit:
-            raise UserError(f"study {study_path}: stage {s.name}: {err.getvalue().strip().splitlines()[-1]}") from None
-        try:
-            commands.stage_config(args)
-        except UserError as e:
-            raise UserError(f"study {study_path}: stage {s.name}: {e}") from None
-
-
-def _sha_file(path: str) -> str:
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
-
-
-def assign_keys(stages: list[Stage], plan_text: str, plan_path: Path) -> None:
-    """key = sha256(command, contents of its config files, keys of its dependencies), in run order."""
-    keys = {}
-    for s in stages:
-        files = {f: (hashlib.sha256(plan_text.encode()).hexdigest() if Path(f) == plan_path else _sha_file(f)) for f in s.files}
-        blob = json.dumps({"args": s.args, "files": files, "deps": [keys[d] for d in s.deps]}, sort_keys=True)
-        s.key = keys[s.name] = hashlib.sha256(blob.encode()).hexdigest()
-
-
-def plan_document(study: Study, stages: list[Stage], rows: list[dict]) -> str:
-    """plan.json: what the report needs (rows, tasks, seeds, the sizing note), deterministic so its key is stable."""
-    doc = {"study": to_dict(study), "rows": rows, "tasks": list(study.finetune.tasks), "seeds": study.finetune.seeds,
-           "ablation_tasks": study.ablations.tasks or list(study.finetune.tasks),
-           "stages": [{"name": s.name, "out": str(s.out), "command": s.command} for s in stages]}
-    return json.dumps(doc, indent=1)  # insertion order, which is deterministic (and `estimates` is first-match)
+# ---------------------------------------------------------------------------------- scheduling
 
 
 def estimate_minutes(study: Study, name: str) -> float | None:
@@ -304,6 +70,11 @@ def estimate_minutes(study: Study, name: str) -> float | None:
         if fnmatch.fnmatchcase(name, pattern):
             return minutes
     return None
+
+
+def next_ready(pending: list[Stage], done: set[str]) -> Stage | None:
+    """The stage to start next: the first of `pending` (in plan order) whose dependencies are all in `done`."""
+    return next((s for s in pending if all(d in done for d in s.deps)), None)
 
 
 # ---------------------------------------------------------------------------------- launching
@@ -381,6 +152,7 @@ class Runner:
         self.running: list[_Running] = []
         self.stop_signal: str | None = None
         self.stopped_at: str | None = None
+        self._lock: Lock | None = None
 
     # --- markers
     def marker_path(self, stage: Stage) -> Path:
@@ -440,7 +212,7 @@ class Runner:
         now = 0.0
         while pending or running:
             while len(running) < self.parallel:
-                ready = next((s for s in pending if all(d in done for d in s.deps)), None)
+                ready = next_ready(pending, done)
                 if ready is None:
                     break
                 pending.remove(ready)
@@ -454,6 +226,12 @@ class Runner:
 
     def run(self) -> int:
         self.claim()
+        try:
+            return self._run_stages()
+        finally:
+            self.release()
+
+    def _run_stages(self) -> int:
         self.write_plan()
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -472,7 +250,7 @@ class Runner:
         while todo or running:
             # start what may start: in plan order, dependencies finished, up to `parallel` at a time
             while not (self.stop_signal or failed) and len(running) < self.parallel:
-                ready = next((s for s in todo if all(d in done for d in s.deps)), None)
+                ready = next_ready(todo, done)
                 if ready is None:
                     break
                 todo.remove(ready)
@@ -484,7 +262,7 @@ class Runner:
                     done.add(r.stage.name)
                 elif not self.stop_signal:
                     failed.append((r.stage, code))
-            if not running and (self.stop_signal or failed or not any(all(d in done for d in s.deps) for s in todo)):
+            if not running and (self.stop_signal or failed or next_ready(todo, done) is None):
                 break
             time.sleep(0.2)
         if failed:
@@ -510,23 +288,22 @@ class Runner:
                                 "(or rename the study back)")
 
     def claim(self) -> None:
-        """check_owner, then one runner at a time (a lock the kernel drops with the process)."""
+        """check_owner, then one runner at a time: DIR/.experiment/lock, held until `release` (the kernel drops it
+        if the process dies first)."""
         self.check_owner()
         self.state.mkdir(parents=True, exist_ok=True)
         owner = self.state / "study.json"
         if not owner.exists():
             owner.write_text(json.dumps({"name": self.study.name}))
-        self._lock = open(self.state / "lock", "a+")
         try:
-            fcntl.lockf(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "another process"
-            raise UserError(f"--out {self.out} is in use by {holder}; wait for it to end (or stop it) and run again") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self._lock.flush()
+            self._lock = Lock(self.state / "lock", "experiment")
+        except UserError as e:  # "DIR/.experiment is in use by another ds-distil run (pid, host, since); wait ..."
+            raise UserError(f"--out {self.out}: {e}") from None
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def write_plan(self) -> None:
         for name, text in (("plan.json", self.plan_text), ("study.yaml", self._study_yaml())):
