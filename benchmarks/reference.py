@@ -7,7 +7,7 @@ count, so "ours / reference" says how far the framework is from the best this ma
 
 Distillation (`ReferenceDistill`): the teacher frozen in its inference dtype, the student with fp32
 weights under autocast (bf16 or fp16, fp16 with a GradScaler; fp32 runs plain), LM heads at the
-masked positions only through a fixed-size position list, the same loss function, gradient
+masked positions only through a fixed-size position list, the same objective (KD), gradient
 clipping with the foreach norm (no host sync), torch's fused AdamW, and torch.compile of the
 forward and loss (static shapes; the backward is compiled with it).
 
@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ds_distil.data.masking import IGNORE_INDEX
-from ds_distil.distill.losses import distillation_losses
+from ds_distil.distill.batch import Batch
+from ds_distil.distill.objectives.kd import KD
 from ds_distil.model.forward import masked_lm_forward
 from ds_distil.runtime.engine import param_groups
 from ds_distil.schema.distill import LossConfig
@@ -40,7 +41,7 @@ class ReferenceDistill:
     def __init__(self, teacher: nn.Module, student: nn.Module, vocab: int, loss: LossConfig, precision: str,
                  device: torch.device, compile: bool, lr: float = 1e-4, grad_clip: float = 1.0):
         self.teacher, self.student = teacher, student.to(device).train()
-        self.vocab, self.loss, self.device, self.grad_clip = vocab, loss, device, grad_clip
+        self.vocab, self.objective, self.device, self.grad_clip = vocab, KD(loss), device, grad_clip
         self.amp = AMP[precision]
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.opt = _adamw(self.student, lr, device)
@@ -52,8 +53,9 @@ class ReferenceDistill:
             t_logits, _ = masked_lm_forward(self.teacher, input_ids, attention_mask, positions, self.vocab)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             s_logits, _ = masked_lm_forward(self.student, input_ids, attention_mask, positions, self.vocab)
+        batch = Batch(input_ids, input_ids, attention_mask, positions, targets, targets, torch.zeros(0))
         n_masked = (targets != IGNORE_INDEX).sum().float()
-        return distillation_losses(self.loss, s_logits, targets, n_masked, t_logits)["total"]
+        return self.objective.loss((s_logits, {}), (t_logits, {}), batch, n_masked, n_masked)[0]
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.forward_loss(batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"])

@@ -65,14 +65,17 @@ def measure(name: str, steps: int, warmup: int) -> dict:
     train = TrainConfig(micro_batch_size=batch, max_steps=steps + warmup, lr=1e-4)
     ds = ds_config_from(train, str(DS_CONFIGS / f"zero2-{precision}.json"), 1, train.max_steps, fused=False)
     if kind in ("mlm", "distill"):
-        from ds_distil.distill.step import DistillStep
+        from ds_distil.distill.objectives.kd import KD
+        from ds_distil.distill.objectives.mlm import MLM
+        from ds_distil.distill.setup import build_step
 
         teacher = None
         if teacher_sizes:
             teacher = build_student(_student_cfg(teacher_sizes), vocab, 0, pad_multiple=128)
             teacher = place_teacher(teacher, d.device, torch.bfloat16 if precision == "bf16" else torch.float32)
         student = build_student(_student_cfg(sizes), vocab, 0, pad_multiple=128)
-        micro = DistillStep(initialize(MaskedLM(student, vocab), ds, 0.01), teacher, vocab, LossConfig(), d.device, 1)
+        objective = KD(LossConfig()) if teacher is not None else MLM()
+        micro = build_step(initialize(MaskedLM(student, vocab), ds, 0.01), objective, teacher, vocab, 2.0, d.device, 1)
         batches = make_batches(4, batch, seq, d.device, ordinary=torch.arange(106, vocab))
 
         def step(i):

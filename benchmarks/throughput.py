@@ -9,7 +9,8 @@ engineer writes by hand, same models, same inputs, same run.
 Teacher: the mBERT architecture (12 x 768, vocabulary 119,547), random weights (speed does not
 depend on them). Students: dBERT Tiny and dBERT Base. Three methods:
 
-* ours: `ds_distil.distill.step.DistillStep`, the trainer's own micro step, under a single-rank
+* ours: `ds_distil.distill.step.DistillStep` (built by `distill.setup.build_step` with the KD objective
+  and the live teacher), the loop's own micro step, under a single-rank
   DeepSpeed ZeRO-2 engine with the run defaults (precision auto, padded vocabulary, fused AdamW,
   torch.compile where `perf.compile` auto turns it on), reading its statistics once per step as the
   trainer does.
@@ -97,8 +98,9 @@ def measure(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from benchmarks.reference import ReferenceDistill
-    from ds_distil.distill.losses import kl_sum
-    from ds_distil.distill.step import DistillStep
+    from ds_distil.distill.objectives.kd import KD
+    from ds_distil.distill.objectives.losses import kl_sum
+    from ds_distil.distill.setup import build_step
     from ds_distil.model.build import build_student, build_teacher
     from ds_distil.model.forward import MaskedLM
     from ds_distil.runtime.engine import (
@@ -121,22 +123,23 @@ def measure(spec: dict) -> dict:
     device, method, precision = d.device, spec["method"], spec["precision"]
     torch.manual_seed(0)
     pad = spec["pad"] if method != "baseline" else 1
-    s_vocab, s_pad, translation, ordinary = VOCAB, 0, {}, None
+    s_vocab, s_pad, trimmed, ordinary = VOCAB, 0, None, None
     if method == "ours-trimmed":  # the student over a target-language vocabulary (ds-distil vocab)
         from ds_distil.data.vocab import load_vocab_map
         from ds_distil.model.surgery import prepare_trimmed_run
 
         vmap = load_vocab_map(spec["vocab"])
         teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, 1)
-        s_vocab, s_pad, _, translation = prepare_trimmed_run(vmap, teacher, 0, 100, pad)
+        trimmed = prepare_trimmed_run(vmap, teacher, 0, 100, pad)
+        s_vocab, s_pad = trimmed.vocab, trimmed.pad_id
         ordinary = torch.from_numpy(vmap.kept[vmap.kept >= 106])
     else:
         teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, pad)
     student = build_student(StudentConfig(preset=spec["student"], dropout=0.1), s_vocab, s_pad, pad_multiple=pad)
     t_dtype = teacher_dtype("auto", device) if method != "baseline" else torch.float32
     teacher = place_teacher(teacher, device, t_dtype)
-    if translation.get("full_head") is not None:
-        translation["full_head"].to(device=device, dtype=t_dtype)
+    if trimmed is not None:
+        trimmed.full_head.to(device=device, dtype=t_dtype)
     loss_cfg = LossConfig()
     batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device, ordinary)
     student_arch, teacher_arch = Arch.of(student, s_vocab), Arch.of(teacher, s_vocab)
@@ -147,7 +150,7 @@ def measure(spec: dict) -> dict:
         return initialize(MaskedLM(student, None if method == "baseline" else s_vocab), ds, 0.01)
 
     if method in ("ours", "ours-trimmed"):
-        micro_step = DistillStep(engine(), teacher, s_vocab, loss_cfg, device, 1, compile=spec["compile"], **translation)
+        micro_step = build_step(engine(), KD(loss_cfg), teacher, s_vocab, loss_cfg.temperature, device, 1, trimmed, spec["compile"])
 
         def step(b):
             return micro_step(b).cpu()  # the trainer's one read per optimizer step

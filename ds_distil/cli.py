@@ -109,7 +109,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student."""
-    from ds_distil.distill.trainer import run_distill
+    from ds_distil.distill.run import run_distill
     from ds_distil.runtime.engine import close_distributed
 
     cfg = commands.stage_config(args)
@@ -120,7 +120,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer)."""
-    from ds_distil.distill.checkpoint import export_student
+    from ds_distil.distill.export import export_student
 
     path = export_student(args.run, out=args.out, tag=args.tag, overwrite=args.overwrite)
     print(f"exported {path} with its model card README.md (load it with AutoModelForMaskedLM.from_pretrained)")

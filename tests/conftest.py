@@ -138,3 +138,24 @@ def pytest_collection_modifyitems(items):
     """Tests marked slow first (a stable sort): under pytest-xdist the long ones start early and the short
     ones fill the gaps at the end, instead of one worker finishing a long test while the other idles."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def objective_losses(cfg, student_logits, labels, n_masked, teacher_logits=None, student_hidden=None, teacher_hidden=None,
+                     n_hidden=1.0, hidden_weights=None) -> dict:
+    """The run's objective on bare tensors (the KD objective, or MLM without teacher logits): {"total", and each term}.
+    Logits are [M, vocab] at the masked positions, labels [M] (-100: an empty slot); hidden states [N, H]."""
+    import torch
+
+    from ds_distil.distill.objectives.kd import KD
+    from ds_distil.distill.objectives.mlm import MLM
+
+    objective = KD(cfg) if teacher_logits is not None else MLM()
+    batch = type("Batch", (), {"targets": labels, "masked": (labels != -100).float(), "real": hidden_weights})()
+
+    def out(logits, hidden):
+        return logits, ({-1: hidden} if hidden is not None else {})
+
+    total, means = objective.loss(out(student_logits, student_hidden),
+                                  out(teacher_logits, teacher_hidden) if teacher_logits is not None else None, batch,
+                                  torch.tensor(float(n_masked)), torch.tensor(float(n_hidden)))
+    return {"total": total, **{t.name: m for t, m in zip(objective.terms, means)}}

@@ -23,8 +23,9 @@ VAL = {"step": 30, "val/mlm_loss": 6.5, "val/perplexity": 665.141633, "val/mlm_a
        "val/top1_agreement": 0.2, "val/samples": 32.0, "val/masked_tokens": 561.0, "val/tokens": 4080.0, "val/seconds": 1.5}
 
 
-def fake_run(tmp_path, shards, overrides=(), val=VAL, name="run"):
-    """A run directory and its export, as `ds-distil distill` leaves them (the student a micro BERT)."""
+def fake_run(tmp_path, shards, overrides=(), val=VAL, name="run", objective=None):
+    """A run directory and its export, as `ds-distil distill` leaves them (the student a micro BERT). Without
+    `objective` (a declaration) the checkpoint records none, as those written before objectives were."""
     from pathlib import Path
 
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
@@ -40,6 +41,8 @@ def fake_run(tmp_path, shards, overrides=(), val=VAL, name="run"):
     state = {"trainer": {"step": 30, "micro_steps": 30, "tokens": 61234, "samples": 480, "nonfinite_run": 0, "nonfinite_total": 0,
                          "val": val},
              "data": {"position": {"epoch": 0, "step": 15}, "layout": {"world_size": 2, "batch_size": 8}}, "config": to_dict(cfg)}
+    if objective is not None:
+        state["objective"] = objective
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     (run / "ds_config.json").write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
     (run / "environment.json").write_text(json.dumps({

@@ -69,15 +69,16 @@ def test_the_validation_masks_are_fixed_whatever_the_ranks_and_batch_size(small_
     assert sorted(first) == list(range(10)) and all(torch.equal(first[i][1], one[i][1]) for i in first)
 
 
-def reference(validator, student, teacher_lm, temperature) -> dict[str, float]:
+def reference(validator, student, temperature) -> dict[str, float]:
     """The figures from full-vocabulary logits of the Hugging Face models over every position."""
     mlm = kl = correct = agree = masked = 0.0
+    teacher_lm = getattr(validator.teacher, "lm", None)
     for b in validator.batches():
         ids, att, labels = b["input_ids"], b["attention_mask"], b["labels"]
         s_ids, s_labels = ids, labels
-        if validator.id_map is not None:
-            s_ids = validator.id_map[ids]
-            s_labels = torch.where(labels >= 0, validator.target_map[labels.clamp(min=0)], IGNORE_INDEX)
+        if validator.translation is not None:
+            s_ids = validator.translation.id_map[ids]
+            s_labels = torch.where(labels >= 0, validator.translation.target_map[labels.clamp(min=0)], IGNORE_INDEX)
         with torch.no_grad():
             s = student.model(input_ids=s_ids, attention_mask=att).logits[..., : student.vocab]
         where = s_labels != IGNORE_INDEX
@@ -107,7 +108,7 @@ def test_validation_figures_equal_a_full_logits_reference_and_leave_no_trace(sma
     assert torch.equal(torch.get_rng_state(), rng)  # no draw from the global RNG: training continues exactly
     assert student.training and all(p.grad is None for p in student.parameters())
     student.eval()  # the reference without dropout, as the validator runs
-    ref = reference(validator, student, validator.teacher_lm, validator.temperature)
+    ref = reference(validator, student, 2.0)
     assert got.keys() >= ref.keys()
     for key, value in ref.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
@@ -145,13 +146,14 @@ def test_two_ranks_give_the_figures_of_one_rank(small_shards, small_vocab, tmp_p
 def test_shards_without_a_validation_split_are_said_once_and_skipped(tmp_path, corpus, mbert_tokenizer_dir, caplog):
     from ds_distil.data.manifest import load_manifest
     from ds_distil.distill import evaluate
+    from ds_distil.distill.objectives.mlm import MLM
     from ds_distil.schema.distill import DataConfig
 
     run_prepare(tmp_path / "s", [corpus], mbert_tokenizer_dir, max_docs=30, val_fraction=0.0)
     manifest = load_manifest(tmp_path / "s")
     with caplog.at_level("WARNING"):
-        assert evaluate.build(manifest, DataConfig(shards=str(tmp_path / "s")), 0, 4, torch.device("cpu"), 2.0, 0, 1) is None
-        assert evaluate.build(manifest, DataConfig(shards=str(tmp_path / "s")), 0, 4, torch.device("cpu"), 2.0, 1, 2) is None
+        assert evaluate.build(manifest, DataConfig(shards=str(tmp_path / "s")), 0, 4, torch.device("cpu"), MLM(), 0, 1) is None
+        assert evaluate.build(manifest, DataConfig(shards=str(tmp_path / "s")), 0, 4, torch.device("cpu"), MLM(), 1, 2) is None
     assert [r.message for r in caplog.records].count(
         f"{tmp_path / 's'} has no validation split (prepared with val_fraction 0): no validation metrics in this run; "
         "prepare with --val-fraction 0.01 to have them") == 1

@@ -1,4 +1,4 @@
-"""The loss: KL(teacher || student) at temperature T, scaled by T^2, plus MLM, per masked token;
+"""The KD objective: KL(teacher || student) at temperature T, scaled by T^2, plus MLM, per masked token;
 the masked-positions-only path proven equal to a straightforward full-logits computation."""
 
 import math
@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import objective_losses
 
-from ds_distil.distill.losses import distillation_losses, kl_sum
+from ds_distil.distill.objectives.losses import kl_sum
 from ds_distil.model.build import bert_config
 from ds_distil.model.forward import masked_lm_forward
 from ds_distil.schema.distill import LossConfig
@@ -58,7 +59,7 @@ def test_masked_only_path_equals_full_logits_reference(temperature):
     with torch.no_grad():
         t_logits, _ = masked_lm_forward(teacher, ids, attention, positions)
     s_logits, _ = masked_lm_forward(student, ids, attention, positions)
-    ours = distillation_losses(cfg, s_logits, flat[positions], positions.numel(), t_logits)
+    ours = objective_losses(cfg, s_logits, flat[positions], positions.numel(), t_logits)
     ours["total"].backward()
     ours_grads = [p.grad.clone() for p in student.parameters()]
     student.zero_grad()
@@ -86,13 +87,13 @@ def test_split_over_ranks_equals_the_whole_batch():
     s, t = torch.randn(30, VOCAB), torch.randn(30, VOCAB)
     labels = torch.randint(0, VOCAB, (30,))
     cfg = LossConfig()
-    whole = distillation_losses(cfg, s, labels, 30, t)["total"]
-    parts = sum(distillation_losses(cfg, s[a:b], labels[a:b], 30, t[a:b])["total"] for a, b in ((0, 7), (7, 30)))
+    whole = objective_losses(cfg, s, labels, 30, t)["total"]
+    parts = sum(objective_losses(cfg, s[a:b], labels[a:b], 30, t[a:b])["total"] for a, b in ((0, 7), (7, 30)))
     assert torch.allclose(whole, parts, rtol=1e-6)
 
 
 def test_no_masked_tokens_gives_zero_not_nan():
-    out = distillation_losses(LossConfig(), torch.zeros(0, VOCAB), torch.zeros(0, dtype=torch.long), 0, torch.zeros(0, VOCAB))
+    out = objective_losses(LossConfig(), torch.zeros(0, VOCAB), torch.zeros(0, dtype=torch.long), 0, torch.zeros(0, VOCAB))
     assert out["total"].item() == 0.0 and not math.isnan(out["kl"].item())
 
 
@@ -100,9 +101,9 @@ def test_temperature_squared_scaling_and_mlm_only_mode():
     torch.manual_seed(0)
     s, t = torch.randn(8, VOCAB), torch.randn(8, VOCAB)
     labels = torch.randint(0, VOCAB, (8,))
-    out = distillation_losses(LossConfig(a_kl=1.0, a_mlm=0.0, temperature=3.0), s, labels, 8, t)
+    out = objective_losses(LossConfig(a_kl=1.0, a_mlm=0.0, temperature=3.0), s, labels, 8, t)
     assert torch.allclose(out["total"], 9.0 * kl_sum(s, t, 3.0) / 8)
-    mlm_only = distillation_losses(LossConfig(), s, labels, 8, None)
+    mlm_only = objective_losses(LossConfig(), s, labels, 8, None)
     assert set(mlm_only) == {"mlm", "total"} and torch.allclose(mlm_only["total"], F.cross_entropy(s, labels))
 
 
@@ -111,11 +112,11 @@ def test_hidden_term():
     s, t = torch.randn(8, VOCAB), torch.randn(8, VOCAB)
     labels = torch.randint(0, VOCAB, (8,))
     h = torch.randn(10, 16)
-    same = distillation_losses(LossConfig(a_hidden=1.0), s, labels, 8, t, h, h.clone(), 10)
+    same = objective_losses(LossConfig(a_hidden=1.0), s, labels, 8, t, h, h.clone(), 10)
     assert abs(same["hidden"].item()) < 1e-6
-    flipped = distillation_losses(LossConfig(a_hidden=1.0, hidden_kind="cosine"), s, labels, 8, t, h, -h, 10)
+    flipped = objective_losses(LossConfig(a_hidden=1.0, hidden_kind="cosine"), s, labels, 8, t, h, -h, 10)
     assert abs(flipped["hidden"].item() - 2.0) < 1e-5
-    mse = distillation_losses(LossConfig(a_hidden=1.0, hidden_kind="mse"), s, labels, 8, t, h, h + 1.0, 10)
+    mse = objective_losses(LossConfig(a_hidden=1.0, hidden_kind="mse"), s, labels, 8, t, h, h + 1.0, 10)
     assert abs(mse["hidden"].item() - 1.0) < 1e-5
 
 
@@ -143,7 +144,7 @@ def test_padded_vocabulary_and_static_positions_equal_the_plain_full_logits_refe
         t_logits, _ = MaskedLM(p_teacher, VOCAB)(ids, attention, positions)
     s_logits, _ = MaskedLM(p_student, VOCAB)(ids, attention, positions)
     assert s_logits.shape == (positions.numel(), VOCAB)
-    ours = distillation_losses(cfg, s_logits, targets, n_real, t_logits)
+    ours = objective_losses(cfg, s_logits, targets, n_real, t_logits)
     ours["total"].backward()
 
     with torch.no_grad():

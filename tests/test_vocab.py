@@ -78,10 +78,10 @@ def test_kl_over_the_kept_vocabulary_equals_the_restricted_renormalised_full_ref
     """The teacher's head sliced to the kept rows (and padded), the student over the kept vocabulary:
     the same loss and gradients as full-vocabulary teacher logits restricted to the kept columns and
     renormalised there (the student's logits are over the kept tokens anyway)."""
+    from conftest import objective_losses
     from transformers import BertForMaskedLM
 
     from ds_distil.data.masking import static_positions
-    from ds_distil.distill.losses import distillation_losses
     from ds_distil.model.build import bert_config
     from ds_distil.model.forward import MaskedLM
     from ds_distil.model.surgery import restrict_head
@@ -110,7 +110,7 @@ def test_kl_over_the_kept_vocabulary_equals_the_restricted_renormalised_full_ref
     student_ids = old_to_new[masked]
     s_logits, _ = MaskedLM(student, len(kept))(student_ids, attention, positions)
     new_targets = torch.where(targets >= 0, old_to_new[targets.clamp(min=0)], -100)
-    ours = distillation_losses(cfg, s_logits, new_targets, n, t_logits)
+    ours = objective_losses(cfg, s_logits, new_targets, n, t_logits)
     ours["total"].backward()
     grads = [p.grad.clone() for p in student.parameters()]
     student.zero_grad()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_distil import __version__
+from ds_distil.core.dist import broadcast
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write
 
@@ -395,15 +396,3 @@ def commit_on_rank0(rd: RunDir, rank: int) -> Path:
         raise UserError(box[0])
     rd.path, rd.committed = rd.out, True
     return rd.out
-
-
-def broadcast(box: list) -> list:
-    """Rank 0's `box` (a list of picklable values) on every rank."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(box, src=0)
-        # and wait for every rank: rank 0 may otherwise leave (and exit) while another still receives,
-        # which gloo answers with an abort in that rank ("terminate called without an active exception")
-        dist.barrier()
-    return box

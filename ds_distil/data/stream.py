@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ds_distil.core.dist import rank_share, rank_world
 from ds_distil.core.errors import CorruptShardError, UserError
 from ds_distil.data.manifest import SAMPLE_KEY, Manifest
 from ds_distil.data.masking import mask_tokens, max_masked_per_sample, static_positions
@@ -48,14 +49,6 @@ ERROR_KEY = "__corrupt_shard__"
 
 def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
-def dist_rank_world() -> tuple[int, int]:
-    import os
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 # ------------------------------------------------------------------------------------ the layout
@@ -71,9 +64,7 @@ class WorkerPlan:
 def plan_rank(n_samples: int, world_size: int, batch_size: int, workers: int, rank: int) -> tuple[int, list[WorkerPlan]]:
     """Steps per epoch T and each worker's share of rank `rank` (see the module docstring)."""
     steps = math.ceil(n_samples / (world_size * batch_size))
-    base, extra = divmod(n_samples, world_size)
-    rank_start = rank * base + min(rank, extra)
-    rank_real = base + (1 if rank < extra else 0)
+    rank_start, rank_real = rank_share(n_samples, world_size=world_size, rank=rank)
     plans, offset = [], rank_start
     for k in range(workers):
         batches = list(range(k, steps, workers))
@@ -248,7 +239,7 @@ class MLMStream:
         keep_ids: torch.Tensor | None = None,
     ):
         if rank is None or world_size is None:
-            rank, world_size = dist_rank_world()
+            rank, world_size = rank_world()
         if batch_size < 1:
             raise UserError(f"micro batch size must be >= 1, got {batch_size}")
         self.manifest, self.cfg, self.split = manifest, cfg, split

@@ -5,7 +5,7 @@ pipeline_tag, tags, base_model for a hub teacher, datasets for a hub corpus, mod
 validation figures), then prose: what it was distilled from, the student's architecture and size, the
 corpus and its token count, the training length, loss weights and precision, the final validation
 figures, the command that made it, how to load it. Everything is read from what the run recorded:
-the checkpoint's trainer state (step, tokens, resolved config, last validation), environment.json
+the checkpoint's trainer state (step, tokens, resolved config, the objective's declaration, last validation), environment.json
 (versions, device, command line), ds_config.json, the shards' manifest and the exported model itself.
 Nothing is typed twice.
 
@@ -35,13 +35,6 @@ FT_START, FT_END = "<!-- ds-distil:finetuning -->", "<!-- /ds-distil:finetuning 
 REPORT_SOURCE = "ds-distil report"
 LICENSE_NOTE = "  # placeholder: set the license before publishing (the teacher's and the corpus's terms apply)"
 TOKEN_TASKS = ("ner", "pos")
-VAL_NAMES = {  # metrics.jsonl key -> (model-index type, name, shown as a percentage)
-    "val/perplexity": ("perplexity", "validation perplexity", False),
-    "val/mlm_loss": ("loss", "validation MLM loss (nats per masked token)", False),
-    "val/mlm_accuracy": ("accuracy", "validation MLM top-1 accuracy", True),
-    "val/kl": ("kl_divergence", "validation KL(teacher || student) per masked token", False),
-    "val/top1_agreement": ("agreement", "validation teacher-student top-1 agreement", True),
-}
 
 
 def _json(path: Path) -> dict | None:
@@ -109,7 +102,30 @@ def gather(model_dir: Path, run_dir: Path, tag: str) -> dict:
     return {"run_dir": str(run_dir), "tag": tag, "trainer": state.get("trainer") or {}, "data_state": state.get("data") or {},
             "config": cfg, "env": env, "manifest": manifest,
             "precision": precision(ds_config) if ds_config else None, "vocab_report": vocab_report, "model_config": config,
-            "parameters": params, "embedding_parameters": emb, "name": model_name(run_dir, config)}
+            "parameters": params, "embedding_parameters": emb, "name": model_name(run_dir, config),
+            "objective": state.get("objective") or _objective_of(cfg)}
+
+
+def _objective_of(cfg: dict) -> dict | None:
+    """The declaration of the objective a run's config selects: for checkpoints written before they recorded it."""
+    from ds_distil.core.config import ConfigError, from_dict
+    from ds_distil.distill import objectives
+    from ds_distil.schema.distill import DistillConfig
+
+    try:
+        return objectives.build(from_dict(DistillConfig, cfg)).declaration()
+    except ConfigError:
+        return None
+
+
+def _validation_metrics(objective: dict | None, val: dict) -> list:
+    """The validation figures the card shows, in order, as evaluate's Metric records: the perplexity, the objective's
+    terms, the top-1 accuracy and agreement; only those the run recorded."""
+    from ds_distil.distill.evaluate import ACCURACY, AGREEMENT, PERPLEXITY
+    from ds_distil.distill.objectives.base import terms_of
+
+    terms = [t.metric for t in terms_of(objective)] if objective else []
+    return [m for m in (PERPLEXITY, *terms, ACCURACY, AGREEMENT) if m.key in val]
 
 
 def _teacher(cfg: dict) -> tuple[str, str | None]:
@@ -161,8 +177,8 @@ def _fmt(value: float, pct: bool) -> str:
     return f"{value:.2%}" if pct else f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
-def _val_index_entry(val: dict, corpus: str, datasets: list[str], mlm_only: bool) -> dict:
-    metrics = [{"type": VAL_NAMES[k][0], "value": round(float(val[k]), 6), "name": VAL_NAMES[k][1]} for k in VAL_NAMES if k in val]
+def _val_index_entry(val: dict, shown: list, corpus: str, datasets: list[str], mlm_only: bool) -> dict:
+    metrics = [{"type": m.index_type, "value": round(float(val[m.key]), 6), "name": m.description} for m in shown]
     return {"task": {"type": "fill-mask", "name": "Masked language modelling" + ("" if mlm_only else " (distillation)")},
             "dataset": {"name": f"{corpus.replace('`', '')} (held-out validation split)", "type": datasets[0] if datasets else "text",
                         "split": "validation"},
@@ -171,12 +187,14 @@ def _val_index_entry(val: dict, corpus: str, datasets: list[str], mlm_only: bool
 
 def render(info: dict) -> str:
     cfg, tr, mc, env = info["config"], info["trainer"], info["model_config"], info["env"]
-    t, s, loss, train = cfg.get("teacher", {}), cfg.get("student", {}), cfg.get("loss", {}), cfg.get("train", {})
-    mlm_only = not t.get("enabled", True)
+    t, s, train = cfg.get("teacher", {}), cfg.get("student", {}), cfg.get("train", {})
+    objective = info["objective"]
+    mlm_only = not objective["teacher"] if objective else not t.get("enabled", True)
     teacher_text, base_model = _teacher(cfg)
     manifest = info["manifest"]
     corpus, datasets = _corpus(manifest, cfg.get("data", {}).get("shards", "?"))
     val = tr.get("val") or {}
+    shown = _validation_metrics(objective, val)
     name = info["name"]
 
     meta: dict = {"language": ["tl"], "license": "unknown", "library_name": "transformers", "pipeline_tag": "fill-mask",
@@ -187,7 +205,7 @@ def render(info: dict) -> str:
         meta["datasets"] = datasets
     meta["model_name"] = name
     if val:  # the Hub's model-index wants results; without validation figures there are none yet
-        meta["model-index"] = [{"name": name, "results": [_val_index_entry(val, corpus, datasets, mlm_only)]}]
+        meta["model-index"] = [{"name": name, "results": [_val_index_entry(val, shown, corpus, datasets, mlm_only)]}]
 
     layers, hidden = mc.get("num_hidden_layers"), mc.get("hidden_size")
     world = (info["data_state"].get("layout") or {}).get("world_size") or env.get("world_size") or 1
@@ -235,10 +253,7 @@ def render(info: dict) -> str:
     # -- training
     train_samples = (manifest or {}).get("splits", {}).get("train", {}).get("samples")
     epochs = f" ({tr['samples'] / train_samples:.2f} epochs)" if train_samples and tr.get("samples") else ""
-    loss_text = ("masked language modelling cross-entropy" if mlm_only else
-                 f"`{loss.get('a_kl')} * T^2 * KL(teacher || student) + {loss.get('a_mlm')} * MLM` at temperature T = "
-                 f"{loss.get('temperature')}, per masked token" + (f", + {loss['a_hidden']} x a {loss.get('hidden_kind')} "
-                                                                  "last-hidden-state term" if loss.get("a_hidden") else ""))
+    loss_text = (f"{objective['formula']} (objective `{objective['name']}`)" if objective else "? (not recorded)")
     dev = env.get("device") or {}
     device = dev.get("gpu") or (f"CPU ({dev.get('cpu')})" if dev.get("cpu") else "?")
     vers = env.get("versions") or {}
@@ -263,9 +278,7 @@ def render(info: dict) -> str:
                                             f" (the last evaluation before the exported step {tr.get('step')})")
         lines += [f"On {int(val.get('val/samples', 0)):,} samples of the held-out split ({int(val.get('val/masked_tokens', 0)):,} masked "
                   f"tokens, the same masks in every run over these shards), {at}:", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {VAL_NAMES[k][1]} | {_fmt(float(val[k]), VAL_NAMES[k][2])} |" for k in VAL_NAMES if k in val]
-        if not mlm_only:
-            lines += ["", f"The KL is at the training temperature T = {loss.get('temperature')} and not scaled by T^2."]
+        lines += [f"| {m.description} | {_fmt(float(val[m.key]), m.percent)} |" for m in shown]
         lines += [""]
     else:
         lines += ["No validation figures: the shards have no validation split (prepared with `--val-fraction 0`), or the "

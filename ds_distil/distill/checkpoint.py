@@ -1,9 +1,10 @@
-"""Checkpoints: DeepSpeed's ZeRO checkpoint plus our trainer state, committed only when complete;
-and the export of a checkpoint to a Hugging Face model directory.
+"""Checkpoints: DeepSpeed's ZeRO checkpoint plus our trainer state, committed only when complete (the export of a
+checkpoint to a Hugging Face directory is ds_distil/distill/export.py).
 
 Layout under RUN/checkpoints/:
     step00000100/            DeepSpeed's files (model states, each rank's optimizer partition)
-        trainer_state.json   step, tokens, data-stream position, resolved config (rank 0)
+        trainer_state.json   step, tokens, data-stream position, resolved config, resume fingerprint, the
+                             objective's declaration (rank 0)
         rng_rank{R}.pt       each rank's RNG states (dropout must resume exactly on every rank)
         COMPLETE             written last (atomically), after every rank has finished and files are
                              synced: step, world size, and the size and sha256 of every file
@@ -32,9 +33,9 @@ import torch
 
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write, atomic_write_json
+from ds_distil.core.rundir import RunDir, commit_on_rank0
 from ds_distil.core.safe_load import weights_only_loads
 from ds_distil.data.manifest import sha256_file
-from ds_distil.model.surgery import unpad_vocab
 
 log = logging.getLogger(__name__)
 
@@ -209,50 +210,24 @@ def load(engine, run_dir: Path, tag: str) -> dict:
     return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
 
 
-def export_student(run_dir: Path, out: Path | None = None, tag: str | None = None, overwrite: bool = False) -> Path:
-    """Consolidate a ZeRO checkpoint into RUN/student: config.json, model.safetensors, tokenizer files.
-    Loads with `AutoModelForMaskedLM.from_pretrained(dir)` and nothing of ours. The checkpoint is
-    verified against its COMPLETE and read without unpickling arbitrary objects."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+class Checkpoints:
+    """The loop's checkpoints of one run. `save(step, trainer=..., data=...)`, called on every rank, writes a complete
+    checkpoint of the engine, the loop's state and the data position, with what every checkpoint of the run records
+    beside them (`record`: the resolved config, the resume fingerprint, the objective's declaration). The first
+    save of an --overwrite run swaps the new run in for the old one (core.rundir)."""
 
-    from ds_distil.core.rundir import claim
+    def __init__(self, engine, run: RunDir, rank: int, keep: int, record: dict):
+        self.engine, self.run, self.rank, self.keep, self.record = engine, run, rank, keep, record
 
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    if tag is None:
-        tag, notes = choose_tag(run_dir, set_aside=False)
-        for note in notes:
-            log.warning("%s; exporting an older one", note)
-        if tag is None:
-            raise UserError(f"{run_dir} has no complete, intact checkpoint to export; run `ds-distil distill --out {run_dir}` first")
-    else:
-        if not (ckpt_dir / tag / MARKER).is_file():
-            raise UserError(f"checkpoint {ckpt_dir / tag} is incomplete or missing (no {MARKER}); pick another tag "
-                            f"({', '.join(t for _, t in complete_tags(ckpt_dir)) or 'none complete'})")
-        problem = verify(ckpt_dir / tag)
-        if problem:
-            raise UserError(f"checkpoint {ckpt_dir / tag} is damaged: {problem}; pick another tag")
-    out = Path(out) if out else run_dir / "student"
-    with weights_only_loads(ckpt_dir / tag):
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    state = {k.removeprefix("model."): v for k, v in state.items()}
-    config = AutoConfig.from_pretrained(str(run_dir / "student_config"))
-    model = AutoModelForMaskedLM.from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "lm_head.decoder.weight", "lm_head.decoder.bias"}
-    if unexpected or set(missing) - tied:
-        raise UserError(f"checkpoint {tag} does not match the student architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.tie_weights()
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
-    unpad_vocab(model, len(tokenizer))  # training may pad the vocabulary rows (perf.pad_vocab_multiple)
-    inputs = [ckpt_dir / tag, run_dir / "tokenizer", run_dir / "student_config"]
-    with claim(out, "export", overwrite=overwrite, inputs=inputs) as rd:
-        model.save_pretrained(str(rd.path), safe_serialization=True)
-        tokenizer.save_pretrained(str(rd.path))
-        (rd.path / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
-        from ds_distil.distill.card import write_card
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
-        write_card(rd.path, run_dir, tag)  # README.md: the model card (ds_distil/distill/card.py)
-        rd.commit()
-    return out
+    def save(self, step: int, trainer: dict, data: dict) -> Path:
+        path = save(self.engine, self.run.path, step, {"trainer": trainer, "data": data, **self.record}, self.keep)
+        if self.run.staging:  # --overwrite: the new run replaces the old one once it can be resumed
+            commit_on_rank0(self.run, self.rank)
+            path = self.run.path / "checkpoints" / path.name
+            if self.rank == 0:
+                log.info("--overwrite: the new run now is %s (the old one was replaced at its first checkpoint)", self.run.path)
+        return path

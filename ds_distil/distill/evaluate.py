@@ -1,14 +1,13 @@
 """Held-out validation of a distillation run: the student on the shards' validation split.
 
-What is measured, per masked token of the validation samples (the same figures whatever the ranks,
-workers or batch size, and the same masks in every run over the same shards):
+What is measured (the same figures whatever the ranks, workers or batch size, and the same masks in every run
+over the same shards): every term of the run's objective, as training computes it, averaged as its declaration
+says, under the term's `val_key` (the KD objective: `val/mlm_loss`, `val/kl` at temperature T not scaled by T^2,
+`val/hidden`); and, per masked token, what every student is judged by:
 
-    val/mlm_loss        the student's cross-entropy against the original tokens (`val/perplexity` = its exp)
+    val/perplexity      exp of the MLM loss
     val/mlm_accuracy    the student's top-1 prediction is the original token
-    val/kl              KL(teacher || student) at temperature T, as `loss/kl` in training (not scaled by T^2)
-    val/top1_agreement  the student's top-1 token is the teacher's
-
-The last two need a teacher; MLM-only runs (teacher conditioning, from-scratch) report the first two.
+    val/top1_agreement  the student's top-1 token is the teacher's (where the teacher signal gives logits)
 
 Why the masking is fixed: the training stream masks batch j of rank r with a generator seeded by
 (seed, epoch, rank, j), so a sample's masks depend on the rank layout. Here every validation sample
@@ -23,8 +22,8 @@ agreements, counts); one all-reduce of those sums gives every rank the figures o
 
 The student runs through the DeepSpeed engine (its forward, no backward, no step) in eval mode under
 torch.no_grad, then goes back to training mode; the evaluation draws nothing from the global RNG, so
-training continues exactly as it would have without it (exact resume holds). The loss functions,
-the masked-positions-only heads and a trimmed vocabulary's id translation are the training step's.
+training continues exactly as it would have without it (exact resume holds). The objective, the teacher
+signal, the masked-positions-only heads and a trimmed vocabulary's id translation are the training step's.
 """
 
 from __future__ import annotations
@@ -37,47 +36,44 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
+from ds_distil.core.dist import rank_share
 from ds_distil.data.manifest import Manifest
 from ds_distil.data.masking import IGNORE_INDEX, mask_tokens, static_positions
 from ds_distil.data.stream import MLMStream, _seed
-from ds_distil.distill.losses import kl_sum, mlm_sum
+from ds_distil.distill.batch import Translation, to_device
+from ds_distil.distill.objectives.base import Metric, Objective, Term
+from ds_distil.distill.teacher import NoTeacher
 
 log = logging.getLogger(__name__)
 
 VAL_MASK_SEED = 20240917  # fixed: not data.seed, so that runs with other training seeds see the same masks
-# the sums every rank adds up: student CE, KL, student top-1 == target, student top-1 == teacher top-1,
+# what validation reports beside the objective's terms (their keys, and how the model card shows them)
+PERPLEXITY = Metric("val/perplexity", "perplexity", "validation perplexity")
+ACCURACY = Metric("val/mlm_accuracy", "accuracy", "validation MLM top-1 accuracy", percent=True)
+AGREEMENT = Metric("val/top1_agreement", "agreement", "validation teacher-student top-1 agreement", percent=True)
+# after the objective's term sums, every rank adds up: student top-1 == target, student top-1 == teacher top-1,
 # masked tokens (with a target the student has), real tokens, samples
-SUMS = ("mlm", "kl", "correct", "agree", "masked", "tokens", "samples")
+COUNTS = ("correct", "agree", "masked", "tokens", "samples")
 
 
 def has_validation_split(manifest: Manifest) -> bool:
     return int(manifest.data["splits"].get("val", {}).get("samples", 0)) > 0
 
 
-def rank_share(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """(first position, count) of rank `rank`'s contiguous share of n samples (sizes differ by at most one)."""
-    base, extra = divmod(n, world_size)
-    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
-
-
 class Validator:
     """`validator(model)` -> the metrics of the validation set (the same dict on every rank).
 
-    `model` is called as the training step calls the engine: (input_ids, attention_mask, positions) ->
-    (logits at the positions over the student's vocabulary, hidden states). `teacher_lm` likewise (a
-    MaskedLM over the teacher, its head already over a trimmed vocabulary's kept rows), or None.
-    With a trimmed vocabulary, `id_map` / `target_map` translate ids for the student, as in DistillStep.
+    `model` is called as the training step calls the engine: (student ids, attention_mask, positions, hidden layers)
+    -> (logits at the positions over the student's vocabulary, {layer: hidden states}). `teacher` is the run's
+    teacher signal, `translation` a trimmed vocabulary's id translation, as in DistillStep.
     """
 
-    def __init__(self, stream: MLMStream, max_samples: int, batch_size: int, device: torch.device, temperature: float,
-                 teacher_lm: nn.Module | None = None, id_map: torch.Tensor | None = None, target_map: torch.Tensor | None = None,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(self, stream: MLMStream, max_samples: int, batch_size: int, device: torch.device, objective: Objective,
+                 teacher=None, translation: Translation | None = None, rank: int = 0, world_size: int = 1):
         self.stream, self.batch_size, self.device = stream, batch_size, device
-        self.temperature, self.teacher_lm = temperature, teacher_lm
-        self.id_map = id_map.to(device) if id_map is not None else None
-        self.target_map = target_map.to(device) if target_map is not None else None
+        self.objective, self.teacher = objective, teacher if teacher is not None else NoTeacher()
+        self.translation = translation.to(device) if translation is not None else None
         self.rank, self.world_size = rank, world_size
         self.n_samples = min(stream.n_samples, max_samples) if max_samples > 0 else stream.n_samples
         self.start, self.count = rank_share(self.n_samples, rank, world_size)
@@ -120,28 +116,16 @@ class Validator:
     # -- the evaluation
 
     @torch.no_grad()
-    def _sums(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        dev = self.device
-        input_ids = batch["input_ids"].to(dev)
-        attention_mask = batch["attention_mask"].to(dev)
-        positions = batch["positions"].to(dev)
-        targets = batch["targets"].to(dev)
-        student_ids = input_ids
-        if self.id_map is not None:  # a trimmed vocabulary: exactly DistillStep's translation
-            student_ids = self.id_map[input_ids]
-            targets = torch.where(targets >= 0, self.target_map[targets.clamp(min=0)], IGNORE_INDEX)
-        real = targets != IGNORE_INDEX
-        logits, _ = model(student_ids, attention_mask, positions)
-        s_top = logits.argmax(-1)
-        zero = torch.zeros((), device=dev)
-        kl = agree = zero
-        if self.teacher_lm is not None:
-            t_logits, _ = self.teacher_lm(input_ids, attention_mask, positions)
-            kl = kl_sum(logits, t_logits, self.temperature, real.float())
-            agree = ((s_top == t_logits.argmax(-1)) & real).sum()
-        samples = (batch["index"] >= 0).sum().to(dev)
-        sums = (mlm_sum(logits, targets), kl, ((s_top == targets) & real).sum(), agree, real.sum(), attention_mask.sum(), samples)
-        return torch.stack([x.to(torch.float64) for x in sums])
+    def _sums(self, model, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = to_device(raw, self.device, self.translation, non_blocking=False)
+        teacher = self.teacher(b)
+        student = model(b.student_ids, b.attention_mask, b.positions, self.objective.student.hidden)
+        terms = self.objective.sums(student, teacher, b)
+        real = b.targets != IGNORE_INDEX
+        s_top = student[0].argmax(-1)
+        agree = ((s_top == teacher[0].argmax(-1)) & real).sum() if teacher is not None else torch.zeros((), device=self.device)
+        counts = (((s_top == b.targets) & real).sum(), agree, real.sum(), b.attention_mask.sum(), (b.index >= 0).sum())
+        return torch.stack([x.to(torch.float64) for x in (*(terms[t.name] for t in self.objective.terms), *counts)])
 
     def __call__(self, model) -> dict[str, float]:
         """Evaluate `model` (an engine or a MaskedLM) on the validation set; every rank must call this."""
@@ -150,7 +134,7 @@ class Validator:
         was_training = inner.training
         model.eval()
         try:
-            acc = torch.zeros(len(SUMS), dtype=torch.float64, device=self.device)
+            acc = torch.zeros(len(self.objective.terms) + len(COUNTS), dtype=torch.float64, device=self.device)
             for batch in self.batches():
                 acc += self._sums(model, batch)
         finally:
@@ -160,22 +144,23 @@ class Validator:
         return self.metrics(acc.cpu(), time.perf_counter() - t0)
 
     def metrics(self, acc: torch.Tensor, elapsed: float) -> dict[str, float]:
-        v = dict(zip(SUMS, acc.tolist()))
-        n = max(v["masked"], 1.0)
-        out = {"val/mlm_loss": v["mlm"] / n}
-        out["val/perplexity"] = math.exp(min(out["val/mlm_loss"], 700.0))  # exp overflows a float beyond ~709
-        out["val/mlm_accuracy"] = v["correct"] / n
-        if self.teacher_lm is not None:
-            out["val/kl"] = v["kl"] / n
-            out["val/top1_agreement"] = v["agree"] / n
-        out.update({"val/samples": v["samples"], "val/masked_tokens": v["masked"], "val/tokens": v["tokens"],
-                    "val/seconds": elapsed})
+        values = acc.tolist()
+        terms, v = values[: len(self.objective.terms)], dict(zip(COUNTS, values[len(self.objective.terms):]))
+        n = {"masked": max(v["masked"], 1.0), "token": max(v["tokens"], 1.0)}
+        out = {t.val: s / n[t.per] for t, s in zip(self.objective.terms, terms)}
+        if "val/mlm_loss" in out:
+            out[PERPLEXITY.key] = math.exp(min(out["val/mlm_loss"], 700.0))  # exp overflows a float beyond ~709
+        out[ACCURACY.key] = v["correct"] / n["masked"]
+        if self.objective.teacher is not None and self.objective.teacher.logits:
+            out[AGREEMENT.key] = v["agree"] / n["masked"]
+        out.update({"val/samples": v["samples"], "val/masked_tokens": v["masked"], "val/tokens": v["tokens"], "val/seconds": elapsed})
         return out
 
 
-def build(manifest: Manifest, stream_cfg, max_samples: int, batch_size: int, device: torch.device, temperature: float,
-          rank: int, world_size: int, keep_ids: torch.Tensor | None = None, **step_parts) -> Validator | None:
-    """A Validator over the manifest's validation split, or None (logged once) when it has none."""
+def build(manifest: Manifest, stream_cfg, max_samples: int, batch_size: int, device: torch.device, objective: Objective,
+          rank: int, world_size: int, keep_ids: torch.Tensor | None = None, **signal) -> Validator | None:
+    """A Validator over the manifest's validation split, or None (logged once) when it has none. `signal`: the
+    teacher signal and the vocabulary translation (Validator's keywords)."""
     if not has_validation_split(manifest):
         if rank == 0:
             log.warning("%s has no validation split (prepared with val_fraction 0): no validation metrics in this run; "
@@ -183,12 +168,16 @@ def build(manifest: Manifest, stream_cfg, max_samples: int, batch_size: int, dev
         return None
     stream = MLMStream(manifest, stream_cfg, batch_size=batch_size, split="val", rank=rank, world_size=world_size, shuffle=False,
                        keep_ids=keep_ids)
-    return Validator(stream, max_samples, batch_size, device, temperature, rank=rank, world_size=world_size, **step_parts)
+    return Validator(stream, max_samples, batch_size, device, objective, rank=rank, world_size=world_size, **signal)
 
 
-def console_line(step: int, values: dict[str, float]) -> str:
-    line = f"step {step} validation | mlm loss {values['val/mlm_loss']:.4f} | perplexity {values['val/perplexity']:.2f}"
-    if "val/kl" in values:
-        line += f" | kl {values['val/kl']:.4f} | top-1 agreement {values['val/top1_agreement']:.2%}"
+def console_line(step: int, values: dict[str, float], terms: tuple[Term, ...]) -> str:
+    line = f"step {step} validation"
+    for t in terms:
+        line += f" | {t.label or t.name} {values[t.val]:.4f}"
+        if t.val == "val/mlm_loss":
+            line += f" | perplexity {values[PERPLEXITY.key]:.2f}"
+    if AGREEMENT.key in values:
+        line += f" | top-1 agreement {values[AGREEMENT.key]:.2%}"
     return line + (f" | {int(values['val/samples']):,} samples, {int(values['val/masked_tokens']):,} masked tokens"
                    f" ({values['val/seconds']:.1f} s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -113,17 +114,25 @@ def unpad_vocab(model: nn.Module, vocab_size: int) -> nn.Module:
     return model
 
 
-def prepare_trimmed_run(vmap: VocabMap, teacher, pad_id: int, unk_id: int, pad_multiple: int) -> tuple[int, int, torch.Tensor, dict]:
-    """A distillation into a trimmed vocabulary: the teacher's LM head sliced to the kept rows (its
-    full head kept aside for the log-step metric), and what the student side needs: (vocabulary size,
-    [PAD] id, the teacher row of each student token, DistillStep's translation keyword arguments)."""
+@dataclass
+class TrimmedRun:
+    """A distillation into a trimmed vocabulary, as the student side needs it."""
 
+    vocab: int  # the student's vocabulary size
+    pad_id: int  # its [PAD]
+    kept: torch.Tensor  # the original (teacher) id of each student token
+    id_map: torch.Tensor  # [original vocabulary] -> student id; tokens not kept -> [UNK]
+    target_map: torch.Tensor  # [original vocabulary] -> student MLM target; tokens not kept -> IGNORE_INDEX (no target)
+    full_head: nn.Module | None  # the teacher's LM head over every token, kept aside for the log-step metric
+
+
+def prepare_trimmed_run(vmap: VocabMap, teacher, pad_id: int, unk_id: int, pad_multiple: int) -> TrimmedRun:
+    """Slice the teacher's LM head to the kept rows (in place), and say what the student side needs."""
     kept = torch.from_numpy(vmap.kept)
     new_id = vmap.old_to_new(-1)
     full_head = None
     if teacher is not None:
         full_head = teacher.get_output_embeddings()
         restrict_head(teacher, kept, pad_multiple)
-    translation = {"id_map": vmap.old_to_new(int(new_id[unk_id])), "target_map": vmap.old_to_new(IGNORE_INDEX),
-                   "full_head": full_head, "kept": kept}
-    return vmap.size, int(new_id[pad_id]), kept, translation
+    return TrimmedRun(vmap.size, int(new_id[pad_id]), kept, vmap.old_to_new(int(new_id[unk_id])), vmap.old_to_new(IGNORE_INDEX),
+                      full_head)

@@ -167,6 +167,11 @@ def precision(ds_config: dict) -> str:
     return "fp32"
 
 
+def loss_scale(engine) -> float | None:
+    """An fp16 engine's current loss scale; None for bf16 and fp32 (no scaler)."""
+    return float(engine.optimizer.cur_scale) if precision(engine.config) == "fp16" else None
+
+
 def teacher_dtype(choice: str, device: torch.device) -> torch.dtype:
     """`auto`: bf16 on GPUs that have it, else fp16; fp32 on CPU."""
     if choice == "auto":

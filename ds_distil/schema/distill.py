@@ -91,10 +91,17 @@ class StudentConfig:
                              "(drop student.norm or student.pretrained)")
 
 
+OBJECTIVES = ("auto", "kd", "mlm")  # ds_distil/distill/objectives/ implements each (auto: kd or mlm)
+
+
 @dataclasses.dataclass
 class LossConfig:
-    """`a_kl * T^2 * KL(teacher || student) + a_mlm * CE + a_hidden * hidden`, per masked token (section `loss`)."""
+    """What the student learns from (section `loss`): the objective and its weights. `kd`, the paper's:
+    `a_kl * T^2 * KL(teacher || student) + a_mlm * CE` per masked token, `+ a_hidden * hidden` per real token."""
 
+    objective: Literal[OBJECTIVES] = setting("kd: distillation from the teacher (KL + MLM, + last hidden states); mlm: masked "
+                                             "language modelling alone, no teacher; auto: kd with a teacher, mlm with "
+                                             "teacher.enabled=false", default="auto")
     a_kl: float = setting("weight of the distillation KL term", default=0.5)
     a_mlm: float = setting("weight of the MLM cross-entropy term", default=0.5)
     temperature: float = setting("softmax temperature T, applied to teacher and student", default=2.0)

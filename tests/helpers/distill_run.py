@@ -1,21 +1,27 @@
 """Run a distillation through the library (as `ds-distil distill` does) and record probes for the tests.
 
---merge-ranks K (single process only): feed the trainer the concatenation of the batches that
+--merge-ranks K (single process only): feed the loop the concatenation of the batches that
 ranks 0..K-1 of a K-rank job would get, so a 1-rank run sees exactly the global batches of a
 K-rank run. --probe FILE: rank 0 saves the teacher's parameter digest before and after training,
-the trained student's parameters and its logits on a fixed input.
+the trained student's parameters and its logits on a fixed input. --objective-extra: train with the test
+objective of extra_objective.py (registered here only, as a contributor's new objective would be), and save
+the engine's state dict keys in the probe.
 """
 
 import argparse
+import dataclasses
 import hashlib
 
 import torch
 import torch.distributed as dist
 
+from ds_distil.cli import setup_logging
 from ds_distil.core.config import load
 from ds_distil.data.stream import MLMStream
-from ds_distil.distill.checkpoint import export_student
-from ds_distil.distill.trainer import setup
+from ds_distil.distill.export import export_student
+from ds_distil.distill.loop import fit
+from ds_distil.distill.setup import setup
+from ds_distil.distill.teacher import LiveTeacher
 from ds_distil.schema.distill import DistillConfig
 
 p = argparse.ArgumentParser()
@@ -23,11 +29,18 @@ p.add_argument("--config", action="append", required=True)
 p.add_argument("--out", required=True)
 p.add_argument("--merge-ranks", type=int, default=1)
 p.add_argument("--probe", default=None)
+p.add_argument("--objective-extra", action="store_true")
 p.add_argument("overrides", nargs="*")
 args = p.parse_args()
 
+setup_logging()  # the console lines `ds-distil distill` prints
 cfg = load(DistillConfig, args.config, args.overrides)
-trainer = setup(cfg, args.out)
+if args.objective_extra:
+    import extra_objective
+
+    extra_objective.register()
+    cfg.loss = dataclasses.replace(cfg.loss, objective=extra_objective.NAME)
+c = setup(cfg, args.out)
 
 
 def digest(module):
@@ -38,10 +51,10 @@ def digest(module):
 
 
 if args.merge_ranks > 1:
-    assert trainer.d.world_size == 1
+    assert c.dist.world_size == 1
     k = args.merge_ranks
-    streams = [MLMStream(trainer.stream.manifest, cfg.data, cfg.train.micro_batch_size // k, rank=r, world_size=k,
-                         keep_ids=trainer.stream.keep_ids) for r in range(k)]
+    streams = [MLMStream(c.stream.manifest, cfg.data, cfg.train.micro_batch_size // k, rank=r, world_size=k,
+                         keep_ids=c.stream.keep_ids) for r in range(k)]
 
     def merged():
         for parts in zip(*(iter(s) for s in streams)):
@@ -51,23 +64,24 @@ if args.merge_ranks > 1:
             batch["positions"] = torch.cat([b["positions"] + r * offset for r, b in enumerate(parts)])
             yield batch
 
-    trainer.batches = merged()
+    c.batches = merged()
 
-teacher_before = digest(trainer.teacher) if trainer.teacher is not None else None
-status = trainer.fit()
+teacher = c.teacher.model if isinstance(c.teacher, LiveTeacher) else None
+teacher_before = digest(teacher) if teacher is not None else None
+status = fit(c)
 assert status == 0
-if trainer.d.rank == 0:
-    export_student(trainer.run_dir)
+if c.dist.rank == 0:
+    export_student(c.checkpoints.run_dir)
     if args.probe:
-        student = trainer.engine.module.model.eval()
+        student = c.engine.module.model.eval()
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(1000, 5000, (2, 16), generator=g)
         with torch.no_grad():
-            logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[..., : trainer.engine.module.vocab]
+            logits = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[..., : c.engine.module.vocab]
         torch.save({
             "teacher_before": teacher_before,
-            "teacher_after": digest(trainer.teacher) if trainer.teacher is not None else None,
+            "teacher_after": digest(teacher) if teacher is not None else None,
             "student": {k: v.detach().clone() for k, v in student.state_dict().items()},
-            "ids": ids, "logits": logits,
+            "ids": ids, "logits": logits, "engine_keys": sorted(c.engine.module.state_dict()),
         }, args.probe)
 dist.barrier()

@@ -17,9 +17,18 @@ import torch.distributed as dist
 
 from ds_distil.data.manifest import load_manifest
 from ds_distil.distill import evaluate
+from ds_distil.distill.batch import Translation
+from ds_distil.distill.objectives.kd import KD
+from ds_distil.distill.objectives.mlm import MLM
+from ds_distil.distill.teacher import LiveTeacher
 from ds_distil.model.build import build_student, build_teacher
 from ds_distil.model.forward import MaskedLM
-from ds_distil.schema.distill import DataConfig, StudentConfig, TeacherConfig
+from ds_distil.schema.distill import (
+    DataConfig,
+    LossConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 
 
 def build(shards: str, batch_size: int, max_samples: int = 0, vocab: str | None = None, teacher: bool = True,
@@ -33,16 +42,17 @@ def build(shards: str, batch_size: int, max_samples: int = 0, vocab: str | None 
     v, pad = int(tok["vocab_size"]), int(tok["pad_id"])
     torch.manual_seed(0)
     t = build_teacher(TeacherConfig(preset="tiny") if teacher else TeacherConfig(enabled=False), v, pad, 1)
-    s_vocab, s_pad, kept, translation, keep_ids = v, pad, None, {}, None
+    s_vocab, s_pad, kept, trimmed, keep_ids = v, pad, None, None, None
     if vocab:
         vmap = load_vocab_map(vocab)
-        s_vocab, s_pad, kept, translation = prepare_trimmed_run(vmap, t, pad, int(tok["unk_id"]), 1)
-        keep_ids = vmap.is_kept()
+        trimmed = prepare_trimmed_run(vmap, t, pad, int(tok["unk_id"]), 1)
+        s_vocab, s_pad, kept, keep_ids = trimmed.vocab, trimmed.pad_id, trimmed.kept, vmap.is_kept()
     student = build_student(StudentConfig(preset="micro", dropout=0.1), s_vocab, s_pad, t, 1, teacher_rows=kept)
+    objective = KD(LossConfig(temperature=temperature)) if t is not None else MLM()
+    signal = LiveTeacher(t, s_vocab, objective.teacher) if t is not None else None
     validator = evaluate.build(manifest, DataConfig(shards=shards, num_workers=0), max_samples, batch_size, torch.device("cpu"),
-                               temperature, rank, world_size, keep_ids=keep_ids,
-                               teacher_lm=MaskedLM(t, s_vocab) if t is not None else None,
-                               id_map=translation.get("id_map"), target_map=translation.get("target_map"))
+                               objective, rank, world_size, keep_ids=keep_ids, teacher=signal,
+                               translation=Translation(trimmed.id_map, trimmed.target_map) if trimmed else None)
     return validator, MaskedLM(student, s_vocab)
 
 

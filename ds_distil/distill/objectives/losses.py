@@ -1,4 +1,4 @@
-"""Distillation losses: pure functions on masked-position logits.
+"""The loss functions objectives are made of: pure functions on masked-position logits and hidden states.
 
 Each function returns a SUM over tokens; the caller divides by the number of masked tokens in the
 global batch (all ranks), so the loss is a per-token mean however the batch is split over ranks
@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ds_distil.data.masking import IGNORE_INDEX
-from ds_distil.schema.distill import LossConfig
 
 
 def kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
@@ -46,41 +45,3 @@ def hidden_sum(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, kind:
     s, t = student_hidden.float(), teacher_hidden.float()
     per_token = 1.0 - F.cosine_similarity(s, t, dim=-1) if kind == "cosine" else (s - t).pow(2).mean(-1)
     return per_token.sum() if weights is None else (per_token * weights).sum()
-
-
-def distillation_losses(
-    cfg: LossConfig,
-    student_logits: torch.Tensor,
-    labels: torch.Tensor,
-    n_masked: torch.Tensor | float,
-    teacher_logits: torch.Tensor | None = None,
-    student_hidden: torch.Tensor | None = None,
-    teacher_hidden: torch.Tensor | None = None,
-    n_hidden: torch.Tensor | float = 1.0,
-    hidden_weights: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """The weighted terms and their total, each a mean per masked token (hidden: per real token).
-
-    `student_logits`/`teacher_logits` are [M, vocab] at the masked positions, `labels` [M]
-    (IGNORE_INDEX on padding rows); n_masked is the masked-token count the sums are divided by (the
-    global one in data-parallel training). Without a teacher only the MLM term is used (teacher
-    conditioning, from-scratch training). The hidden term takes [N, H] states and, optionally,
-    per-token weights (the attention mask: padding tokens count for nothing).
-    """
-    n_masked = torch.as_tensor(n_masked, dtype=torch.float32, device=student_logits.device).clamp(min=1.0)
-    mlm = mlm_sum(student_logits, labels) / n_masked
-    terms = {"mlm": mlm}
-    if teacher_logits is None:
-        terms["total"] = mlm
-        return terms
-    weights = (labels != IGNORE_INDEX).float()
-    kl = kl_sum(student_logits, teacher_logits, cfg.temperature, weights) / n_masked
-    total = cfg.a_kl * cfg.temperature**2 * kl + cfg.a_mlm * mlm
-    terms["kl"] = kl
-    if cfg.a_hidden > 0 and student_hidden is not None:
-        n_hidden = torch.as_tensor(n_hidden, dtype=torch.float32, device=student_logits.device).clamp(min=1.0)
-        hidden = hidden_sum(student_hidden, teacher_hidden, cfg.hidden_kind, hidden_weights) / n_hidden
-        total = total + cfg.a_hidden * hidden
-        terms["hidden"] = hidden
-    terms["total"] = total
-    return terms

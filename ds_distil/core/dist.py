@@ -1,0 +1,50 @@
+"""Collectives and the rank split, written once: what every multi-rank part of ds-distil (claiming a directory,
+streaming, validation, the loop) shares. Each works in a single process without torch.distributed too."""
+
+from __future__ import annotations
+
+import os
+
+
+def initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size): torch.distributed's once it is initialized, else what a launcher set in the environment."""
+    if initialized():
+        import torch.distributed as dist
+
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank_share(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(first position, count) of rank `rank`'s contiguous share of n items: sizes differ by at most one, the first
+    n % world_size ranks take one more."""
+    base, extra = divmod(n, world_size)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+def broadcast(box: list) -> list:
+    """Rank 0's `box` (a list of picklable values) on every rank."""
+    if initialized():
+        import torch.distributed as dist
+
+        if dist.get_world_size() > 1:
+            dist.broadcast_object_list(box, src=0)
+            # and wait for every rank: rank 0 may otherwise leave (and exit) while another still receives,
+            # which gloo answers with an abort in that rank ("terminate called without an active exception")
+            dist.barrier()
+    return box
+
+
+def all_reduce(tensor):
+    """Sum `tensor` over the ranks, in place (nothing to do in a single process)."""
+    if initialized():
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor)
+    return tensor

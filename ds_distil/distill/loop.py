@@ -1,0 +1,213 @@
+"""The distillation loop: `fit(components)` trains a run that ds_distil/distill/setup.py has built.
+
+A micro step is `DistillStep` (ds_distil/distill/step.py): teacher signal and student at the masked positions
+only, the objective's per-global-token terms, DeepSpeed's backward and step, no host sync. The loop accumulates
+the step's statistics on the device; once per optimizer step the ranks exchange one small vector (the statistics,
+a stop request) and the host reads it: the one sync, where DeepSpeed's own step (grad norm, overflow check)
+synchronises anyway. Every `log.every_steps` it logs the total and each of the objective's terms; validation and
+checkpoints are taken at optimizer-step boundaries, the checkpoint carrying the data position.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ds_distil.core import dist
+from ds_distil.core.errors import UserError
+from ds_distil.core.signals import EXIT_PREEMPTED, on_stop_signal, signal_name
+from ds_distil.distill.checkpoint import Checkpoints, tag_for
+from ds_distil.distill.evaluate import Validator, console_line
+from ds_distil.distill.objectives.base import Objective
+from ds_distil.distill.step import DistillStep
+from ds_distil.runtime.engine import Dist, loss_scale
+from ds_distil.runtime.flops import Arch, distill_step_flops
+from ds_distil.runtime.metrics import Metrics
+from ds_distil.schema.distill import DistillConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps
+    micro_steps: int = 0  # micro batches consumed
+    tokens: int = 0  # real (non-padding) tokens seen, all ranks
+    samples: int = 0
+    nonfinite_run: int = 0  # optimizer steps in a row with a non-finite loss (skipped by DeepSpeed)
+    nonfinite_total: int = 0
+    val: dict = field(default_factory=dict)  # the last validation: {"step": N, "val/mlm_loss": ...} (the model card reads it)
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Components:
+    """A distillation run, set up: everything the loop needs, nothing it builds. `setup()` makes the real one; a test
+    hands in small fakes (an engine needs is_gradient_accumulation_boundary, get_lr, get_global_grad_norm, skipped_steps
+    and config; a stream state_dict, position, steps_per_epoch, seq_len)."""
+
+    cfg: DistillConfig
+    dist: Dist
+    engine: Any  # the DeepSpeed engine of the student (and of the objective's own parameters)
+    stream: Any  # this rank's training batches with a position (data.stream.MLMStream)
+    objective: Objective
+    teacher: Any  # the teacher signal (distill.teacher)
+    step: DistillStep
+    validator: Validator | None
+    checkpoints: Checkpoints
+    metrics: Metrics
+    state: TrainerState
+    num_steps: int
+    student_arch: Arch  # for the FLOP count
+    peak_flops: float | None  # of the device, for MFU (None: unknown)
+    device_stats: Any  # runtime.metrics.DeviceStats
+    batches: Iterator[dict] | None = None  # default: iter(stream); a test may feed its own
+
+    def __post_init__(self) -> None:
+        if self.batches is None:
+            self.batches = iter(self.stream)
+
+
+def fit(c: Components) -> int:
+    """Train to c.num_steps (or a stop signal); returns a process exit status (0, or EXIT_PREEMPTED)."""
+    cfg, st = c.cfg, c.state
+    names = c.step.stat_names
+    stop_requested = install_stop_flag()
+    acc = torch.zeros(len(names), dtype=torch.float64)
+    t0, micro_in_window = time.perf_counter(), 0
+    status = 0
+    try:
+        while st.step < c.num_steps:
+            stats, micro, stop = optimizer_step(c, stop_requested)
+            st.step += 1
+            st.micro_steps += micro
+            st.tokens += int(stats[names.index("tokens")])
+            st.samples += int(stats[names.index("samples")])
+            if stats[names.index("nonfinite")] > 0:
+                st.nonfinite_run += 1
+                st.nonfinite_total += 1
+                log.warning("non-finite loss at step %d (%d step(s) in a row); DeepSpeed skipped the update", st.step, st.nonfinite_run)
+                if st.nonfinite_run >= cfg.train.max_nonfinite_steps:
+                    raise UserError(
+                        f"loss was NaN/inf for {st.nonfinite_run} optimizer steps in a row at step {st.step}; stopping "
+                        "instead of burning compute: lower train.lr, use ds_configs/zero2-bf16.json instead of fp16, "
+                        "or check the data"
+                    )
+            else:
+                st.nonfinite_run = 0
+                acc += stats
+                micro_in_window += micro
+            c.metrics.step(1, loss=f"{stats[0].item() / micro:.3f}")
+            if st.step % cfg.log.every_steps == 0 or st.step == c.num_steps:
+                log_window(c, acc, max(micro_in_window, 1), time.perf_counter() - t0)
+                acc.zero_()
+                t0, micro_in_window = time.perf_counter(), 0
+            stop = stop and st.step < c.num_steps  # at the end: just finish
+            if validation_due(c):  # before the checkpoint, which then holds the figures
+                validate(c)
+            every = cfg.checkpoint.every_steps
+            if stop or st.step == c.num_steps or (every and st.step % every == 0):
+                st.data = c.stream.state_dict()
+                c.checkpoints.save(st.step, trainer={k: v for k, v in asdict(st).items() if k != "data"}, data=st.data)
+            if stop:
+                log.warning("stop requested by signal: checkpoint %s written; exiting for requeue (--resume continues)", tag_for(st.step))
+                status = EXIT_PREEMPTED
+                break
+    finally:
+        c.metrics.close()
+    return status
+
+
+def optimizer_step(c: Components, stop_requested) -> tuple[torch.Tensor, int, bool]:
+    """Micro steps up to the next optimizer-step boundary; then the one exchange between ranks (with whether a stop
+    was requested on this rank by then). Returns (the step's statistics summed over ranks and micro steps, micro
+    steps, stop requested on any rank)."""
+    device = c.dist.device
+    step_acc = torch.zeros(len(c.step.stat_names), dtype=torch.float64, device=device)
+    micro = 0
+    while True:
+        boundary = c.engine.is_gradient_accumulation_boundary()
+        step_acc += c.step(next(c.batches))
+        micro += 1
+        if boundary:
+            break
+    exchange = torch.cat([step_acc, torch.tensor([float(stop_requested())], dtype=torch.float64, device=device)])
+    exchange = dist.all_reduce(exchange).cpu()  # the sync
+    return exchange[:-1], micro, bool(exchange[-1] > 0)
+
+
+def log_window(c: Components, acc: torch.Tensor, micro: int, elapsed: float) -> None:
+    """`acc`: the statistics summed over ranks and the window's `micro` (finite) micro steps."""
+    names, e, st = c.step.stat_names, c.engine, c.state
+    mean = acc / micro
+    masked_per_rank_step = acc[names.index("masked")].item() / micro / c.dist.world_size
+    flops = micro * distill_step_flops(c.student_arch, c.teacher.arch, c.cfg.train.micro_batch_size, c.stream.seq_len,
+                                       masked_per_rank_step)
+    values = {"loss/total": mean[names.index("total")].item()}
+    values.update({t.log_key: mean[names.index(t.name)].item() for t in c.objective.terms})
+    values.update({
+        "lr": e.get_lr()[0],
+        "throughput/tokens_per_s": acc[names.index("tokens")].item() / elapsed,
+        "throughput/samples_per_s": acc[names.index("samples")].item() / elapsed,
+        "train/tokens_seen": float(st.tokens),
+        "train/epoch": c.stream.position.epoch + c.stream.position.step / c.stream.steps_per_epoch,
+        "train/overflow_skipped_steps": float(e.skipped_steps),
+        "train/nonfinite_skipped_steps": float(st.nonfinite_total),
+    })
+    if c.step.last is not None:
+        for key, pair in c.teacher.log_values(c.step.last).items():  # (sum, count) on this rank
+            pair = dist.all_reduce(pair)
+            values[key] = (pair[0] / pair[1].clamp(min=1)).item()
+    norm = e.get_global_grad_norm()
+    if norm is not None:
+        values["grad_norm"] = float(norm)
+    scale = loss_scale(e)
+    if scale is not None:
+        values["loss_scale"] = scale
+    values["throughput/tflops_per_device"] = flops / elapsed / 1e12
+    if c.peak_flops:
+        values["throughput/mfu"] = flops / elapsed / c.peak_flops
+    values.update(c.device_stats.read())
+    c.metrics.scalars(st.step, values)
+    if c.dist.rank == 0:
+        terms = "".join(f"{t.label or t.name} {values[t.log_key]:.4f} | " for t in c.objective.terms)
+        log.info("step %d/%d | loss %.4f | %slr %.2e | %.0f tokens/s%s", st.step, c.num_steps, values["loss/total"], terms,
+                 values["lr"], values["throughput/tokens_per_s"], f" | MFU {values['throughput/mfu']:.1%}" if "throughput/mfu" in values else "")
+
+
+def validation_due(c: Components) -> bool:
+    # a function of the step alone, so every rank agrees (the evaluation ends in a collective);
+    # also when stopping for a signal, so a preempted run logs what an uninterrupted one does
+    every, step = c.cfg.log.eval_every_steps, c.state.step
+    return c.validator is not None and (step == c.num_steps or bool(every and step % every == 0))
+
+
+def validate(c: Components) -> None:
+    values = c.validator(c.engine)
+    c.state.val = {"step": c.state.step, **values}
+    c.metrics.scalars(c.state.step, values)
+    if c.dist.rank == 0:
+        log.info("%s", console_line(c.state.step, values, c.objective.terms))
+
+
+def install_stop_flag():
+    """SIGUSR1/SIGTERM set a flag (and do nothing else: the step and any checkpoint being written go on undisturbed,
+    however many signals arrive; a SIGKILL mid-write leaves the previous checkpoint as `latest`). Returns a function
+    that reads the flag."""
+    requested = [False]
+
+    def request_stop(signum: int):
+        again, requested[0] = requested[0], True  # first: a nested call must see it
+        if again:
+            log.warning("received %s again: already stopping; the checkpoint is written whole first", signal_name(signum))
+        else:
+            log.warning("received %s: will checkpoint after the current step and stop", signal_name(signum))
+
+    on_stop_signal(request_stop)
+    return lambda: requested[0]
+

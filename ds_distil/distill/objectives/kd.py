@@ -1,0 +1,56 @@
+"""`kd`: the paper's objective. `a_kl * T^2 * KL(teacher || student) + a_mlm * MLM` per masked token, both softmaxes
+at temperature T (Hinton et al.; the T^2 keeps the gradients' size when T changes), plus, when `a_hidden` > 0,
+`a_hidden` times a last-hidden-state term (1 - cosine, or mean squared error) per real token, for a student as
+wide as its teacher."""
+
+from __future__ import annotations
+
+import torch
+
+from ds_distil.core.errors import UserError
+from ds_distil.distill.batch import Batch
+from ds_distil.distill.objectives.base import Needs, Objective, Outputs, Term, mlm_term
+from ds_distil.distill.objectives.losses import hidden_sum, kl_sum, mlm_sum
+from ds_distil.schema.distill import LossConfig
+
+
+class KD(Objective):
+    name = "kd"
+
+    def __init__(self, cfg: LossConfig):
+        self.cfg = cfg
+        T = cfg.temperature
+        terms = [mlm_term(cfg.a_mlm),
+                 Term("kl", cfg.a_kl * T**2, "masked", f"validation KL(teacher || student) per masked token, at the "
+                      f"training temperature T = {T} (not scaled by T^2)", index_type="kl_divergence")]
+        self.hidden = cfg.a_hidden > 0
+        if self.hidden:
+            terms.append(Term("hidden", cfg.a_hidden, "token", f"validation last-hidden-state {self._hidden_text()} per real token"))
+        self.terms = tuple(terms)
+        self.student = self.teacher = Needs(logits=True, hidden=(-1,) if self.hidden else ())
+
+    def _hidden_text(self) -> str:
+        return "distance 1 - cosine" if self.cfg.hidden_kind == "cosine" else "mean squared error"
+
+    def sums(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> dict[str, torch.Tensor]:
+        (s_logits, s_hidden), (t_logits, t_hidden) = student, teacher
+        out = {"mlm": mlm_sum(s_logits, batch.targets), "kl": kl_sum(s_logits, t_logits, self.cfg.temperature, batch.masked)}
+        if self.hidden:
+            s, t = s_hidden[-1], t_hidden[-1]
+            out["hidden"] = hidden_sum(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), self.cfg.hidden_kind, batch.real)
+        return out
+
+    def formula(self) -> str:
+        c = self.cfg
+        text = f"`{c.a_kl} * T^2 * KL(teacher || student) + {c.a_mlm} * MLM` at temperature T = {c.temperature}, per masked token"
+        if self.hidden:
+            text += f", + {c.a_hidden} x a {c.hidden_kind} last-hidden-state term per real token"
+        return text
+
+    def check(self, teacher_config, student_config) -> None:
+        if teacher_config is None:
+            raise UserError("loss.objective kd distils from a teacher, but teacher.enabled is false; set teacher.enabled=true "
+                            "(and teacher.pretrained, config or preset), or loss.objective=mlm to train without one")
+        if self.hidden and teacher_config.hidden_size != student_config.hidden_size:
+            raise UserError(f"loss.a_hidden needs equal hidden sizes (teacher {teacher_config.hidden_size}, student "
+                            f"{student_config.hidden_size}); set loss.a_hidden=0")

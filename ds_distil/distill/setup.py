@@ -1,0 +1,246 @@
+"""Set-up of a distillation run: from the run config to the `Components` the loop trains with.
+
+In order: claim --out (core.rundir), read the shards' manifest and a target-language vocabulary, check the
+vocabularies of everything pretrained, build teacher and student (model surgery for a trimmed vocabulary), the
+objective (it checks the pair) and the stream, fill the DeepSpeed config, compare a resumed run's settings with its
+checkpoint's (refused before anything is written or loaded), write the run's record (resolved config, DeepSpeed
+JSON, environment, the student's config and tokenizer), start the engine, place the teacher, restore the
+checkpoint, then the step, the teacher signal, validation, checkpoints and metrics, and say what runs where.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ds_distil.core import rundir
+from ds_distil.core.config import save, to_dict
+from ds_distil.core.dist import broadcast
+from ds_distil.core.env_info import command_line, device_info, versions
+from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write_json
+from ds_distil.data.manifest import load_manifest
+from ds_distil.data.masking import MASKING_RULE
+from ds_distil.data.stream import MLMStream
+from ds_distil.data.vocab import load_vocab_map
+from ds_distil.distill import checkpoint, evaluate, objectives
+from ds_distil.distill import resume as resume_settings
+from ds_distil.distill.batch import Translation
+from ds_distil.distill.loop import Components, TrainerState
+from ds_distil.distill.objectives.base import Objective
+from ds_distil.distill.step import DistillStep
+from ds_distil.distill.teacher import LiveTeacher, NoTeacher
+from ds_distil.model.build import build_student, build_teacher, count_parameters
+from ds_distil.model.forward import MaskedLM
+from ds_distil.model.surgery import TrimmedRun, prepare_trimmed_run
+from ds_distil.model.validate import check_seq_len
+from ds_distil.runtime import engine as eng
+from ds_distil.runtime.flops import Arch, peak_flops
+from ds_distil.runtime.metrics import DeviceStats, Metrics
+from ds_distil.schema.distill import DistillConfig
+
+log = logging.getLogger(__name__)
+
+
+class StudentWithObjective(MaskedLM):
+    """The student as DeepSpeed trains it when the objective has parameters of its own (a projection): they sit
+    under `objective.` beside the model's `model.`, are trained with it, and are left out of the export."""
+
+    def __init__(self, model: torch.nn.Module, vocab: int, objective_module: torch.nn.Module):
+        super().__init__(model, vocab)
+        self.objective = objective_module
+
+
+def setup(cfg: DistillConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Components:
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
+    d = eng.init_distributed()
+    rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "distill", overwrite=overwrite, inputs=_inputs(cfg),
+                                                             ignore=("hostfile",), in_place=True))
+    try:
+        return _build(cfg, rd, resume, d)
+    except BaseException:
+        if d.rank == 0:
+            rd.abort()  # nothing of the old output was touched; a directory we made and left empty goes
+            rd.release()
+        raise
+
+
+def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> Components:
+    run_dir = rd.path
+    manifest = load_manifest(cfg.data.shards)
+    tok = manifest.tokenizer
+    vocab, pad = int(tok["vocab_size"]), int(tok["pad_id"])
+    vmap = None
+    if cfg.student.vocab:  # a target-language vocabulary (ds_distil/data/vocab.py)
+        vmap = load_vocab_map(cfg.student.vocab)
+        vmap.check_shards(manifest)
+    _check_vocabularies(cfg, manifest, vmap)
+    objective = objectives.build(cfg)
+    if objective.teacher is None and cfg.teacher.enabled:
+        raise UserError(f"loss.objective {objective.name} trains without a teacher, but teacher.enabled is true; set "
+                        "teacher.enabled=false, or loss.objective=auto")
+
+    torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
+    multiple = cfg.perf.pad_vocab_multiple
+    teacher = build_teacher(cfg.teacher, vocab, pad, 1 if vmap else multiple)
+    s_vocab, s_pad, kept, trimmed = vocab, pad, None, None
+    if vmap is not None:  # the teacher's LM head over the kept rows only; the student over the kept ids
+        trimmed = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), multiple)
+        s_vocab, s_pad, kept = trimmed.vocab, trimmed.pad_id, trimmed.kept
+    student = build_student(cfg.student, s_vocab, s_pad, teacher, multiple, teacher_rows=kept)
+    objective.check(teacher.config if teacher is not None else None, student.config)
+    check_seq_len(manifest.seq_len, teacher, student, cfg)
+    torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs between ranks
+
+    stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size,
+                       keep_ids=vmap.is_kept() if vmap else None)
+    num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
+    ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
+    settings = resume_settings.fingerprint(cfg, manifest, d.world_size, ds_config, MASKING_RULE)
+    if vmap is not None:  # the vocabulary's content, not only its path
+        settings["student.vocab_kept_sha256"] = vmap.content_sha256
+    tag = _resume_tag(run_dir, d) if resume else None
+    if tag is not None:  # refused before anything is written or loaded
+        saved = resume_settings.saved_fingerprint(json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()))
+        resume_settings.check(saved, settings, tag, derived=False)
+        checkpoint.check_world_size(run_dir, tag, d.world_size)  # with its own way out (export, resize)
+        resume_settings.check(saved, settings, tag, derived=True)
+    _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config)
+    t_params, s_params = count_parameters(teacher), count_parameters(student)
+    trained = (MaskedLM(student, s_vocab) if objective.module is None else StudentWithObjective(student, s_vocab, objective.module))
+    model_engine = eng.initialize(trained, ds_config, cfg.train.weight_decay)
+    t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
+    teacher = eng.place_teacher(teacher, d.device, t_dtype)
+    if trimmed is not None and trimmed.full_head is not None:
+        trimmed.full_head.to(device=d.device, dtype=t_dtype)
+
+    state = TrainerState()
+    if tag is not None:
+        saved = checkpoint.load(model_engine, run_dir, tag)
+        state = TrainerState(**saved["trainer"], data=saved["data"])
+        stream.load_state_dict(saved["data"])
+        log.info("resumed from step %d (%s; epoch %d, micro batch %d of it)", state.step, tag, stream.position.epoch, stream.position.step)
+    elif resume:
+        log.info("--resume: no complete checkpoint in %s yet; starting from the beginning", run_dir)
+
+    step = build_step(model_engine, objective, teacher, s_vocab, cfg.loss.temperature, d.device, d.world_size, trimmed,
+                      compile=eng.compile_enabled(cfg.perf, d.device))
+    # held-out validation with the step's own objective, teacher signal and id translation (ds_distil/distill/evaluate.py)
+    validator = evaluate.build(manifest, cfg.data, cfg.log.eval_max_samples, cfg.train.micro_batch_size, d.device, objective,
+                               d.rank, d.world_size, keep_ids=stream.keep_ids, teacher=step.teacher, translation=step.translation)
+    device_stats = DeviceStats(d.device)
+    record = {"config": to_dict(cfg), "resume": settings, "objective": objective.declaration()}
+    c = Components(cfg, d, model_engine, stream, objective, step.teacher, step, validator,
+                   checkpoint.Checkpoints(model_engine, rd, d.rank, cfg.checkpoint.keep, record),
+                   Metrics(run_dir, d.rank == 0, cfg.log.tensorboard, num_steps, state.step), state, num_steps,
+                   Arch.of(student, s_vocab), peak_flops(device_stats.name, cfg.log.peak_tflops), device_stats)
+    if d.rank == 0:
+        _banner(c, manifest, ds_config, vmap, vocab, t_params, s_params, t_dtype, student)
+    return c
+
+
+def build_step(engine, objective: Objective, teacher: torch.nn.Module | None, vocab: int, temperature: float,
+               device: torch.device, world_size: int, trimmed: TrimmedRun | None = None, compile: bool = False) -> DistillStep:
+    """The micro step for `objective`: the teacher signal it needs (the live teacher, placed already, or none) and a
+    trimmed vocabulary's translation. Also what the benchmarks time as "ours"."""
+    signal = NoTeacher() if objective.teacher is None else LiveTeacher(
+        teacher, vocab, objective.teacher, temperature, compile, full_head=trimmed.full_head if trimmed else None,
+        kept=trimmed.kept if trimmed else None)
+    translation = Translation(trimmed.id_map, trimmed.target_map) if trimmed else None
+    return DistillStep(engine, objective, signal, device, world_size, translation, compile=compile)
+
+
+def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params: dict, s_params: dict, t_dtype, student) -> None:
+    """What runs where, on rank 0's console."""
+    cfg, d, stream, t = c.cfg, c.dist, c.stream, c.cfg.train
+    global_batch = t.micro_batch_size * t.grad_accum_steps * d.world_size
+    source = cfg.teacher.pretrained or cfg.teacher.config or (f"preset {cfg.teacher.preset}" if cfg.teacher.preset else None)
+    log.info("distill: %d rank(s), backend %s, device %s, student precision %s", d.world_size, d.backend, d.device, eng.precision(ds_config))
+    log.info("perf: vocabulary rows %d (padded to a multiple of %d), torch.compile %s, fused AdamW %s", student.config.vocab_size,
+             cfg.perf.pad_vocab_multiple, "on" if eng.compile_enabled(cfg.perf, d.device) else "off",
+             "on" if ds_config["optimizer"]["params"].get("fused") else "off")
+    log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
+             if isinstance(c.teacher, LiveTeacher) else "none (MLM only)")
+    if vmap is not None:
+        log.info("vocabulary: %s, %d of %d tokens kept; the teacher's head and the KL run over them", vmap.directory, vmap.size, vocab)
+    sc = student.config
+    arch = f"{sc.num_hidden_layers} layers x {sc.hidden_size} hidden, {sc.intermediate_size} FFN, {sc.num_attention_heads} heads"
+    log.info("student: %s (%s), %.1fM params (%.1fM embeddings), %.1fM trainable", cfg.student.pretrained or cfg.student.preset or "custom",
+             arch, s_params["total"] / 1e6, s_params["embeddings"] / 1e6, s_params["trainable"] / 1e6)
+    log.info("batch: micro %d x accumulation %d x %d rank(s) = %d samples (%d tokens) per optimizer step",
+             t.micro_batch_size, t.grad_accum_steps, d.world_size, global_batch, global_batch * stream.seq_len)
+    log.info("data: %s, %s train samples (%s tokens) in %d shards, %d micro batches per epoch per rank", cfg.data.shards,
+             f"{stream.n_samples:,}", f"{manifest.data['splits']['train']['tokens']:,}", len(stream.shards), stream.steps_per_epoch)
+    log.info("run: %d optimizer steps (%.2f epochs) from step %d; objective %s: %s", c.num_steps,
+             c.num_steps * t.grad_accum_steps / stream.steps_per_epoch, c.state.step, c.objective.name, c.objective.formula())
+    if c.validator is not None:
+        every = cfg.log.eval_every_steps
+        log.info("validation: %s of the %s samples of the held-out split, %s; masks fixed by sample", f"{c.validator.n_samples:,}",
+                 f"{c.validator.stream.n_samples:,}", f"every {every} steps and at the end" if every else "at the end")
+
+
+def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, tokenizer_dir: Path, ds_config: dict) -> None:
+    if checkpoint.latest_tag(run_dir / "checkpoints") is not None and not resume:
+        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it, --overwrite to replace it "
+                        "(swapped in at the new run's first checkpoint), or choose another --out")
+    if d.rank == 0:
+        save(cfg, run_dir / "run_config.yaml")
+        atomic_write_json(run_dir / "ds_config.json", ds_config)
+        atomic_write_json(run_dir / "environment.json", {"versions": versions(), "device": device_info(), "world_size": d.world_size,
+                                                         "backend": d.backend, "started_by": command_line()})
+        student.config.save_pretrained(str(run_dir / "student_config"))
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(run_dir / "tokenizer"))  # the student's
+    dist.barrier()
+
+
+def _resume_tag(run_dir: Path, d: eng.Dist) -> str | None:
+    """Rank 0 picks the newest intact checkpoint (newer damaged ones are set aside and reported); all ranks learn it."""
+    box = list(checkpoint.choose_tag(run_dir)) if d.rank == 0 else [None, []]
+    tag, notes = broadcast(box)
+    if d.rank == 0:
+        for note in notes:
+            log.warning("--resume: %s", note)
+        if notes:
+            log.warning("--resume: continuing from %s", tag or "the beginning (no intact checkpoint left)")
+    return tag
+
+
+def _inputs(cfg: DistillConfig) -> list[Path]:
+    """What the run reads: --out may not be, hold or lie inside any of it."""
+    from ds_distil.data.tokenizer import looks_like_path
+
+    names = [cfg.data.shards, cfg.deepspeed.config, cfg.teacher.config, cfg.teacher.pretrained, cfg.student.pretrained,
+             cfg.student.vocab]
+    return [Path(n) for n in names if n and (Path(n).exists() or looks_like_path(n))]
+
+
+def _check_vocabularies(cfg: DistillConfig, manifest, vmap=None) -> None:
+    """A pretrained teacher or student brings its own tokenizer: it must be the shards' one (a student
+    with a trimmed vocabulary: the vocabulary directory's)."""
+    from ds_distil.data.tokenizer import load_tokenizer, vocab_hash
+
+    for what, name in (("teacher", cfg.teacher.pretrained if cfg.teacher.enabled else None), ("student", cfg.student.pretrained)):
+        if not name:
+            continue
+        try:
+            tok = load_tokenizer(name)
+        except UserError:
+            log.warning("%s %s has no tokenizer to compare with the shards'; checking the vocabulary size only", what, name)
+            continue
+        if what == "student" and vmap is None and len(tok) < int(manifest.tokenizer["vocab_size"]):
+            raise UserError(f"the student '{name}' has a {len(tok):,}-token vocabulary, the shards {int(manifest.tokenizer['vocab_size']):,}: "
+                            "a student trimmed to a target-language vocabulary needs student.vocab=VOCAB_DIR (the one it was trimmed to)")
+        if what == "student" and vmap is not None:
+            if vocab_hash(tok) != vmap.trimmed_sha256:
+                raise UserError(f"the student '{name}' has another vocabulary (size {len(tok)}) than student.vocab {vmap.directory} "
+                                f"({vmap.size}); trim it with `ds-distil trim --model {name} --vocab {vmap.directory}` first")
+            continue
+        manifest.check_tokenizer(vocab_hash(tok), len(tok), what=f"the {what} '{name}'")
+
