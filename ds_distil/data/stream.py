@@ -24,7 +24,6 @@ exactly-once epochs when the shard count is not a multiple of ranks x workers.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import random
@@ -38,8 +37,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ds_distil.core.dist import rank_share, rank_world
 from ds_distil.core.errors import CorruptShardError, UserError
-from ds_distil.data.manifest import SAMPLE_KEY, Manifest
+from ds_distil.data.manifest import Manifest
 from ds_distil.data.masking import mask_tokens, max_masked_per_sample, static_positions
+from ds_distil.data.samples import read_shard
 from ds_distil.schema.distill import DataConfig
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,6 @@ class _EpochDataset(IterableDataset):
         Each sample is checked as it is read (.npy of int32[seq_len], ids inside the vocabulary), so a
         corrupt shard is named here, or with skip_corrupt_shards the rest of it is skipped and counted.
         """
-        from webdataset.tariterators import tar_file_iterator
-
         pos = 0
         for path, n in self._epoch_order():
             if count <= 0:
@@ -132,37 +130,17 @@ class _EpochDataset(IterableDataset):
             try:
                 if path in self.bad_shards:
                     raise CorruptShardError(path, self.bad_shards[path])
-                with open(path, "rb") as f:
-                    for i, member in enumerate(tar_file_iterator(f)):
-                        if i < skip:
-                            continue
-                        yield self._decode(path, member["fname"], member["data"])
-                        got += 1
-                        if got == take:
-                            break
-                if got < take:
-                    raise CorruptShardError(path, f"ended after {skip + got} samples, the manifest says {n} (truncated?)")
-            except Exception as e:  # CorruptShardError, or tarfile.ReadError, EOFError, ...: the tar itself is broken
-                if not isinstance(e, CorruptShardError):
-                    e = CorruptShardError(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                for sample in read_shard(path, self.seq_len, self.vocab_size, n, skip, take):
+                    yield sample
+                    got += 1
+            except CorruptShardError as e:
                 if not self.cfg.skip_corrupt_shards:
-                    raise e from None
+                    raise
                 self.skipped_shards += 1
                 log.warning("skipping the rest of corrupt shard %s (%d samples; %d shard(s) skipped by this worker): %s",
                             path, take - got, self.skipped_shards, e.what)
             count -= take
             start = pos
-
-    def _decode(self, path: str, fname: str, data: bytes) -> tuple[np.ndarray, int]:
-        if not fname.endswith("." + SAMPLE_KEY):
-            raise CorruptShardError(path, f"unexpected member {fname!r}")
-        try:
-            ids = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-        except Exception as e:
-            raise CorruptShardError(path, f"sample {fname} is not a valid .npy ({e})") from None
-        if ids.shape != (self.seq_len,) or ids.dtype != np.int32 or ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise CorruptShardError(path, f"sample {fname} is not int32[{self.seq_len}] ids below {self.vocab_size}")
-        return ids, int(fname[fname.index("-") + 1 : fname.index(".")])
 
     def _worker_items(self, plan: WorkerPlan) -> Iterator[tuple[np.ndarray, int] | None]:
         """The worker's slots in order: its real samples (shuffled), then None for padding."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from ds_distil.core.errors import UserError
+from ds_distil.data.samples import read_shard
 from ds_distil.schema.vocab import VocabConfig
 
 log = logging.getLogger(__name__)
@@ -132,21 +132,12 @@ def load_vocab_map(directory: str | Path) -> VocabMap:
 def count_tokens(manifest, split: str = "train") -> np.ndarray:
     """How often each original id occurs in a split's real (non-padding) tokens; the shards are
     checked against the manifest's sha256 first."""
-    from webdataset.tariterators import tar_file_iterator
-
-    from ds_distil.core.errors import CorruptShardError
-
     manifest.verify(split, checksums=True)
     vocab, pad = int(manifest.tokenizer["vocab_size"]), int(manifest.tokenizer["pad_id"])
     counts = np.zeros(vocab, dtype=np.int64)
     for shard in manifest.shards(split):
-        with open(shard.path, "rb") as f:
-            for member in tar_file_iterator(f):
-                try:
-                    ids = np.lib.format.read_array(io.BytesIO(member["data"]), allow_pickle=False)
-                except Exception as e:
-                    raise CorruptShardError(str(shard.path), f"sample {member['fname']} is not a valid .npy ({e})") from None
-                counts += np.bincount(ids[ids != pad], minlength=vocab)[:vocab]
+        for ids, _ in read_shard(shard.path, manifest.seq_len, vocab, shard.samples):
+            counts += np.bincount(ids[ids != pad], minlength=vocab)[:vocab]
     return counts
 
 
@@ -307,19 +298,11 @@ def _write(tmp: Path, cfg: VocabConfig, manifest, full, trimmed, counts: np.ndar
 
 def _val_texts(manifest, tokenizer, limit: int = 2000) -> list[str]:
     """The validation samples decoded back to text (word boundaries at sample edges are cut)."""
-    from webdataset.tariterators import tar_file_iterator
-
     texts = []
+    vocab = int(manifest.tokenizer["vocab_size"])
     for shard in manifest.shards("val"):
-        with open(shard.path, "rb") as f:
-            for member in tar_file_iterator(f):
-                ids = np.lib.format.read_array(io.BytesIO(member["data"]), allow_pickle=False)
-                texts.append(tokenizer.decode(ids.tolist(), skip_special_tokens=True))
-                if len(texts) >= limit:
-                    return texts
+        for ids, _ in read_shard(shard.path, manifest.seq_len, vocab, shard.samples):
+            texts.append(tokenizer.decode(ids.tolist(), skip_special_tokens=True))
+            if len(texts) >= limit:
+                return texts
     return texts
-
-
-# ------------------------------------------------------------------------------- models
-
-
