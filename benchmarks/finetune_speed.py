@@ -30,15 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import (
-    command_line,
-    device_info,
-    header,
-    parse_or_measure,
-    run_isolated,
-    versions,
-    write_report,
-)
+from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta")

@@ -18,14 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (
-    add_out_argument,
-    command_line,
-    device_info,
-    header,
-    versions,
-    write_report,
-)
+from benchmarks.common import add_out_argument, command_line, device_info, header, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

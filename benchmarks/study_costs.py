@@ -50,13 +50,7 @@ def measure(name: str, steps: int, warmup: int) -> dict:
     from benchmarks.throughput import make_batches
     from ds_distil.model.build import bert_config, build_student
     from ds_distil.model.forward import MaskedLM
-    from ds_distil.runtime.engine import (
-        DS_CONFIGS,
-        ds_config_from,
-        init_distributed,
-        initialize,
-        place_teacher,
-    )
+    from ds_distil.runtime.engine import DS_CONFIGS, ds_config_from, init_distributed, initialize, place_teacher
     from ds_distil.schema.distill import LossConfig, TrainConfig
 
     kind, sizes, teacher_sizes, batch, seq, vocab, precision = CONFIGS[name]

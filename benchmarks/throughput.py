@@ -40,15 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import (
-    command_line,
-    device_info,
-    header,
-    parse_or_measure,
-    run_isolated,
-    versions,
-    write_report,
-)
+from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
 
 VOCAB = 119547
 # --levers: ours with one lever turned off (or changed) at a time
@@ -68,11 +60,7 @@ def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None) -> lis
     masked as the stream masks them."""
     import torch
 
-    from ds_distil.data.masking import (
-        mask_tokens,
-        max_masked_per_sample,
-        static_positions,
-    )
+    from ds_distil.data.masking import mask_tokens, max_masked_per_sample, static_positions
     from ds_distil.schema.distill import DataConfig
 
     cfg = DataConfig(shards="-")
@@ -103,21 +91,9 @@ def measure(spec: dict) -> dict:
     from ds_distil.distill.setup import build_step
     from ds_distil.model.build import build_student, build_teacher
     from ds_distil.model.forward import MaskedLM
-    from ds_distil.runtime.engine import (
-        DS_CONFIGS,
-        ds_config_from,
-        init_distributed,
-        initialize,
-        place_teacher,
-        teacher_dtype,
-    )
+    from ds_distil.runtime.engine import DS_CONFIGS, ds_config_from, init_distributed, initialize, place_teacher, teacher_dtype
     from ds_distil.runtime.flops import Arch, distill_step_flops, peak_flops
-    from ds_distil.schema.distill import (
-        LossConfig,
-        StudentConfig,
-        TeacherConfig,
-        TrainConfig,
-    )
+    from ds_distil.schema.distill import LossConfig, StudentConfig, TeacherConfig, TrainConfig
 
     d = init_distributed()  # a single process: on a port the OS finds free
     device, method, precision = d.device, spec["method"], spec["precision"]

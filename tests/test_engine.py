@@ -9,12 +9,7 @@ from conftest import ROOT
 
 from ds_distil.core.config import from_dict, load
 from ds_distil.core.errors import UserError
-from ds_distil.runtime.engine import (
-    build_ds_config,
-    resolve_ds_json,
-    teacher_dtype,
-    total_steps,
-)
+from ds_distil.runtime.engine import build_ds_config, resolve_ds_json, teacher_dtype, total_steps
 from ds_distil.schema.distill import DistillConfig
 
 CPU = torch.device("cpu")

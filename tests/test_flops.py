@@ -2,13 +2,7 @@
 
 import pytest
 
-from ds_distil.runtime.flops import (
-    Arch,
-    distill_step_flops,
-    encoder_flops,
-    head_flops,
-    peak_flops,
-)
+from ds_distil.runtime.flops import Arch, distill_step_flops, encoder_flops, head_flops, peak_flops
 
 
 def test_encoder_flops_by_hand():

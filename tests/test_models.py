@@ -84,11 +84,7 @@ def test_embeddings_of_other_size_are_refused_or_projected():
 def test_pre_ln_student_is_a_megatron_bert_that_the_pipeline_and_auto_classes_handle(tmp_path):
     """student.norm=pre: the masked-only forward, vocabulary padding, embedding copy from a post-LN
     teacher and the Hugging Face round trip (finetuning loads it with AutoModelFor*) all work on it."""
-    from transformers import (
-        AutoModelForMaskedLM,
-        AutoModelForSequenceClassification,
-        MegatronBertForMaskedLM,
-    )
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, MegatronBertForMaskedLM
 
     from ds_distil.model.forward import masked_lm_forward
     from ds_distil.model.surgery import pad_vocab, unpad_vocab

@@ -65,11 +65,7 @@ def _is_architecture_file(model: str) -> bool:
 def build_model(model: str, task: Task, tokenizer):
     """A hub name or HF directory (pretrained encoder, new classifier head), or random weights: an
     architecture preset or a config.json file (any size: e.g. an exported student's, for its From Scratch row)."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        RobertaConfig,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, RobertaConfig
 
     from ds_distil.model.build import PRESET_SIZES, bert_config
 

@@ -23,12 +23,7 @@ from ds_distil.distill.objectives.mlm import MLM
 from ds_distil.distill.teacher import LiveTeacher
 from ds_distil.model.build import build_student, build_teacher
 from ds_distil.model.forward import MaskedLM
-from ds_distil.schema.distill import (
-    DataConfig,
-    LossConfig,
-    StudentConfig,
-    TeacherConfig,
-)
+from ds_distil.schema.distill import DataConfig, LossConfig, StudentConfig, TeacherConfig
 
 
 def build(shards: str, batch_size: int, max_samples: int = 0, vocab: str | None = None, teacher: bool = True,
