@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 ERROR_KEY = "__corrupt_shard__"
 
 
-def _seed(*parts: int) -> int:
+def derive_seed(*parts) -> int:
+    """A 64-bit seed from the parts (seed, epoch, rank, a name, ...): every random choice of the stream and of
+    validation's fixed masks is a pure function of what it is for."""
     return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
@@ -107,7 +109,7 @@ class _EpochDataset(IterableDataset):
     def _epoch_order(self) -> list[tuple[str, int]]:
         if not self.shuffle:
             return self.shards
-        perm = np.random.default_rng(_seed(self.split_seed, self.epoch, "shards")).permutation(len(self.shards))
+        perm = np.random.default_rng(derive_seed(self.split_seed, self.epoch, "shards")).permutation(len(self.shards))
         return [self.shards[i] for i in perm]
 
     def _read_range(self, start: int, count: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -148,7 +150,7 @@ class _EpochDataset(IterableDataset):
         if self.shuffle:
             from webdataset.filters import _shuffle
 
-            rng = random.Random(_seed(self.split_seed, self.epoch, self.rank, plan.start, "buffer"))
+            rng = random.Random(derive_seed(self.split_seed, self.epoch, self.rank, plan.start, "buffer"))
             size = min(self.cfg.shuffle_buffer, max(plan.real, 1))
             items = _shuffle(items, bufsize=size, initial=size, rng=rng)
         n = 0
@@ -165,7 +167,7 @@ class _EpochDataset(IterableDataset):
         pad = (np.full(self.seq_len, self.pad_id, dtype=np.int32), -1)
         decoded = [pad if it is None else it for it in items]
         ids = torch.from_numpy(np.stack([d[0] for d in decoded]).astype(np.int64))
-        g = torch.Generator().manual_seed(_seed(self.split_seed, self.epoch, self.rank, step, "mask") % 2**63)
+        g = torch.Generator().manual_seed(derive_seed(self.split_seed, self.epoch, self.rank, step, "mask") % 2**63)
         batch = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id, self.cfg, g)
         batch["attention_mask"] = (ids != self.pad_id).long()
         batch["index"] = torch.tensor([d[1] for d in decoded], dtype=torch.long)
@@ -232,7 +234,7 @@ class MLMStream:
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.workers = max(cfg.num_workers, 1)
         self.shuffle = cfg.shuffle if shuffle is None else shuffle
-        self.seed = _seed(cfg.seed, split)
+        self.seed = derive_seed(cfg.seed, split)
         tok = manifest.tokenizer
         self.seq_len, self.vocab_size = manifest.seq_len, int(tok["vocab_size"])
         self.pad_id, self.mask_id = int(tok["pad_id"]), int(tok["mask_id"])

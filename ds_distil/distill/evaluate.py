@@ -40,7 +40,7 @@ import torch.distributed as dist
 from ds_distil.core.dist import rank_share
 from ds_distil.data.manifest import Manifest
 from ds_distil.data.masking import IGNORE_INDEX, mask_tokens, static_positions
-from ds_distil.data.stream import MLMStream, _seed
+from ds_distil.data.stream import MLMStream, derive_seed
 from ds_distil.distill.batch import Translation, to_device
 from ds_distil.distill.objectives.base import Metric, Objective, Term
 from ds_distil.distill.teacher import NoTeacher
@@ -83,7 +83,7 @@ class Validator:
     def mask(self, ids: np.ndarray, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels) of one sample: its masks depend on its index in the split alone."""
         s = self.stream
-        g = torch.Generator().manual_seed(_seed(VAL_MASK_SEED, "val-mask", index) % 2**63)
+        g = torch.Generator().manual_seed(derive_seed(VAL_MASK_SEED, "val-mask", index) % 2**63)
         out = mask_tokens(torch.from_numpy(ids.astype(np.int64))[None], s.special_ids, s.random_ids, s.mask_id, s.cfg, g)
         return out["input_ids"][0], out["labels"][0]
 
