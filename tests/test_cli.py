@@ -73,3 +73,12 @@ def test_demo_without_data_says_where_to_point_it(tmp_path):
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "DS_DISTIL_DATA" in proc.stderr and "--hf-dataset oscar-corpus/OSCAR-2301" in proc.stderr
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    """`ds-distil --help` and every command's --help answer from the schemas (ds_distil/schema/): no torch, no
+    transformers, no deepspeed imported for a help text."""
+    code = ("import sys\nfrom ds_distil.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
