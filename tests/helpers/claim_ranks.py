@@ -6,7 +6,7 @@ import sys
 
 from ds_distil.core.errors import UserError
 from ds_distil.core.rundir import claim, claim_on_rank0
-from ds_distil.runtime.engine import init_distributed
+from ds_distil.runtime.engine import close_distributed, init_distributed
 
 d = init_distributed()
 try:
@@ -17,3 +17,4 @@ except UserError as e:
 # one write(2) per line: both ranks share the pipe, and with PYTHONUNBUFFERED print() writes the text
 # and its newline separately, so two ranks' lines could interleave
 os.write(1, line.encode())
+close_distributed()  # every rank waits for the others, then the group goes: no gloo abort at exit (status -6)
