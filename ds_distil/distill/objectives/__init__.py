@@ -19,7 +19,7 @@ OBJECTIVES: dict[str, Callable[[DistillConfig], Objective]] = {
     "mlm": lambda cfg: MLM(),
 }
 
-__all__ = ["OBJECTIVES", "Metric", "Needs", "Objective", "Outputs", "Term", "build", "name_of"]
+__all__ = ["KD", "MLM", "OBJECTIVES", "Metric", "Needs", "Objective", "Outputs", "Term", "build", "name_of"]
 
 
 def name_of(cfg: DistillConfig) -> str:
