@@ -144,13 +144,15 @@ def objective_losses(cfg, student_logits, labels, n_masked, teacher_logits=None,
                      n_hidden=1.0, hidden_weights=None) -> dict:
     """The run's objective on bare tensors (the KD objective, or MLM without teacher logits): {"total", and each term}.
     Logits are [M, vocab] at the masked positions, labels [M] (-100: an empty slot); hidden states [N, H]."""
+    from types import SimpleNamespace
+
     import torch
 
     from ds_distil.distill.objectives.kd import KD
     from ds_distil.distill.objectives.mlm import MLM
 
     objective = KD(cfg) if teacher_logits is not None else MLM()
-    batch = type("Batch", (), {"targets": labels, "masked": (labels != -100).float(), "real": hidden_weights})()
+    batch = SimpleNamespace(targets=labels, masked=(labels != -100).float(), real=hidden_weights)  # what the objectives read
 
     def out(logits, hidden):
         return logits, ({-1: hidden} if hidden is not None else {})

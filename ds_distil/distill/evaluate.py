@@ -42,7 +42,7 @@ from ds_distil.data.manifest import Manifest
 from ds_distil.data.masking import IGNORE_INDEX, mask_tokens, static_positions
 from ds_distil.data.stream import MLMStream, derive_seed
 from ds_distil.distill.batch import Translation, to_device
-from ds_distil.distill.objectives.base import Metric, Objective, Term
+from ds_distil.distill.objectives.base import MLM_LOSS, Metric, Objective, Term
 from ds_distil.distill.teacher import NoTeacher
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ class Validator:
         terms, v = values[: len(self.objective.terms)], dict(zip(COUNTS, values[len(self.objective.terms):]))
         n = {"masked": max(v["masked"], 1.0), "token": max(v["tokens"], 1.0)}
         out = {t.val: s / n[t.per] for t, s in zip(self.objective.terms, terms)}
-        if "val/mlm_loss" in out:
-            out[PERPLEXITY.key] = math.exp(min(out["val/mlm_loss"], 700.0))  # exp overflows a float beyond ~709
+        if MLM_LOSS in out:
+            out[PERPLEXITY.key] = math.exp(min(out[MLM_LOSS], 700.0))  # exp overflows a float beyond ~709
         out[ACCURACY.key] = v["correct"] / n["masked"]
         if self.objective.teacher is not None and self.objective.teacher.logits:
             out[AGREEMENT.key] = v["agree"] / n["masked"]
@@ -175,7 +175,7 @@ def console_line(step: int, values: dict[str, float], terms: tuple[Term, ...]) -
     line = f"step {step} validation"
     for t in terms:
         line += f" | {t.label or t.name} {values[t.val]:.4f}"
-        if t.val == "val/mlm_loss":
+        if t.val == MLM_LOSS:
             line += f" | perplexity {values[PERPLEXITY.key]:.2f}"
     if AGREEMENT.key in values:
         line += f" | top-1 agreement {values[AGREEMENT.key]:.2%}"

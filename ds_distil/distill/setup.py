@@ -165,7 +165,7 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
              cfg.perf.pad_vocab_multiple, "on" if eng.compile_enabled(cfg.perf, d.device) else "off",
              "on" if ds_config["optimizer"]["params"].get("fused") else "off")
     log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
-             if isinstance(c.teacher, LiveTeacher) else "none (MLM only)")
+             if c.objective.teacher is not None else "none (MLM only)")
     if vmap is not None:
         log.info("vocabulary: %s, %d of %d tokens kept; the teacher's head and the KL run over them", vmap.directory, vmap.size, vocab)
     sc = student.config

@@ -69,10 +69,13 @@ class Term:
         return Metric(self.val, self.index_type, self.description)
 
 
+MLM_LOSS = "val/mlm_loss"  # the MLM term's validation key: validation's perplexity is its exp
+
+
 def mlm_term(weight: float) -> Term:
     """The student's MLM cross-entropy against the original tokens: every objective here has it, and validation
     derives the perplexity from it."""
-    return Term("mlm", weight, "masked", "validation MLM loss (nats per masked token)", val_key="val/mlm_loss", label="mlm loss")
+    return Term("mlm", weight, "masked", "validation MLM loss (nats per masked token)", val_key=MLM_LOSS, label="mlm loss")
 
 
 class Objective:
