@@ -22,10 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ds_distil.data.masking import IGNORE_INDEX
 from ds_distil.distill.batch import Batch
 from ds_distil.distill.objectives.kd import KD
-from ds_distil.model.forward import masked_lm_forward
+from ds_distil.model.forward import Outputs, masked_lm_forward
 from ds_distil.runtime.engine import param_groups
 from ds_distil.schema.distill import LossConfig
 
@@ -50,12 +49,11 @@ class ReferenceDistill:
 
     def _forward_loss(self, input_ids, attention_mask, positions, targets) -> torch.Tensor:
         with torch.no_grad():
-            t_logits, _ = masked_lm_forward(self.teacher, input_ids, attention_mask, positions, self.vocab)
+            t_logits = masked_lm_forward(self.teacher, input_ids, attention_mask, positions, self.vocab).logits
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            s_logits, _ = masked_lm_forward(self.student, input_ids, attention_mask, positions, self.vocab)
+            s_logits = masked_lm_forward(self.student, input_ids, attention_mask, positions, self.vocab).logits
         batch = Batch(input_ids, input_ids, attention_mask, positions, targets, targets, torch.zeros(0))
-        n_masked = (targets != IGNORE_INDEX).sum().float()
-        return self.objective.loss((s_logits, {}), (t_logits, {}), batch, n_masked, n_masked)[0]
+        return self.objective.loss(Outputs(s_logits), Outputs(t_logits), batch, batch.counts())[0]
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.forward_loss(batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"])

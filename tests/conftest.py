@@ -154,10 +154,12 @@ def objective_losses(cfg, student_logits, labels, n_masked, teacher_logits=None,
     objective = KD(cfg) if teacher_logits is not None else MLM()
     batch = SimpleNamespace(targets=labels, masked=(labels != -100).float(), real=hidden_weights)  # what the objectives read
 
+    from ds_distil.model.forward import Outputs
+
     def out(logits, hidden):
-        return logits, ({-1: hidden} if hidden is not None else {})
+        return Outputs(logits, {-1: hidden} if hidden is not None else {})
 
     total, means = objective.loss(out(student_logits, student_hidden),
                                   out(teacher_logits, teacher_hidden) if teacher_logits is not None else None, batch,
-                                  torch.tensor(float(n_masked)), torch.tensor(float(n_hidden)))
+                                  torch.tensor([float(n_masked), float(n_hidden), 1.0]))
     return {"total": total, **{t.name: m for t, m in zip(objective.terms, means)}}

@@ -123,9 +123,10 @@ def test_deepspeed_launcher_two_ranks_smoke_config(small_shards, tmp_path):
     assert early.keys() == final.keys() and not all(torch.equal(early[k], final[k]) for k in early)
 
 
-@pytest.mark.parametrize("trimmed", [False, True], ids=["full-vocab", "trimmed-vocab"])
+@pytest.mark.parametrize("trimmed", [False, True], ids=["full-vocab-kd", "trimmed-vocab-tinybert"])
 def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards, small_vocab, tmp_path, trimmed):
-    extra = {"student.vocab": str(small_vocab), "student.embeddings": "teacher-pca"} if trimmed else {}
+    """The trimmed run also distils with TinyBERT's objective: its projection (64 -> 128) is reduced over the ranks too."""
+    extra = {"student.vocab": str(small_vocab), "student.embeddings": "teacher-pca", "loss.objective": "tinybert"} if trimmed else {}
     common = base_overrides(small_shards, **{"train.max_steps": 8, "checkpoint.every_steps": 0, "student.dropout": 0.0,
                                              "data.shuffle": False, **extra})
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), str(HELPER),
@@ -145,6 +146,9 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
         assert torch.allclose(p, two["student"][name], rtol=1e-4, atol=1e-6), name
         moved += 1
     assert moved > 10
+    assert one["objective"].keys() == two["objective"].keys() == ({"objective.projection.weight", "objective.projection.bias"} if trimmed else set())
+    for name, p in one["objective"].items():
+        assert torch.allclose(p, two["objective"][name], rtol=1e-4, atol=1e-6), name
     # the teacher is bit-identical after training, and the student did train
     assert two["teacher_before"] == two["teacher_after"] and one["teacher_before"] == one["teacher_after"]
     # the export, loaded by transformers alone, gives the trained student's logits
@@ -159,10 +163,11 @@ def torchrun_distill(out, *args):
             "-m", "ds_distil", "distill", "--out", str(out), *args]
 
 
-@pytest.mark.parametrize("trimmed", [False, True], ids=["full-vocab", "trimmed-vocab"])
+@pytest.mark.parametrize("trimmed", [False, True], ids=["full-vocab-kd", "trimmed-vocab-tinybert"])
 def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shards, small_vocab, tmp_path, trimmed):
-    """torchrun -m ds_distil, 2 ZeRO-2 ranks: SIGKILL the whole job after its first checkpoint, resume."""
-    extra = {"student.vocab": str(small_vocab)} if trimmed else {}
+    """torchrun -m ds_distil, 2 ZeRO-2 ranks: SIGKILL the whole job after its first checkpoint, resume. The trimmed run
+    distils with TinyBERT's objective: its projection must come back from the checkpoint as it was."""
+    extra = {"student.vocab": str(small_vocab), "loss.objective": "tinybert"} if trimmed else {}
     common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 16, "checkpoint.every_steps": 8,
                                                                    "checkpoint.keep": 5, "train.micro_batch_size": 4, **extra})]
     run(torchrun_distill(tmp_path / "whole", *common))

@@ -57,8 +57,8 @@ def test_masked_only_path_equals_full_logits_reference(temperature):
     flat = labels.view(-1)
     positions = (flat != -100).nonzero().squeeze(1)
     with torch.no_grad():
-        t_logits, _ = masked_lm_forward(teacher, ids, attention, positions)
-    s_logits, _ = masked_lm_forward(student, ids, attention, positions)
+        t_logits = masked_lm_forward(teacher, ids, attention, positions).logits
+    s_logits = masked_lm_forward(student, ids, attention, positions).logits
     ours = objective_losses(cfg, s_logits, flat[positions], positions.numel(), t_logits)
     ours["total"].backward()
     ours_grads = [p.grad.clone() for p in student.parameters()]
@@ -141,8 +141,8 @@ def test_padded_vocabulary_and_static_positions_equal_the_plain_full_logits_refe
     n_real = int((labels != -100).sum())
     assert positions.numel() > n_real and (targets[n_real:] == -100).all()
     with torch.no_grad():
-        t_logits, _ = MaskedLM(p_teacher, VOCAB)(ids, attention, positions)
-    s_logits, _ = MaskedLM(p_student, VOCAB)(ids, attention, positions)
+        t_logits = MaskedLM(p_teacher, VOCAB)(ids, attention, positions).logits
+    s_logits = MaskedLM(p_student, VOCAB)(ids, attention, positions).logits
     assert s_logits.shape == (positions.numel(), VOCAB)
     ours = objective_losses(cfg, s_logits, targets, n_real, t_logits)
     ours["total"].backward()

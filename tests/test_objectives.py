@@ -47,9 +47,9 @@ def test_kd_refuses_a_pair_it_cannot_distil():
 
     kd = objectives.KD(LossConfig(a_hidden=0.5))
     with pytest.raises(UserError, match="loss.a_hidden needs equal hidden sizes \\(teacher 128, student 64\\)"):
-        kd.check(BertConfig(hidden_size=128), BertConfig(hidden_size=64))
+        kd.bind(BertConfig(hidden_size=128), BertConfig(hidden_size=64))
     with pytest.raises(UserError, match="loss.objective kd distils from a teacher, but teacher.enabled is false"):
-        kd.check(None, BertConfig(hidden_size=64))
+        kd.bind(None, BertConfig(hidden_size=64))
 
 
 def test_an_objective_and_teacher_setting_that_disagree_are_one_line(small_shards, tmp_path):

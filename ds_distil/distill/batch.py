@@ -35,6 +35,12 @@ class Batch:
         """[B x L] 1.0 for a real token, 0.0 for padding."""
         return self.attention_mask.reshape(-1).float()
 
+    def counts(self) -> torch.Tensor:
+        """[3] what this batch's terms are averaged over (objectives.base.COUNTS): masked tokens with a target, real
+        tokens, and real (query, key) pairs: each sample's real length squared, summed."""
+        lengths = self.attention_mask.sum(1).float()
+        return torch.stack([self.masked.sum(), lengths.sum(), lengths.pow(2).sum()])
+
 
 @dataclass
 class Translation:

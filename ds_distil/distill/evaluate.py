@@ -54,7 +54,7 @@ ACCURACY = Metric("val/mlm_accuracy", "accuracy", "validation MLM top-1 accuracy
 AGREEMENT = Metric("val/top1_agreement", "agreement", "validation teacher-student top-1 agreement", percent=True)
 # after the objective's term sums, every rank adds up: student top-1 == target, student top-1 == teacher top-1,
 # masked tokens (with a target the student has), real tokens, samples
-COUNTS = ("correct", "agree", "masked", "tokens", "samples")
+COUNTS = ("correct", "agree", "masked", "tokens", "pairs", "samples")  # what validation adds up beside the terms' sums
 
 
 def has_validation_split(manifest: Manifest) -> bool:
@@ -119,12 +119,13 @@ class Validator:
     def _sums(self, model, raw: dict[str, torch.Tensor]) -> torch.Tensor:
         b = to_device(raw, self.device, self.translation, non_blocking=False)
         teacher = self.teacher(b)
-        student = model(b.student_ids, b.attention_mask, b.positions, self.objective.student.hidden)
+        needs = self.objective.student
+        student = model(b.student_ids, b.attention_mask, b.positions, needs.hidden, needs.qkv)
         terms = self.objective.sums(student, teacher, b)
         real = b.targets != IGNORE_INDEX
-        s_top = student[0].argmax(-1)
-        agree = ((s_top == teacher[0].argmax(-1)) & real).sum() if teacher is not None else torch.zeros((), device=self.device)
-        counts = (((s_top == b.targets) & real).sum(), agree, real.sum(), b.attention_mask.sum(), (b.index >= 0).sum())
+        s_top = student.logits.argmax(-1)
+        agree = ((s_top == teacher.logits.argmax(-1)) & real).sum() if teacher is not None else torch.zeros((), device=self.device)
+        counts = (((s_top == b.targets) & real).sum(), agree, real.sum(), b.attention_mask.sum(), b.counts()[2], (b.index >= 0).sum())
         return torch.stack([x.to(torch.float64) for x in (*(terms[t.name] for t in self.objective.terms), *counts)])
 
     def __call__(self, model) -> dict[str, float]:
@@ -146,7 +147,7 @@ class Validator:
     def metrics(self, acc: torch.Tensor, elapsed: float) -> dict[str, float]:
         values = acc.tolist()
         terms, v = values[: len(self.objective.terms)], dict(zip(COUNTS, values[len(self.objective.terms):]))
-        n = {"masked": max(v["masked"], 1.0), "token": max(v["tokens"], 1.0)}
+        n = {"masked": max(v["masked"], 1.0), "token": max(v["tokens"], 1.0), "pair": max(v["pairs"], 1.0)}
         out = {t.val: s / n[t.per] for t, s in zip(self.objective.terms, terms)}
         if MLM_LOSS in out:
             out[PERPLEXITY.key] = math.exp(min(out[MLM_LOSS], 700.0))  # exp overflows a float beyond ~709

@@ -93,7 +93,7 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
         trimmed = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), multiple)
         s_vocab, s_pad, kept = trimmed.vocab, trimmed.pad_id, trimmed.kept
     student = build_student(cfg.student, s_vocab, s_pad, teacher, multiple, teacher_rows=kept)
-    objective.check(teacher.config if teacher is not None else None, student.config)
+    objective.bind(teacher.config if teacher is not None else None, student.config)  # may build its parameters: same on every rank
     check_seq_len(manifest.seq_len, teacher, student, cfg)
     torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs between ranks
 

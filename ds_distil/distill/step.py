@@ -42,19 +42,19 @@ class DistillStep:
     def __call__(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward, backward and (at an accumulation boundary) the optimizer step; returns the statistics on the device."""
         b = self.last = to_device(raw, self.device, self.translation)
-        real = b.real
-        masked = b.masked.sum()
-        counts = torch.stack([masked, real.sum()])
+        local = b.counts()
+        counts = local.clone()
         if self.world_size > 1:
             dist.all_reduce(counts)  # the global counts every rank divides by
         teacher = self.teacher(b)
-        student = self.engine(b.student_ids, b.attention_mask, b.positions, self.objective.student.hidden)
-        total, means = self.loss(student, teacher, b, counts[0], counts[1])
+        needs = self.objective.student
+        student = self.engine(b.student_ids, b.attention_mask, b.positions, needs.hidden, needs.qkv)
+        total, means = self.loss(student, teacher, b, counts)
         # DeepSpeed averages gradients over ranks; our terms are already shares of the global mean.
         # A non-finite loss gives non-finite gradients, and DeepSpeed skips that optimizer step.
         self.engine.backward(total * self.world_size)
         self.engine.step()
         total = total.detach()
         samples = (b.index >= 0).sum().float()
-        return torch.stack([total, *(m.detach() for m in means), real.sum(), samples, masked,
+        return torch.stack([total, *(m.detach() for m in means), local[1], samples, local[0],
                             (~torch.isfinite(total)).float()]).to(torch.float64)

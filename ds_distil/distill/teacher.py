@@ -17,8 +17,8 @@ from torch import nn
 
 from ds_distil.data.masking import IGNORE_INDEX
 from ds_distil.distill.batch import Batch
-from ds_distil.distill.objectives.base import Needs, Outputs
-from ds_distil.model.forward import MaskedLM, encoder
+from ds_distil.distill.objectives.base import Needs
+from ds_distil.model.forward import MaskedLM, Outputs, encoder
 from ds_distil.runtime.flops import Arch
 
 
@@ -49,7 +49,7 @@ class LiveTeacher:
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> Outputs:
-        return self.lm(batch.input_ids, batch.attention_mask, batch.positions, self.needs.hidden)
+        return self.lm(batch.input_ids, batch.attention_mask, batch.positions, self.needs.hidden, self.needs.qkv)
 
     @torch.no_grad()
     def log_values(self, batch: Batch) -> dict[str, torch.Tensor]:

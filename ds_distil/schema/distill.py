@@ -91,28 +91,57 @@ class StudentConfig:
                              "(drop student.norm or student.pretrained)")
 
 
-OBJECTIVES = ("auto", "kd", "mlm")  # ds_distil/distill/objectives/ implements each (auto: kd or mlm)
+OBJECTIVES = ("auto", "kd", "mlm", "tinybert", "minilmv2")  # ds_distil/distill/objectives/ implements each (auto: kd or mlm)
+# the weights each objective trains with (one of them must be > 0)
+OBJECTIVE_WEIGHTS = {"auto": ("a_kl", "a_mlm", "a_hidden"), "kd": ("a_kl", "a_mlm", "a_hidden"), "mlm": (),
+                     "tinybert": ("a_kl", "a_mlm", "a_attention", "a_layers"), "minilmv2": ("a_kl", "a_mlm", "a_relations")}
 
 
 @dataclasses.dataclass
 class LossConfig:
     """What the student learns from (section `loss`): the objective and its weights. `kd`, the paper's:
-    `a_kl * T^2 * KL(teacher || student) + a_mlm * CE` per masked token, `+ a_hidden * hidden` per real token."""
+    `a_kl * T^2 * KL(teacher || student) + a_mlm * CE` per masked token, `+ a_hidden * hidden` per real token.
+    `tinybert` and `minilmv2` add intermediate-layer terms to the same KL and MLM terms (weight 0 drops a term from
+    the loss; validation still reports the KL and MLM)."""
 
     objective: Literal[OBJECTIVES] = setting("kd: distillation from the teacher (KL + MLM, + last hidden states); mlm: masked "
-                                             "language modelling alone, no teacher; auto: kd with a teacher, mlm with "
-                                             "teacher.enabled=false", default="auto")
+                                             "language modelling alone, no teacher; tinybert: + attention scores and hidden "
+                                             "states of mapped layers (Jiao et al. 2020); minilmv2: + the Q-Q, K-K, V-V "
+                                             "self-attention relations of one teacher layer and the student's last (Wang et al. "
+                                             "2021); auto: kd with a teacher, mlm with teacher.enabled=false", default="auto")
     a_kl: float = setting("weight of the distillation KL term", default=0.5)
     a_mlm: float = setting("weight of the MLM cross-entropy term", default=0.5)
     temperature: float = setting("softmax temperature T, applied to teacher and student", default=2.0)
-    a_hidden: float = setting("weight of the last-hidden-state term (needs equal hidden sizes)", default=0.0)
-    hidden_kind: Literal["cosine", "mse"] = setting("hidden-state term: 1 - cosine, or mean squared error", default="cosine")
+    a_hidden: float = setting("kd: weight of the last-hidden-state term (needs equal hidden sizes)", default=0.0)
+    hidden_kind: Literal["cosine", "mse"] = setting("kd: hidden-state term: 1 - cosine, or mean squared error", default="cosine")
+    a_attention: float = setting("tinybert: weight of the attention-score MSE over the mapped layers (needs equal head counts; "
+                                 "0: off)", default=1.0)
+    a_layers: float = setting("tinybert: weight of the hidden-state MSE over the embeddings and the mapped layers, through a "
+                              "learned projection where the student is narrower", default=1.0)
+    layer_map: list[int] | None = setting("tinybert: the teacher layer (1..teacher layers) each student layer learns from, one "
+                                          "per student layer, e.g. [3, 6, 9, 12]; null: uniform, student layer m <- teacher "
+                                          "layer m * L_teacher / L_student", default=None)
+    a_relations: float = setting("minilmv2: weight of the self-attention relation KL", default=1.0)
+    teacher_layer: int = setting("minilmv2: the teacher layer whose relations the student's last layer learns (1..teacher "
+                                 "layers; -1: the last)", default=-1)
+    relation_heads: int = setting("minilmv2: relation heads the queries, keys and values are split into (must divide both "
+                                  "models' hidden sizes)", default=12)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if min(self.a_kl, self.a_mlm, self.a_hidden) < 0 or self.a_kl + self.a_mlm + self.a_hidden == 0:
-            raise ValueError("loss weights must be >= 0 and not all 0")
+        weights = ("a_kl", "a_mlm", "a_hidden", "a_attention", "a_layers", "a_relations")
+        if min(getattr(self, w) for w in weights) < 0:
+            raise ValueError("loss weights must be >= 0")
+        trained = OBJECTIVE_WEIGHTS.get(self.objective, ())  # a contributor's objective checks its own
+        if trained and not any(getattr(self, w) > 0 for w in trained):
+            raise ValueError(f"objective {self.objective} trains with {', '.join(trained)}: they must not all be 0")
+        if self.layer_map is not None and (not self.layer_map or any(not isinstance(x, int) or isinstance(x, bool) for x in self.layer_map)):
+            raise ValueError(f"layer_map must be a list of teacher layer numbers, one per student layer, or null; got {self.layer_map}")
+        if self.relation_heads < 1:
+            raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}")
+        if self.teacher_layer == 0 or self.teacher_layer < -1:
+            raise ValueError(f"teacher_layer must be a layer number >= 1, or -1 for the last, got {self.teacher_layer}")
 
 
 @dataclasses.dataclass

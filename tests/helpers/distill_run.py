@@ -83,5 +83,6 @@ if c.dist.rank == 0:
             "teacher_after": digest(teacher) if teacher is not None else None,
             "student": {k: v.detach().clone() for k, v in student.state_dict().items()},
             "ids": ids, "logits": logits, "engine_keys": sorted(c.engine.module.state_dict()),
+            "objective": {k: v.detach().clone() for k, v in c.engine.module.state_dict().items() if k.startswith("objective.")},
         }, args.probe)
 dist.barrier()

@@ -30,7 +30,7 @@ class Extra(KD):
 
     def sums(self, student, teacher, batch) -> dict[str, torch.Tensor]:
         out = super().sums(student, teacher, batch)
-        h = student[1][-1].float()
+        h = student.hidden[-1].float()
         x = self.module(h.mean(-1, keepdim=True)).reshape(-1)
         out[NAME] = (x.pow(2) * batch.real).sum()
         return out

@@ -19,19 +19,27 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ds_distil.core.errors import UserError
 from ds_distil.distill.batch import Batch
+from ds_distil.model.forward import Outputs  # what a model gives an objective: logits, hidden states, queries/keys/values
 
-# What a model returns to an objective: (logits at the masked positions [M, vocab], {layer: hidden states [B, L, H]})
-Outputs = tuple[torch.Tensor, dict[int, torch.Tensor]]
+COUNTS = ("masked", "token", "pair")  # what a term may be averaged over: Batch.counts(), all-reduced over the ranks
 
 
 @dataclass(frozen=True)
 class Needs:
-    """What an objective reads from one model: its MLM logits at the masked positions, and the hidden states of
-    these layers (0: the embeddings' output, i: layer i's, -1: the last layer's)."""
+    """What an objective reads from one model: its MLM logits at the masked positions, the hidden states of these
+    layers (0: the embeddings' output, i: layer i's, -1: the last layer's), and the self-attention queries, keys and
+    values of these layers (1-based; model.forward.layer_qkv)."""
 
     logits: bool = True
     hidden: tuple[int, ...] = ()
+    qkv: tuple[int, ...] = ()
+
+    @property
+    def intermediate(self) -> bool:
+        """Reads more than the output layer: only a teacher that runs can give it."""
+        return any(layer != -1 for layer in self.hidden) or bool(self.qkv)
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class Term:
 
     name: str
     weight: float
-    per: Literal["masked", "token"]  # averaged per masked token or per real token of the global batch
+    per: Literal["masked", "token", "pair"]  # averaged per masked token, real token, or real (query, key) pair of the global batch
     description: str  # the validation figure, e.g. "validation KL(teacher || student) per masked token, T = 2"
     val_key: str = ""  # default val/<name>
     index_type: str = "loss"
@@ -78,6 +86,18 @@ def mlm_term(weight: float) -> Term:
     return Term("mlm", weight, "masked", "validation MLM loss (nats per masked token)", val_key=MLM_LOSS, label="mlm loss")
 
 
+def kl_term(weight: float, temperature: float) -> Term:
+    """KL(teacher || student) at the masked positions, softmaxes at temperature T (weighted `weight` * T^2)."""
+    return Term("kl", weight * temperature**2, "masked", f"validation KL(teacher || student) per masked token, at the training "
+                f"temperature T = {temperature} (not scaled by T^2)", index_type="kl_divergence")
+
+
+def check_teacher(name: str, teacher_config) -> None:
+    if teacher_config is None:
+        raise UserError(f"loss.objective {name} distils from a teacher, but teacher.enabled is false; set teacher.enabled=true "
+                        "(and teacher.pretrained, config or preset), or loss.objective=mlm to train without one")
+
+
 class Objective:
     name: str = ""
     terms: tuple[Term, ...] = ()
@@ -93,14 +113,17 @@ class Objective:
         """The loss in words and symbols, for the banner and the model card."""
         raise NotImplementedError
 
-    def check(self, teacher_config, student_config) -> None:
-        """Refuse (UserError) a teacher and student this objective cannot be computed for, before anything runs."""
+    def bind(self, teacher_config, student_config) -> None:
+        """Fit the objective to this teacher and student (HF configs; the teacher's None without one), before anything
+        runs: refuse (UserError) a pair it cannot be computed for, resolve what depends on their sizes (layer maps),
+        and build its own parameters (`module`). Called with the RNG seeded by train.seed, after the models are built,
+        so every rank builds the same."""
 
-    def loss(self, student: Outputs, teacher: Outputs | None, batch: Batch, n_masked: torch.Tensor,
-             n_tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(the total trained on, each term's mean in `terms` order): sums divided by the global counts."""
+    def loss(self, student: Outputs, teacher: Outputs | None, batch: Batch,
+             counts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the total trained on, each term's mean in `terms` order): sums divided by the global `counts` (COUNTS)."""
         sums = self.sums(student, teacher, batch)
-        count = {"masked": n_masked.clamp(min=1.0), "token": n_tokens.clamp(min=1.0)}
+        count = dict(zip(COUNTS, counts.clamp(min=1.0)))
         means = [sums[t.name] / count[t.per] for t in self.terms]
         total = None
         for t, mean in zip(self.terms, means):

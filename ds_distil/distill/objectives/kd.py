@@ -9,7 +9,7 @@ import torch
 
 from ds_distil.core.errors import UserError
 from ds_distil.distill.batch import Batch
-from ds_distil.distill.objectives.base import Needs, Objective, Outputs, Term, mlm_term
+from ds_distil.distill.objectives.base import Needs, Objective, Outputs, Term, check_teacher, kl_term, mlm_term
 from ds_distil.distill.objectives.losses import hidden_sum, kl_sum, mlm_sum
 from ds_distil.schema.distill import LossConfig
 
@@ -19,10 +19,7 @@ class KD(Objective):
 
     def __init__(self, cfg: LossConfig):
         self.cfg = cfg
-        T = cfg.temperature
-        terms = [mlm_term(cfg.a_mlm),
-                 Term("kl", cfg.a_kl * T**2, "masked", f"validation KL(teacher || student) per masked token, at the "
-                      f"training temperature T = {T} (not scaled by T^2)", index_type="kl_divergence")]
+        terms = [mlm_term(cfg.a_mlm), kl_term(cfg.a_kl, cfg.temperature)]
         self.hidden = cfg.a_hidden > 0
         if self.hidden:
             terms.append(Term("hidden", cfg.a_hidden, "token", f"validation last-hidden-state {self._hidden_text()} per real token"))
@@ -33,10 +30,9 @@ class KD(Objective):
         return "distance 1 - cosine" if self.cfg.hidden_kind == "cosine" else "mean squared error"
 
     def sums(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> dict[str, torch.Tensor]:
-        (s_logits, s_hidden), (t_logits, t_hidden) = student, teacher
-        out = {"mlm": mlm_sum(s_logits, batch.targets), "kl": kl_sum(s_logits, t_logits, self.cfg.temperature, batch.masked)}
+        out = {"mlm": mlm_sum(student.logits, batch.targets), "kl": kl_sum(student.logits, teacher.logits, self.cfg.temperature, batch.masked)}
         if self.hidden:
-            s, t = s_hidden[-1], t_hidden[-1]
+            s, t = student.hidden[-1], teacher.hidden[-1]
             out["hidden"] = hidden_sum(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), self.cfg.hidden_kind, batch.real)
         return out
 
@@ -47,10 +43,8 @@ class KD(Objective):
             text += f", + {c.a_hidden} x a {c.hidden_kind} last-hidden-state term per real token"
         return text
 
-    def check(self, teacher_config, student_config) -> None:
-        if teacher_config is None:
-            raise UserError("loss.objective kd distils from a teacher, but teacher.enabled is false; set teacher.enabled=true "
-                            "(and teacher.pretrained, config or preset), or loss.objective=mlm to train without one")
+    def bind(self, teacher_config, student_config) -> None:
+        check_teacher(self.name, teacher_config)
         if self.hidden and teacher_config.hidden_size != student_config.hidden_size:
             raise UserError(f"loss.a_hidden needs equal hidden sizes (teacher {teacher_config.hidden_size}, student "
                             f"{student_config.hidden_size}); set loss.a_hidden=0")

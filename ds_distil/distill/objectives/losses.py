@@ -14,6 +14,8 @@ ignored by the cross-entropy.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -45,3 +47,43 @@ def hidden_sum(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, kind:
     s, t = student_hidden.float(), teacher_hidden.float()
     per_token = 1.0 - F.cosine_similarity(s, t, dim=-1) if kind == "cosine" else (s - t).pow(2).mean(-1)
     return per_token.sum() if weights is None else (per_token * weights).sum()
+
+
+def pair_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, 1, L, L] 1.0 where query and key are both real tokens: what the attention terms average over."""
+    real = attention_mask.float()
+    return (real[:, :, None] * real[:, None, :])[:, None]
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, H] -> [B, heads, L, H / heads], in fp32."""
+    b, length, width = x.shape
+    return x.float().view(b, length, heads, width // heads).transpose(1, 2)
+
+
+def attention_score_sum(student_qk: tuple[torch.Tensor, torch.Tensor], teacher_qk: tuple[torch.Tensor, torch.Tensor], heads: int,
+                        attention_mask: torch.Tensor) -> torch.Tensor:
+    """TinyBERT's attention term for one pair of layers: the squared error between the attention SCORES (before the
+    softmax, QK^T / sqrt(d_head), as TinyBERT fits them) of student and teacher, summed over the real (query, key) pairs
+    and averaged over the heads (both models have `heads`). Padding queries and keys count for nothing."""
+    (sq, sk), (tq, tk) = student_qk, teacher_qk
+    scores = []
+    for q, k in ((sq, sk), (tq, tk)):
+        q, k = split_heads(q, heads), split_heads(k, heads)
+        scores.append(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]))
+    return ((scores[0] - scores[1]).pow(2) * pair_mask(attention_mask)).sum() / heads
+
+
+def relation_kl_sum(student_x: torch.Tensor, teacher_x: torch.Tensor, heads: int, attention_mask: torch.Tensor) -> torch.Tensor:
+    """MiniLMv2's self-attention relation term for one of queries, keys or values: both [B, L, H] are split into
+    `heads` relation heads, each gives the relation softmax(x x^T / sqrt(d_r)) over the real keys, and the result is
+    the KL(teacher || student) of each real query's row, summed over the real queries and averaged over the heads.
+    The widths may differ (d_r = H / heads on each side); padding queries and keys count for nothing."""
+    keys = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]
+    logs = []
+    for x in (student_x, teacher_x):
+        x = split_heads(x, heads)
+        scores = (x @ x.transpose(-1, -2) / math.sqrt(x.shape[-1])).masked_fill(~keys, torch.finfo(torch.float32).min)
+        logs.append(F.log_softmax(scores, dim=-1))
+    per_row = F.kl_div(logs[0], logs[1], log_target=True, reduction="none").sum(-1)  # [B, heads, L]
+    return (per_row * attention_mask.float()[:, None, :]).sum() / heads

@@ -17,7 +17,7 @@ class MLM(Objective):
     teacher = None
 
     def sums(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"mlm": mlm_sum(student[0], batch.targets)}
+        return {"mlm": mlm_sum(student.logits, batch.targets)}
 
     def formula(self) -> str:
         return "masked language modelling cross-entropy, per masked token"
