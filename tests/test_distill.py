@@ -156,6 +156,14 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
     assert torch.allclose(logits, two["logits"], atol=1e-5)
     if trimmed:  # the export carries the trimmed tokenizer, and is that much smaller
         assert logits.shape[-1] == json.loads((small_vocab / "vocab_report.json").read_text())["kept"] < 119547
+        # no projection in the export; the model card names the objective and its layer map
+        assert any(k.startswith("objective.") for k in two["engine_keys"])  # trained in the engine
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "two" / "student" / "model.safetensors"), framework="pt") as f:
+            assert not any("objective" in k or "projection" in k for k in f.keys())
+        card = (tmp_path / "two" / "student" / "README.md").read_text(encoding="utf-8")
+        assert "layer map g (uniform, student <- teacher): 1 <- 1, 2 <- 2" in card and "(objective `tinybert`)" in card
 
 
 def torchrun_distill(out, *args):

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 from transformers import BertConfig, BertForMaskedLM, MegatronBertConfig, MegatronBertForMaskedLM
 
 from ds_distil.core.errors import UserError
@@ -263,3 +264,29 @@ def test_tinybert_without_attention_allows_unequal_heads_and_equal_widths_need_n
     same = TinyBERT(LossConfig(objective="tinybert"))
     same.bind(teacher.config, wide.config)
     assert same.module is None and "W" not in same.formula().split(";")[0]
+
+
+@pytest.mark.parametrize("preset", ["dbert-tiny-tinybert", "dbert-base-tinybert", "dbert-tiny-minilmv2", "dbert-base-minilmv2"])
+def test_the_shipped_objective_presets_bind_to_mbert_and_their_student(preset):
+    from types import SimpleNamespace
+
+    from ds_distil.core.config import load
+    from ds_distil.distill import objectives
+    from ds_distil.model.build import PRESET_SIZES
+    from ds_distil.schema.distill import DistillConfig
+
+    cfg = load(DistillConfig, [ROOT / "configs" / f"{preset}.yaml"])
+
+    def arch(name):
+        layers, hidden, _, heads, _ = PRESET_SIZES[name]
+        return SimpleNamespace(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads)
+
+    obj = objectives.build(cfg)
+    assert obj.name == preset.split("-")[-1] and cfg.teacher.pretrained == "bert-base-multilingual-cased"
+    obj.bind(arch("mbert"), arch(cfg.student.preset))
+    layers = PRESET_SIZES[cfg.student.preset][0]
+    if obj.name == "tinybert":
+        assert obj.map == ([3, 6, 9, 12] if layers == 4 else [2, 4, 6, 8, 10, 12])
+        assert (obj.module is not None) == (cfg.student.preset == "dbert-tiny")  # 312 -> 768; Base is as wide as mBERT
+    else:
+        assert (obj.teacher.qkv, obj.student.qkv) == ((12,), (layers,))

@@ -82,3 +82,31 @@ def test_a_file_that_is_not_a_plan_is_refused(tmp_path):
     (tmp_path / "plan.json").write_text("{}")
     with pytest.raises(UserError, match="is not a study's plan.json"):
         write_tables(tmp_path / "plan.json", [str(tmp_path)], tmp_path / "out")
+
+
+def test_the_objectives_table_compares_each_objective_with_its_students_own_row(tmp_path):
+    runs = tmp_path / "finetune"
+    p = plan(tmp_path, {})
+    p["rows"].append({"id": "s@obj-tinybert", "label": "S, objective: tinybert", "kind": "variant", "run_dir": str(tmp_path / "stb"),
+                      "tables": [6], "student": "s", "variant": {"objective": "tinybert"}})
+    for row, score in {"teacher": 0.80, "s": 0.70, "s@scratch": 0.60, "s@data50": 0.66, "s@obj-tinybert": 0.75}.items():
+        for task in ("hatespeech",):
+            result(runs / row / task / "seed1", row, task, 1, score, 10.0)
+    for run, objective, kl in (("s", "kd", 0.5), ("stb", "tinybert", 0.25)):  # what the distillation runs recorded
+        ckpt = tmp_path / run / "checkpoints" / "step00000010"
+        ckpt.mkdir(parents=True)
+        (tmp_path / run / "checkpoints" / "latest").write_text("step00000010")
+        (ckpt / "trainer_state.json").write_text(json.dumps({"objective": {"name": objective}}))
+        (tmp_path / run / "metrics.jsonl").write_text(json.dumps({"step": 10, "val/perplexity": 900.0, "val/kl": kl}) + "\n")
+    from ds_distil.reporting.report import collect
+
+    tables = build(p, collect([runs]), {})
+    t6 = {r["id"]: r for r in tables["tables"][6]["rows"]}
+    assert list(t6) == ["teacher", "s", "s@obj-tinybert", "s@scratch", "bow", "majority"]
+    assert t6["s@obj-tinybert"]["diff"]["hatespeech"] == pytest.approx(0.05) and t6["s@scratch"]["diff"]["hatespeech"] == pytest.approx(-0.10)
+    assert t6["s"]["diff"]["hatespeech"] is None and t6["teacher"]["diff"]["hatespeech"] is None
+    md = render(tables, p)
+    assert "## Table 6 (beyond the paper): distillation objectives" in md
+    assert "| S, objective: tinybert | tinybert | 75.00 | +5.00 | 900.0 | 0.250 |" in md
+    assert "| S | kd | 70.00 | - | 900.0 | 0.500 |" in md
+    assert "| From Scratch | - | 60.00 | -10.00 | - | - |" in md

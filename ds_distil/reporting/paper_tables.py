@@ -6,6 +6,9 @@
 * Table 3: students distilled on fractions of the corpus; Table 4: from the MLM-conditioned teacher;
   Table 5: with the teacher's embeddings copied, and copied + frozen. Each with its difference to
   the teacher's row (the paper's "mBERT" row), in points.
+* Table 6 (not in the paper): the students distilled with other objectives (TinyBERT, MiniLMv2), each with its
+  objective, its difference to the student's own row (distilled with the study's objective) and its From Scratch
+  row, and the validation perplexity and KL(teacher || student) of each distillation run.
 * Every table ends with two reference rows computed on the same splits at finetuning time
   (ds_distil/finetune/baselines.py): the bag-of-words linear model and the majority class.
 
@@ -28,7 +31,8 @@ from ds_distil.reporting.report import collect, dataset_key, model_name
 
 REFERENCE = {"bow": "Bag of words (linear model on unigrams + bigrams)", "majority": "Majority class"}
 TITLES = {2: "Table 2: students, teacher and baselines", 3: "Table 3: distillation on less of the corpus",
-          4: "Table 4: distilling from an MLM-conditioned teacher", 5: "Table 5: student embeddings copied from the teacher"}
+          4: "Table 4: distilling from an MLM-conditioned teacher", 5: "Table 5: student embeddings copied from the teacher",
+          6: "Table 6 (beyond the paper): distillation objectives"}
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -75,7 +79,8 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
         row = rows_by_id[rid]
         return {"id": rid, "label": row["label"], "kind": row["kind"], "cells": {t: cell(rid, t) for t in tasks},
                 "val_perplexity": last_metric(row.get("run_dir"), "val/perplexity"),
-                "train_mlm_loss": last_metric(row.get("run_dir"), "loss/mlm")}
+                "train_mlm_loss": last_metric(row.get("run_dir"), "loss/mlm"), "val_kl": last_metric(row.get("run_dir"), "val/kl"),
+                "objective": objective_of(row.get("run_dir"))}
 
     # reference rows: identical for every run of a task on the same data; taken from the teacher's runs where there are any
     reference = []
@@ -92,7 +97,7 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
 
     teacher = model_row("teacher")
     tables = {}
-    for number in (2, 3, 4, 5):
+    for number in (2, 3, 4, 5, 6):
         ids = [row["id"] for row in plan["rows"] if number in row["tables"]]
         if number != 2:
             ids = _ablation_order(plan["rows"], number)
@@ -102,6 +107,13 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
         cols = tasks if number == 2 else [t for t in tasks if t in plan.get("ablation_tasks", tasks)]
         for row in rows:
             row["diff"] = {t: _diff(row["cells"][t]["score"], teacher["cells"][t]["score"]) for t in cols} if number != 2 else None
+        if number == 6:  # each objective against its student's own row; the From Scratch rows beside
+            rows = _with_scratch(rows, rows_by_id, model_row)
+            by_id = {r["id"]: r for r in rows}
+            for row in rows:
+                base = by_id.get(rows_by_id.get(row["id"], {}).get("student") or "")
+                row["diff"] = {t: (None if base is None or base is row else _diff(row["cells"][t]["score"], base["cells"][t]["score"]))
+                               for t in cols}
         if number == 2:
             for row in rows:
                 row["speedup"] = _speedup(row, teacher, tasks)
@@ -121,6 +133,31 @@ def _ablation_order(rows: list[dict], number: int) -> list[str]:
         out.append(student)
         out += [r["id"] for r in variants if r["student"] == student]
     return out
+
+
+def _with_scratch(rows: list[dict], rows_by_id: dict, model_row) -> list[dict]:
+    """Table 6's rows with each student's From Scratch row after its variants (before the reference rows)."""
+    out = []
+    for i, row in enumerate(rows):
+        out.append(row)
+        nxt = rows[i + 1] if i + 1 < len(rows) else None
+        student = rows_by_id.get(row["id"], {}).get("student")
+        if student and (nxt is None or rows_by_id.get(nxt["id"], {}).get("student") != student) and f"{student}@scratch" in rows_by_id:
+            out.append(model_row(f"{student}@scratch"))
+    return out
+
+
+def objective_of(run_dir: str | None) -> str | None:
+    """The objective a distillation run trained with, from its newest checkpoint's record (None: no run, or a record
+    written before objectives were recorded)."""
+    if not run_dir:
+        return None
+    ckpts = Path(run_dir) / "checkpoints"
+    try:
+        tag = (ckpts / "latest").read_text().strip()
+        return json.loads((ckpts / tag / "trainer_state.json").read_text())["objective"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _diff(score: dict | None, ref: dict | None) -> float | None:
@@ -175,6 +212,8 @@ def render(tables: dict, plan: dict) -> str:
         head = ["model", *[f"{t} ({metric[t]})" for t in tasks]]
         if number == 2:
             head += [f"{t} runtime (s)" for t in tasks] + ["avg speedup vs teacher", "val ppl", "train MLM loss"]
+        elif number == 6:
+            head = ["model", "objective", *head[1:], *[f"Δ {t} vs the student's row" for t in tasks], "val ppl", "val KL"]
         else:
             head += [f"Δ {t} vs teacher" for t in tasks]
         lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -185,6 +224,10 @@ def render(tables: dict, plan: dict) -> str:
                 vals += [_secs(row["cells"][t]["runtime_s"]) for t in tasks]
                 vals += [f"{sp:.2f}x" if sp else "-", f"{row['val_perplexity']:.1f}" if row["val_perplexity"] else "-",
                          f"{row['train_mlm_loss']:.3f}" if row["train_mlm_loss"] else "-"]
+            elif number == 6:
+                vals.insert(1, row.get("objective") or ("mlm" if row["kind"] == "teacher" else "-"))
+                vals += [("-" if row["diff"][t] is None else f"{row['diff'][t] * 100:+.2f}") for t in tasks]
+                vals += [f"{row['val_perplexity']:.1f}" if row["val_perplexity"] else "-", f"{row['val_kl']:.3f}" if row.get("val_kl") else "-"]
             else:
                 vals += [("-" if row["diff"][t] is None or row["id"] == "teacher" else f"{row['diff'][t] * 100:+.2f}") for t in tasks]
             lines.append("| " + " | ".join(vals) + " |")

@@ -19,7 +19,8 @@ What a study holds (every section is optional except `name` and `teacher.source`
   a label and settings (`student.*`, `train.*`, ...).
 * `ablations`: applied to `ablations.students`: distillation on fractions of the corpus
   (Table 3), from the conditioned teacher (Table 4), with embeddings copied from the teacher and
-  copied + frozen (Table 5).
+  copied + frozen (Table 5), and, beyond the paper, with other distillation objectives (Table 6:
+  TinyBERT, MiniLMv2).
 * `baselines`: `from_scratch` (each student's architecture finetuned from random weights, the
   paper's From Scratch row) and `models` (mBERT / DistilmBERT / Tagalog-RoBERTa: architecture
   presets with random weights, which give the runtime and a blank model's score, or hub names /
@@ -103,6 +104,8 @@ class AblationStudy:
     conditioned_teacher: bool = setting("distil from the conditioned teacher too (Table 4; needs teacher.condition.enabled)", default=False)
     embeddings: dict[str, dict[str, Any]] = setting("Table 5 variants: name -> settings, e.g. copy: {student.embeddings: teacher}",
                                                     default_factory=dict)
+    objectives: dict[str, dict[str, Any]] = setting("Table 6 (beyond the paper): the students distilled with other objectives: name "
+                                                    "-> settings, e.g. tinybert: {loss.objective: tinybert}", default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -185,7 +188,7 @@ def check(study: Study) -> list[str]:
             out.append(f"ablations.data_fractions: {f} is not in (0, 1) (1.0 is the main run)")
     if study.ablations.conditioned_teacher and not study.teacher.condition.enabled:
         out.append("ablations.conditioned_teacher needs teacher.condition.enabled: true")
-    for name in [*study.students, *study.baselines.models, *study.ablations.embeddings]:
+    for name in [*study.students, *study.baselines.models, *study.ablations.embeddings, *study.ablations.objectives]:
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             out.append(f"'{name}': names of students, baselines and variants may hold letters, digits, '-', '_' and '.' only")
     for task in study.finetune.tasks:

@@ -148,7 +148,7 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
         rows.append(_row(bid, b.label, "baseline", b.model, "blank" if blank else "pretrained", [], None, tables=[2]))
         finetunes(rows[-1])
 
-    # --- ablations: data fractions (Table 3), conditioned teacher (Table 4), embeddings (Table 5)
+    # --- ablations: data fractions (Table 3), conditioned teacher (Table 4), embeddings (Table 5), objectives (Table 6)
     ab = study.ablations
     chosen = ab.students or list(study.students)
     for sid in chosen:
@@ -183,6 +183,16 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
                                   [prep_main, *teacher_stage])
             rows.append(_row(vid, f"{s.label}, embeddings: {name}", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
                              run, tables=[5], student=sid, variant={"embeddings": name, "settings": overrides_of(settings)}))
+            finetunes(rows[-1], ablation_tasks)
+
+    for sid in chosen:
+        s = study.students[sid]
+        for name, settings in ab.objectives.items():
+            vid = f"{sid}@obj-{name}"
+            run = distill_student(vid, [*overrides_of(s.settings), *overrides_of(settings)], main, teacher_model,
+                                  [prep_main, *teacher_stage])
+            rows.append(_row(vid, f"{s.label}, objective: {name}", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"],
+                             run, tables=[6], student=sid, variant={"objective": name, "settings": overrides_of(settings)}))
             finetunes(rows[-1], ablation_tasks)
 
     # --- the report: every finetuning result, the paper's tables
