@@ -290,3 +290,36 @@ def test_the_shipped_objective_presets_bind_to_mbert_and_their_student(preset):
         assert (obj.module is not None) == (cfg.student.preset == "dbert-tiny")  # 312 -> 768; Base is as wide as mBERT
     else:
         assert (obj.teacher.qkv, obj.student.qkv) == ((12,), (layers,))
+
+
+@pytest.mark.parametrize("which", ["tinybert", "minilmv2"])
+def test_a_batch_split_over_ranks_gives_the_whole_batchs_loss(which):
+    """What each rank contributes (its sums over the GLOBAL counts, as the step all-reduces them) adds up to the loss of
+    the whole batch on one rank: per-pair and per-token terms alike, however unevenly padding falls."""
+    teacher, student = models("pre")
+    obj = TinyBERT(LossConfig(objective="tinybert")) if which == "tinybert" else MiniLMv2(LossConfig(objective="minilmv2", relation_heads=4))
+    torch.manual_seed(5)
+    obj.bind(teacher.config, student.config)
+    student.eval()
+    b = batch()
+
+    def run(part):
+        with torch.no_grad():
+            t = MaskedLM(teacher, VOCAB)(part.input_ids, part.attention_mask, part.positions, obj.teacher.hidden, obj.teacher.qkv)
+            s = MaskedLM(student, VOCAB)(part.student_ids, part.attention_mask, part.positions, obj.student.hidden, obj.student.qkv)
+        return obj.loss(s, t, part, b.counts())
+
+    whole_total, whole_means = run(b)
+    length = b.input_ids.shape[1]
+    parts = []
+    for rows in (slice(0, 2), slice(2, 3)):  # rank 0: samples 0-1 (masked slots 0, 1, 2, and an empty one), rank 1: sample 2
+        lo, hi = rows.start * length, rows.stop * length
+        keep = (b.positions >= lo) & (b.positions < hi)
+        part = batch()
+        part.input_ids, part.student_ids, part.attention_mask = b.input_ids[rows], b.student_ids[rows], b.attention_mask[rows]
+        part.positions, part.targets = b.positions[keep] - lo, b.targets[keep]
+        part.original_targets, part.index = part.targets, b.index[rows]
+        parts.append(run(part))
+    torch.testing.assert_close(parts[0][0] + parts[1][0], whole_total, rtol=1e-5, atol=1e-6)
+    for i in range(len(whole_means)):
+        torch.testing.assert_close(parts[0][1][i] + parts[1][1][i], whole_means[i], rtol=1e-5, atol=1e-6)
