@@ -56,6 +56,34 @@ def test_existing_output_needs_overwrite(tmp_path, corpus_docs, mbert_tokenizer_
     assert run_cli(*prepare_args(tmp_path / "o", src, tok=mbert_tokenizer_dir), "--overwrite").returncode == 0
 
 
+@pytest.mark.parametrize("name", ["keep #2", "keep\nnext"], ids=["hash", "newline"])
+def test_a_flag_value_is_the_path_typed_not_what_yaml_reads(tmp_path, corpus_docs, mbert_tokenizer_dir, name):
+    """`--out "keep #2" --overwrite` once replaced `keep` (YAML read `#2` as a comment): a flag's value is literal."""
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(corpus_docs[:50]))
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("not ds-distil's")
+    proc = run_cli(*prepare_args(tmp_path / name, src, tok=mbert_tokenizer_dir), "--overwrite", "--val-fraction", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / name / "manifest.json").is_file() and (keep / "mine.txt").read_text() == "not ds-distil's"
+    assert sorted(p.name for p in keep.iterdir()) == ["mine.txt"]
+
+
+def test_an_override_yaml_would_change_is_refused_and_a_quoted_one_is_literal():
+    from ds_distil.core.config import ConfigError, load_dict
+
+    with pytest.raises(ConfigError, match="the value of data.shards reads as YAML 'keep', not 'keep #2'.*quote it"):
+        load_dict([], ["data.shards=keep #2"])
+    assert load_dict([], ["data.shards='keep #2'", "train.lr=1e-4", "data.shards2=a#b"]) == {
+        "data": {"shards": "keep #2", "shards2": "a#b"}, "train": {"lr": 1e-4}}
+    from ds_distil.schema.study import overrides_of  # a study's string values reach the command as the strings they are
+
+    assert overrides_of({"data": {"shards": "runs/a #1", "seed": 3}, "model_name": "007"}) == [
+        'data.shards="runs/a #1"', "data.seed=3", 'model_name="007"']
+    assert load_dict([], overrides_of({"data": {"shards": "runs/a #1"}})) == {"data": {"shards": "runs/a #1"}}
+
+
 def test_hub_dataset_offline_gives_the_way_out(tmp_path, mbert_tokenizer_dir):
     proc = run_cli("prepare", "--hf-dataset", "oscar-corpus/OSCAR-2301", "--hf-config", "tl", "--text-field", "text",
                    "--tokenizer", str(mbert_tokenizer_dir), "--out", str(tmp_path / "o"), env={"HF_HUB_OFFLINE": "1"})

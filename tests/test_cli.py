@@ -58,7 +58,7 @@ def test_prepare_flags_yaml_and_overrides_resolve_to_one_config(tmp_path):
 
 def test_bad_flag_value_is_a_one_line_error(tmp_path):
     proc = run_cli("prepare", "--out", str(tmp_path), "--input", "x.txt", "--seq-len", "many")
-    assert proc.returncode == 2 and "config key 'seq_len': expected int" in proc.stderr
+    assert proc.returncode == 2 and "--seq-len: expected int, got 'many'" in proc.stderr  # the flag, as typed
 
 
 def test_shipped_prepare_presets_load():

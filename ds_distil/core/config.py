@@ -149,12 +149,43 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value, read as YAML (so `3`, `1e-4`, `true`, `null`, `[a, b]` get their types)."""
+def parse_value(text: str, key: str = "") -> Any:
+    """A `key=value` override's value, read as YAML (so `3`, `1e-4`, `true`, `null`, `[a, b]` get their types).
+
+    An unquoted value that YAML would read as ANOTHER string (`keep #2` -> `keep`: a comment; a newline folded into a
+    space; `&a x` -> `x`: an anchor) is refused naming the key, rather than silently becoming a path the user did not
+    type: quote it (`key='keep #2'`) to mean it literally."""
+    if text == "":
+        return ""
     try:
-        return yaml_load(text) if text != "" else ""
+        value = yaml_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and value != text.strip() and not text.lstrip().startswith(("'", '"')):
+        raise ConfigError(f"the value of {key or 'an override'} reads as YAML {value!r}, not {text!r} (a '#' comment, an anchor or a "
+                          f"line break); quote it to mean it literally, e.g. {key or 'key'}='{text}'")
+    return value
+
+
+def literal_value(text: str, tp: Any, key: str) -> Any:
+    """A command-line FLAG's value: the text the user typed, converted by the field's declared type only (never read as
+    YAML: `--out "keep #2"` is the directory `keep #2`)."""
+    if get_origin(tp) in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is not type(None):
+                try:
+                    return literal_value(text, arg, key)
+                except ConfigError:
+                    continue
+        raise ConfigError(f"--{key.replace('_', '-')}: expected {_type_name(tp)}, got {text!r}")
+    try:
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"--{key.replace('_', '-')}: expected {_type_name(tp)}, got {text!r}") from None
+    return text  # str, Literal (checked by from_dict), Any
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -168,7 +199,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
-    node[parts[-1]] = parse_value(raw)
+    node[parts[-1]] = parse_value(raw, dotted.strip())
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

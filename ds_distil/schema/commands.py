@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Mapping
 
 from ds_distil import __version__
-from ds_distil.core.config import from_dict, keys_help, load, load_dict, parse_value
+from ds_distil.core.config import from_dict, keys_help, literal_value, load, load_dict
 from ds_distil.schema.distill import DataConfig, DistillConfig
 from ds_distil.schema.finetune import FT_PRESETS, TASK_NAMES, FinetuneConfig
 from ds_distil.schema.prepare import PrepareConfig
@@ -63,10 +63,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def config_from_args(args: argparse.Namespace, cls: type):
     data = load_dict(args.config, args.overrides)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in vars(args):
             value = getattr(args, f.name)
-            data[f.name] = value if isinstance(value, (list, bool)) else parse_value(value)
+            data[f.name] = literal_value(value, hints[f.name], f.name) if isinstance(value, str) else value
     return from_dict(cls, data)
 
 

@@ -42,7 +42,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from ds_distil.core.config import ConfigError, from_dict, load_dict, setting
+from ds_distil.core.config import ConfigError, from_dict, load_dict, parse_value, setting
 from ds_distil.core.errors import UserError
 
 TASK_NAMES = ("hatespeech", "pos", "ner", "nli")
@@ -232,4 +232,13 @@ def _text(value: Any) -> str:
         return "null"
     if isinstance(value, (list, dict)):
         return json.dumps(value)
+    if isinstance(value, str) and _reads_back_as(value) != value:
+        return json.dumps(value)  # a JSON string is YAML's double-quoted scalar: `a #b`, `3`, `null` stay the strings they are
     return str(value)
+
+
+def _reads_back_as(text: str) -> Any:
+    try:
+        return parse_value(text)
+    except ConfigError:
+        return None
