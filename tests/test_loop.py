@@ -140,3 +140,15 @@ def test_nonfinite_losses_are_skipped_then_refused(tmp_path, keep_signal_handler
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/total" in line]
     assert [r["step"] for r in logged] == [2, 4] and logged[-1]["train/nonfinite_skipped_steps"] == 1.0
     assert logged[-1]["loss/total"] == pytest.approx(0.6)  # the window holds step 3's finite figures, not the NaN
+
+
+def test_a_run_whose_every_step_failed_stops_non_zero_and_logs_nan_not_zero(tmp_path, keep_signal_handlers, caplog):
+    """3 steps, all NaN, max_nonfinite_steps 10: it used to log `loss 0.0000`, save and export an untrained model."""
+    c = components(tmp_path, steps=3, nonfinite_from=1, train={"max_steps": 3, "max_nonfinite_steps": 10})
+    with caplog.at_level(logging.INFO, logger="ds_distil.distill.loop"), \
+            pytest.raises(UserError, match="loss was NaN/inf for 3 optimizer steps in a row at step 3"):
+        fit(c)
+    assert c.checkpoints.saved == []  # nothing for an export to take as trained
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/total" in line]
+    assert [r["step"] for r in logged] == [2] and logged[0]["loss/total"] != logged[0]["loss/total"]  # NaN
+    assert any(m.startswith("step 2/3 | loss nan | mlm loss nan") for m in caplog.messages)

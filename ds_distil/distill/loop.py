@@ -92,7 +92,8 @@ def fit(c: Components) -> int:
                 st.nonfinite_run += 1
                 st.nonfinite_total += 1
                 log.warning("non-finite loss at step %d (%d step(s) in a row); DeepSpeed skipped the update", st.step, st.nonfinite_run)
-                if st.nonfinite_run >= cfg.train.max_nonfinite_steps:
+                # a run shorter than max_nonfinite_steps whose every step failed must not end as if it had trained
+                if st.nonfinite_run >= min(cfg.train.max_nonfinite_steps, c.num_steps):
                     raise UserError(
                         f"loss was NaN/inf for {st.nonfinite_run} optimizer steps in a row at step {st.step}; stopping "
                         "instead of burning compute: lower train.lr, use ds_configs/zero2-bf16.json instead of fp16, "
@@ -104,7 +105,7 @@ def fit(c: Components) -> int:
                 micro_in_window += micro
             c.metrics.step(1, loss=f"{stats[0].item() / micro:.3f}")
             if st.step % cfg.log.every_steps == 0 or st.step == c.num_steps:
-                log_window(c, acc, max(micro_in_window, 1), time.perf_counter() - t0)
+                log_window(c, acc, micro_in_window, time.perf_counter() - t0)
                 acc.zero_()
                 t0, micro_in_window = time.perf_counter(), 0
             stop = stop and st.step < c.num_steps  # at the end: just finish
@@ -142,9 +143,11 @@ def optimizer_step(c: Components, stop_requested) -> tuple[torch.Tensor, int, bo
 
 
 def log_window(c: Components, acc: torch.Tensor, micro: int, elapsed: float) -> None:
-    """`acc`: the statistics summed over ranks and the window's `micro` (finite) micro steps."""
+    """`acc`: the statistics summed over ranks and the window's `micro` (finite) micro steps; none (every step of the
+    window skipped): the losses are logged as NaN, never as 0."""
     names, e, st = c.step.stat_names, c.engine, c.state
-    mean = acc / micro
+    mean = acc / micro if micro else torch.full_like(acc, float("nan"))
+    micro = max(micro, 1)
     masked_per_rank_step = acc[names.index("masked")].item() / micro / c.dist.world_size
     flops = micro * distill_step_flops(c.student_arch, c.teacher.arch, c.cfg.train.micro_batch_size, c.stream.seq_len,
                                        masked_per_rank_step)
