@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ds_distil.core.errors import UserError
+from ds_distil.core.errors import UserError, os_error_line
 from ds_distil.schema import commands
 
 log = logging.getLogger("ds_distil")
@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ds-distil {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk, the file system, the limits: one line, whatever command met it
+        print(f"ds-distil {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ds-distil {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -297,3 +297,53 @@ def test_corrupt_weights_in_a_model_directory_is_one_line(tmp_path):
 
     with pytest.raises(UserError, match="cannot load teacher .*model"):
         _from_pretrained(str(model), "teacher")
+
+
+def test_a_study_whose_yaml_alias_holds_itself_is_one_line(tmp_path):
+    study = tmp_path / "loop.yaml"
+    study.write_text("name: loop\nteacher: {source: pretrain}\ndistill:\n  settings: &s\n    again: *s\n")
+    one_line_error(run_cli("experiment", str(study), "--out", str(tmp_path / "o"), "--dry-run"), "loop.yaml", "refers to the node that holds it")
+
+
+@pytest.mark.parametrize(("errno_name", "needle"), [("ENOSPC", "no space left on the device"), ("EFBIG", "larger than allowed"),
+                                                    ("EBUSY", "not a mount point"), ("EACCES", "permission denied")])
+def test_operating_system_errors_are_one_line_naming_the_path(errno_name, needle, monkeypatch, capsys):
+    """Whatever command meets them (here a stand-in handler raising what the OS would: a small tmpfs, ulimit -f, a
+    busy mount point): one line with the path, the meaning and what to do, exit 1, no traceback."""
+    import errno
+    import os
+
+    from ds_distil import cli
+
+    def handler(args):
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), "/data/out/shard-000003.tar")
+
+    monkeypatch.setitem(cli.HANDLERS, "inspect", handler)
+    assert cli.main(["inspect", "--shards", "/data/shards"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("ds-distil inspect: error: ") and needle in err and "/data/out/shard-000003.tar" in err and errno_name in err
+
+
+def test_a_file_size_limit_met_while_writing_shards_is_one_line_and_keeps_the_old_output(tmp_path, corpus_docs, mbert_tokenizer_dir):
+    """ulimit -f (RLIMIT_FSIZE) for real: the shard write fails with EFBIG (Python ignores SIGXFSZ); the earlier output
+    stays as it was."""
+    import resource
+
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(corpus_docs[:3000]))
+    out = tmp_path / "shards"
+    assert run_cli(*prepare_args(out, src, tok=mbert_tokenizer_dir), "--val-fraction", "0").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "ds_distil", *prepare_args(out, src, tok=mbert_tokenizer_dir), "--overwrite",
+                           "--val-fraction", "0", "--samples-per-shard", "100000"], capture_output=True, text=True, cwd=ROOT, preexec_fn=limit,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "larger than allowed" in lines[0] and "EFBIG" in lines[0] and "Traceback" not in proc.stderr
+    assert "train-000000.tar" in lines[0]  # the shard being written
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

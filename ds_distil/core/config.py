@@ -214,7 +214,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p}{line} is not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(data).__name__}")
+    if _recursive(data, ()):
+        raise ConfigError(f"config file {p}: a YAML alias (*name) refers to the node that holds it, a structure without end; "
+                          "replace the alias by the values it should repeat")
     return data
+
+
+def _recursive(node: Any, holders: tuple[int, ...]) -> bool:
+    """Whether `node` contains itself (a YAML anchor aliased inside its own node): every reader of it would recurse."""
+    if not isinstance(node, (dict, list)):
+        return False
+    if id(node) in holders:
+        return True
+    children = node.values() if isinstance(node, dict) else node
+    return any(_recursive(child, (*holders, id(node))) for child in children)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

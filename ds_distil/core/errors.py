@@ -14,3 +14,31 @@ class CorruptShardError(UserError):
             "(or set data.skip_corrupt_shards=true to skip such shards and count them)"
         )
         self.shard, self.what = shard, what
+
+
+# errno -> (what it means, what to do): the operating-system errors a run meets in practice
+_OS_ADVICE = {
+    "ENOSPC": ("no space left on the device", "free space there or choose another --out"),
+    "EDQUOT": ("the disk quota is exceeded", "free space within the quota or choose another --out"),
+    "EFBIG": ("the file is larger than allowed (a file-size limit: ulimit -f, or the file system's)", "raise the limit or write elsewhere"),
+    "EACCES": ("permission denied", "choose a path you may write, or fix its permissions"),
+    "EPERM": ("operation not permitted", "choose a path you may write, or fix its permissions"),
+    "EROFS": ("the file system is read-only", "choose a writable --out"),
+    "EBUSY": ("the path is busy (a mount point, or in use)", "choose a path that is not a mount point or in use"),
+    "EMFILE": ("too many open files", "raise the limit (ulimit -n) or lower data.num_workers"),
+    "ENAMETOOLONG": ("the path is too long", "choose a shorter path"),
+    "EIO": ("an input/output error (a failing disk or network file system)", "check the device, then retry"),
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line: the path, what the error means, what to do (outputs already written stay as they were)."""
+    import errno as errno_names
+    import os
+
+    name = errno_names.errorcode.get(e.errno or 0, "")
+    meaning, todo = _OS_ADVICE.get(name, (e.strerror or str(e), "check the path and retry"))
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    where = f" at {paths}" if paths else ""
+    code = f" ({name}, {os.strerror(e.errno)})" if name and name in _OS_ADVICE else ""
+    return f"{meaning}{where}{code}; {todo}"

@@ -346,6 +346,27 @@ class ShardWriter:
     _index: int = 0  # global sample index within the split: the sample key
 
     def write(self, rows: np.ndarray) -> None:
+        try:
+            self._write(rows)
+        except OSError as e:  # a full disk, a file-size limit: name the shard; the staging directory is discarded
+            self._abandon()
+            raise OSError(e.errno, e.strerror, str(self.staging / self._name)) from None
+
+    def _abandon(self) -> None:
+        """Let go of a shard whose write failed without writing to it again (tarfile's close at garbage collection would
+        try, and print a traceback)."""
+        if self._tar is not None:
+            tarstream = self._tar.tarstream
+            tarstream.closed = True
+            if hasattr(tarstream.fileobj, "closed"):
+                tarstream.fileobj.closed = True
+            try:
+                self._raw.close()
+            except OSError:
+                pass
+        self._tar = None
+
+    def _write(self, rows: np.ndarray) -> None:
         import webdataset as wds
 
         for row in rows:
@@ -375,7 +396,11 @@ class ShardWriter:
 
     def close(self) -> None:
         if self._tar is not None:
-            self._close_shard()
+            try:
+                self._close_shard()
+            except OSError as e:
+                self._abandon()
+                raise OSError(e.errno, e.strerror, str(self.staging / self._name)) from None
 
 
 class Packer:
