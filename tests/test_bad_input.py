@@ -347,3 +347,9 @@ def test_a_file_size_limit_met_while_writing_shards_is_one_line_and_keeps_the_ol
     assert len(lines) == 1 and "larger than allowed" in lines[0] and "EFBIG" in lines[0] and "Traceback" not in proc.stderr
     assert "train-000000.tar" in lines[0]  # the shard being written
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_study_with_more_local_ranks_than_cores_is_refused_before_it_starts(tmp_path):
+    proc = run_cli("experiment", str(ROOT / "configs" / "studies" / "demo.yaml"), "--out", str(tmp_path / "o"), "--dry-run", "ranks=100000")
+    one_line_error(proc, "ranks 100,000 would start 100,000 processes per stage", "--launcher srun")
+    assert not (tmp_path / "o").exists()

@@ -232,6 +232,11 @@ def test_refused_inputs_get_one_line_errors(small_shards, small_vocab, corpus, t
         return [l for l in proc.stderr.splitlines() if "error:" in l][-1]
 
     assert "unknown config key 'train.lrr' (did you mean 'train.lr'?)" in distill("train.lrr=0.1")
+    # sizes and probabilities bounded before any work: an impossible micro batch is refused naming the figure
+    line = distill("train.micro_batch_size=99999999999999999999")
+    assert "train.micro_batch_size=99,999,999,999,999,999,999 needs at least" in line and "GiB free; lower train.micro_batch_size" in line
+    assert "dropout must be in [0, 1), got 1.5" in distill("student.dropout=1.5")
+    assert "hidden_size must be >= 1, got -64" in distill("student.hidden_size=-64")
     assert "cannot load teacher" in distill("teacher.preset=null", f"teacher.pretrained={tmp_path}/no-such-teacher")
     # a teacher with its own, different vocabulary
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertTokenizer

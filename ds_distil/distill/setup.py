@@ -40,6 +40,7 @@ from ds_distil.model.surgery import TrimmedRun, prepare_trimmed_run
 from ds_distil.model.validate import check_seq_len
 from ds_distil.runtime import engine as eng
 from ds_distil.runtime.flops import Arch, peak_flops
+from ds_distil.runtime.memory import check_micro_batch
 from ds_distil.runtime.metrics import DeviceStats, Metrics
 from ds_distil.schema.distill import DistillConfig
 
@@ -101,6 +102,8 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
                        keep_ids=vmap.is_kept() if vmap else None)
     num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
     ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
+    check_micro_batch(student.config, cfg.train.micro_batch_size, manifest.seq_len, cfg.train.micro_batch_size * stream.max_masked,
+                      s_vocab, 4 if eng.precision(ds_config) == "fp32" else 2, d.device)  # before anything big is allocated
     settings = resume_settings.fingerprint(cfg, manifest, d.world_size, ds_config, MASKING_RULE)
     if vmap is not None:  # the vocabulary's content, not only its path
         settings["student.vocab_kept_sha256"] = vmap.content_sha256

@@ -86,6 +86,13 @@ class StudentConfig:
         if self.preset is None and self.pretrained is None and None in sizes:
             raise ValueError("set a preset, pretrained weights, or all of num_layers, hidden_size, intermediate_size, "
                              "num_heads and max_positions")
+        for name, size in zip(("num_layers", "hidden_size", "intermediate_size", "num_heads", "max_positions"), sizes):
+            if size is not None and size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
+        if self.hidden_size is not None and self.num_heads is not None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pretrained is not None and self.norm != "post":
             raise ValueError("student.norm chooses a blank model's architecture; pretrained weights bring their own "
                              "(drop student.norm or student.pretrained)")

@@ -143,6 +143,10 @@ class _Running:
 class Runner:
     def __init__(self, study: Study, study_path: Path, out: Path, launcher: str = "local"):
         self.study, self.study_path, self.out, self.launcher = study, study_path, out, launcher
+        cores = os.cpu_count() or 1
+        if launcher == "local" and study.ranks > cores:  # each rank a process of this machine
+            raise UserError(f"study {study_path}: ranks {study.ranks:,} would start {study.ranks:,} processes per stage on this machine's "
+                            f"{cores} cores; lower ranks (one per GPU, or a few CPU ranks) or run it under SLURM (--launcher srun)")
         self.state = out / STATE
         self.stages, self.rows = build_plan(study, out)
         validate(self.stages, study_path)
