@@ -193,3 +193,40 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(run_copy
     assert (run_copy / "student" / "model.safetensors").is_file() and steps == [1, 2]  # the new run's log only (and its validation)
     assert json.loads((run_copy / ".ds-distil-run.json").read_text())["command"] == "distill"
     assert not list(tmp_path.glob(".run.ds-distil-*")) and not list(tmp_path.glob("run.replaced-*"))
+
+
+# ------------------------------------------------------------------------------------ issue 25, class 5
+
+
+def test_export_falls_back_from_a_checkpoint_whose_record_lists_nothing_and_never_reads_outside(run_copy, tmp_path):
+    """A COMPLETE listing no files, with the model states gone, used to end export in DeepSpeed's FileNotFoundError; a
+    COMPLETE naming ../../etc/shadow made a warning print that file's size."""
+    shutil.rmtree(run_copy / "student")
+    newest = run_copy / "checkpoints" / "step00000006"
+    (newest / MARKER).write_text(json.dumps({"step": 6, "world_size": 1, "files": {}}))
+    (newest / "mp_rank_00_model_states.pt").unlink()
+    middle = run_copy / "checkpoints" / "step00000004"
+    marker = json.loads((middle / MARKER).read_text())
+    marker["files"]["../../../../etc/shadow"] = {"bytes": 1, "sha256": "0" * 64}
+    (middle / MARKER).write_text(json.dumps(marker))
+    opened = []
+    real_stat = Path.stat
+
+    def spy(self, *a, **k):
+        if "shadow" in str(self):
+            opened.append(str(self))
+        return real_stat(self, *a, **k)
+
+    from ds_distil.distill.checkpoint import verify
+
+    try:
+        Path.stat = spy
+        assert verify(middle) == f"its {MARKER} names a file outside the checkpoint (../../../../etc/shadow)"
+    finally:
+        Path.stat = real_stat
+    assert opened == []
+    proc = run_cli("export", "--run", str(run_copy), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint step00000006 is damaged: mp_rank_00_model_states.pt is missing" in proc.stderr
+    assert "checkpoint step00000004 is damaged: its COMPLETE names a file outside the checkpoint" in proc.stderr
+    assert json.loads((run_copy / "student" / "ds_distil_export.json").read_text())["checkpoint"].endswith("step00000002")

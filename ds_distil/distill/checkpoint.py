@@ -75,11 +75,26 @@ def verify(tag_dir: Path, world_size: int | None = None) -> str | None:
         marker = json.loads((tag_dir / MARKER).read_text())
     except (OSError, ValueError) as e:
         return f"its {MARKER} is unreadable ({e})"
-    files = marker.get("files") if isinstance(marker, dict) else None
-    if files is None:  # written before COMPLETE carried checksums: only what must be there
-        needed = ["trainer_state.json"] + [f"rng_rank{r}.pt" for r in range(marker.get("world_size", 1) if isinstance(marker, dict) else 1)]
-        missing = [n for n in needed if not (tag_dir / n).is_file()]
-        return f"{missing[0]} is missing" if missing else None
+    if not isinstance(marker, dict):
+        return f"its {MARKER} is not a record"
+    ranks = marker.get("world_size", 1)
+    ranks = ranks if isinstance(ranks, int) and ranks >= 1 else 1
+    # what every checkpoint must hold, whatever COMPLETE lists: the trainer state, each rank's RNG and optimizer
+    # partition, the model states (DeepSpeed's file names)
+    needed = ["trainer_state.json", "mp_rank_00_model_states.pt", *(f"rng_rank{r}.pt" for r in range(ranks))]
+    missing = [n for n in needed if not (tag_dir / n).is_file()]
+    missing += [f"rank {r}'s optimizer states" for r in range(ranks) if not any(tag_dir.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))]
+    if missing:
+        return f"{missing[0]} is missing"
+    files = marker.get("files")
+    if files is None:  # written before COMPLETE carried checksums
+        return None
+    if not isinstance(files, dict):
+        return f"its {MARKER} lists no files"
+    root = tag_dir.resolve()
+    for name in files:  # never look outside the checkpoint for a name its record gives
+        if Path(name).is_absolute() or ".." in Path(name).parts or not (tag_dir / name).resolve().is_relative_to(root):
+            return f"its {MARKER} names a file outside the checkpoint ({name})"
     for name, want in files.items():
         f = tag_dir / name
         if not f.is_file():
