@@ -231,3 +231,39 @@ def test_two_ranks_get_rank0s_refusal_and_then_its_claim(tmp_path):
     assert lines[1] == lines[0].replace("rank 0", "rank 1", 1)  # the same line on the other rank
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert sorted(l for l in proc.stdout.splitlines() if l.startswith("rank ")) == [f"rank 0 writes {out}", f"rank 1 writes {out}"], proc.stderr[-2000:]
+
+
+def test_shards_a_running_distillation_reads_are_not_replaced_and_readers_share(tmp_path, small_shards, small_corpus,
+                                                                                  mbert_tokenizer_dir):
+    """Issue 25, class 2: `prepare --out SHARDS --overwrite` once replaced the shards a distillation was reading (its later
+    epochs read other text, both exit 0). Readers hold a shared lock: the writer is refused naming the reader."""
+    import shutil
+
+    from ds_distil.core.rundir import hold_inputs
+
+    shards = tmp_path / "shards"
+    shutil.copytree(small_shards, shards)
+    before = tree(shards)
+    run = tmp_path / "run"
+    reader = subprocess.Popen([sys.executable, "-m", "ds_distil", "distill", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out",
+                               str(run), f"data.shards={shards}", "data.num_workers=0", "data.verify_checksums=false",
+                               "train.max_steps=100000", "checkpoint.every_steps=0", f"deepspeed.config={ROOT / 'ds_configs' / 'zero2-fp32.json'}"],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": free_port()})
+    try:
+        deadline = time.time() + 180
+        while not (run / "run_config.yaml").exists():  # it has claimed its --out and holds its inputs
+            assert reader.poll() is None and time.time() < deadline, reader.stderr.read()[-2000:]
+            time.sleep(0.1)
+        second = hold_inputs([shards])  # another reader is welcome
+        assert len(second) == 1 and second[0].fd is not None
+        line = one_line_error(prepare(shards, small_corpus, mbert_tokenizer_dir, "--overwrite"), f"{shards} is in use",
+                              f"read by pid {reader.pid}", "ds_distil distill")
+        assert "\n" not in line
+        for lock in second:
+            lock.release()
+    finally:
+        reader.send_signal(signal.SIGKILL)
+        reader.wait()
+    assert {k: v for k, v in tree(shards).items() if k != LOCK} == {k: v for k, v in before.items() if k != LOCK}
+    assert prepare(shards, small_corpus, mbert_tokenizer_dir, "--overwrite").returncode == 0  # nobody reads it now

@@ -6,8 +6,10 @@ Every command that writes an `--out` claims it first (`claim`):
   A non-empty directory without it, or made by another command, is refused without --overwrite;
   outputs of the landed version (no marker) are recognised by the files only ds-distil writes.
 * **Inputs.** --out may not be, contain, or lie inside one of the command's inputs.
-* **One writer.** OUT/.ds-distil.lock is held with a POSIX record lock (fcntl) for as long as the
-  command runs. The kernel drops it when the process dies however it dies (kill -9 included), so a
+* **One writer, readers held.** OUT/.ds-distil.lock is held with a POSIX record lock (fcntl) for as long
+  as the command runs; every input directory ds-distil made (shards, vocabulary, exports, runs) is held with
+  a shared lock on its own lock file, so that no command replaces or deletes it while it is read (readers
+  do not block each other; the refusal names the reader's pid and command). The kernel drops it when the process dies however it dies (kill -9 included), so a
   killed run never blocks --resume; a second run is refused naming the PID and host that hold it.
   POSIX locks are what NFS supports across nodes (NFSv4 natively, v3 through lockd); a file system
   mounted without lock support gets a warning and no guard.
@@ -132,9 +134,10 @@ class Lock:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
+                holder = _holder(self.path, fd) if e.errno in (errno.EAGAIN, errno.EACCES) else ""
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EACCES):
-                    raise UserError(f"{self.path.parent} is in use by another ds-distil run ({_holder(self.path)}); "
+                    raise UserError(f"{self.path.parent} is in use by another ds-distil run ({holder}); "
                                     "wait for it to finish, or choose another --out") from None
                 if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     log.warning("the file system of %s does not support locks (%s): nothing stops a second run from "
@@ -169,12 +172,68 @@ class Lock:
         self.fd = None
 
 
-def _holder(path: Path) -> str:
+class ReadLock:
+    """A shared POSIX record lock on an input directory's lock file, held while a command reads the directory: a
+    command that would replace or delete it (its exclusive `Lock`) is refused meanwhile, naming the reader; readers
+    do not block each other. Where the lock cannot be taken (a directory this user may not write, a file system
+    without locks) the input is read unguarded, as before."""
+
+    def __init__(self, directory: Path):
+        self.path, self.fd = Path(directory) / LOCK, None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _holder(self.path, fd) if e.errno in (errno.EAGAIN, errno.EACCES) else ""
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise UserError(f"{directory} is being written by another ds-distil run ({holder}); wait for it to finish "
+                                "before reading it") from None
+            return
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # the file stays: other readers may hold it
+            self.fd = None
+
+
+def hold_inputs(inputs) -> list[ReadLock]:
+    """Shared locks on the inputs that are directories ds-distil made (shards, vocabularies, exports, runs)."""
+    dirs = [Path(p) for p in inputs if p is not None and Path(p).is_dir() and owner(Path(p)) is not None]
+    return [ReadLock(d) for d in dict.fromkeys(d.resolve() for d in dirs)]
+
+
+def _holder(path: Path, fd: int | None = None) -> str:
     try:
         h = json.loads(path.read_text())
         return f"`ds-distil {h['command']}`, pid {h['pid']} on host {h['host']}, since {h['since']}; lock file {path}"
     except (OSError, ValueError, KeyError, TypeError):
-        return f"lock file {path}"
+        pass
+    pid = _conflicting_pid(fd) if fd is not None else None
+    if pid:  # a reader (shared locks carry no record of their own): the kernel names one
+        try:
+            cmd = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+        except OSError:
+            cmd = ""
+        what = f": `{cmd[:160]}`" if cmd else " (on another host: see the lock's holders there)"
+        return f"read by pid {pid}{what}; lock file {path}"
+    return f"lock file {path}"
+
+
+def _conflicting_pid(fd: int) -> int | None:
+    """The pid of a lock that keeps us from locking `fd` exclusively (fcntl F_GETLK), or None."""
+    import struct
+
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock, native layout
+        kind, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except (OSError, struct.error):
+        return None
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
 
 
 # ------------------------------------------------------------------------------------- swap
@@ -218,6 +277,7 @@ class RunDir:
     state: str  # "new" (nothing of value there), "owned" (our own earlier output, written in place), "staging"
     old_owner: str | None = None  # of what a staging commit replaces
     locks: list = field(default_factory=list)
+    readers: list = field(default_factory=list)  # ReadLocks on the inputs
     committed: bool = False
     in_place: bool = False  # distill: keeps writing after the commit
     alias: Path | None = None
@@ -268,9 +328,9 @@ class RunDir:
                 (self.out / MARKER).unlink(missing_ok=True)
 
     def release(self) -> None:
-        for lock in self.locks:
+        for lock in [*self.locks, *self.readers]:
             lock.release()
-        self.locks = []
+        self.locks, self.readers = [], []
         if self.alias is not None and self.alias.is_symlink():
             self.alias.unlink()
             self.alias = None
@@ -310,6 +370,7 @@ def claim(out: str | Path, command: str, *, overwrite: bool = False, inputs=(), 
     rd = RunDir(out, out, command, created, "new", in_place=in_place)
     try:
         rd.locks.append(Lock(out / LOCK, command))
+        rd.readers = hold_inputs(inputs)  # what this command reads may not be replaced while it runs
         prev = _refuse_if_not_ours(out, command, overwrite, ignore)  # again, now that we hold the lock
         for stale in staging_siblings(out):  # left by a killed run of ours (a live one would hold the lock)
             if stale.is_symlink():
