@@ -7,9 +7,11 @@ count, so "ours / reference" says how far the framework is from the best this ma
 
 Distillation (`ReferenceDistill`): the teacher frozen in its inference dtype, the student with fp32
 weights under autocast (bf16 or fp16, fp16 with a GradScaler; fp32 runs plain), LM heads at the
-masked positions only through a fixed-size position list, the same objective (KD), gradient
-clipping with the foreach norm (no host sync), torch's fused AdamW, and torch.compile of the
-forward and loss (static shapes; the backward is compiled with it).
+masked positions only through a fixed-size position list, the same objective as ours (any of
+ds_distil.distill.objectives: each model returns the hidden states and queries/keys/values its
+`Needs` name, and the objective's own parameters, e.g. TinyBERT's projection, are trained with the
+student), gradient clipping with the foreach norm (no host sync), torch's fused AdamW, and
+torch.compile of the forward and loss (static shapes; the backward is compiled with it).
 
 Finetuning (`ReferenceFinetune`): fp32 weights under autocast, inputs padded to a fixed length,
 fused AdamW with `capturable=True`, gradient clipping, and on CUDA the whole step (forward,
@@ -22,11 +24,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ds_distil.distill import objectives
 from ds_distil.distill.batch import Batch
-from ds_distil.distill.objectives.kd import KD
-from ds_distil.model.forward import Outputs, masked_lm_forward
+from ds_distil.distill.objectives.base import Objective
+from ds_distil.model.forward import masked_lm_forward
 from ds_distil.runtime.engine import param_groups
-from ds_distil.schema.distill import LossConfig
+from ds_distil.schema.distill import DataConfig, DistillConfig, LossConfig, TeacherConfig
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -36,24 +39,45 @@ def _adamw(model: nn.Module, lr: float, device: torch.device, capturable: bool =
                              capturable=capturable)
 
 
+def bound_objective(loss: LossConfig, teacher: nn.Module, student: nn.Module) -> Objective:
+    """`loss.objective` (auto: kd, a teacher being there) built as a run builds it and bound to these two models."""
+    cfg = DistillConfig(data=DataConfig(shards="-"), teacher=TeacherConfig(preset="mbert"), loss=loss)  # only .loss is read
+    objective = objectives.build(cfg)
+    objective.bind(teacher.config if objective.teacher is not None else None, student.config)
+    return objective
+
+
 class ReferenceDistill:
-    def __init__(self, teacher: nn.Module, student: nn.Module, vocab: int, loss: LossConfig, precision: str,
+    """`objective`: a bound objective, or a LossConfig to build one from (`loss.objective`, bound here)."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, vocab: int, objective: Objective | LossConfig, precision: str,
                  device: torch.device, compile: bool, lr: float = 1e-4, grad_clip: float = 1.0):
+        if isinstance(objective, LossConfig):
+            objective = bound_objective(objective, teacher, student)
         self.teacher, self.student = teacher, student.to(device).train()
-        self.vocab, self.objective, self.device, self.grad_clip = vocab, KD(loss), device, grad_clip
+        self.vocab, self.objective, self.device, self.grad_clip = vocab, objective, device, grad_clip
+        self.module = objective.module.to(device).train() if objective.module is not None else None
+        # the objective's own parameters (a projection) are trained with the student: same optimizer, same clipping
+        trained = self.student if self.module is None else nn.ModuleList([self.student, self.module])
         self.amp = AMP[precision]
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-        self.opt = _adamw(self.student, lr, device)
-        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.opt = _adamw(trained, lr, device)
+        self.params = [p for p in trained.parameters() if p.requires_grad]
         self.forward_loss = torch.compile(self._forward_loss, dynamic=False) if compile else self._forward_loss
 
     def _forward_loss(self, input_ids, attention_mask, positions, targets) -> torch.Tensor:
-        with torch.no_grad():
-            t_logits = masked_lm_forward(self.teacher, input_ids, attention_mask, positions, self.vocab).logits
+        s_needs, t_needs = self.objective.student, self.objective.teacher
+        t_out = None
+        if t_needs is not None:
+            with torch.no_grad():
+                t_out = masked_lm_forward(self.teacher, input_ids, attention_mask, positions, self.vocab, t_needs.hidden, t_needs.qkv)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            s_logits = masked_lm_forward(self.student, input_ids, attention_mask, positions, self.vocab).logits
+            s_out = masked_lm_forward(self.student, input_ids, attention_mask, positions, self.vocab, s_needs.hidden, s_needs.qkv)
         batch = Batch(input_ids, input_ids, attention_mask, positions, targets, targets, torch.zeros(0))
-        return self.objective.loss(Outputs(s_logits), Outputs(t_logits), batch, batch.counts())[0]
+        # the objective's parameters take the student's autocast outputs: they run under the same autocast (a loss
+        # without parameters, KD's, stays outside it; the loss functions compute in fp32 either way)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None and self.module is not None):
+            return self.objective.loss(s_out, t_out, batch, batch.counts())[0]
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.forward_loss(batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"])

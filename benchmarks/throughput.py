@@ -5,6 +5,7 @@ engineer writes by hand, same models, same inputs, same run.
     python -m benchmarks.throughput --full          # a GPU: seq 128, batches 128 and 256
     python -m benchmarks.throughput --full --levers # and each speed lever of ours turned off in turn
     python -m benchmarks.throughput --profile       # and a torch.profiler table of our step
+    python -m benchmarks.throughput --objectives kd,tinybert,minilmv2  # ours and the reference per objective
 
 Teacher: the mBERT architecture (12 x 768, vocabulary 119,547), random weights (speed does not
 depend on them). Students: dBERT Tiny and dBERT Base. Three methods:
@@ -21,6 +22,13 @@ depend on them). Students: dBERT Tiny and dBERT Base. Three methods:
   full-vocabulary logits at every position for both models, KL over all tokens, under the same
   DeepSpeed engine.
 
+With `--objectives kd,tinybert,minilmv2` (default: kd alone), ours and the reference run once per
+distillation objective (ds_distil/distill/objectives; LossConfig defaults, minilmv2 with 12 relation
+heads, which divide 312, 768 and the teacher's 768), our step with that objective bound and, where it
+has parameters of its own (TinyBERT's projection), the student wrapped as `StudentWithObjective` so
+the engine trains them; the report adds a table per student of each objective's step time against
+kd's (same method). The baseline, ours-trimmed and the levers run with kd only.
+
 With `--vocab VOCAB_DIR`, a fourth, ours-trimmed: our step with the student over that
 target-language vocabulary (teacher head and KL over its tokens; inputs drawn from its tokens).
 
@@ -35,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
+import os
 import resource
 import sys
 import time
@@ -46,6 +56,9 @@ VOCAB = 119547
 # --levers: ours with one lever turned off (or changed) at a time
 LEVERS = {"no padding": {"pad": 1}, "no compile": {"compile": False}, "unfused AdamW": {"fused": False},
           "fp16": {"precision": "fp16"}}
+# --objectives: what each objective changes from LossConfig's defaults for these students (12 divides 312 and 768)
+OBJECTIVE_LOSS = {"minilmv2": {"relation_heads": 12}}
+OURS_AND_REFERENCE = ("ours", "reference")  # the methods every objective runs; the others run with kd only
 
 
 def _sync(device) -> None:
@@ -55,7 +68,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None) -> list[dict]:
+def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None, vocab: int = VOCAB) -> list[dict]:
     """Random ordinary tokens (from `ordinary`: default every one of mBERT's) between [CLS] and [SEP],
     masked as the stream masks them."""
     import torch
@@ -65,7 +78,7 @@ def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None) -> lis
 
     cfg = DataConfig(shards="-")
     special = torch.tensor([0, 100, 101, 102, 103])
-    ordinary = torch.arange(106, VOCAB) if ordinary is None else ordinary
+    ordinary = torch.arange(106, vocab) if ordinary is None else ordinary
     out = []
     for i in range(n):
         g = torch.Generator().manual_seed(i)
@@ -81,14 +94,14 @@ def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None) -> lis
 
 def measure(spec: dict) -> dict:
     """One configuration, in this process: {student, method, seq_len, batch, steps, warmup, inputs, precision,
-    compile, pad, fused, profile}."""
+    compile, pad, fused, profile, objective (default kd), loss (LossConfig fields other than the defaults)}; the
+    tests also give teacher (a preset, default mbert) and vocab_size (default mBERT's) for small models."""
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.reference import ReferenceDistill
-    from ds_distil.distill.objectives.kd import KD
+    from benchmarks.reference import ReferenceDistill, bound_objective
     from ds_distil.distill.objectives.losses import kl_sum
-    from ds_distil.distill.setup import build_step
+    from ds_distil.distill.setup import StudentWithObjective, build_step
     from ds_distil.model.build import build_student, build_teacher
     from ds_distil.model.forward import MaskedLM
     from ds_distil.runtime.engine import DS_CONFIGS, ds_config_from, init_distributed, initialize, place_teacher, teacher_dtype
@@ -97,41 +110,47 @@ def measure(spec: dict) -> dict:
 
     d = init_distributed()  # a single process: on a port the OS finds free
     device, method, precision = d.device, spec["method"], spec["precision"]
+    vocab, t_preset, objective_name = spec.get("vocab_size", VOCAB), spec.get("teacher", "mbert"), spec.get("objective", "kd")
+    if method not in ("ours", "reference") and objective_name != "kd":
+        raise ValueError(f"method {method} runs with the kd objective only, not {objective_name}")
     torch.manual_seed(0)
     pad = spec["pad"] if method != "baseline" else 1
-    s_vocab, s_pad, trimmed, ordinary = VOCAB, 0, None, None
+    s_vocab, s_pad, trimmed, ordinary = vocab, 0, None, None
     if method == "ours-trimmed":  # the student over a target-language vocabulary (ds-distil vocab)
         from ds_distil.data.vocab import load_vocab_map
         from ds_distil.model.surgery import prepare_trimmed_run
 
         vmap = load_vocab_map(spec["vocab"])
-        teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, 1)
+        teacher = build_teacher(TeacherConfig(preset=t_preset), vocab, 0, 1)
         trimmed = prepare_trimmed_run(vmap, teacher, 0, 100, pad)
         s_vocab, s_pad = trimmed.vocab, trimmed.pad_id
         ordinary = torch.from_numpy(vmap.kept[vmap.kept >= 106])
     else:
-        teacher = build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, pad)
+        teacher = build_teacher(TeacherConfig(preset=t_preset), vocab, 0, pad)
     student = build_student(StudentConfig(preset=spec["student"], dropout=0.1), s_vocab, s_pad, pad_multiple=pad)
     t_dtype = teacher_dtype("auto", device) if method != "baseline" else torch.float32
     teacher = place_teacher(teacher, device, t_dtype)
     if trimmed is not None:
         trimmed.full_head.to(device=device, dtype=t_dtype)
-    loss_cfg = LossConfig()
-    batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device, ordinary)
+    loss_cfg = LossConfig(objective=objective_name, **spec.get("loss", {}))
+    objective = bound_objective(loss_cfg, teacher, student)  # may build its own parameters (a projection)
+    batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device, ordinary, vocab)
     student_arch, teacher_arch = Arch.of(student, s_vocab), Arch.of(teacher, s_vocab)
 
     def engine():
         train = TrainConfig(micro_batch_size=spec["batch"], max_steps=spec["steps"] + spec["warmup"], lr=1e-4)
         ds = ds_config_from(train, str(DS_CONFIGS / f"zero2-{precision}.json"), 1, train.max_steps, fused=spec["fused"])
+        if method != "baseline" and objective.module is not None:  # as setup.py: the engine trains the objective's parameters
+            return initialize(StudentWithObjective(student, s_vocab, objective.module), ds, 0.01)
         return initialize(MaskedLM(student, None if method == "baseline" else s_vocab), ds, 0.01)
 
     if method in ("ours", "ours-trimmed"):
-        micro_step = build_step(engine(), KD(loss_cfg), teacher, s_vocab, loss_cfg.temperature, device, 1, trimmed, spec["compile"])
+        micro_step = build_step(engine(), objective, teacher, s_vocab, loss_cfg.temperature, device, 1, trimmed, spec["compile"])
 
         def step(b):
-            return micro_step(b).cpu()  # the trainer's one read per optimizer step
+            return micro_step(b).cpu()[0]  # the trainer's one read per optimizer step; [0]: the total loss
     elif method == "reference":
-        step = ReferenceDistill(teacher, student, VOCAB, loss_cfg, precision, device, spec["compile"]).step
+        step = ReferenceDistill(teacher, student, vocab, objective, precision, device, spec["compile"]).step
     else:
         ds_engine = engine()
 
@@ -139,13 +158,16 @@ def measure(spec: dict) -> dict:
             with torch.no_grad():
                 t_full = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
             labels = b["labels"].view(-1)
-            s_full, _ = ds_engine(b["input_ids"], b["attention_mask"], torch.arange(labels.numel(), device=device))
-            kl = kl_sum(s_full, t_full.view(-1, VOCAB), loss_cfg.temperature) / labels.numel()
+            s_full = ds_engine(b["input_ids"], b["attention_mask"], torch.arange(labels.numel(), device=device)).logits
+            kl = kl_sum(s_full, t_full.view(-1, vocab), loss_cfg.temperature) / labels.numel()
             mlm = F.cross_entropy(s_full.float(), labels, ignore_index=-100)
             loss = loss_cfg.a_kl * loss_cfg.temperature**2 * kl + loss_cfg.a_mlm * mlm
             ds_engine.backward(loss)
             ds_engine.step()
+            return loss.detach()
 
+    # the objective's own parameters as the step starts (the engine has cast them): the timed steps must change them
+    own = [p.detach().float().cpu().clone() for p in objective.module.parameters()] if objective.module is not None else []
     for i in range(spec["warmup"]):
         step(batches[i % len(batches)])
     _sync(device)
@@ -153,9 +175,10 @@ def measure(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for i in range(spec["steps"]):
-        step(batches[i % len(batches)])
+        last = step(batches[i % len(batches)])
     _sync(device)
     step_s = (time.perf_counter() - t0) / spec["steps"]
+    trained = [not torch.equal(a, p.detach().float().cpu()) for a, p in zip(own, objective.module.parameters())] if own else []
 
     masked = sum(int((b["targets"] != -100).sum()) for b in batches) / len(batches)
     flops = distill_step_flops(student_arch, teacher_arch, spec["batch"], spec["seq_len"], masked)
@@ -163,7 +186,9 @@ def measure(spec: dict) -> dict:
     peak = peak_flops(gpu_name)
     out = {**spec, "step_s": step_s, "tokens_per_s": spec["batch"] * spec["seq_len"] / step_s, "samples_per_s": spec["batch"] / step_s,
            "masked_per_step": masked, "step_flops": flops, "achieved_tflops": flops / step_s / 1e12,
-           "mfu": flops / step_s / peak if peak else None, "teacher_dtype": str(t_dtype).removeprefix("torch.")}
+           "mfu": flops / step_s / peak if peak else None, "teacher_dtype": str(t_dtype).removeprefix("torch."),
+           "objective": objective.name, "last_loss": float(last), "objective_params": sum(p.numel() for p in objective.module.parameters())
+           if objective.module is not None else 0, "objective_params_trained": all(trained) if trained else None}
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["memory_kind"] = "GPU max_memory_allocated"
@@ -193,18 +218,25 @@ def render(result: dict) -> str:
     c = result["config"]
     md += (f"Teacher: mBERT architecture (12 x 768, vocab {VOCAB:,}), random weights. Precision {c['precision']}; torch.compile "
            f"{'on' if c['compile'] else 'off'} for ours and the reference. Mean step time over {c['steps']} timed steps run back to "
-           f"back after {c['warmup']} warm-up steps, {c['inputs']} input sets. Memory: {result['rows'][0].get('memory_kind', '?')}.\n\n"
+           f"back after {c['warmup']} warm-up steps, {c['inputs']} input sets. Memory: {result['rows'][0].get('memory_kind', '?')}."
+           + (f" Each configuration ran {c['repeats']} times, round-robin, each time in a fresh process; the run of median step "
+              "time is reported." if c.get("repeats", 1) > 1 else "") + "\n\n"
            "- ours: the trainer's micro step (DeepSpeed ZeRO-2, run defaults); reference: plain PyTorch with every lever "
            "(benchmarks/reference.py); baseline: fp32 teacher, unpadded vocabulary, full logits at every position.\n\n")
+    md += _load_note(result)
+    objectives = c.get("objectives", ["kd"])
+    if objectives != ["kd"]:
+        md += "The table below is the kd objective's; each objective's step follows it.\n\n"
     md += ("| student | seq | batch | method | teacher dtype | step s | tokens/s | samples/s | TFLOP/s | MFU | peak mem GiB "
            "| ours/reference | ours/baseline |\n|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-    by_key = {(r["student"], r["seq_len"], r["batch"], r["method"]): r for r in result["rows"] if not r.get("lever")}
+    kd_rows = [r for r in result["rows"] if r.get("objective", "kd") == "kd"]
+    by_key = {(r["student"], r["seq_len"], r["batch"], r["method"]): r for r in kd_rows if not r.get("lever")}
 
     def ratio(r, other):
         o = by_key.get((r["student"], r["seq_len"], r["batch"], other))
         return f"{r['tokens_per_s'] / o['tokens_per_s']:.2f}x" if o and "error" not in o else ""
 
-    for r in result["rows"]:
+    for r in kd_rows:
         name = r["method"] + (f" ({r['lever']})" if r.get("lever") else "")
         if "error" in r:
             md += f"| {r['student']} | {r['seq_len']} | {r['batch']} | {name} | failed: {r['error']} |\n"
@@ -222,6 +254,8 @@ def render(result: dict) -> str:
             md += f"- {r['student']} seq {r['seq_len']} batch {r['batch']}: {ratio(r, 'ours') or 'n/a'} the tokens/s\n"
     if not result["device"]["gpu"]:
         md += "\nCPU figures: MFU is not reported (no peak FLOP/s is known for this CPU).\n"
+    if objectives != ["kd"]:
+        md += _objectives_section(result)
     levers = [r for r in result["rows"] if r.get("lever") and "error" not in r]
     if levers:
         md += "\nEach lever's effect: tokens/s of ours with everything on, divided by ours with that lever off (or changed).\n\n"
@@ -238,6 +272,74 @@ def render(result: dict) -> str:
     return md
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Of one configuration's runs, the one of median step time (the lower middle one of an even count), with every
+    run's step time beside it; a configuration that failed in any run is reported as failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r["step_s"])
+    middle = ordered[(len(ordered) - 1) // 2]
+    return {**middle, "step_s_runs": [r["step_s"] for r in runs]} if len(runs) > 1 else middle
+
+
+def _load_note(result: dict) -> str:
+    """The machine's load averages at the start and the end of the run: how much other work shared its cores."""
+    load, cores = result.get("load_avg"), result["device"].get("cpu_cores")
+    if not load:
+        return ""
+    text = (f"Machine load (1-, 5-, 15-minute averages): {', '.join(f'{x:.1f}' for x in load['start'])} at the start, "
+            f"{', '.join(f'{x:.1f}' for x in load['end'])} at the end, on {cores} cores.")
+    if cores and max(load["start"][0], load["end"][0]) > cores:
+        text += (" Other jobs shared the cores during this run: absolute times are inflated and noisier than on an idle "
+                 "machine; compare the rows of this run with each other.")
+    return text + "\n\n"
+
+
+def _objectives_section(result: dict) -> str:
+    """Per student (and sequence length, batch): each objective's step, ours and the reference, against kd's."""
+    c, rows = result["config"], result["rows"]
+    overrides = c.get("objective_loss") or {name: OBJECTIVE_LOSS.get(name, {}) for name in c["objectives"]}
+    changed = "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in loss.items())}" for name, loss in overrides.items() if loss)
+    md = ("\n## Per objective\n\nOurs and the reference with each objective (ds_distil/distill/objectives), LossConfig defaults"
+          + (f" except {changed}" if changed else "") + "; same models, inputs and run. `step / kd's`: the row's step time over "
+          "kd's for the same student and method (what the objective's extra terms cost); `ours/reference`: tokens/s of ours "
+          "over the reference's, same objective. The FLOP counts (TFLOP/s, MFU) cover the KD step only and are left out "
+          "here. Last loss: the total of the last timed step.\n")
+    key = {(r["student"], r["seq_len"], r["batch"], r.get("objective", "kd"), r["method"]): r for r in rows
+           if not r.get("lever") and "error" not in r}
+    shapes = list(dict.fromkeys((r["student"], r["seq_len"], r["batch"]) for r in rows))
+    for student, seq, batch in shapes:
+        repeats = c.get("repeats", 1) > 1
+        md += (f"\n### {student}, seq {seq}, batch {batch}\n\n| objective | method | step s | tokens/s | peak mem GiB "
+               "| last loss | step / kd's | ours/reference |" + (" step s of each run |" if repeats else "")
+               + "\n|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if repeats else "") + "\n")
+        ratios = []
+        for objective in c["objectives"]:
+            for method in OURS_AND_REFERENCE:
+                r = next((r for r in rows if (r["student"], r["seq_len"], r["batch"], r.get("objective", "kd"), r["method"])
+                          == (student, seq, batch, objective, method) and not r.get("lever")), None)
+                if r is None:
+                    continue
+                if "error" in r:
+                    md += f"| {objective} | {method} | failed: {r['error']} |\n"
+                    continue
+                kd = key.get((student, seq, batch, "kd", method))
+                vs_kd = f"{r['step_s'] / kd['step_s']:.2f}x" if kd else ""
+                if kd and objective != "kd":
+                    ratios.append(f"{objective}/kd {method} {vs_kd}")
+                ref = key.get((student, seq, batch, objective, "reference")) if method == "ours" else None
+                vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else ""
+                last = r.get("last_loss")
+                loss = f"{last:.4f}" if isinstance(last, float) and math.isfinite(last) else str(last if last is not None else "")
+                md += (f"| {objective} | {method} | {r['step_s']:.4f} | {r['tokens_per_s']:,.0f} | {r['peak_memory_gib']:.2f} | {loss} "
+                       f"| {vs_kd} | {vs_ref} |" + (f" {', '.join(f'{x:.2f}' for x in r.get('step_s_runs', []))} |" if repeats else "")
+                       + "\n")
+        if ratios:
+            md += "\nStep time against kd's, same method: " + "; ".join(ratios) + ".\n"
+    return md
+
+
 def plot(result: dict, path: Path) -> None:
     """tokens/s against micro-batch size, one line per student, method and sequence length."""
     import matplotlib
@@ -248,9 +350,11 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = [r for r in result["rows"] if "error" not in r and not r.get("lever")]
     style = {"ours": "o-", "reference": "s:", "baseline": "x--", "ours-trimmed": "d-."}
-    for key in sorted({(r["student"], r["method"], r["seq_len"]) for r in rows}):
-        pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows if (r["student"], r["method"], r["seq_len"]) == key)
-        ax.plot([b for b, _ in pts], [t for _, t in pts], style[key[1]], label=f"{key[0]} {key[1]} L={key[2]}")
+    for key in sorted({(r["student"], r["method"], r["seq_len"], r.get("objective", "kd")) for r in rows}):
+        pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows
+                     if (r["student"], r["method"], r["seq_len"], r.get("objective", "kd")) == key)
+        name = f"{key[0]} {key[1]} L={key[2]}" + (f" {key[3]}" if key[3] != "kd" else "")
+        ax.plot([b for b, _ in pts], [t for _, t in pts], style[key[1]], label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("micro batch size")
     ax.set_ylabel("tokens/s (one device)")
@@ -265,7 +369,7 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--full", action="store_true", help="real sizes for a GPU: batches 128 and 256 (seq 128)")
-    p.add_argument("--students", default="dbert-tiny,dbert-base")
+    p.add_argument("--students", default="dbert-tiny,dbert-base", help="student presets, comma-separated")
     p.add_argument("--methods", default="ours,reference,baseline")
     p.add_argument("--seq-lens", default=None)
     p.add_argument("--batches", default=None)
@@ -279,12 +383,24 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="add a torch.profiler table of ours")
     p.add_argument("--vocab", default=None, help="a target-language vocabulary (ds-distil vocab): adds ours-trimmed, our step "
                    "with the student over it")
+    p.add_argument("--repeats", type=int, default=1, help="run every configuration this many times, round-robin, each in a "
+                   "fresh process, and report the run of median step time (a machine shared with other jobs)")
+    p.add_argument("--objectives", default="kd", help="distillation objectives (loss.objective), comma-separated, e.g. "
+                   "kd,tinybert,minilmv2: ours and the reference run with each, the others with kd only; the report "
+                   "compares each objective's step time with kd's (include kd)")
     args = parse_or_measure(p, measure)
     if args is None:
         return
     import torch
 
+    from ds_distil.distill.objectives import OBJECTIVES
     from ds_distil.runtime.engine import bf16_capable
+
+    objective_names = args.objectives.split(",")
+    unknown = [o for o in objective_names if o not in OBJECTIVES]
+    if unknown:
+        p.error(f"--objectives: unknown {', '.join(unknown)} (known: {', '.join(OBJECTIVES)})")
+    load_start = os.getloadavg()
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -301,28 +417,37 @@ def main() -> None:
             for b in batches:
                 base = {"student": s, "seq_len": L, "batch": b, "steps": steps, "warmup": warmup, "inputs": args.inputs,
                         "precision": precision, "compile": compile_, "pad": 128, "fused": True}
-                specs += [{**base, "method": m, "profile": args.profile and m == "ours"} for m in methods]
+                for name in objective_names:
+                    runs = methods if name == "kd" else [m for m in methods if m in OURS_AND_REFERENCE]
+                    specs += [{**base, "objective": name, "loss": OBJECTIVE_LOSS.get(name, {}), "method": m,
+                               "profile": args.profile and m == "ours"} for m in runs]
+                base = {**base, "objective": "kd", "loss": {}}  # the trimmed student and the levers: kd
                 if args.vocab:
                     specs.append({**base, "method": "ours-trimmed", "vocab": str(Path(args.vocab).resolve())})
                 if args.levers:
                     specs += [{**base, "method": "ours", "lever": name, **change} for name, change in LEVERS.items()
                               if {**base, **change} != base and not (name == "fp16" and not cuda)]
-    rows = []
-    for spec in specs:
-        rows.append(run_isolated("benchmarks.throughput", spec))
-        r = rows[-1]
-        name = f"{r['student']} seq {r['seq_len']} batch {r['batch']} {r['method']}" + (f" ({r['lever']})" if r.get("lever") else "")
-        print(f"{name}: " + (f"{r['step_s']:.4f} s/step, {r['tokens_per_s']:,.0f} tokens/s, peak {r['peak_memory_gib']:.2f} GiB"
-                             if "error" not in r else f"failed: {r['error']}"), flush=True)
+    runs: list[list[dict]] = [[] for _ in specs]
+    for repeat in range(args.repeats):  # round-robin: a change in the machine's load falls on every configuration alike
+        for spec, done in zip(specs, runs):
+            done.append(run_isolated("benchmarks.throughput", spec))
+            r = done[-1]
+            name = (f"{r['student']} seq {r['seq_len']} batch {r['batch']} {r['method']}" + (f" ({r['lever']})" if r.get("lever") else "")
+                    + (f" [{r['objective']}]" if r.get("objective", "kd") != "kd" else "") + (f" run {repeat + 1}" if args.repeats > 1 else ""))
+            print(f"{name}: " + (f"{r['step_s']:.4f} s/step, {r['tokens_per_s']:,.0f} tokens/s, peak {r['peak_memory_gib']:.2f} GiB"
+                                 if "error" not in r else f"failed: {r['error']}"), flush=True)
+    rows = [median_run(done) for done in runs]
     if all("error" in r for r in rows):
         print("throughput: every configuration failed; no report written", file=sys.stderr)
         sys.exit(1)
-    mode = ("full" if args.full else "quick") + ("-levers" if args.levers else "")
+    mode = ("objectives-" if objective_names != ["kd"] else "") + ("full" if args.full else "quick") + ("-levers" if args.levers else "")
     result = {"what": "throughput", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
               "versions": versions(), "command": command_line("benchmarks.throughput"),
               "config": {"students": args.students.split(","), "methods": methods, "seq_lens": seq_lens, "batches": batches,
                          "steps": steps, "warmup": warmup, "inputs": args.inputs, "precision": precision, "compile": compile_,
-                         "levers": args.levers, "vocab": args.vocab}, "rows": rows}
+                         "levers": args.levers, "vocab": args.vocab, "objectives": objective_names, "repeats": args.repeats,
+                         "objective_loss": {o: OBJECTIVE_LOSS.get(o, {}) for o in objective_names}},
+              "load_avg": {"start": list(load_start), "end": list(os.getloadavg())}, "rows": rows}
     md = render(result)
     paths = write_report(f"throughput-{mode}", result, md, Path(args.out))
     plot(result, paths[0].with_suffix(".png"))

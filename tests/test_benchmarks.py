@@ -73,3 +73,106 @@ def test_reports_go_only_into_a_folder_of_benchmark_results(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         write_report("a", result, "# a\n", tmp_path / "mine")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.tex"]
+
+
+TINY = {"teacher": "tiny", "student": "micro", "vocab_size": 1000}  # 2 x 128 and 2 x 64, both 2 heads: a projection 64 -> 128
+
+
+def _tiny_models():
+    import torch
+
+    from ds_distil.model.build import build_student, build_teacher
+    from ds_distil.schema.distill import StudentConfig, TeacherConfig
+
+    torch.manual_seed(0)
+    teacher = build_teacher(TeacherConfig(preset=TINY["teacher"]), TINY["vocab_size"], 0, 128)
+    student = build_student(StudentConfig(preset=TINY["student"], dropout=0.0), TINY["vocab_size"], 0, pad_multiple=128)
+    return teacher, student
+
+
+def test_the_reference_step_trains_the_objective_it_is_given_with_the_objectives_own_parameters():
+    """Issue 23: the plain-PyTorch reference runs any objective: the models return what its Needs name, and TinyBERT's
+    projection is trained by the reference's optimizer (and clipped with the student)."""
+    import math
+
+    import torch
+
+    from benchmarks.reference import ReferenceDistill
+    from benchmarks.throughput import make_batches
+    from ds_distil.schema.distill import LossConfig
+
+    cpu = torch.device("cpu")
+    b = make_batches(1, 2, 32, cpu, vocab=TINY["vocab_size"])[0]
+    args = (b["input_ids"], b["attention_mask"], b["positions"], b["targets"])
+    teacher, student = _tiny_models()
+    kd = ReferenceDistill(teacher, student, TINY["vocab_size"], LossConfig(), "fp32", cpu, compile=False)
+    assert kd.objective.name == "kd" and kd.module is None
+    with torch.no_grad():
+        kd_loss = float(kd.forward_loss(*args))
+
+    ref = ReferenceDistill(teacher, student, TINY["vocab_size"], LossConfig(objective="tinybert"), "fp32", cpu, compile=False)
+    projection = ref.module["projection"]
+    assert (projection.in_features, projection.out_features) == (64, 128)
+    in_optimizer = {id(p) for group in ref.opt.param_groups for p in group["params"]}
+    assert {id(p) for p in projection.parameters()} <= in_optimizer and {id(p) for p in projection.parameters()} <= {id(p) for p in ref.params}
+    assert {id(p) for p in student.parameters() if p.requires_grad} <= in_optimizer
+    with torch.no_grad():
+        tiny_loss = float(ref.forward_loss(*args))
+    # the same models and batch: the KL and MLM terms are kd's, the attention and layer terms come on top
+    assert math.isfinite(tiny_loss) and tiny_loss > kd_loss + 1e-3, (tiny_loss, kd_loss)
+    before = projection.weight.detach().clone()
+    loss = float(ref.step(b))
+    assert math.isfinite(loss) and abs(loss - tiny_loss) < 1e-4
+    assert not torch.equal(before, projection.weight.detach())
+
+
+def test_the_throughput_benchmark_runs_an_objective_for_ours_and_the_reference(monkeypatch):
+    """One configuration per method as the benchmark runs it (a fresh process each): tinybert with tiny models gives a
+    finite loss and trains its projection, in our DeepSpeed step (StudentWithObjective) and in the reference."""
+    import math
+
+    from benchmarks.common import run_isolated
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = {**TINY, "seq_len": 32, "batch": 2, "steps": 2, "warmup": 1, "inputs": 2, "precision": "fp32", "compile": False,
+            "pad": 128, "fused": True, "objective": "tinybert", "loss": {}}
+    # 3 optimizer steps: our engine's learning-rate schedule over 2 steps gives both a rate of 0
+    rows = {m: run_isolated("benchmarks.throughput", {**spec, "method": m}) for m in ("ours", "reference")}
+    for method, row in rows.items():
+        assert "error" not in row, (method, row.get("error"))
+        assert row["objective"] == "tinybert" and math.isfinite(row["last_loss"]) and row["step_s"] > 0, row
+        assert row["objective_params"] == 64 * 128 + 128 and row["objective_params_trained"] is True, row
+    # the same objective on the same models and inputs: the two steps' losses agree (dropout makes them differ a little)
+    assert abs(rows["ours"]["last_loss"] - rows["reference"]["last_loss"]) < 0.1 * rows["reference"]["last_loss"], rows
+
+
+def test_throughput_markdown_compares_each_objective_with_kd():
+    from benchmarks.throughput import render
+
+    def row(objective, method, step_s):
+        return {**_row(method, 1024 / step_s), "objective": objective, "last_loss": 5.0}
+
+    result = {"device": {"gpu": None, "cpu": "x", "cpu_cores": 2}, "versions": {"torch": "2"}, "date": "2026-01-01", "command": "c",
+              "config": {"precision": "fp32", "compile": False, "steps": 3, "warmup": 1, "inputs": 1, "objectives": ["kd", "tinybert"],
+                         "objective_loss": {"kd": {}, "tinybert": {}}},
+              "load_avg": {"start": [5.0, 4.0, 3.0], "end": [6.0, 5.0, 4.0]},
+              "rows": [row("kd", "ours", 2.0), row("kd", "reference", 1.0), row("tinybert", "ours", 3.0), row("tinybert", "reference", 1.2)]}
+    md = render(result)
+    # the kd table keeps its layout and holds kd's rows only
+    assert "| dbert-tiny | 128 | 8 | ours | float32 | 2.0000 |" in md and "| dbert-tiny | 128 | 8 | ours | float32 | 3.0000 |" not in md
+    assert "| tinybert | ours | 3.0000 | 341 | 1.00 | 5.0000 | 1.50x | 0.40x |" in md  # step / kd's, ours/reference
+    assert "| tinybert | reference | 1.2000 | 853 | 1.00 | 5.0000 | 1.20x |  |" in md
+    assert "tinybert/kd ours 1.50x; tinybert/kd reference 1.20x" in md
+    assert "Other jobs shared the cores" in md
+
+
+def test_repeated_configurations_report_the_run_of_median_step_time():
+    from benchmarks.throughput import median_run
+
+    runs = [{"step_s": 3.0, "tokens_per_s": 1.0}, {"step_s": 1.0, "tokens_per_s": 3.0}, {"step_s": 2.0, "tokens_per_s": 2.0}]
+    assert median_run(runs) == {"step_s": 2.0, "tokens_per_s": 2.0, "step_s_runs": [3.0, 1.0, 2.0]}
+    assert median_run(runs[:2])["step_s"] == 1.0  # an even count: the lower middle run
+    assert median_run(runs[:1]) == runs[0]
+    assert median_run([runs[0], {"step_s": 1.0, "error": "boom"}])["error"] == "boom"
