@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, one_line_error, run_cli
@@ -347,6 +348,65 @@ def test_a_file_size_limit_met_while_writing_shards_is_one_line_and_keeps_the_ol
     assert len(lines) == 1 and "larger than allowed" in lines[0] and "EFBIG" in lines[0] and "Traceback" not in proc.stderr
     assert "train-000000.tar" in lines[0]  # the shard being written
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 5 MiB tmpfs mounted for the test (root only: elsewhere the stand-in test above covers the message)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()}): the stand-in test covers ENOSPC and EBUSY")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def os_error_line(proc, *needles) -> str:
+    """A command stopped by the operating system: exit 1, one 'error:' line holding every needle, no traceback."""
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".ds-distil.lock"}
+
+
+def test_a_full_disk_and_a_busy_mount_point_are_one_line_each_and_keep_the_old_output(small_tmpfs, tmp_path, corpus_docs,
+                                                                                      mbert_tokenizer_dir):
+    """For real: a prepare --overwrite that fills a small tmpfs (ENOSPC, in the tokenizer's files, a Rust error, or a
+    shard) is one line, exit 1, the earlier output byte for byte as it was, no staging directory left; a prepare whose
+    --out is the mount point itself (it used to end in EBUSY once the work was done) is refused before it starts."""
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_text("\n".join(corpus_docs[:200]))
+    big.write_text("\n".join(corpus_docs))
+    out = small_tmpfs / "shards"
+    assert run_cli(*prepare_args(out, small, tok=mbert_tokenizer_dir), "--val-fraction", "0").returncode == 0
+    before = _files(small_tmpfs)
+    # the old output takes 3 of the 5 MiB: a new one of the same text fills the disk in the tokenizer's files (a Rust
+    # error, not an OSError), one of the whole corpus in its shards
+    for text, where in ((small, "/tokenizer"), (big, ".tar")):
+        proc = run_cli(*prepare_args(out, text, tok=mbert_tokenizer_dir), "--val-fraction", "0", "--overwrite")
+        line = os_error_line(proc, "no space left on the device", "ENOSPC", f"{small_tmpfs}/.shards.ds-distil-new-")
+        assert line.split(" (ENOSPC")[0].endswith(where), line
+        assert _files(small_tmpfs) == before and [p.name for p in small_tmpfs.iterdir()] == ["shards"]
+
+    # the mount point itself as --out: the new output cannot be swapped in for it (EBUSY, once all the work was
+    # done): refused before any work, the mount point left as it was
+    shutil.rmtree(out)
+    one_line_error(run_cli(*prepare_args(small_tmpfs, small, tok=mbert_tokenizer_dir)), str(small_tmpfs), "is a mount point",
+                   f"{small_tmpfs}/prepare")
+    assert list(small_tmpfs.iterdir()) == []
+    (small_tmpfs / "mine.txt").write_text("a file of the user's")
+    one_line_error(run_cli(*prepare_args(small_tmpfs, small, tok=mbert_tokenizer_dir), "--overwrite"), "is a mount point")
+    assert [p.name for p in small_tmpfs.iterdir()] == ["mine.txt"]
+    assert not [p for p in small_tmpfs.parent.iterdir() if p.name.startswith(".small")]  # no staging sibling left
 
 
 def test_a_study_with_more_local_ranks_than_cores_is_refused_before_it_starts(tmp_path):

@@ -336,6 +336,62 @@ def test_sigusr1_checkpoints_stops_for_requeue_and_resume_equals_uninterrupted(s
     assert [v["step"] for v in validations(out)] == [5, 10, 14] and validations(tmp_path / "whole") == validations(out)
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_sigterm_ends_a_run_whose_data_loader_is_stuck(small_shards, tmp_path):
+    """Issue 25: a run waiting for a batch that never comes (its data-loader worker stopped, as one stuck in a hung file
+    system read) used to log "will checkpoint after the current step and stop" on SIGTERM and wait forever. Now it
+    waits the grace period (10 s), kills its workers and exits 75 without a checkpoint of a step it did not take; the
+    checkpoint it names is the one --resume continues from, complete."""
+    out = tmp_path / "stuck"
+    common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 100000, "checkpoint.every_steps": 2,
+                                                                   "log.every_steps": 1, "log.eval_every_steps": 0})]
+    proc = subprocess.Popen([sys.executable, "-m", "ds_distil", "distill", "--out", str(out), *common], env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stopped: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while latest_tag(out / "checkpoints") is None:
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
+            time.sleep(0.05)
+        stopped = _children(proc.pid)  # the data-loader worker
+        assert stopped, "no data-loader worker to stop"
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        steps, still = -1, 0  # wait until the batches it had fetched are trained on and the run waits
+        while still < 30:
+            now = len(losses(out))
+            still, steps = (still + 1 if now == steps else 0), now
+            assert proc.poll() is None
+            time.sleep(0.1)
+        start = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        took = time.time() - start
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, stderr[-3000:]
+    tag = latest_tag(out / "checkpoints")
+    assert "received SIGTERM while waiting for input: stopping once it comes, or in 10 s without it" in stderr, stderr[-3000:]
+    assert (f"no input came within 10 s of the stop request: stopping at step {steps} without a checkpoint; --resume "
+            f"continues from {tag}") in stderr, stderr[-3000:]
+    assert 10 <= took < 60, took
+    assert all(not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in stopped)
+    assert int(tag.removeprefix("step")) <= steps and (out / "checkpoints" / tag / MARKER).exists()
+    assert "Traceback" not in stderr and not (out / "student").exists()
+
+
 def test_compiled_step_computes_what_the_eager_step_does(small_shards, tmp_path):
     """perf.compile (on by default on GPUs, off on CPU): teacher, student and loss under torch.compile
     give the eager run's losses and weights, up to float rounding."""

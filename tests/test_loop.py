@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -59,8 +61,8 @@ class FakeStep:
 
 
 class FakeCheckpoints:
-    def __init__(self):
-        self.saved = []
+    def __init__(self, run_dir):
+        self.saved, self.run_dir = [], run_dir
 
     def save(self, step, trainer, data):
         self.saved.append((step, trainer, data))
@@ -73,10 +75,10 @@ def components(tmp_path, steps=6, accum=1, nonfinite_from=None, signal_at=None, 
     objective = Extra(config.loss)
     engine = FakeEngine(accum)
     stream = SimpleNamespace(seq_len=16, steps_per_epoch=100, position=SimpleNamespace(epoch=0, step=0),
-                             state_dict=lambda: {"position": {"epoch": 0, "step": engine.calls}})
+                             state_dict=lambda: {"position": {"epoch": 0, "step": engine.calls}}, abandon=lambda: None)
     return Components(config, Dist(0, 1, 0, torch.device("cpu"), "none"), engine, stream, objective,
                       SimpleNamespace(arch=None, log_values=lambda b: {}), FakeStep(engine, objective, nonfinite_from, signal_at),
-                      validator, FakeCheckpoints(), Metrics(tmp_path, True, True, steps, 0), TrainerState(), steps,
+                      validator, FakeCheckpoints(tmp_path), Metrics(tmp_path, True, True, steps, 0), TrainerState(), steps,
                       Arch(2, 64, 128, 1000), None, SimpleNamespace(read=lambda: {"cpu/rss_gib": 1.0}), batches=iter(lambda: {}, None))
 
 
@@ -133,6 +135,69 @@ def test_a_stop_signal_ends_the_step_checkpoints_and_exits_for_requeue(tmp_path,
     assert c.state.step == 3 and [s for s, _, _ in c.checkpoints.saved] == [3]
 
 
+def slow_batches(ready: int, delay_s: float):
+    """`ready` batches at once, then each after `delay_s` (a data loader that is stuck, for a long delay)."""
+    for _ in range(ready):
+        yield {}
+    while True:
+        time.sleep(delay_s)  # one sleep: a signal handler that raises ends it
+        yield {}
+
+
+def signal_later(seconds: float, *signums: int) -> threading.Timer:
+    """Send this process each of `signums` (0.2 s apart) after `seconds`, as SLURM or a user would while it waits."""
+
+    def send():
+        for i, s in enumerate(signums):
+            if i:
+                time.sleep(0.2)
+            os.kill(os.getpid(), s)
+
+    timer = threading.Timer(seconds, send)
+    timer.start()
+    return timer
+
+
+def test_a_stop_signal_while_the_next_batch_never_comes_exits_for_requeue_after_the_grace_period(
+        tmp_path, keep_signal_handlers, monkeypatch, caplog):
+    """Issue 25: a run stuck waiting for a batch used to log "will checkpoint after the current step" and never stop."""
+    monkeypatch.setattr("ds_distil.core.signals.DATA_WAIT_GRACE_S", 0.5)
+    c = components(tmp_path, steps=10)
+    c.batches = slow_batches(2, delay_s=60)  # (60: the old loop took it, 60 s late)
+    alarm_handler = signal.getsignal(signal.SIGALRM)
+    timer = signal_later(0.5, signal.SIGTERM)
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        assert fit(c) == EXIT_PREEMPTED
+    timer.join()
+    assert time.monotonic() - start < 10  # the signal at 0.5 s, the grace period 0.5 s
+    assert c.state.step == 2 and c.checkpoints.saved == []  # no step to finish: nothing new to save
+    assert "no input came within 0.5 s of the stop request: stopping at step 2 without a checkpoint; no checkpoint exists yet" \
+        in caplog.text
+    assert signal.getsignal(signal.SIGALRM) == alarm_handler  # the timer's handler is the process's own again
+
+
+def test_a_batch_that_comes_within_the_grace_period_is_trained_on_and_checkpointed(tmp_path, keep_signal_handlers, monkeypatch):
+    monkeypatch.setattr("ds_distil.core.signals.DATA_WAIT_GRACE_S", 30.0)
+    c = components(tmp_path, steps=10)
+    c.batches = slow_batches(2, delay_s=1.0)
+    timer = signal_later(0.3, signal.SIGTERM)  # while the third batch is on its way
+    assert fit(c) == EXIT_PREEMPTED
+    timer.join()
+    assert c.state.step == 3 and [s for s, _, _ in c.checkpoints.saved] == [3]
+
+
+def test_a_second_stop_signal_while_waiting_stops_at_once(tmp_path, keep_signal_handlers, monkeypatch):
+    monkeypatch.setattr("ds_distil.core.signals.DATA_WAIT_GRACE_S", 3600.0)
+    c = components(tmp_path, steps=10)
+    c.batches = slow_batches(1, delay_s=60)
+    timer = signal_later(0.3, signal.SIGUSR1, signal.SIGTERM)
+    start = time.monotonic()
+    assert fit(c) == EXIT_PREEMPTED
+    timer.join()
+    assert time.monotonic() - start < 30 and c.state.step == 1 and c.checkpoints.saved == []
+
+
 def test_nonfinite_losses_are_skipped_then_refused(tmp_path, keep_signal_handlers):
     c = components(tmp_path, steps=10, nonfinite_from=4)
     with pytest.raises(UserError, match="loss was NaN/inf for 3 optimizer steps in a row at step 6"):
@@ -152,3 +217,18 @@ def test_a_run_whose_every_step_failed_stops_non_zero_and_logs_nan_not_zero(tmp_
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "loss/total" in line]
     assert [r["step"] for r in logged] == [2] and logged[0]["loss/total"] != logged[0]["loss/total"]  # NaN
     assert any(m.startswith("step 2/3 | loss nan | mlm loss nan") for m in caplog.messages)
+
+
+def test_sigint_stops_at_once_and_lets_go_of_the_data_loader(tmp_path, keep_signal_handlers):
+    """Ctrl-C while waiting for a batch: KeyboardInterrupt (the command prints one line, exit 130), after the stream's
+    data-loader workers are killed (one stuck in a read would otherwise hold the interpreter's exit)."""
+    c = components(tmp_path, steps=10)
+    abandoned = []
+    c.stream.abandon = lambda: abandoned.append(True)
+    c.batches = slow_batches(1, delay_s=60)
+    timer = signal_later(0.3, signal.SIGINT)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fit(c)
+    timer.join()
+    assert time.monotonic() - start < 30 and abandoned == [True] and c.state.step == 1

@@ -106,7 +106,7 @@ def test_preempted_distill_job_checkpoints_requeues_and_ends_like_an_uninterrupt
     assert job_field(cluster, job, "Restarts") == "1"
     assert "got USR1: asking the ranks to stop" in text and "got USR1 again" in text
     for rank in (0, 1):  # once per rank: data-loader workers, signalled too, stay quiet
-        assert text.count(f"[rank {rank}] WARNING ds_distil.distill.loop: received SIGUSR1: will checkpoint") == 1, text[-3000:]
+        assert text.count(f"[rank {rank}] WARNING ds_distil.core.signals: received SIGUSR1: will checkpoint") == 1, text[-3000:]
     assert "ranks exited with status 75" in text and "requeueing" in text
     stopped_at = int(text.split("stop requested by signal: checkpoint step")[1][:8])
     assert 12 <= stopped_at < 40

@@ -1,5 +1,8 @@
 """The one exception type users see: a one-line message that says what is wrong, where, and what to do."""
 
+import re
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """Bad input or configuration. The CLI prints the message on one line and exits non-zero."""
@@ -42,3 +45,21 @@ def os_error_line(e: OSError) -> str:
     where = f" at {paths}" if paths else ""
     code = f" ({name}, {os.strerror(e.errno)})" if name and name in _OS_ADVICE else ""
     return f"{meaning}{where}{code}; {todo}"
+
+
+@contextmanager
+def os_errors_at(path):
+    """Around a save by a Rust binding (tokenizers', safetensors'): the OS error it reports only as text ("No space
+    left on device (os error 28)", in a plain Exception or a SafetensorError) raised as the OSError it is, naming
+    `path`, so the CLI gives it the one line of every OSError."""
+    import os
+
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m is None:
+            raise
+        raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) from e

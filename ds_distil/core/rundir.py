@@ -388,6 +388,9 @@ def claim(out: str | Path, command: str, *, overwrite: bool = False, inputs=(), 
             if read_marker(out) is None:
                 _write_marker(out, command)
             return rd
+        if os.path.ismount(out):  # the swap below would end in EBUSY, after all the work
+            raise UserError(f"--out {out} is a mount point: {command} writes its output beside --out and swaps it in, "
+                            f"which a mount point cannot take; pass a directory inside it, e.g. {out / command}")
         staging = out.with_name(f".{out.name}{STAGING_INFIX}{os.getpid()}")
         staging.mkdir()
         rd.path, rd.state, rd.old_owner = staging, "staging", prev if not empty else command

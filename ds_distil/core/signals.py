@@ -1,7 +1,8 @@
 """SLURM's warning before a time limit or preemption (SIGUSR1, or SIGTERM) and what our commands do with it.
 
-`distill` finishes its step, checkpoints and exits EXIT_PREEMPTED (its handler is in the trainer);
-`finetune` has no checkpoints and exits EXIT_PREEMPTED at once. slurm/*.sbatch requeue the job on
+`distill` finishes its step, checkpoints and exits EXIT_PREEMPTED (`StopRequest`, read by the trainer); while it
+waits for a batch that does not come (a stuck data loader, a hung file system) it exits EXIT_PREEMPTED without a
+checkpoint after a grace period. `finetune` has no checkpoints and exits EXIT_PREEMPTED at once. slurm/*.sbatch requeue the job on
 that status, and the same command continues (distill --resume) or redoes the work (finetune).
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a signal asked us to stop; run the same command again
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# how long a stop request waits for a batch that is being built before it gives up on it: a healthy data loader
+# answers in milliseconds, and SLURM's warning (e.g. --signal=USR1@120) must leave time for the checkpoint after it
+DATA_WAIT_GRACE_S = 10.0
 
 
 def signal_name(signum: int) -> str:
@@ -34,6 +39,65 @@ def on_stop_signal(handler) -> None:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, dispatch)
+
+
+class StopWhileWaiting(Exception):
+    """A stop signal came while the process waited for its next input, and no input came within the grace period
+    (or a second signal came): the work since the last checkpoint is not saved."""
+
+
+class StopRequest:
+    """SIGUSR1/SIGTERM set a flag and do nothing else: the step and any checkpoint being written go on undisturbed,
+    however many signals arrive (a SIGKILL mid-write leaves the previous checkpoint as `latest`); the caller reads
+    the flag (`stop()`) where it can stop cleanly.
+
+    A wait for input is different, since it may never end: inside `waiting()`, a stop request (one that came
+    before the wait or during it) starts a timer of `grace_s`; the input that comes in time is used as usual, and if
+    none comes, or a second signal arrives, `StopWhileWaiting` is raised out of the wait. Main thread only
+    (signals and the timer are delivered there)."""
+
+    def __init__(self, grace_s: float | None = None):
+        self.requested, self._waiting = False, False
+        self.grace_s = DATA_WAIT_GRACE_S if grace_s is None else grace_s
+        on_stop_signal(self._on_signal)
+        self._previous_alarm = signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _on_signal(self, signum: int) -> None:
+        again, self.requested = self.requested, True  # first: a nested call must see it
+        if self._waiting:
+            if again:
+                raise StopWhileWaiting(f"received {signal_name(signum)} again while waiting for input")
+            log.warning("received %s while waiting for input: stopping once it comes, or in %g s without it",
+                        signal_name(signum), self.grace_s)
+            signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+        elif again:
+            log.warning("received %s again: already stopping; the checkpoint is written whole first", signal_name(signum))
+        else:
+            log.warning("received %s: will checkpoint after the current step and stop", signal_name(signum))
+
+    def _on_alarm(self, _signum, _frame) -> None:
+        if self._waiting:
+            raise StopWhileWaiting(f"no input came within {self.grace_s:g} s of the stop request")
+
+    @contextmanager
+    def waiting(self):
+        """Around a wait for input that may never end (the next batch)."""
+        self._waiting = True
+        try:
+            if self.requested:  # asked during the last step: this wait gets the grace period, not forever
+                signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+            yield
+        finally:
+            self._waiting = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def close(self) -> None:
+        """The process's SIGALRM handler as it was (the stop-signal handler stays: a late signal only sets the flag)."""
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._previous_alarm)
 
 
 def exit_on_stop_signal(what: str) -> None:

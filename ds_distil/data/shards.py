@@ -41,7 +41,7 @@ import numpy as np
 
 from ds_distil import __version__
 from ds_distil.core.config import save, to_dict
-from ds_distil.core.errors import UserError
+from ds_distil.core.errors import UserError, os_errors_at
 from ds_distil.core.io import atomic_write_json
 from ds_distil.core.progress import Progress
 from ds_distil.core.rundir import claim
@@ -493,7 +493,8 @@ def _prepare_into(staging: Path, cfg: PrepareConfig, files: list[Path], tokenize
         raise UserError(f"no training documents left in {', '.join(cfg.input) or cfg.hf_dataset} after selection; check the input and --fraction")
 
     # The manifest last: only with it is the directory a finished output (and then it is swapped in whole).
-    tokenizer.save_pretrained(str(staging / "tokenizer"))
+    with os_errors_at(staging / "tokenizer"):
+        tokenizer.save_pretrained(str(staging / "tokenizer"))
     save(cfg, staging / "prepare_config.yaml")
     manifest = {
         "format": FORMAT,

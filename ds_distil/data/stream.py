@@ -246,6 +246,7 @@ class MLMStream:
         self.max_masked = max_masked_per_sample(self.seq_len, cfg.mlm_probability)
         self.steps_per_epoch, _ = plan_rank(self.n_samples, world_size, batch_size, self.workers, rank)
         self.position = StreamPosition()
+        self._live = None  # the DataLoader iterator batches come from now
         self.bad_shards = self._verify(rank, world_size)
 
     def _verify(self, rank: int, world_size: int) -> dict[str, str]:
@@ -280,7 +281,8 @@ class MLMStream:
         """The rest of the current epoch; the position advances as batches are handed out."""
         pos = self.position
         if pos.step < self.steps_per_epoch:
-            for batch in self.loader(pos.epoch, pos.step):
+            self._live = iter(self.loader(pos.epoch, pos.step))
+            for batch in self._live:
                 if ERROR_KEY in batch:
                     raise CorruptShardError(*batch[ERROR_KEY])
                 pos.step += 1
@@ -290,6 +292,23 @@ class MLMStream:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
             yield from self.epoch_batches()
+
+    def abandon(self) -> None:
+        """Kill this rank's data-loader workers now, for a process that stops while waiting for them (one stuck in a
+        read answers no gentler signal, and the interpreter would wait for it at exit). The stream cannot be used
+        afterwards. torch has no public handle on the workers: this reads the DataLoader iterator's own list."""
+        it, self._live = self._live, None
+        workers = getattr(it, "_workers", None) or []
+        if getattr(it, "_worker_pids_set", False):  # else torch's SIGCHLD handler takes the kill for a crash and raises
+            from torch.utils.data._utils.signal_handling import _remove_worker_pids
+
+            _remove_worker_pids(id(it))
+            it._worker_pids_set = False
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+        for w in workers:
+            w.join(timeout=5)
 
     def read(self, start: int, count: int) -> Iterator[tuple[np.ndarray, int]]:
         """Samples at positions [start, start + count) of the split in shard order (never shuffled),

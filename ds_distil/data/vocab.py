@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ds_distil.core.errors import UserError
+from ds_distil.core.errors import UserError, os_errors_at
 from ds_distil.data.samples import read_shard
 from ds_distil.schema.vocab import VocabConfig
 
@@ -262,7 +262,8 @@ def _write(tmp: Path, cfg: VocabConfig, manifest, full, trimmed, counts: np.ndar
     from ds_distil.data.tasks import default_data_dir
     from ds_distil.data.tokenizer import vocab_hash
 
-    trimmed.save_pretrained(str(tmp))
+    with os_errors_at(tmp):
+        trimmed.save_pretrained(str(tmp))
     special = sorted(set(full.all_special_ids))
     total = int(counts.sum() - counts[special].sum())
     kept_mask = torch.zeros(len(full), dtype=torch.bool)

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from ds_distil.core.errors import UserError
+from ds_distil.core.errors import UserError, os_errors_at
 from ds_distil.core.rundir import claim
 from ds_distil.core.safe_load import weights_only_loads
 from ds_distil.distill.card import write_card
@@ -62,8 +62,9 @@ def export_student(run_dir: Path, out: Path | None = None, tag: str | None = Non
     unpad_vocab(model, len(tokenizer))  # training may pad the vocabulary rows (perf.pad_vocab_multiple)
     inputs = [ckpt_dir / tag, run_dir / "tokenizer", run_dir / "student_config"]
     with claim(out, "export", overwrite=overwrite, inputs=inputs) as rd:
-        model.save_pretrained(str(rd.path), safe_serialization=True)
-        tokenizer.save_pretrained(str(rd.path))
+        with os_errors_at(rd.path):
+            model.save_pretrained(str(rd.path), safe_serialization=True)
+            tokenizer.save_pretrained(str(rd.path))
         (rd.path / "ds_distil_export.json").write_text(json.dumps({"checkpoint": str(ckpt_dir / tag)}))
         write_card(rd.path, run_dir, tag)  # README.md: the model card
         rd.commit()

@@ -20,8 +20,8 @@ import torch
 
 from ds_distil.core import dist
 from ds_distil.core.errors import UserError
-from ds_distil.core.signals import EXIT_PREEMPTED, on_stop_signal, signal_name
-from ds_distil.distill.checkpoint import Checkpoints, tag_for
+from ds_distil.core.signals import EXIT_PREEMPTED, StopRequest, StopWhileWaiting
+from ds_distil.distill.checkpoint import Checkpoints, latest_tag, tag_for
 from ds_distil.distill.evaluate import Validator, console_line
 from ds_distil.distill.objectives.base import Objective
 from ds_distil.distill.step import DistillStep
@@ -49,7 +49,7 @@ class TrainerState:
 class Components:
     """A distillation run, set up: everything the loop needs, nothing it builds. `setup()` makes the real one; a test
     hands in small fakes (an engine needs is_gradient_accumulation_boundary, get_lr, get_global_grad_norm, skipped_steps
-    and config; a stream state_dict, position, steps_per_epoch, seq_len)."""
+    and config; a stream state_dict, position, steps_per_epoch, seq_len, abandon)."""
 
     cfg: DistillConfig
     dist: Dist
@@ -77,7 +77,7 @@ def fit(c: Components) -> int:
     """Train to c.num_steps (or a stop signal); returns a process exit status (0, or EXIT_PREEMPTED)."""
     cfg, st = c.cfg, c.state
     names = c.step.stat_names
-    stop_requested = install_stop_flag()
+    stop_requested = StopRequest()
     acc = torch.zeros(len(names), dtype=torch.float64)
     t0, micro_in_window = time.perf_counter(), 0
     status = 0
@@ -119,21 +119,34 @@ def fit(c: Components) -> int:
                 log.warning("stop requested by signal: checkpoint %s written; exiting for requeue (--resume continues)", tag_for(st.step))
                 status = EXIT_PREEMPTED
                 break
+    except StopWhileWaiting as e:  # a batch that never came: there is no step to finish, so nothing new to save
+        c.stream.abandon()
+        latest = latest_tag(c.checkpoints.run_dir / "checkpoints")
+        log.warning("%s: stopping at step %d without a checkpoint; %s; exit %d", e, st.step,
+                    f"--resume continues from {latest}" if latest else "no checkpoint exists yet", EXIT_PREEMPTED)
+        status = EXIT_PREEMPTED
+    except KeyboardInterrupt:  # SIGINT stops at once, wherever the run is: a stuck data-loader worker must not hold the exit
+        c.stream.abandon()
+        raise
     finally:
+        stop_requested.close()
         c.metrics.close()
     return status
 
 
-def optimizer_step(c: Components, stop_requested) -> tuple[torch.Tensor, int, bool]:
+def optimizer_step(c: Components, stop_requested: StopRequest) -> tuple[torch.Tensor, int, bool]:
     """Micro steps up to the next optimizer-step boundary; then the one exchange between ranks (with whether a stop
     was requested on this rank by then). Returns (the step's statistics summed over ranks and micro steps, micro
-    steps, stop requested on any rank)."""
+    steps, stop requested on any rank). Raises StopWhileWaiting when a stop was requested and the next batch does not
+    come within the grace period."""
     device = c.dist.device
     step_acc = torch.zeros(len(c.step.stat_names), dtype=torch.float64, device=device)
     micro = 0
     while True:
         boundary = c.engine.is_gradient_accumulation_boundary()
-        step_acc += c.step(next(c.batches))
+        with stop_requested.waiting():
+            batch = next(c.batches)
+        step_acc += c.step(batch)
         micro += 1
         if boundary:
             break
@@ -196,21 +209,3 @@ def validate(c: Components) -> None:
     c.metrics.scalars(c.state.step, values)
     if c.dist.rank == 0:
         log.info("%s", console_line(c.state.step, values, c.objective.terms))
-
-
-def install_stop_flag():
-    """SIGUSR1/SIGTERM set a flag (and do nothing else: the step and any checkpoint being written go on undisturbed,
-    however many signals arrive; a SIGKILL mid-write leaves the previous checkpoint as `latest`). Returns a function
-    that reads the flag."""
-    requested = [False]
-
-    def request_stop(signum: int):
-        again, requested[0] = requested[0], True  # first: a nested call must see it
-        if again:
-            log.warning("received %s again: already stopping; the checkpoint is written whole first", signal_name(signum))
-        else:
-            log.warning("received %s: will checkpoint after the current step and stop", signal_name(signum))
-
-    on_stop_signal(request_stop)
-    return lambda: requested[0]
-

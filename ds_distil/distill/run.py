@@ -21,6 +21,8 @@ def run_distill(cfg: DistillConfig, out: str | Path, resume: bool = False, overw
     rank0, run = c.dist.rank == 0, c.checkpoints.run
     try:
         status = fit(c)
+        if status != 0 and rank0:
+            run.abort()  # stopped before its first checkpoint under --overwrite: the new run goes, the old one stays
         export_error = None
         if status == 0 and cfg.checkpoint.export:
             if rank0:

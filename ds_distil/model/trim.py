@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ds_distil.core.errors import UserError
+from ds_distil.core.errors import UserError, os_errors_at
 from ds_distil.data.vocab import load_vocab_map
 
 
@@ -56,7 +56,8 @@ def trim_model(model_dir: str, vocab_dir: str, out: str, overwrite: bool = False
     from ds_distil.core.rundir import claim
 
     with claim(out, "trim", overwrite=overwrite, inputs=[model_dir, vocab_dir]) as rd:
-        model.save_pretrained(str(rd.path), safe_serialization=True)
-        load_tokenizer(vocab_dir).save_pretrained(str(rd.path))
+        with os_errors_at(rd.path):
+            model.save_pretrained(str(rd.path), safe_serialization=True)
+            load_tokenizer(vocab_dir).save_pretrained(str(rd.path))
         rd.commit()
     return Path(out)
