@@ -258,6 +258,10 @@ def test_refused_inputs_get_one_line_errors(small_shards, small_vocab, corpus, t
     AutoTokenizer.from_pretrained(str(small_shards / "tokenizer")).save_pretrained(str(nan_dir))  # the shards' vocabulary
     line = distill("teacher.preset=null", f"teacher.pretrained={nan_dir}", "train.max_nonfinite_steps=3")
     assert "loss was NaN/inf for 3 optimizer steps in a row at step 3" in line
+    # issue 25: a run shorter than max_nonfinite_steps whose every step failed used to end "student exported", exit 0
+    line = distill("teacher.preset=null", f"teacher.pretrained={nan_dir}", "train.max_steps=3", "train.max_nonfinite_steps=10")
+    assert "loss was NaN/inf for 3 optimizer steps in a row at step 3" in line
+    assert not (tmp_path / "r" / "student").exists() and not list((tmp_path / "r").glob("checkpoints/step*"))
     # a student trimmed to a target-language vocabulary, with full-vocabulary shards and no student.vocab
     from ds_distil.model.trim import trim_model
 

@@ -5,9 +5,12 @@ Issue 14, cases 1, 4 and 5 (prepare, report, build-nli here; distill and export 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -258,7 +261,9 @@ def test_shards_a_running_distillation_reads_are_not_replaced_and_readers_share(
         second = hold_inputs([shards])  # another reader is welcome
         assert len(second) == 1 and second[0].fd is not None
         line = one_line_error(prepare(shards, small_corpus, mbert_tokenizer_dir, "--overwrite"), f"{shards} is in use",
-                              f"read by pid {reader.pid}", "ds_distil distill")
+                              f"read by pid {reader.pid} on host {socket.gethostname()}, since 20", "ds_distil distill")
+        started = datetime.datetime.fromisoformat(re.search(r", since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d): ", line).group(1))
+        assert abs((started - datetime.datetime.now()).total_seconds()) < 600, line  # the reader's own start, minutes ago
         assert "\n" not in line
         for lock in second:
             lock.release()

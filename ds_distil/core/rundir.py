@@ -192,6 +192,8 @@ class ReadLock:
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 raise UserError(f"{directory} is being written by another ds-distil run ({holder}); wait for it to finish "
                                 "before reading it") from None
+            log.warning("the file system of %s does not support locks (%s): nothing stops another command from "
+                        "replacing it while this one reads it", directory, e.strerror)
             return
         self.fd = fd
 
@@ -219,9 +221,20 @@ def _holder(path: Path, fd: int | None = None) -> str:
             cmd = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
         except OSError:
             cmd = ""
-        what = f": `{cmd[:160]}`" if cmd else " (on another host: see the lock's holders there)"
-        return f"read by pid {pid}{what}; lock file {path}"
+        if not cmd:
+            return f"read by pid {pid} on another host (see the lock's holders there); lock file {path}"
+        return f"read by pid {pid} on host {socket.gethostname()}, since {_process_start(pid)}: `{cmd[:160]}`; lock file {path}"
     return f"lock file {path}"
+
+
+def _process_start(pid: int) -> str:
+    """When a local process started (/proc/PID/stat's start time after boot), or "?"."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return "?"
+    return datetime.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK")).isoformat(timespec="seconds")
 
 
 def _conflicting_pid(fd: int) -> int | None:
