@@ -413,3 +413,18 @@ def test_a_study_with_more_local_ranks_than_cores_is_refused_before_it_starts(tm
     proc = run_cli("experiment", str(ROOT / "configs" / "studies" / "demo.yaml"), "--out", str(tmp_path / "o"), "--dry-run", "ranks=100000")
     one_line_error(proc, "ranks 100,000 would start 100,000 processes per stage", "--launcher srun")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_micro_batch_estimate_grows_with_the_batch_as_the_step_does():
+    """Linear in the batch (it once counted the masked positions of every sequence once per sequence: a batch of 1e20
+    "needed" 3e44 GiB), and of the size the layers and heads of a real step hold: dBERT Tiny, batch 32, sequences of
+    128, 20 masked per sequence, mBERT's vocabulary, fp32: 4 x 32 x 128 x 312 x (34 + 5 x 12 x 128 / 312) x 2 bytes of
+    activations and 4 x 640 x 119,547 x 4 of logits."""
+    from transformers import BertConfig
+
+    from ds_distil.runtime.memory import micro_batch_bytes
+
+    tiny = BertConfig(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
+    one = micro_batch_bytes(tiny, 32, 128, 32 * 20, 119547, 4)
+    assert one == pytest.approx(4 * 32 * 128 * 312 * (34 + 5 * 12 * 128 / 312) * 2 + 4 * 640 * 119547 * 4)
+    assert micro_batch_bytes(tiny, 64, 128, 64 * 20, 119547, 4) == pytest.approx(2 * one)

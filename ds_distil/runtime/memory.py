@@ -20,6 +20,14 @@ def activation_bytes(layers: int, hidden: int, heads: int, batch: int, seq_len: 
     return float(batch) * layers * per_layer
 
 
+def micro_batch_bytes(student_config, batch: int, seq_len: int, masked: int, vocab: int, bytes_per_value: int) -> float:
+    """The lower bound above: the student's activations, and [masked, vocab] fp32 logits of both models, the softmax
+    and its gradient."""
+    c = student_config
+    return activation_bytes(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, batch, seq_len, bytes_per_value) \
+        + 4.0 * masked * vocab * 4
+
+
 def free_bytes(device: torch.device) -> float:
     """Free memory where the step runs: the GPU's, or the host's available RAM."""
     if device.type == "cuda":
@@ -31,10 +39,9 @@ def free_bytes(device: torch.device) -> float:
 
 def check_micro_batch(student_config, batch: int, seq_len: int, masked: int, vocab: int, bytes_per_value: int,
                       device: torch.device) -> None:
-    """Refuse (UserError) a micro batch whose student activations and LM-head logits alone exceed the free memory."""
-    c = student_config
-    need = activation_bytes(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, batch, seq_len, bytes_per_value)
-    need += 4.0 * batch * masked * vocab * 4  # [M, vocab] fp32: logits of both models, softmax, gradient
+    """Refuse (UserError) a micro batch whose student activations and LM-head logits alone exceed the free memory.
+    `masked`: the masked positions the micro batch's heads run at (its sequences' at most)."""
+    need = micro_batch_bytes(student_config, batch, seq_len, masked, vocab, bytes_per_value)
     free = free_bytes(device)
     if need > free:
         raise UserError(f"train.micro_batch_size={batch:,} needs at least {need / 2**30:,.1f} GiB for the student's activations "
