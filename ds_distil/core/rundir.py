@@ -354,6 +354,13 @@ class RunDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            if isinstance(exc, OSError) and self.staging and exc.filename:  # name the output, not the staging sibling
+                try:
+                    inside = Path(os.fsdecode(exc.filename)).absolute().relative_to(self.path.absolute())
+                except ValueError:
+                    pass
+                else:
+                    exc.filename = f"{self.out / inside} (the new output, not yet in place)"
         self.release()
 
 
