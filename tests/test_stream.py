@@ -166,3 +166,45 @@ def test_two_ranks_resume_mid_epoch_see_exactly_the_remaining_samples(small_shar
     for r in range(2):
         assert head[r]["batches"] + tail[r]["batches"] == full[r]["batches"]
         assert tail[r]["state"]["position"] == {"epoch": 0, "step": steps}
+
+
+def masks_by_sample(batches) -> dict[int, tuple[list[int], list[int]]]:
+    """{sample index: (input_ids, labels)} of real samples."""
+    out = {}
+    for b in batches:
+        for i, index in enumerate(b["index"].tolist()):
+            if index >= 0:
+                out[index] = (b["input_ids"][i].tolist(), b["labels"][i].tolist())
+    return out
+
+
+def test_static_masks_are_a_function_of_the_sample_and_copy_alone(small_shards):
+    """Issue 24: with data.masking=static a sample's masks do not depend on the ranks, the batch size, the workers, the
+    shuffle or a resume; copy = epoch % mask_copies picks among its maskings (what a teacher cache relies on)."""
+    one = stream(small_shards, batch_size=8, workers=2, masking="static", mask_copies=2)
+    ref = masks_by_sample(one.epoch_batches())
+    assert len(ref) == one.n_samples
+    layouts = [dict(batch_size=3, workers=0), dict(batch_size=5, workers=3, shuffle=False)]
+    for layout in layouts:
+        assert masks_by_sample(stream(small_shards, masking="static", mask_copies=2, **layout).epoch_batches()) == ref, layout
+    two = [stream(small_shards, batch_size=4, workers=1, masking="static", mask_copies=2, rank=r, world_size=2) for r in (0, 1)]
+    halves = [masks_by_sample(s.epoch_batches()) for s in two]
+    assert not set(halves[0]) & set(halves[1]) and {**halves[0], **halves[1]} == ref
+    # resumed mid-epoch: the rest of the epoch carries the same masks
+    first = stream(small_shards, batch_size=8, workers=2, masking="static", mask_copies=2)
+    head = list(itertools.islice(iter(first), 3))
+    second = stream(small_shards, batch_size=8, workers=2, masking="static", mask_copies=2)
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail = list(itertools.islice(iter(second), second.steps_per_epoch - 3))
+    assert masks_by_sample(head + tail) == ref
+    # the copies: epoch 1 is the second masking, epoch 2 the first again
+    epoch1, epoch2 = masks_by_sample(one.epoch_batches()), masks_by_sample(one.epoch_batches())
+    assert epoch2 == ref and sum(epoch1[i] != ref[i] for i in ref) > 0.9 * len(ref)
+    # one copy: every epoch the same masks; dynamic masking: new ones each epoch
+    single = stream(small_shards, batch_size=8, workers=2, masking="static")
+    assert masks_by_sample(single.epoch_batches()) == masks_by_sample(single.epoch_batches())
+    dynamic = stream(small_shards, batch_size=8, workers=2)
+    assert masks_by_sample(dynamic.epoch_batches()) != masks_by_sample(dynamic.epoch_batches())
+    # the masking rule's rates hold per sample as for dynamic masking: 15% of the maskable tokens, at least one
+    labels = torch.tensor([lab for _, lab in ref.values()])
+    assert ((labels != IGNORE_INDEX).sum(1) >= 1).all()

@@ -53,6 +53,11 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
+def static_mask_seed(split_seed: int, index: int, copy: int) -> int:
+    """The generator seed of one sample's static masks (data.masking=static): what a teacher cache's masks are too."""
+    return derive_seed(split_seed, "static-mask", index, copy) % 2**63
+
+
 # ------------------------------------------------------------------------------------ the layout
 
 
@@ -163,12 +168,24 @@ class _EpochDataset(IterableDataset):
 
     # -- masking, collation
 
+    def _static_masks(self, ids: torch.Tensor, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Each sample masked on its own, by a generator seeded by (the split's seed, its index in the split, the copy):
+        the same masks whatever the ranks, batch size, workers or resume (padding rows have nothing to mask)."""
+        copy = self.epoch % self.cfg.mask_copies
+        rows = [mask_tokens(ids[i:i + 1], self.special_ids, self.random_ids, self.mask_id, self.cfg,
+                            torch.Generator().manual_seed(static_mask_seed(self.split_seed, index, copy)))
+                for i, index in enumerate(indices)]
+        return {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
+
     def _batch(self, items: list, step: int) -> dict[str, torch.Tensor]:
         pad = (np.full(self.seq_len, self.pad_id, dtype=np.int32), -1)
         decoded = [pad if it is None else it for it in items]
         ids = torch.from_numpy(np.stack([d[0] for d in decoded]).astype(np.int64))
-        g = torch.Generator().manual_seed(derive_seed(self.split_seed, self.epoch, self.rank, step, "mask") % 2**63)
-        batch = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id, self.cfg, g)
+        if self.cfg.masking == "static":
+            batch = self._static_masks(ids, [d[1] for d in decoded])
+        else:
+            g = torch.Generator().manual_seed(derive_seed(self.split_seed, self.epoch, self.rank, step, "mask") % 2**63)
+            batch = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id, self.cfg, g)
         batch["attention_mask"] = (ids != self.pad_id).long()
         batch["index"] = torch.tensor([d[1] for d in decoded], dtype=torch.long)
         batch["positions"], batch["targets"] = static_positions(batch["labels"], self.max_masked)

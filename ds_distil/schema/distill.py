@@ -8,6 +8,8 @@ from typing import Literal
 
 from ds_distil.core.config import setting
 
+MASKINGS = ("dynamic", "static")  # ds_distil/data/stream.py: _EpochDataset._batch
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -21,6 +23,11 @@ class DataConfig:
     mask_token_prob: float = setting("of those: replaced by [MASK]", default=0.8)
     random_token_prob: float = setting("of those: replaced by a random token (the rest are kept)", default=0.1)
     seed: int = setting("seed of shuffling and masking", default=0)
+    masking: Literal[MASKINGS] = setting("dynamic: new masks every epoch, drawn per batch; static: each sample's masks a "
+                                         "function of (data.seed, its index, copy = epoch % mask_copies) alone, whatever "
+                                         "the ranks, batch size or resume (what a teacher cache needs)", default="dynamic")
+    mask_copies: int = setting("static masking: how many different maskings of each sample, used in turn by the "
+                               "epochs (BERT's recipe: 10)", default=1)
     verify_checksums: bool = setting("check shard sha256 against the manifest at start (each rank a share)", default=True, resume=True)
     skip_corrupt_shards: bool = setting("skip unreadable shards (counted and logged) instead of stopping", default=False, resume=True)
 
@@ -31,6 +38,8 @@ class DataConfig:
             raise ValueError("mask_token_prob and random_token_prob must be >= 0 and sum to <= 1")
         if self.num_workers < 0 or self.shuffle_buffer < 1:
             raise ValueError("num_workers must be >= 0 and shuffle_buffer >= 1")
+        if self.mask_copies < 1:
+            raise ValueError(f"mask_copies must be >= 1, got {self.mask_copies}")
 
 
 PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tiny", "micro")
