@@ -35,6 +35,17 @@ def kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatu
     return (per_row * weights).sum()
 
 
+def sampled_kl_sum(student_logits: torch.Tensor, target_ids: torch.Tensor, target_weights: torch.Tensor,
+                   target_entropy: torch.Tensor, temperature: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum over tokens of the sparse-target estimate of KL(p_teacher || p_student) at temperature T: per row
+    -sum_k w_k log p_S(id_k) - H, from targets [M, K] (ds_distil/distill/sparse_targets.py; weight 0 in empty slots)
+    and the entropy H [M] of what they stand for. With `sampled` targets its expectation is the KL and its gradient's
+    expectation the KL's gradient. Not yet scaled by T^2, as kl_sum."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_row = -(log_p_student.gather(1, target_ids) * target_weights.float()).sum(-1) - target_entropy.float()
+    return per_row.sum() if weights is None else (per_row * weights).sum()
+
+
 def mlm_sum(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """sum over tokens of the cross-entropy of the student against the original tokens
     (rows labelled IGNORE_INDEX count for nothing)."""
