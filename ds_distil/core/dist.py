@@ -48,3 +48,24 @@ def all_reduce(tensor):
 
         dist.all_reduce(tensor)
     return tensor
+
+
+def all_gather_objects(value) -> list:
+    """Every rank's `value` (picklable), in rank order ([value] in a single process)."""
+    if initialized():
+        import torch.distributed as dist
+
+        if dist.get_world_size() > 1:
+            out = [None] * dist.get_world_size()
+            dist.all_gather_object(out, value)
+            return out
+    return [value]
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to do in a single process)."""
+    if initialized():
+        import torch.distributed as dist
+
+        if dist.get_world_size() > 1:
+            dist.barrier()

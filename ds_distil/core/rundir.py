@@ -52,7 +52,7 @@ STAGING_INFIX = ".ds-distil-new-"
 #   accumulate: the command adds its files to the folder (benchmark results)
 #   resume:     distill: continued with --resume, replaced with --overwrite
 POLICY = {"prepare": "keep", "finetune": "keep", "export": "replace", "report": "replace", "build-nli": "replace",
-          "benchmarks": "accumulate", "distill": "resume", "vocab": "keep", "trim": "replace"}
+          "benchmarks": "accumulate", "distill": "resume", "vocab": "keep", "trim": "replace", "teacher-cache": "resume"}
 
 # Files that only ds-distil writes: directories made before run markers existed still count as ours.
 LEGACY = {"prepare": ("manifest.json", "prepare_config.yaml"), "distill": ("run_config.yaml", "ds_config.json"),

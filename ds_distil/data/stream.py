@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ds_distil.core.dist import rank_share, rank_world
 from ds_distil.core.errors import CorruptShardError, UserError
 from ds_distil.data.manifest import Manifest
-from ds_distil.data.masking import mask_tokens, max_masked_per_sample, static_positions
+from ds_distil.data.masking import IGNORE_INDEX, mask_tokens, max_masked_per_sample, static_positions
 from ds_distil.data.samples import read_shard
+from ds_distil.data.teacher_cache import TeacherCache, data_made_for
 from ds_distil.schema.distill import DataConfig
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,15 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
-def static_mask_seed(split_seed: int, index: int, copy: int) -> int:
-    """The generator seed of one sample's static masks (data.masking=static): what a teacher cache's masks are too."""
-    return derive_seed(split_seed, "static-mask", index, copy) % 2**63
+def static_masks(ids: torch.Tensor, indices: list[int], copy: int, split_seed: int, special_ids: torch.Tensor,
+                 random_ids: torch.Tensor, mask_id: int, cfg: DataConfig) -> dict[str, torch.Tensor]:
+    """data.masking=static: each sample [B, L] masked on its own by a generator seeded by (the split's seed, its index in
+    the split, the copy): the same masks whatever the ranks, batch size, workers or resume, and what a teacher cache
+    holds targets for (padding rows, index -1, have nothing to mask)."""
+    rows = [mask_tokens(ids[i:i + 1], special_ids, random_ids, mask_id, cfg,
+                        torch.Generator().manual_seed(derive_seed(split_seed, "static-mask", index, copy) % 2**63))
+            for i, index in enumerate(indices)]
+    return {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
 
 
 # ------------------------------------------------------------------------------------ the layout
@@ -108,6 +115,7 @@ class _EpochDataset(IterableDataset):
         self.max_masked = stream.max_masked
         self.bad_shards = stream.bad_shards  # found corrupt at start (skip_corrupt_shards): not read at all
         self.skipped_shards = 0
+        self.cache, self.split = stream.cache, stream.split
 
     # -- reading
 
@@ -169,13 +177,30 @@ class _EpochDataset(IterableDataset):
     # -- masking, collation
 
     def _static_masks(self, ids: torch.Tensor, indices: list[int]) -> dict[str, torch.Tensor]:
-        """Each sample masked on its own, by a generator seeded by (the split's seed, its index in the split, the copy):
-        the same masks whatever the ranks, batch size, workers or resume (padding rows have nothing to mask)."""
-        copy = self.epoch % self.cfg.mask_copies
-        rows = [mask_tokens(ids[i:i + 1], self.special_ids, self.random_ids, self.mask_id, self.cfg,
-                            torch.Generator().manual_seed(static_mask_seed(self.split_seed, index, copy)))
-                for i, index in enumerate(indices)]
-        return {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
+        return static_masks(ids, indices, self.epoch % self.cfg.mask_copies, self.split_seed, self.special_ids, self.random_ids,
+                            self.mask_id, self.cfg)
+
+    def _cached_targets(self, labels: torch.Tensor, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The teacher cache's targets of the batch's masked slots, in the order of `static_positions` (row by row, each
+        row's positions ascending); empty slots get weight 0. A cache whose masks are not this stream's is refused."""
+        cache, copy, k = self.cache, self.epoch % self.cfg.mask_copies, self.cache.k
+        size = labels.shape[0] * self.max_masked
+        ids, weights, entropy = np.zeros((size, k), np.int64), np.zeros((size, k), np.float32), np.zeros(size, np.float32)
+        slot = 0
+        for row, index in enumerate(indices):
+            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1).numpy()
+            if index < 0:
+                continue
+            rec = cache.record(self.split, copy, index)
+            n = len(positions)
+            if not (np.array_equal(rec["positions"][:n], positions) and (n == self.max_masked or rec["positions"][n] == -1)
+                    and np.array_equal(rec["targets"][:n], labels[row, positions].numpy())):
+                raise UserError(f"teacher cache {cache.directory}: sample {index} of '{self.split}' (copy {copy}) was masked "
+                                "otherwise than this stream masks it; build the cache with this run's data settings")
+            ids[slot:slot + n], weights[slot:slot + n], entropy[slot:slot + n] = rec["ids"][:n], rec["weights"][:n], rec["entropy"][:n]
+            slot += n
+        return {"teacher_ids": torch.from_numpy(ids), "teacher_weights": torch.from_numpy(weights),
+                "teacher_entropy": torch.from_numpy(entropy)}
 
     def _batch(self, items: list, step: int) -> dict[str, torch.Tensor]:
         pad = (np.full(self.seq_len, self.pad_id, dtype=np.int32), -1)
@@ -189,6 +214,8 @@ class _EpochDataset(IterableDataset):
         batch["attention_mask"] = (ids != self.pad_id).long()
         batch["index"] = torch.tensor([d[1] for d in decoded], dtype=torch.long)
         batch["positions"], batch["targets"] = static_positions(batch["labels"], self.max_masked)
+        if self.cache is not None:
+            batch.update(self._cached_targets(batch["labels"], [d[1] for d in decoded]))
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -234,6 +261,7 @@ class MLMStream:
         shuffle: bool | None = None,
         tokenizer=None,
         keep_ids: torch.Tensor | None = None,
+        cache: TeacherCache | None = None,
     ):
         if rank is None or world_size is None:
             rank, world_size = rank_world()
@@ -261,6 +289,12 @@ class MLMStream:
         if keep_ids is not None:  # a trimmed student vocabulary: random replacements only from tokens it has
             self.random_ids = self.random_ids[keep_ids[self.random_ids]]
         self.max_masked = max_masked_per_sample(self.seq_len, cfg.mlm_probability)
+        self.cache = cache  # batches carry the cache's teacher targets of their masked slots
+        if cache is not None:
+            if cfg.masking != "static":
+                raise UserError(f"a teacher cache holds targets for static masks; set data.masking=static (and "
+                                f"data.mask_copies={cache.copies}, as the cache was built)")
+            cache.check(data_made_for(manifest, cfg))
         self.steps_per_epoch, _ = plan_rank(self.n_samples, world_size, batch_size, self.workers, rank)
         self.position = StreamPosition()
         self._live = None  # the DataLoader iterator batches come from now

@@ -44,8 +44,14 @@ def sampled(teacher_logits: torch.Tensor, k: int, temperature: float, proposal_t
                          "the target draws its tail rarely and with unbounded weights; use one at least as flat")
     logits = teacher_logits.float()
     log_p = F.log_softmax(logits / temperature, dim=-1)
-    log_q = log_p if proposal_t == temperature else F.log_softmax(logits / proposal_t, dim=-1)
-    draws = torch.multinomial(log_q.exp(), k, replacement=True, generator=generator)  # [M, K]
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(-1)
+    if proposal_t == temperature:
+        log_q, q = log_p, p
+    else:
+        log_q = F.log_softmax(logits / proposal_t, dim=-1)
+        q = log_q.exp()
+    draws = torch.multinomial(q, k, replacement=True, generator=generator)  # [M, K]
     draws, _ = draws.sort(dim=-1)
     first = torch.ones_like(draws, dtype=torch.bool)
     first[:, 1:] = draws[:, 1:] != draws[:, :-1]  # the first of each run of equal ids
@@ -55,7 +61,7 @@ def sampled(teacher_logits: torch.Tensor, k: int, temperature: float, proposal_t
     used = counts > 0
     ratio = (log_p.gather(1, ids) - log_q.gather(1, ids)).exp()
     weights = torch.where(used, counts / k * ratio, 0.0)
-    return SparseTargets(torch.where(used, ids, 0), weights, -(log_p.exp() * log_p).sum(-1))
+    return SparseTargets(torch.where(used, ids, 0), weights, entropy)
 
 
 def top_k(teacher_logits: torch.Tensor, k: int, temperature: float) -> SparseTargets:

@@ -1,0 +1,183 @@
+"""A teacher cache on disk: per sample and mask copy, the masked positions, their original tokens and the teacher's
+sparse targets (ds_distil/distill/sparse_targets.py), so that students distil without running the teacher.
+
+Layout (`ds-distil teacher-cache` writes it; ds_distil/distill/cache_build.py):
+
+    CACHE/manifest.json             format, what the cache was made from and for (below), per-file sha256
+    CACHE/copy{c}/{split}-{NNNNNN}.npy   one file per corpus shard and copy: a structured array, a record per sample
+
+A record is fixed-size (RECORD_FIELDS; numpy's own .npy format, read with allow_pickle=False and memory-mapped), so the
+record of sample i of a split is found from the shard sample counts alone: the stream's workers read the records of
+the samples they batch, in any order. Positions are each sample's masked positions in ascending order (-1 after the
+last), the order in which `masking.static_positions` lists a batch's slots.
+
+The manifest names everything a student's run must agree with, and `check` refuses a run that differs, naming the
+first difference: the corpus shards (their content hash), the masking (rule, seed, probabilities, copies), the
+vocabulary the targets are over (full, or a trimmed one's content hash), the teacher (weights hash and config), the
+temperature, K and the proposal.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ds_distil.core.errors import CorruptShardError, UserError
+from ds_distil.data.manifest import sha256_file
+
+FORMAT = "ds-distil-teacher-cache/1"
+MANIFEST = "manifest.json"
+STATIC_MASKING_RULE = ("bert-80/10/10, round(p * maskable) per sample (min 1), each sample seeded by "
+                       "(seed, split, its index, copy); copy = epoch % copies")
+
+
+def record_dtype(max_masked: int, k: int) -> np.dtype:
+    return np.dtype([("positions", "<i2", (max_masked,)), ("targets", "<i4", (max_masked,)), ("ids", "<i4", (max_masked, k)),
+                     ("weights", "<f4", (max_masked, k)), ("entropy", "<f4", (max_masked,))])
+
+
+def file_name(split: str, copy: int, shard_number: int) -> str:
+    return f"copy{copy}/{split}-{shard_number:06d}.npy"
+
+
+def corpus_fingerprint(shards_manifest) -> str:
+    """The content of the corpus shards, every split: their sha256s in order (so a moved shard directory still matches)."""
+    import hashlib
+
+    splits = sorted(shards_manifest.data["splits"])
+    return hashlib.sha256("|".join(s.sha256 for name in splits for s in shards_manifest.shards(name)).encode()).hexdigest()
+
+
+def data_made_for(shards_manifest, cfg) -> dict[str, Any]:
+    """What of the data a cache's targets depend on: the corpus shards' content, their sequence length and the static
+    masks (rule, seed, probabilities, copies). `cfg`: the run's DataConfig."""
+    return {"corpus_sha256": corpus_fingerprint(shards_manifest), "seq_len": shards_manifest.seq_len,
+            "masking": {"rule": STATIC_MASKING_RULE, "seed": cfg.seed, "mlm_probability": cfg.mlm_probability,
+                        "mask_token_prob": cfg.mask_token_prob, "random_token_prob": cfg.random_token_prob,
+                        "copies": cfg.mask_copies}}
+
+
+@dataclass
+class CacheFile:
+    name: str
+    samples: int
+    sha256: str
+
+
+@dataclass
+class TeacherCache:
+    """A finished cache directory (its manifest read and checked for completeness). Picklable: the memory maps are
+    opened on first use in the process that reads (a DataLoader worker)."""
+
+    directory: Path
+    data: dict[str, Any]
+    _maps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def k(self) -> int:
+        return int(self.data["k"])
+
+    @property
+    def max_masked(self) -> int:
+        return int(self.data["max_masked"])
+
+    @property
+    def copies(self) -> int:
+        return int(self.data["masking"]["copies"])
+
+    def files(self, split: str, copy: int) -> list[CacheFile]:
+        splits = self.data["splits"]
+        if split not in splits:
+            raise UserError(f"teacher cache {self.directory} has no '{split}' split (it has: {', '.join(splits)}); build it "
+                            "with `ds-distil teacher-cache` over that split")
+        return [CacheFile(**f) for f in splits[split]["copies"][copy]]
+
+    def __getstate__(self):
+        return {"directory": self.directory, "data": self.data, "_maps": {}}
+
+    def record(self, split: str, copy: int, index: int) -> np.void:
+        """The record of sample `index` of `split`, mask copy `copy`."""
+        key = (split, copy)
+        if key not in self._maps:
+            files = self.files(split, copy)
+            starts = np.cumsum([0] + [f.samples for f in files]).tolist()
+            self._maps[key] = (starts, files, {})
+        starts, files, opened = self._maps[key]
+        i = bisect.bisect_right(starts, index) - 1
+        if not 0 <= index < starts[-1]:
+            raise IndexError(f"sample {index} is outside the cache's {split} split ({starts[-1]} samples)")
+        if i not in opened:
+            path = self.directory / files[i].name
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            expected = record_dtype(self.max_masked, self.k)
+            if arr.dtype != expected or arr.shape != (files[i].samples,):
+                raise CorruptShardError(str(path), f"holds {arr.shape} records of {arr.dtype}, not ({files[i].samples},) of the "
+                                                   "cache's record layout; rebuild the cache")
+            opened[i] = arr
+        return opened[i][index - starts[i]]
+
+    def verify(self, split: str, checksums: bool = True) -> None:
+        """Every file of the split's copies exists with its recorded sha256 (refused naming the first that does not)."""
+        for copy in range(self.copies):
+            for f in self.files(split, copy):
+                path = self.directory / f.name
+                if not path.is_file():
+                    raise UserError(f"teacher cache file {path} listed in {MANIFEST} is missing; rebuild the cache "
+                                    "(`ds-distil teacher-cache ... --resume` redoes what is missing)")
+                if checksums and sha256_file(path) != f.sha256:
+                    raise CorruptShardError(str(path), "sha256 differs from the cache's manifest; rebuild the cache "
+                                                       "(`ds-distil teacher-cache ... --resume` redoes what is damaged)")
+
+    def check(self, expected: dict[str, Any]) -> None:
+        """Refuse a run whose settings differ from what the cache was made for: `expected` holds the run's values of the
+        manifest's `made_for` entries (a subset is enough); the first difference is named."""
+        made = _flat(self.data["made_for"])
+        for key, value in _flat(expected).items():
+            if key not in made:
+                raise UserError(f"teacher cache {self.directory} does not record {key}; rebuild it with this ds-distil")
+            if made[key] != value:
+                raise UserError(f"teacher cache {self.directory} was made for {key} = {_short(made[key])}, but this run has "
+                                f"{_short(value)}; build a cache for this run (`ds-distil teacher-cache`), or run with "
+                                "the live teacher (no teacher.cache)")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"masking": {"seed": 0}} -> {"masking.seed": 0}: a difference is named by its own key."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def load_cache(directory: str | Path) -> TeacherCache:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise UserError(f"teacher cache {directory} does not exist; build it with `ds-distil teacher-cache --out {directory} ...`")
+    if not path.is_file():
+        raise UserError(f"{directory} has no {MANIFEST}: it is not a finished `ds-distil teacher-cache` output; run it again "
+                        "(with --resume it keeps the files already written)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); rebuild the cache") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"{path} has format {got!r}, expected {FORMAT!r}; rebuild the cache with this ds-distil")
+    missing = [k for k in ("k", "max_masked", "masking", "made_for", "splits") if k not in data]
+    if missing:
+        raise UserError(f"{path} has no {', '.join(missing)}; it is damaged or not written by `ds-distil teacher-cache`")
+    return TeacherCache(directory, data)

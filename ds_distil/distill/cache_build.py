@@ -1,0 +1,193 @@
+"""`ds-distil teacher-cache`: run the frozen teacher once over prepared shards and store, per sample and mask copy, its
+sparse targets at the masked positions (format: ds_distil/data/teacher_cache.py; targets: sparse_targets.py).
+
+A command of its own, not a flag of `distill`: its output is a directory of its own kind that many runs read (Tables
+2, 3 and 5 of a study, every seed), it is built on 1..N ranks like a run, and a study makes it a stage of its own.
+
+Work is split by corpus shard (shard i on rank i % world_size), each rank writing whole cache files: a file is written
+beside its final name and renamed, then a small record of its sha256 is written; `--resume` keeps every file whose
+record matches and redoes the rest (the draws are seeded by the shard and copy, so a redone file is the same bytes).
+Rank 0 writes manifest.json last, after every rank's files: only then is the directory a cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ds_distil.core import rundir
+from ds_distil.core.dist import all_gather_objects, barrier
+from ds_distil.core.errors import UserError
+from ds_distil.core.io import atomic_write_json
+from ds_distil.core.progress import Progress
+from ds_distil.data.manifest import load_manifest, sha256_file
+from ds_distil.data.masking import IGNORE_INDEX, static_positions
+from ds_distil.data.samples import read_shard
+from ds_distil.data.stream import MLMStream, derive_seed, static_masks
+from ds_distil.data.teacher_cache import FORMAT, MANIFEST, data_made_for, file_name, record_dtype
+from ds_distil.data.vocab import load_vocab_map
+from ds_distil.distill import sparse_targets
+from ds_distil.model.build import build_teacher
+from ds_distil.model.forward import MaskedLM
+from ds_distil.model.surgery import prepare_trimmed_run
+from ds_distil.runtime import engine as eng
+from ds_distil.schema.cache import TeacherCacheConfig
+
+log = logging.getLogger(__name__)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """The teacher's weights as built (names, dtypes, shapes, bytes): what a cache's targets came from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def build_cache(cfg: TeacherCacheConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    if resume and overwrite:
+        raise UserError("--resume continues the cache in --out, --overwrite replaces it: pass one of them")
+    d = eng.init_distributed()
+    inputs = [Path(p) for p in (cfg.data.shards, cfg.vocab, cfg.teacher.pretrained, cfg.teacher.config) if p and Path(p).exists()]
+    rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "teacher-cache", overwrite=overwrite, inputs=inputs, in_place=True))
+    try:
+        path = _build(cfg, rd, resume, d)
+    except BaseException:
+        if d.rank == 0:
+            rd.abort()
+            rd.release()
+        raise
+    if d.rank == 0:
+        rd.release()
+    return path
+
+
+def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
+    directory = rd.path
+    if (directory / MANIFEST).exists() and not resume:
+        raise UserError(f"{directory} is a finished teacher cache; pass --overwrite to build it again")
+    if any(directory.glob("copy*/*.npy")) and not resume:
+        raise UserError(f"{directory} holds part of a teacher cache; pass --resume to finish it (the files already "
+                        "written are kept), or --overwrite to start again")
+    manifest = load_manifest(cfg.data.shards)
+    data_cfg = dataclasses.replace(cfg.data, masking="static")
+    tok = manifest.tokenizer
+    vocab, pad = int(tok["vocab_size"]), int(tok["pad_id"])
+    vmap = load_vocab_map(cfg.vocab) if cfg.vocab else None
+    if vmap is not None:
+        vmap.check_shards(manifest)
+    torch.manual_seed(0)  # a randomly initialised teacher (preset, config) is the same one a run with these settings builds
+    teacher = build_teacher(cfg.teacher, vocab, pad, 1)
+    teacher_sha = weights_sha256(teacher)
+    t_vocab, keep_ids = vocab, None
+    vocab_made_for = {"kind": "full", "size": vocab, "sha256": tok["vocab_sha256"]}
+    if vmap is not None:
+        trimmed = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), 1)
+        t_vocab, keep_ids = trimmed.vocab, vmap.is_kept()
+        vocab_made_for = {"kind": "trimmed", "size": trimmed.vocab, "kept_sha256": vmap.content_sha256}
+    teacher_config = teacher.config.to_dict()
+    teacher = eng.place_teacher(teacher, d.device, eng.teacher_dtype(cfg.teacher.dtype, d.device))
+    lm = MaskedLM(teacher, t_vocab)
+    s = cfg.cache
+    made_for = {**data_made_for(manifest, data_cfg), "vocab": vocab_made_for, "teacher_sha256": teacher_sha,
+                "temperature": s.temperature, "k": s.k, "proposal_temperature": s.proposal_temperature or s.temperature}
+
+    splits = {}
+    for split in s.splits:
+        # the stream's own masking parameters (its random replacement tokens follow the vocabulary)
+        stream = MLMStream(manifest, data_cfg, batch_size=s.batch_size, split=split, rank=0, world_size=1, shuffle=False,
+                           keep_ids=keep_ids)
+        shards = manifest.shards(split)
+        mine = [(copy, i) for copy in range(data_cfg.mask_copies) for i in range(len(shards)) if i % d.world_size == d.rank]
+        bar = Progress(sum(shards[i].samples for _, i in mine), f"teacher-cache {split}", "sample", enabled=d.rank == 0)
+        t0, done = time.perf_counter(), {}
+        for copy, i in mine:
+            name = file_name(split, copy, i)
+            done[name] = _done_record(directory, name) if resume else None
+            if done[name] is None:
+                done[name] = _write_file(directory, name, shards[i], copy, stream, lm, s, d.device, data_cfg)
+            bar.update(shards[i].samples)
+        bar.close()
+        if d.rank == 0:
+            log.info("teacher-cache %s: %d files in %.0f s", split, len(mine), time.perf_counter() - t0)
+        found = {k: v for part in all_gather_objects(done) for k, v in part.items()}
+        splits[split] = {"copies": [[{"name": file_name(split, c, i), "samples": shards[i].samples,
+                                      "sha256": found[file_name(split, c, i)]} for i in range(len(shards))]
+                                    for c in range(data_cfg.mask_copies)]}
+    barrier()
+    if d.rank == 0:
+        atomic_write_json(directory / MANIFEST, {
+            "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "k": s.k, "max_masked": stream.max_masked,
+            "masking": made_for["masking"], "made_for": made_for, "teacher": {"source": dataclasses.asdict(cfg.teacher),
+                                                                               "config": teacher_config},
+            "shards": str(Path(cfg.data.shards).resolve()), "splits": splits}, fsync=True)
+        rd.commit()
+    barrier()
+    return rd.out
+
+
+def _done_record(directory: Path, name: str) -> str | None:
+    """The sha256 of a cache file written whole by an earlier (interrupted) build, or None to redo it."""
+    path, record = directory / name, directory / f"{name}.sha256"
+    try:
+        sha = record.read_text().strip()
+    except OSError:
+        return None
+    return sha if path.is_file() and sha256_file(path) == sha else None
+
+
+@torch.no_grad()
+def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream, lm: MaskedLM, s, device, data_cfg) -> str:
+    m, k = stream.max_masked, s.k
+    records = np.zeros(shard.samples, dtype=record_dtype(m, k))
+    records["positions"] = -1
+    g = torch.Generator(device=device).manual_seed(derive_seed(data_cfg.seed, "cache-draws", name) % 2**63)
+    samples = read_shard(shard.path, stream.seq_len, stream.vocab_size, shard.samples)
+    row = 0
+    while row < shard.samples:
+        chunk = [next(samples) for _ in range(min(s.batch_size, shard.samples - row))]
+        ids = torch.from_numpy(np.stack([c[0] for c in chunk]).astype(np.int64))
+        masked = static_masks(ids, [c[1] for c in chunk], copy, stream.seed, stream.special_ids, stream.random_ids,
+                              stream.mask_id, data_cfg)
+        positions, _ = static_positions(masked["labels"], m)
+        positions = positions[: int((masked["labels"] != IGNORE_INDEX).sum())]  # the real slots come first; no padding rows
+        logits = lm(masked["input_ids"].to(device), (ids != stream.pad_id).long().to(device), positions.to(device)).logits
+        t = sparse_targets.sampled(logits, k, s.temperature, s.proposal_temperature, g)
+        t_ids, t_weights, t_entropy = t.ids.cpu().numpy(), t.weights.cpu().numpy(), t.entropy.cpu().numpy()
+        slot = 0
+        for r in range(len(chunk)):
+            pos = (masked["labels"][r] != IGNORE_INDEX).nonzero().squeeze(1)
+            n = len(pos)
+            rec = records[row + r]
+            rec["positions"][:n] = pos.numpy()
+            rec["targets"][:n] = masked["labels"][r, pos].numpy()
+            rec["ids"][:n], rec["weights"][:n], rec["entropy"][:n] = t_ids[slot:slot + n], t_weights[slot:slot + n], t_entropy[slot:slot + n]
+            slot += n
+        row += len(chunk)
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, records, allow_pickle=False)
+    tmp.replace(path)
+    sha = sha256_file(path)
+    (directory / f"{name}.sha256").write_text(sha + "\n")
+    return sha
+
+
+def describe(path: Path) -> str:
+    data = json.loads((path / MANIFEST).read_text())
+    files = [f for split in data["splits"].values() for copy in split["copies"] for f in copy]
+    size = sum((path / f["name"]).stat().st_size for f in files)
+    samples = sum(f["samples"] for f in files)
+    return (f"{len(files)} files, {samples:,} sample records ({data['masking']['copies']} mask copies), {size / 2**20:.1f} MiB "
+            f"({size / max(samples, 1) / 1024:.2f} KiB per sample record, K = {data['k']})")

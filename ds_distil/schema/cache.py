@@ -1,0 +1,49 @@
+"""`ds-distil teacher-cache`: its configuration. The data and teacher sections are distill's own (the same keys mean
+the same), so a run's config builds the cache its students then read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ds_distil.core.config import setting
+from ds_distil.schema.distill import DataConfig, TeacherConfig
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """The sparse targets stored per masked position (section `cache`; ds_distil/distill/sparse_targets.py)."""
+
+    k: int = setting("draws per masked position from the teacher's distribution (merged into distinct ids with their "
+                     "frequencies): the estimate is unbiased for any K, K sets its variance and the cache's size", default=16)
+    temperature: float = setting("the distillation temperature T the targets are for (the student's loss.temperature "
+                                 "must equal it)", default=2.0)
+    proposal_temperature: float | None = setting("draw from the teacher's softmax at this temperature (>= T, a flatter "
+                                                 "proposal, with importance weights) instead of at T", default=None)
+    batch_size: int = setting("samples per teacher forward pass", default=32)
+    splits: list[str] = setting("the corpus splits to cache", default_factory=lambda: ["train"])
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.proposal_temperature is not None and self.proposal_temperature < self.temperature:
+            raise ValueError(f"proposal_temperature ({self.proposal_temperature}) must be >= temperature ({self.temperature}): "
+                             "a sharper proposal leaves the tail to rare draws with unbounded weights")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass
+class TeacherCacheConfig:
+    """`ds-distil teacher-cache`: run the teacher once over prepared shards and store its sparse targets."""
+
+    data: DataConfig
+    teacher: TeacherConfig
+    vocab: str | None = setting("a target-language vocabulary (`ds-distil vocab`): the targets over its tokens, for students "
+                                "with student.vocab set to it", default=None)
+    cache: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.teacher.enabled:
+            raise ValueError("a teacher cache needs a teacher: teacher.enabled must be true")

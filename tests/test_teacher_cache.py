@@ -1,0 +1,133 @@
+"""The teacher cache (issue 24): built once over prepared shards, read back by the stream with each batch's masked
+slots; a cache made for other data, masks or settings is refused; an interrupted build resumes to the same bytes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_prepare
+
+from ds_distil.core.config import from_dict
+from ds_distil.core.errors import UserError
+from ds_distil.data.manifest import load_manifest
+from ds_distil.data.stream import MLMStream
+from ds_distil.data.teacher_cache import load_cache
+from ds_distil.distill.cache_build import build_cache
+from ds_distil.model.build import build_teacher
+from ds_distil.model.forward import MaskedLM
+from ds_distil.schema.cache import TeacherCacheConfig
+from ds_distil.schema.distill import DataConfig, TeacherConfig
+
+
+def cache_config(shards, **cache) -> TeacherCacheConfig:
+    return from_dict(TeacherCacheConfig, {"data": {"shards": str(shards), "num_workers": 0, "mask_copies": 2},
+                                          "teacher": {"preset": "tiny"}, "cache": {"k": 8, "batch_size": 16, **cache}})
+
+
+@pytest.fixture(scope="module")
+def few_shards(tmp_path_factory, corpus, mbert_tokenizer_dir):
+    """300 real documents in shards of 40 samples: a cache of mBERT's vocabulary costs the teacher's head and the draws
+    over 119,547 tokens per masked position."""
+    out = tmp_path_factory.mktemp("few") / "shards"
+    run_prepare(out, [corpus], mbert_tokenizer_dir, max_docs=300, samples_per_shard=40, val_fraction=0.05, seed=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(few_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "tiny"
+    build_cache(cache_config(few_shards), out)
+    return out
+
+
+def stream_with(shards, cache, batch_size=8, **data):
+    cfg = DataConfig(**{"shards": str(shards), "num_workers": 0, "masking": "static", "mask_copies": 2, **data})
+    return MLMStream(load_manifest(shards), cfg, batch_size=batch_size, rank=0, world_size=1, cache=cache)
+
+
+def test_the_stream_reads_back_the_cached_targets_of_each_masked_slot(built, few_shards):
+    """Round trip: each slot of a batch carries the targets the builder drew for that sample's masked position. The
+    entropy a record holds is the teacher's at that position, recomputed here from the stream's own batch: the cache's
+    masks, positions and slot order are the stream's."""
+    cache = load_cache(built)
+    cache.verify("train")
+    manifest = load_manifest(few_shards)
+    assert cache.k == 8 and cache.copies == 2
+    torch.manual_seed(0)
+    teacher = MaskedLM(build_teacher(TeacherConfig(preset="tiny"), int(manifest.tokenizer["vocab_size"]),
+                                     int(manifest.tokenizer["pad_id"]), 1).eval(), int(manifest.tokenizer["vocab_size"]))
+    s = stream_with(few_shards, cache)
+    for epoch in range(2):  # copy 0, then copy 1
+        for b in list(s.epoch_batches())[:3]:
+            filled = b["targets"] != -100
+            assert b["teacher_ids"].shape == (len(b["targets"]), 8)
+            assert (b["teacher_weights"][~filled] == 0).all() and torch.allclose(b["teacher_weights"][filled].sum(-1),
+                                                                                 torch.ones(int(filled.sum())))
+            with torch.no_grad():
+                logits = teacher(b["input_ids"], b["attention_mask"], b["positions"]).logits
+            p = F.log_softmax(logits / 2.0, dim=-1)
+            assert torch.allclose(b["teacher_entropy"][filled], -(p.exp() * p).sum(-1)[filled], atol=1e-4)
+            # the records, read straight from the files, in the slot order
+            slot = 0
+            for row, index in enumerate(b["index"].tolist()):
+                if index < 0:
+                    continue
+                rec = cache.record("train", epoch, index)
+                n = int((rec["positions"] >= 0).sum())
+                assert np.array_equal(b["teacher_ids"][slot:slot + n].numpy(), rec["ids"][:n])
+                slot += n
+
+
+def test_a_cache_for_other_data_or_masks_is_refused_in_one_line(built, few_shards):
+    cache = load_cache(built)
+    with pytest.raises(UserError, match="was made for masking.seed = 0, but this run has 5; build a cache for this run"):
+        stream_with(few_shards, cache, seed=5)
+    with pytest.raises(UserError, match="was made for masking.mlm_probability = 0.15, but this run has 0.2"):
+        stream_with(few_shards, cache, mlm_probability=0.2)
+    with pytest.raises(UserError, match="was made for masking.copies = 2, but this run has 3"):
+        stream_with(few_shards, cache, mask_copies=3)
+    with pytest.raises(UserError, match="set data.masking=static"):
+        MLMStream(load_manifest(few_shards), DataConfig(shards=str(few_shards), num_workers=0), batch_size=8, rank=0,
+                  world_size=1, cache=cache)
+
+
+def test_a_damaged_or_unfinished_cache_is_refused(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    first = json.loads((copy / "manifest.json").read_text())["splits"]["train"]["copies"][0][0]["name"]
+    data = bytearray((copy / first).read_bytes())
+    data[-5] ^= 0xFF
+    (copy / first).write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"corrupt shard {copy / first}: sha256 differs"):
+        load_cache(copy).verify("train")
+    (copy / "manifest.json").unlink()
+    with pytest.raises(UserError, match="not a finished `ds-distil teacher-cache` output"):
+        load_cache(copy)
+
+
+def test_an_interrupted_build_resumes_to_the_same_bytes(built, few_shards, tmp_path):
+    """A build that stopped after some files (here: files removed, one left half-written) resumes with --resume: the
+    files kept are not redone, the others come out byte for byte as an uninterrupted build's."""
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(built, out)
+    (out / "manifest.json").unlink()
+    names = sorted(p.relative_to(out).as_posix() for p in out.glob("copy*/*.npy"))
+    kept = {n: (out / n).stat().st_mtime_ns for n in names[::2]}
+    for n in names[1::2]:
+        (out / n).unlink()
+    (out / f"{names[1]}").write_bytes(b"half")  # a file without its record: redone
+    with pytest.raises(UserError, match="holds part of a teacher cache; pass --resume"):
+        build_cache(cache_config(few_shards), out)
+    build_cache(cache_config(few_shards), out, resume=True)
+    for n in names:
+        assert (out / n).read_bytes() == (built / n).read_bytes(), n
+    assert all((out / n).stat().st_mtime_ns == t for n, t in kept.items())  # not redone
+    assert json.loads((out / "manifest.json").read_text())["splits"] == json.loads((built / "manifest.json").read_text())["splits"]
