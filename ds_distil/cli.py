@@ -118,6 +118,20 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_teacher_cache(args: argparse.Namespace) -> int:
+    """Run the teacher once over prepared shards and store its sampled targets (ds_distil/distill/cache_build.py)."""
+    from ds_distil.distill.cache_build import build_cache, describe
+    from ds_distil.runtime.engine import close_distributed
+
+    cfg = commands.stage_config(args)
+    path = build_cache(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    close_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {path}: {describe(path)}; distil from it with teacher.cache={path} data.masking=static "
+              f"data.mask_copies={cfg.data.mask_copies} loss.temperature={cfg.cache.temperature}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer)."""
     from ds_distil.distill.export import export_student
@@ -184,7 +198,7 @@ def cmd_build_nli(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"prepare": cmd_prepare, "vocab": cmd_vocab, "trim": cmd_trim, "inspect": cmd_inspect, "distill": cmd_distill,
+HANDLERS = {"prepare": cmd_prepare, "vocab": cmd_vocab, "trim": cmd_trim, "inspect": cmd_inspect, "distill": cmd_distill, "teacher-cache": cmd_teacher_cache,
             "export": cmd_export, "finetune": cmd_finetune, "report": cmd_report, "experiment": cmd_experiment,
             "tasks build-nli": cmd_build_nli}
 

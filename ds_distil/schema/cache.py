@@ -1,5 +1,5 @@
-"""`ds-distil teacher-cache`: its configuration. The data and teacher sections are distill's own (the same keys mean
-the same), so a run's config builds the cache its students then read."""
+"""`ds-distil teacher-cache`: its configuration. The data and teacher sections are distill's own: the same keys mean
+the same, and a student's run must have the cache's values of them (the cache's manifest says which it was made for)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from ds_distil import __version__
 from ds_distil.core.config import from_dict, keys_help, literal_value, load, load_dict
 from ds_distil.schema.distill import DataConfig, DistillConfig
 from ds_distil.schema.finetune import FT_PRESETS, TASK_NAMES, FinetuneConfig
+from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.prepare import PrepareConfig
 from ds_distil.schema.vocab import VocabConfig
 
@@ -27,6 +28,8 @@ HELP = {
     "vocab": "Choose a target-language vocabulary from prepared shards (kept tokens, tokenizer, id map, report).",
     "trim": "Trim an existing model (a Hugging Face directory with its tokenizer) to a target-language vocabulary.",
     "inspect": "Stream a few batches from prepared shards and show what a training rank would see.",
+    "teacher-cache": "Run the teacher once over prepared shards and store its sampled targets at static masks, for students to "
+                     "distil from without it (teacher.cache=DIR).",
     "distill": "Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student.",
     "export": "Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer).",
     "finetune": "Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json.",
@@ -77,8 +80,9 @@ def stage_config(args: argparse.Namespace):
     command = args.command
     if command in ("prepare", "vocab"):
         return config_from_args(args, PrepareConfig if command == "prepare" else VocabConfig)
-    if command in ("distill", "finetune"):
-        return load(DistillConfig if command == "distill" else FinetuneConfig, args.config, args.overrides)
+    if command in ("distill", "finetune", "teacher-cache"):
+        cls = {"distill": DistillConfig, "finetune": FinetuneConfig, "teacher-cache": TeacherCacheConfig}[command]
+        return load(cls, args.config, args.overrides)
     if command == "inspect":
         return from_dict(DataConfig, {**load_dict(args.config, args.overrides).get("data", {}), "shards": args.shards})
     return None
@@ -139,6 +143,14 @@ def build_parser(handlers: Mapping[str, Handler] | None = None) -> argparse.Argu
     p.add_argument("--overwrite", action="store_true", help="replace the run in DIR: the new run is written beside it and "
                    "swapped in at its first complete checkpoint; until then the old run stays whole")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100 data.num_workers=0")
+
+    p = command("teacher-cache", description=HELP["teacher-cache"] + " Runs as a single process or on N ranks (deepspeed, "
+                "torchrun), each writing whole files. Its data and teacher keys are distill's.", formatter_class=raw, epilog=_keys_epilog(TeacherCacheConfig))
+    p.add_argument("--config", action="append", default=[], metavar="YAML", help="config file(s): data, teacher, vocab and cache sections")
+    p.add_argument("--out", required=True, metavar="DIR", help="the cache directory: manifest.json and copy*/ files")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted build in DIR: the files written whole are kept")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. cache.k=16 data.mask_copies=3 teacher.preset=tiny")
 
     p = command("export")
     p.add_argument("--run", required=True, metavar="DIR", help="run directory of `ds-distil distill`")
