@@ -166,6 +166,45 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
         assert "layer map g (uniform, student <- teacher): 1 <- 1, 2 <- 2" in card and "(objective `tinybert`)" in card
 
 
+def test_two_ranks_distilling_from_a_teacher_cache_equal_one_rank_and_a_mismatched_run_is_refused(small_shards, small_vocab, tmp_path):
+    """Issue 24: a cache built once (a trimmed vocabulary, a tiny random teacher), then distilled from on 2 ZeRO-2 ranks and
+    on 1 rank with the same global batches: the same losses and weights, the teacher never built for training; a run
+    whose settings differ from what the cache was made for is refused in one line naming the difference."""
+    cache = tmp_path / "cache"
+    built = run_cli("teacher-cache", "--out", str(cache), f"data.shards={small_shards}", "teacher.preset=tiny", f"vocab={small_vocab}",
+                    "cache.k=8", env=ENV)
+    assert built.returncode == 0 and "KiB per sample record, K = 8" in built.stdout, built.stderr[-2000:]
+    cached = {"student.vocab": str(small_vocab), "teacher.cache": str(cache), "teacher.preset": "tiny", "data.masking": "static"}
+    common = base_overrides(small_shards, **{"train.max_steps": 8, "checkpoint.every_steps": 0, "student.dropout": 0.0,
+                                             "data.shuffle": False, **cached})
+    two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), str(HELPER),
+               "--config", SMOKE, "--out", str(tmp_path / "two"), "--probe", str(tmp_path / "two.pt"), *common, "train.micro_batch_size=4"])
+    run([sys.executable, str(HELPER), "--config", SMOKE, "--out", str(tmp_path / "one"), "--probe", str(tmp_path / "one.pt"),
+         "--merge-ranks", "2", *common, "train.micro_batch_size=8"])
+    assert "teacher: not loaded; its sampled targets come from the cache" in two.stderr
+    kl = [r["loss/kl"] for r in metric_lines(tmp_path / "two") if "loss/kl" in r]
+    assert kl and all(math.isfinite(x) for x in kl)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    one_p, two_p = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for name, p in one_p["student"].items():
+        assert torch.allclose(p, two_p["student"][name], rtol=1e-4, atol=1e-6), name
+    assert two_p["teacher_before"] is None  # no live teacher in the run
+    card = (tmp_path / "two" / "student" / "README.md").read_text(encoding="utf-8")
+    assert f"through its teacher cache `{cache}` (8 sampled targets per masked token" in card
+
+    def refused(*overrides):
+        proc = run_cli("distill", "--config", SMOKE, "--out", str(tmp_path / "r"), *common, *overrides, env=ENV)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        return [line for line in proc.stderr.splitlines() if "error:" in line][-1]
+
+    assert "was made for temperature = 2.0, but this run has 3.0" in refused("loss.temperature=3.0")
+    assert "was made for masking.seed = 0, but this run has 1" in refused("data.seed=1")
+    assert "set data.masking=static" in refused("data.masking=dynamic")
+    assert "was made for teacher_sha256 = " in refused("train.seed=7")  # another random teacher
+    assert "was made for vocab.kind = trimmed, but this run has full" in refused("student.vocab=null")
+    assert "needs the live teacher's hidden states or attention" in refused("loss.objective=tinybert")
+
+
 def torchrun_distill(out, *args):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
             "-m", "ds_distil", "distill", "--out", str(out), *args]

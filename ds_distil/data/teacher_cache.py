@@ -62,6 +62,13 @@ def data_made_for(shards_manifest, cfg) -> dict[str, Any]:
                         "copies": cfg.mask_copies}}
 
 
+def vocab_made_for(tokenizer: dict[str, Any], vmap=None) -> dict[str, Any]:
+    """The vocabulary a cache's targets are over: the shards' full one, or a trimmed one (`ds-distil vocab`)."""
+    if vmap is None:
+        return {"kind": "full", "size": int(tokenizer["vocab_size"]), "sha256": tokenizer["vocab_sha256"]}
+    return {"kind": "trimmed", "size": int(vmap.size), "kept_sha256": vmap.content_sha256}
+
+
 @dataclass
 class CacheFile:
     name: str

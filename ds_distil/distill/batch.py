@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ds_distil.data.masking import IGNORE_INDEX
+from ds_distil.distill.sparse_targets import SparseTargets
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Batch:
     targets: torch.Tensor  # [M] the original token of each slot in the student's vocabulary; IGNORE_INDEX: no target
     original_targets: torch.Tensor  # [M] the same in the shards' vocabulary (a slot's token may be one the student lacks)
     index: torch.Tensor  # [B] each sample's index in its split; -1 for a padding sample
+    teacher_targets: SparseTargets | None = None  # [M, K] a teacher cache's targets of the slots (data.teacher_cache)
 
     @property
     def masked(self) -> torch.Tensor:
@@ -63,6 +65,9 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device, translation:
     if translation is not None:
         student_ids = translation.id_map[input_ids]
         targets = torch.where(original >= 0, translation.target_map[original.clamp(min=0)], IGNORE_INDEX)
+    cached = None
+    if "teacher_ids" in batch:  # the cache's ids are over the student's vocabulary already (the cache was made for it)
+        cached = SparseTargets(*(batch[k].to(device, non_blocking=non_blocking) for k in ("teacher_ids", "teacher_weights", "teacher_entropy")))
     return Batch(input_ids, student_ids, batch["attention_mask"].to(device, non_blocking=non_blocking),
                  batch["positions"].to(device, non_blocking=non_blocking), targets, original,
-                 batch["index"].to(device, non_blocking=non_blocking))
+                 batch["index"].to(device, non_blocking=non_blocking), cached)

@@ -13,7 +13,6 @@ Rank 0 writes manifest.json last, after every rank's files: only then is the dir
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -31,26 +30,16 @@ from ds_distil.data.manifest import load_manifest, sha256_file
 from ds_distil.data.masking import IGNORE_INDEX, static_positions
 from ds_distil.data.samples import read_shard
 from ds_distil.data.stream import MLMStream, derive_seed, static_masks
-from ds_distil.data.teacher_cache import FORMAT, MANIFEST, data_made_for, file_name, record_dtype
+from ds_distil.data.teacher_cache import FORMAT, MANIFEST, data_made_for, file_name, record_dtype, vocab_made_for
 from ds_distil.data.vocab import load_vocab_map
 from ds_distil.distill import sparse_targets
-from ds_distil.model.build import build_teacher
+from ds_distil.model.build import build_teacher, weights_sha256
 from ds_distil.model.forward import MaskedLM
 from ds_distil.model.surgery import prepare_trimmed_run
 from ds_distil.runtime import engine as eng
 from ds_distil.schema.cache import TeacherCacheConfig
 
 log = logging.getLogger(__name__)
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """The teacher's weights as built (names, dtypes, shapes, bytes): what a cache's targets came from."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def build_cache(cfg: TeacherCacheConfig, out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -85,20 +74,18 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
     vmap = load_vocab_map(cfg.vocab) if cfg.vocab else None
     if vmap is not None:
         vmap.check_shards(manifest)
-    torch.manual_seed(0)  # a randomly initialised teacher (preset, config) is the same one a run with these settings builds
+    torch.manual_seed(cfg.seed)  # a randomly initialised teacher (preset, config): the one a run with train.seed = seed builds
     teacher = build_teacher(cfg.teacher, vocab, pad, 1)
     teacher_sha = weights_sha256(teacher)
     t_vocab, keep_ids = vocab, None
-    vocab_made_for = {"kind": "full", "size": vocab, "sha256": tok["vocab_sha256"]}
     if vmap is not None:
         trimmed = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), 1)
         t_vocab, keep_ids = trimmed.vocab, vmap.is_kept()
-        vocab_made_for = {"kind": "trimmed", "size": trimmed.vocab, "kept_sha256": vmap.content_sha256}
     teacher_config = teacher.config.to_dict()
     teacher = eng.place_teacher(teacher, d.device, eng.teacher_dtype(cfg.teacher.dtype, d.device))
     lm = MaskedLM(teacher, t_vocab)
     s = cfg.cache
-    made_for = {**data_made_for(manifest, data_cfg), "vocab": vocab_made_for, "teacher_sha256": teacher_sha,
+    made_for = {**data_made_for(manifest, data_cfg), "vocab": vocab_made_for(tok, vmap), "teacher_sha256": teacher_sha,
                 "temperature": s.temperature, "k": s.k, "proposal_temperature": s.proposal_temperature or s.temperature}
 
     splits = {}

@@ -135,6 +135,15 @@ def _teacher(cfg: dict) -> tuple[str, str | None]:
         if s.get("pretrained"):
             return f"none: masked language modelling only, continuing from `{s['pretrained']}`", _hub_id(s["pretrained"])
         return "none: masked language modelling only, from scratch", None
+    if t.get("cache"):  # the teacher the cache recorded, not run during training
+        try:
+            cached = json.loads((Path(t["cache"]) / "manifest.json").read_text())
+            prose, hub = _teacher({"teacher": cached["teacher"]["source"]})
+            k = cached["k"]
+        except (OSError, ValueError, KeyError, TypeError):
+            prose, hub, k = "an unknown teacher", None, "?"
+        return (f"{prose.removesuffix(', frozen')}, through its teacher cache `{t['cache']}` ({k} sampled targets per masked "
+                "token; the teacher did not run during training)"), hub
     if t.get("pretrained"):
         from ds_distil.model.info import _card_name
 

@@ -175,6 +175,8 @@ def build(manifest: Manifest, stream_cfg, max_samples: int, batch_size: int, dev
 def console_line(step: int, values: dict[str, float], terms: tuple[Term, ...]) -> str:
     line = f"step {step} validation"
     for t in terms:
+        if t.val not in values:  # a term validation cannot measure (the KL of a run from a teacher cache)
+            continue
         line += f" | {t.label or t.name} {values[t.val]:.4f}"
         if t.val == MLM_LOSS:
             line += f" | perplexity {values[PERPLEXITY.key]:.2f}"

@@ -23,9 +23,10 @@ from ds_distil.core.dist import broadcast
 from ds_distil.core.env_info import command_line, device_info, versions
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write_json
-from ds_distil.data.manifest import load_manifest
+from ds_distil.data.manifest import load_manifest, sha256_file
 from ds_distil.data.masking import MASKING_RULE
 from ds_distil.data.stream import MLMStream
+from ds_distil.data.teacher_cache import TeacherCache, load_cache, vocab_made_for
 from ds_distil.data.vocab import load_vocab_map
 from ds_distil.distill import checkpoint, evaluate, objectives
 from ds_distil.distill import resume as resume_settings
@@ -33,8 +34,8 @@ from ds_distil.distill.batch import Translation
 from ds_distil.distill.loop import Components, TrainerState
 from ds_distil.distill.objectives.base import Objective
 from ds_distil.distill.step import DistillStep
-from ds_distil.distill.teacher import LiveTeacher, NoTeacher
-from ds_distil.model.build import build_student, build_teacher, count_parameters
+from ds_distil.distill.teacher import CachedTeacher, LiveTeacher, NoTeacher
+from ds_distil.model.build import build_student, build_teacher, count_parameters, weights_sha256
 from ds_distil.model.forward import MaskedLM
 from ds_distil.model.surgery import TrimmedRun, prepare_trimmed_run
 from ds_distil.model.validate import check_seq_len
@@ -85,21 +86,33 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     if objective.teacher is None and cfg.teacher.enabled:
         raise UserError(f"loss.objective {objective.name} trains without a teacher, but teacher.enabled is true; set "
                         "teacher.enabled=false, or loss.objective=auto")
+    cache = _open_cache(cfg) if cfg.teacher.cache else None
 
     torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
     multiple = cfg.perf.pad_vocab_multiple
-    teacher = build_teacher(cfg.teacher, vocab, pad, 1 if vmap else multiple)
+    if cache is None:
+        teacher = build_teacher(cfg.teacher, vocab, pad, 1 if vmap else multiple)
+    else:  # a teacher named beside the cache is built only to check that the cache is its own (and to initialise the student)
+        teacher = build_teacher(cfg.teacher, vocab, pad, 1) if _names_a_teacher(cfg) else None
+        cache.check({"vocab": vocab_made_for(tok, vmap), "temperature": cfg.loss.temperature,
+                     **({"teacher_sha256": weights_sha256(teacher)} if teacher is not None else {})})
     s_vocab, s_pad, kept, trimmed = vocab, pad, None, None
     if vmap is not None:  # the teacher's LM head over the kept rows only; the student over the kept ids
         trimmed = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), multiple)
         s_vocab, s_pad, kept = trimmed.vocab, trimmed.pad_id, trimmed.kept
     student = build_student(cfg.student, s_vocab, s_pad, teacher, multiple, teacher_rows=kept)
-    objective.bind(teacher.config if teacher is not None else None, student.config)  # may build its parameters: same on every rank
+    teacher_config = teacher.config if teacher is not None else (_cache_teacher_config(cache) if cache else None)
+    objective.bind(teacher_config, student.config)  # may build its parameters: same on every rank
+    if cache is not None:  # the teacher is not kept for training: the cache stands in for it
+        _check_cached_objective(objective)
+        teacher = None
+        if trimmed is not None:
+            trimmed.full_head = None
     check_seq_len(manifest.seq_len, teacher, student, cfg)
     torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs between ranks
 
     stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size,
-                       keep_ids=vmap.is_kept() if vmap else None)
+                       keep_ids=vmap.is_kept() if vmap else None, cache=cache)
     num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
     ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
     check_micro_batch(student.config, cfg.train.micro_batch_size, manifest.seq_len, cfg.train.micro_batch_size * stream.max_masked,
@@ -107,6 +120,8 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     settings = resume_settings.fingerprint(cfg, manifest, d.world_size, ds_config, MASKING_RULE)
     if vmap is not None:  # the vocabulary's content, not only its path
         settings["student.vocab_kept_sha256"] = vmap.content_sha256
+    if cache is not None:  # the cache's content, not its path
+        settings["teacher.cache_manifest_sha256"] = sha256_file(cache.directory / "manifest.json")
     tag = _resume_tag(run_dir, d) if resume else None
     if tag is not None:  # refused before anything is written or loaded
         saved = resume_settings.saved_fingerprint(json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()))
@@ -132,10 +147,12 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
         log.info("--resume: no complete checkpoint in %s yet; starting from the beginning", run_dir)
 
     step = build_step(model_engine, objective, teacher, s_vocab, cfg.loss.temperature, d.device, d.world_size, trimmed,
-                      compile=eng.compile_enabled(cfg.perf, d.device))
-    # held-out validation with the step's own objective, teacher signal and id translation (ds_distil/distill/evaluate.py)
-    validator = evaluate.build(manifest, cfg.data, cfg.log.eval_max_samples, cfg.train.micro_batch_size, d.device, objective,
-                               d.rank, d.world_size, keep_ids=stream.keep_ids, teacher=step.teacher, translation=step.translation)
+                      compile=eng.compile_enabled(cfg.perf, d.device), cached=cache is not None)
+    # held-out validation with the step's own objective, teacher signal and id translation (ds_distil/distill/evaluate.py);
+    # from a cache, which holds no targets for the held-out split, its MLM terms only (the KL needs the teacher)
+    validator = evaluate.build(manifest, cfg.data, cfg.log.eval_max_samples, cfg.train.micro_batch_size, d.device,
+                               objective if cache is None else objectives.MLM(), d.rank, d.world_size, keep_ids=stream.keep_ids,
+                               teacher=step.teacher if cache is None else None, translation=step.translation)
     device_stats = DeviceStats(d.device)
     record = {"config": to_dict(cfg), "resume": settings, "objective": objective.declaration()}
     c = Components(cfg, d, model_engine, stream, objective, step.teacher, step, validator,
@@ -148,10 +165,11 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
 
 
 def build_step(engine, objective: Objective, teacher: torch.nn.Module | None, vocab: int, temperature: float,
-               device: torch.device, world_size: int, trimmed: TrimmedRun | None = None, compile: bool = False) -> DistillStep:
-    """The micro step for `objective`: the teacher signal it needs (the live teacher, placed already, or none) and a
-    trimmed vocabulary's translation. Also what the benchmarks time as "ours"."""
-    signal = NoTeacher() if objective.teacher is None else LiveTeacher(
+               device: torch.device, world_size: int, trimmed: TrimmedRun | None = None, compile: bool = False,
+               cached: bool = False) -> DistillStep:
+    """The micro step for `objective`: the teacher signal it needs (the live teacher, placed already, a teacher cache's
+    targets in the batches, or none) and a trimmed vocabulary's translation. Also what the benchmarks time as "ours"."""
+    signal = NoTeacher() if objective.teacher is None else CachedTeacher() if cached else LiveTeacher(
         teacher, vocab, objective.teacher, temperature, compile, full_head=trimmed.full_head if trimmed else None,
         kept=trimmed.kept if trimmed else None)
     translation = Translation(trimmed.id_map, trimmed.target_map) if trimmed else None
@@ -167,8 +185,14 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
     log.info("perf: vocabulary rows %d (padded to a multiple of %d), torch.compile %s, fused AdamW %s", student.config.vocab_size,
              cfg.perf.pad_vocab_multiple, "on" if eng.compile_enabled(cfg.perf, d.device) else "off",
              "on" if ds_config["optimizer"]["params"].get("fused") else "off")
-    log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
-             if c.objective.teacher is not None else "none (MLM only)")
+    if cfg.teacher.cache:
+        cached = json.loads((Path(cfg.teacher.cache) / "manifest.json").read_text())
+        log.info("teacher: not loaded; its sampled targets come from the cache %s (K = %d draws per masked token at T = %g, "
+                 "%d mask copies); validation: MLM terms only", cfg.teacher.cache, cached["k"], cached["made_for"]["temperature"],
+                 cached["masking"]["copies"])
+    else:
+        log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
+                 if c.objective.teacher is not None else "none (MLM only)")
     if vmap is not None:
         log.info("vocabulary: %s, %d of %d tokens kept; the teacher's head and the KL run over them", vmap.directory, vmap.size, vocab)
     sc = student.config
@@ -215,12 +239,44 @@ def _resume_tag(run_dir: Path, d: eng.Dist) -> str | None:
     return tag
 
 
+def _names_a_teacher(cfg: DistillConfig) -> bool:
+    return any((cfg.teacher.pretrained, cfg.teacher.config, cfg.teacher.preset))
+
+
+def _open_cache(cfg: DistillConfig) -> TeacherCache:
+    """The run's teacher cache, checked (its files' checksums unless data.verify_checksums is off)."""
+    cache = load_cache(cfg.teacher.cache)
+    if cfg.data.verify_checksums:
+        cache.verify("train")
+    return cache
+
+
+def _check_cached_objective(objective: Objective) -> None:
+    """Refuse an objective (bound: its needs are known) that wants more of the teacher than a cache holds: its output
+    distribution at the masked positions."""
+    needs = objective.teacher
+    if needs is None or objective.name != "kd" or needs.intermediate or needs.hidden:
+        what = ("uses no teacher" if needs is None else "needs the live teacher's hidden states or attention"
+                if needs.intermediate or needs.hidden else "is not kd")
+        raise UserError(f"teacher.cache is set, but loss.objective {objective.name} {what}: a teacher cache holds sampled "
+                        "targets of the teacher's output distribution at the masked positions, for loss.objective=kd with "
+                        "loss.a_hidden=0; drop teacher.cache to run the teacher live")
+
+
+def _cache_teacher_config(cache: TeacherCache):
+    """The teacher's architecture as the cache recorded it (what the objective checks the student against)."""
+    from transformers import AutoConfig
+
+    saved = dict(cache.data["teacher"]["config"])
+    return AutoConfig.for_model(saved.pop("model_type"), **saved)
+
+
 def _inputs(cfg: DistillConfig) -> list[Path]:
     """What the run reads: --out may not be, hold or lie inside any of it."""
     from ds_distil.data.tokenizer import looks_like_path
 
     names = [cfg.data.shards, cfg.deepspeed.config, cfg.teacher.config, cfg.teacher.pretrained, cfg.student.pretrained,
-             cfg.student.vocab]
+             cfg.student.vocab, cfg.teacher.cache]
     return [Path(n) for n in names if n and (Path(n).exists() or looks_like_path(n))]
 
 

@@ -5,9 +5,11 @@
   positions only, over the student's vocabulary; it returns what the objective needs (logits, hidden states).
 * `NoTeacher`: objectives that learn without one (MLM only).
 
-A signal that reads precomputed teacher outputs for the batch's samples instead of running the teacher is a third
-kind; it has the same three parts: `__call__`, `log_values` and `arch` (the teacher's shape for the FLOP count,
-None where no teacher runs).
+* `CachedTeacher`: a teacher cache's sampled targets of the batch's masked slots (ds_distil/data/teacher_cache.py),
+  which the stream's workers read with the samples; no teacher runs.
+
+Each has the same three parts: `__call__`, `log_values` and `arch` (the teacher's shape for the FLOP count, None where
+no teacher runs).
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ class NoTeacher:
 
     def __call__(self, batch: Batch) -> Outputs | None:
         return None
+
+    def log_values(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class CachedTeacher:
+    """The cache's targets for the batch (SparseTargets), or None for a batch without them (validation's)."""
+
+    arch: Arch | None = None
+
+    def __call__(self, batch: Batch):
+        return batch.teacher_targets
 
     def log_values(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {}

@@ -128,6 +128,18 @@ def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int, teache
     return model
 
 
+def weights_sha256(model: nn.Module) -> str:
+    """A model's weights (names, dtypes, shapes, bytes): what a teacher cache's targets came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def count_parameters(model: nn.Module | None) -> dict[str, int]:
     if model is None:
         return {"total": 0, "trainable": 0, "embeddings": 0}

@@ -43,6 +43,8 @@ class TeacherCacheConfig:
     vocab: str | None = setting("a target-language vocabulary (`ds-distil vocab`): the targets over its tokens, for students "
                                 "with student.vocab set to it", default=None)
     cache: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    seed: int = setting("seed a randomly initialised teacher (a preset or config) is built with: the students' train.seed "
+                        "(distill's default too), so that a run naming the same teacher builds the same one", default=42)
 
     def __post_init__(self) -> None:
         if not self.teacher.enabled:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 
 from ds_distil import __version__
 from ds_distil.core.config import from_dict, keys_help, literal_value, load, load_dict
+from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.distill import DataConfig, DistillConfig
 from ds_distil.schema.finetune import FT_PRESETS, TASK_NAMES, FinetuneConfig
-from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.prepare import PrepareConfig
 from ds_distil.schema.vocab import VocabConfig
 

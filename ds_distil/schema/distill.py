@@ -56,12 +56,17 @@ class TeacherConfig:
     preset: str | None = setting(f"architecture preset for a randomly initialised teacher: {', '.join(PRESETS)}", default=None)
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = setting("teacher precision; auto: bf16 on GPUs that have it, else fp16; fp32 on CPU",
                                                              default="auto")
+    cache: str | None = setting("a teacher cache (`ds-distil teacher-cache`): distil from its sampled targets instead of running "
+                                "the teacher (needs data.masking=static); with pretrained/config/preset too, the cache must be "
+                                "that teacher's (its weights' hash is checked)", default=None, resume=True)
 
     def __post_init__(self) -> None:
         given = [k for k in ("pretrained", "config", "preset") if getattr(self, k)]
-        if self.enabled and len(given) != 1:
-            raise ValueError("set exactly one of pretrained, config or preset (or enabled: false for MLM only); "
+        if self.enabled and (len(given) > 1 or (not given and not self.cache)):
+            raise ValueError("set exactly one of pretrained, config or preset (or enabled: false for MLM only, or a cache); "
                              f"got {', '.join(given) or 'none'}")
+        if self.cache and not self.enabled:
+            raise ValueError("teacher.cache needs teacher.enabled: true")
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown preset '{self.preset}' (known: {', '.join(PRESETS)})")
 

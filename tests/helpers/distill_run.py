@@ -54,7 +54,7 @@ if args.merge_ranks > 1:
     assert c.dist.world_size == 1
     k = args.merge_ranks
     streams = [MLMStream(c.stream.manifest, cfg.data, cfg.train.micro_batch_size // k, rank=r, world_size=k,
-                         keep_ids=c.stream.keep_ids) for r in range(k)]
+                         keep_ids=c.stream.keep_ids, cache=c.stream.cache) for r in range(k)]
 
     def merged():
         for parts in zip(*(iter(s) for s in streams)):

@@ -10,7 +10,8 @@ import torch
 from ds_distil.core.errors import UserError
 from ds_distil.distill.batch import Batch
 from ds_distil.distill.objectives.base import Needs, Objective, Outputs, Term, check_teacher, kl_term, mlm_term
-from ds_distil.distill.objectives.losses import hidden_sum, kl_sum, mlm_sum
+from ds_distil.distill.objectives.losses import hidden_sum, kl_sum, mlm_sum, sampled_kl_sum
+from ds_distil.distill.sparse_targets import SparseTargets
 from ds_distil.schema.distill import LossConfig
 
 
@@ -29,8 +30,13 @@ class KD(Objective):
     def _hidden_text(self) -> str:
         return "distance 1 - cosine" if self.cfg.hidden_kind == "cosine" else "mean squared error"
 
-    def sums(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> dict[str, torch.Tensor]:
-        out = {"mlm": mlm_sum(student.logits, batch.targets), "kl": kl_sum(student.logits, teacher.logits, self.cfg.temperature, batch.masked)}
+    def sums(self, student: Outputs, teacher: Outputs | SparseTargets | None, batch: Batch) -> dict[str, torch.Tensor]:
+        """`teacher`: the live teacher's outputs, or a cache's sampled targets (then the KL is their unbiased estimate)."""
+        if isinstance(teacher, SparseTargets):
+            kl = sampled_kl_sum(student.logits, teacher.ids, teacher.weights, teacher.entropy, self.cfg.temperature, batch.masked)
+        else:
+            kl = kl_sum(student.logits, teacher.logits, self.cfg.temperature, batch.masked)
+        out = {"mlm": mlm_sum(student.logits, batch.targets), "kl": kl}
         if self.hidden:
             s, t = student.hidden[-1], teacher.hidden[-1]
             out["hidden"] = hidden_sum(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), self.cfg.hidden_kind, batch.real)
