@@ -29,6 +29,12 @@ has parameters of its own (TinyBERT's projection), the student wrapped as `Stude
 the engine trains them; the report adds a table per student of each objective's step time against
 kd's (same method). The baseline, ours-trimmed and the levers run with kd only.
 
+With `--cached`, ours-cached: our step distilling from a teacher cache (teacher.cache): no teacher in the process,
+the batches carrying K = 16 sampled targets per masked slot as the stream delivers them (drawn here from random
+logits over the vocabulary: the step's cost does not depend on their values), KD's KL the sampled estimate. The
+report sets it against ours with the live teacher (step time, tokens/s, peak memory) and gives the cache's bytes per
+sample and per masked slot (its record layout, ds_distil/data/teacher_cache.py).
+
 With `--vocab VOCAB_DIR`, a fourth, ours-trimmed: our step with the student over that
 target-language vocabulary (teacher head and KL over its tokens; inputs drawn from its tokens).
 
@@ -92,6 +98,26 @@ def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None, vocab:
     return out
 
 
+CACHE_K = 16  # the teacher cache's default (cache.k)
+
+
+def add_cached_targets(batches: list[dict], vocab: int, k: int, temperature: float) -> None:
+    """Each batch's masked slots get K sampled targets, as a teacher cache's stream gives them (empty slots: weight 0)."""
+    import torch
+
+    from ds_distil.distill.sparse_targets import sampled
+
+    for i, b in enumerate(batches):
+        g = torch.Generator().manual_seed(1000 + i)
+        logits = torch.randn(len(b["positions"]), vocab, generator=g) * 3
+        t = sampled(logits, k, temperature, generator=g)
+        empty = (b["targets"] == -100).cpu()
+        device = b["positions"].device
+        b["teacher_ids"] = t.ids.masked_fill(empty[:, None], 0).to(device)
+        b["teacher_weights"] = t.weights.masked_fill(empty[:, None], 0.0).to(device)
+        b["teacher_entropy"] = t.entropy.masked_fill(empty, 0.0).to(device)
+
+
 def measure(spec: dict) -> dict:
     """One configuration, in this process: {student, method, seq_len, batch, steps, warmup, inputs, precision,
     compile, pad, fused, profile, objective (default kd), loss (LossConfig fields other than the defaults)}; the
@@ -116,7 +142,9 @@ def measure(spec: dict) -> dict:
     torch.manual_seed(0)
     pad = spec["pad"] if method != "baseline" else 1
     s_vocab, s_pad, trimmed, ordinary = vocab, 0, None, None
-    if method == "ours-trimmed":  # the student over a target-language vocabulary (ds-distil vocab)
+    if method == "ours-cached":  # no teacher in the process: its sampled targets come with the batches
+        teacher = None
+    elif method == "ours-trimmed":  # the student over a target-language vocabulary (ds-distil vocab)
         from ds_distil.data.vocab import load_vocab_map
         from ds_distil.model.surgery import prepare_trimmed_run
 
@@ -128,14 +156,23 @@ def measure(spec: dict) -> dict:
     else:
         teacher = build_teacher(TeacherConfig(preset=t_preset), vocab, 0, pad)
     student = build_student(StudentConfig(preset=spec["student"], dropout=0.1), s_vocab, s_pad, pad_multiple=pad)
+    if method == "ours-cached":
+        from ds_distil.distill import objectives
+        from ds_distil.model.build import bert_config
+
+        objective = objectives.KD(LossConfig())
+        objective.bind(bert_config(t_preset, vocab, 0), student.config)
     t_dtype = teacher_dtype("auto", device) if method != "baseline" else torch.float32
     teacher = place_teacher(teacher, device, t_dtype)
     if trimmed is not None:
         trimmed.full_head.to(device=device, dtype=t_dtype)
     loss_cfg = LossConfig(objective=objective_name, **spec.get("loss", {}))
-    objective = bound_objective(loss_cfg, teacher, student)  # may build its own parameters (a projection)
+    if method != "ours-cached":
+        objective = bound_objective(loss_cfg, teacher, student)  # may build its own parameters (a projection)
     batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device, ordinary, vocab)
-    student_arch, teacher_arch = Arch.of(student, s_vocab), Arch.of(teacher, s_vocab)
+    if method == "ours-cached":
+        add_cached_targets(batches, s_vocab, spec.get("cache_k", CACHE_K), loss_cfg.temperature)
+    student_arch, teacher_arch = Arch.of(student, s_vocab), (Arch.of(teacher, s_vocab) if teacher is not None else None)
 
     def engine():
         train = TrainConfig(micro_batch_size=spec["batch"], max_steps=spec["steps"] + spec["warmup"], lr=1e-4)
@@ -144,8 +181,9 @@ def measure(spec: dict) -> dict:
             return initialize(StudentWithObjective(student, s_vocab, objective.module), ds, 0.01)
         return initialize(MaskedLM(student, None if method == "baseline" else s_vocab), ds, 0.01)
 
-    if method in ("ours", "ours-trimmed"):
-        micro_step = build_step(engine(), objective, teacher, s_vocab, loss_cfg.temperature, device, 1, trimmed, spec["compile"])
+    if method in ("ours", "ours-trimmed", "ours-cached"):
+        micro_step = build_step(engine(), objective, teacher, s_vocab, loss_cfg.temperature, device, 1, trimmed, spec["compile"],
+                                cached=method == "ours-cached")
 
         def step(b):
             return micro_step(b).cpu()[0]  # the trainer's one read per optimizer step; [0]: the total loss
@@ -252,6 +290,23 @@ def render(result: dict) -> str:
                "head and the KL over its tokens; FLOPs counted with its size). Against ours over the full vocabulary:\n\n")
         for r in trimmed:
             md += f"- {r['student']} seq {r['seq_len']} batch {r['batch']}: {ratio(r, 'ours') or 'n/a'} the tokens/s\n"
+    cached = [r for r in result["rows"] if r["method"] == "ours-cached" and "error" not in r]
+    if cached:
+        from ds_distil.data.masking import max_masked_per_sample
+        from ds_distil.data.teacher_cache import record_dtype
+
+        k = result["config"].get("cache_k", CACHE_K)
+        md += (f"\nours-cached: our step from a teacher cache (K = {k} sampled targets per masked slot, no teacher in the "
+               "process; TFLOP/s counts the student's FLOPs only). Against ours with the live teacher, same student, inputs "
+               "and run:\n\n| student | seq | batch | step s live | step s cached | tokens/s cached / live | peak mem GiB live "
+               "| peak mem GiB cached | cache bytes per sample | per masked slot |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        for r in cached:
+            live = by_key.get((r["student"], r["seq_len"], r["batch"], "ours"))
+            slots = max_masked_per_sample(r["seq_len"], 0.15)
+            size = record_dtype(slots, k).itemsize
+            md += (f"| {r['student']} | {r['seq_len']} | {r['batch']} | {live['step_s']:.4f} | {r['step_s']:.4f} | "
+                   f"{ratio(r, 'ours')} | {live['peak_memory_gib']:.2f} | {r['peak_memory_gib']:.2f} | {size:,} | {size / slots:.0f} |\n"
+                   if live and "error" not in live else f"| {r['student']} | {r['seq_len']} | {r['batch']} | (no live row) |\n")
     if not result["device"]["gpu"]:
         md += "\nCPU figures: MFU is not reported (no peak FLOP/s is known for this CPU).\n"
     if objectives != ["kd"]:
@@ -349,7 +404,7 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = [r for r in result["rows"] if "error" not in r and not r.get("lever")]
-    style = {"ours": "o-", "reference": "s:", "baseline": "x--", "ours-trimmed": "d-."}
+    style = {"ours": "o-", "reference": "s:", "baseline": "x--", "ours-trimmed": "d-.", "ours-cached": "^-"}
     for key in sorted({(r["student"], r["method"], r["seq_len"], r.get("objective", "kd")) for r in rows}):
         pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows
                      if (r["student"], r["method"], r["seq_len"], r.get("objective", "kd")) == key)
@@ -381,6 +436,8 @@ def main() -> None:
                    "(auto: on for CUDA, as perf.compile)")
     p.add_argument("--levers", action="store_true", help="also run ours with each speed lever turned off in turn")
     p.add_argument("--profile", action="store_true", help="add a torch.profiler table of ours")
+    p.add_argument("--cached", action="store_true", help="add ours-cached: our step from a teacher cache (no teacher "
+                   "in the process), against ours with the live teacher")
     p.add_argument("--vocab", default=None, help="a target-language vocabulary (ds-distil vocab): adds ours-trimmed, our step "
                    "with the student over it")
     p.add_argument("--repeats", type=int, default=1, help="run every configuration this many times, round-robin, each in a "
@@ -422,6 +479,8 @@ def main() -> None:
                     specs += [{**base, "objective": name, "loss": OBJECTIVE_LOSS.get(name, {}), "method": m,
                                "profile": args.profile and m == "ours"} for m in runs]
                 base = {**base, "objective": "kd", "loss": {}}  # the trimmed student and the levers: kd
+                if args.cached:
+                    specs.append({**base, "method": "ours-cached", "cache_k": CACHE_K})
                 if args.vocab:
                     specs.append({**base, "method": "ours-trimmed", "vocab": str(Path(args.vocab).resolve())})
                 if args.levers:
@@ -440,12 +499,13 @@ def main() -> None:
     if all("error" in r for r in rows):
         print("throughput: every configuration failed; no report written", file=sys.stderr)
         sys.exit(1)
-    mode = ("objectives-" if objective_names != ["kd"] else "") + ("full" if args.full else "quick") + ("-levers" if args.levers else "")
+    mode = (("objectives-" if objective_names != ["kd"] else "") + ("cached-" if args.cached else "") + ("full" if args.full else "quick")
+            + ("-levers" if args.levers else ""))
     result = {"what": "throughput", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
               "versions": versions(), "command": command_line("benchmarks.throughput"),
               "config": {"students": args.students.split(","), "methods": methods, "seq_lens": seq_lens, "batches": batches,
                          "steps": steps, "warmup": warmup, "inputs": args.inputs, "precision": precision, "compile": compile_,
-                         "levers": args.levers, "vocab": args.vocab, "objectives": objective_names, "repeats": args.repeats,
+                         "levers": args.levers, "vocab": args.vocab, "cached": args.cached, "cache_k": CACHE_K, "objectives": objective_names, "repeats": args.repeats,
                          "objective_loss": {o: OBJECTIVE_LOSS.get(o, {}) for o in objective_names}},
               "load_avg": {"start": list(load_start), "end": list(os.getloadavg())}, "rows": rows}
     md = render(result)

@@ -176,3 +176,30 @@ def test_repeated_configurations_report_the_run_of_median_step_time():
     assert median_run(runs[:2])["step_s"] == 1.0  # an even count: the lower middle run
     assert median_run(runs[:1]) == runs[0]
     assert median_run([runs[0], {"step_s": 1.0, "error": "boom"}])["error"] == "boom"
+
+
+def test_the_cached_step_runs_without_a_teacher_and_its_report_compares_it_with_the_live_one(monkeypatch):
+    """Issue 24: ours-cached, our step from a teacher cache's targets, in a fresh process as the benchmark runs it: no
+    teacher built (its FLOPs are not counted), a finite loss; the report puts it beside the live step with the cache's
+    bytes per sample."""
+    import math
+
+    from benchmarks.common import run_isolated
+    from benchmarks.throughput import render
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = {**TINY, "seq_len": 32, "batch": 2, "steps": 2, "warmup": 1, "inputs": 2, "precision": "fp32", "compile": False,
+            "pad": 128, "fused": True, "objective": "kd", "loss": {}}
+    rows = {m: run_isolated("benchmarks.throughput", {**spec, "method": m, "cache_k": 4}) for m in ("ours", "ours-cached")}
+    for row in rows.values():
+        assert "error" not in row and math.isfinite(row["last_loss"]), row
+    assert rows["ours-cached"]["step_flops"] < rows["ours"]["step_flops"]  # the teacher's forward is not in it
+    result = {"device": {"gpu": None, "cpu": "x", "cpu_cores": 2}, "versions": {"torch": "2"}, "date": "2026-01-01", "command": "c",
+              "config": {"precision": "fp32", "compile": False, "steps": 2, "warmup": 1, "inputs": 2, "cache_k": 4},
+              "rows": [{**r, "student": "micro"} for r in rows.values()]}
+    md = render(result)
+    assert "ours-cached: our step from a teacher cache (K = 4 sampled targets per masked slot" in md
+    # 5 slots per 32-token sample at 15%: positions 2 + targets 4 + ids 4 x 4 + weights 4 x 4 + entropy 4 bytes per slot
+    assert f"| {5 * (2 + 4 + 16 + 16 + 4)} | {2 + 4 + 16 + 16 + 4} |" in md
