@@ -188,9 +188,9 @@ class _EpochDataset(IterableDataset):
         ids, weights, entropy = np.zeros((size, k), np.int64), np.zeros((size, k), np.float32), np.zeros(size, np.float32)
         slot = 0
         for row, index in enumerate(indices):
-            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1).numpy()
-            if index < 0:
+            if index < 0:  # padding: nothing masked
                 continue
+            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1).numpy()
             rec = cache.record(self.split, copy, index)
             n = len(positions)
             if not (np.array_equal(rec["positions"][:n], positions) and (n == self.max_masked or rec["positions"][n] == -1)
