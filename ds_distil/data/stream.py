@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ds_distil.core.dist import rank_share, rank_world
 from ds_distil.core.errors import CorruptShardError, UserError
 from ds_distil.data.manifest import Manifest
-from ds_distil.data.masking import IGNORE_INDEX, mask_tokens, max_masked_per_sample, static_positions
+from ds_distil.data.masking import mask_tokens, max_masked_per_sample, static_positions
 from ds_distil.data.samples import read_shard
 from ds_distil.data.teacher_cache import TeacherCache, data_made_for
 from ds_distil.schema.distill import DataConfig
@@ -52,6 +52,18 @@ def derive_seed(*parts) -> int:
     """A 64-bit seed from the parts (seed, epoch, rank, a name, ...): every random choice of the stream and of
     validation's fixed masks is a pure function of what it is for."""
     return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+VAL_MASK_SEED = 20240917  # fixed: not data.seed, so that runs with other training seeds see the same validation masks
+
+
+def validation_masks(ids: np.ndarray, index: int, special_ids: torch.Tensor, random_ids: torch.Tensor, mask_id: int,
+                     cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) of one held-out sample: its masks depend on its index in the split alone (validation's, and
+    a teacher cache's held-out copy)."""
+    g = torch.Generator().manual_seed(derive_seed(VAL_MASK_SEED, "val-mask", index) % 2**63)
+    out = mask_tokens(torch.from_numpy(ids.astype(np.int64))[None], special_ids, random_ids, mask_id, cfg, g)
+    return out["input_ids"][0], out["labels"][0]
 
 
 def static_masks(ids: torch.Tensor, indices: list[int], copy: int, split_seed: int, special_ids: torch.Tensor,
@@ -180,27 +192,6 @@ class _EpochDataset(IterableDataset):
         return static_masks(ids, indices, self.epoch % self.cfg.mask_copies, self.split_seed, self.special_ids, self.random_ids,
                             self.mask_id, self.cfg)
 
-    def _cached_targets(self, labels: torch.Tensor, indices: list[int]) -> dict[str, torch.Tensor]:
-        """The teacher cache's targets of the batch's masked slots, in the order of `static_positions` (row by row, each
-        row's positions ascending); empty slots get weight 0. A cache whose masks are not this stream's is refused."""
-        cache, copy, k = self.cache, self.epoch % self.cfg.mask_copies, self.cache.k
-        size = labels.shape[0] * self.max_masked
-        ids, weights, entropy = np.zeros((size, k), np.int64), np.zeros((size, k), np.float32), np.zeros(size, np.float32)
-        slot = 0
-        for row, index in enumerate(indices):
-            if index < 0:  # padding: nothing masked
-                continue
-            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1).numpy()
-            rec = cache.record(self.split, copy, index)
-            n = len(positions)
-            if not (np.array_equal(rec["positions"][:n], positions) and (n == self.max_masked or rec["positions"][n] == -1)
-                    and np.array_equal(rec["targets"][:n], labels[row, positions].numpy())):
-                raise UserError(f"teacher cache {cache.directory}: sample {index} of '{self.split}' (copy {copy}) was masked "
-                                "otherwise than this stream masks it; build the cache with this run's data settings")
-            ids[slot:slot + n], weights[slot:slot + n], entropy[slot:slot + n] = rec["ids"][:n], rec["weights"][:n], rec["entropy"][:n]
-            slot += n
-        return {"teacher_ids": torch.from_numpy(ids), "teacher_weights": torch.from_numpy(weights),
-                "teacher_entropy": torch.from_numpy(entropy)}
 
     def _batch(self, items: list, step: int) -> dict[str, torch.Tensor]:
         pad = (np.full(self.seq_len, self.pad_id, dtype=np.int32), -1)
@@ -215,7 +206,8 @@ class _EpochDataset(IterableDataset):
         batch["index"] = torch.tensor([d[1] for d in decoded], dtype=torch.long)
         batch["positions"], batch["targets"] = static_positions(batch["labels"], self.max_masked)
         if self.cache is not None:
-            batch.update(self._cached_targets(batch["labels"], [d[1] for d in decoded]))
+            batch.update(self.cache.batch_targets(self.split, self.epoch % self.cfg.mask_copies, batch["labels"],
+                                                  [d[1] for d in decoded], self.max_masked))
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

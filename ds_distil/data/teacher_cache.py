@@ -6,6 +6,10 @@ Layout (`ds-distil teacher-cache` writes it; ds_distil/distill/cache_build.py):
     CACHE/manifest.json             format, what the cache was made from and for (below), per-file sha256
     CACHE/copy{c}/{split}-{NNNNNN}.npy   one file per corpus shard and copy: a structured array, a record per sample
 
+The training split has `data.mask_copies` copies under the static masks (data.masking=static); the held-out split,
+where it is cached, one, under validation's own fixed masks (data.stream.validation_masks), so that a run from the
+cache validates against it as a live run validates against the teacher.
+
 A record is fixed-size (RECORD_FIELDS; numpy's own .npy format, read with allow_pickle=False and memory-mapped), so the
 record of sample i of a split is found from the shard sample counts alone: the stream's workers read the records of
 the samples they batch, in any order. Positions are each sample's masked positions in ascending order (-1 after the
@@ -128,9 +132,36 @@ class TeacherCache:
             opened[i] = arr
         return opened[i][index - starts[i]]
 
+    def batch_targets(self, split: str, copy: int, labels, indices: list[int], max_masked: int) -> dict:
+        """The targets of a batch's masked slots, in the order of `masking.static_positions` (row by row, each row's
+        positions ascending), as tensors teacher_ids [B x max_masked, K], teacher_weights (0 in empty slots) and
+        teacher_entropy; `labels` [B, L] the batch's, `indices` its samples' (-1: padding). A sample masked otherwise
+        than the cache's record says is refused."""
+        import torch
+
+        from ds_distil.data.masking import IGNORE_INDEX
+
+        size, k = labels.shape[0] * max_masked, self.k
+        ids, weights, entropy = np.zeros((size, k), np.int64), np.zeros((size, k), np.float32), np.zeros(size, np.float32)
+        slot = 0
+        for row, index in enumerate(indices):
+            if index < 0:  # padding: nothing masked
+                continue
+            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1).numpy()
+            rec = self.record(split, copy, index)
+            n = len(positions)
+            if not (np.array_equal(rec["positions"][:n], positions) and (n == max_masked or rec["positions"][n] == -1)
+                    and np.array_equal(rec["targets"][:n], labels[row, positions].numpy())):
+                raise UserError(f"teacher cache {self.directory}: sample {index} of '{split}' (copy {copy}) was masked "
+                                "otherwise than this run masks it; build the cache with this run's data settings")
+            ids[slot:slot + n], weights[slot:slot + n], entropy[slot:slot + n] = rec["ids"][:n], rec["weights"][:n], rec["entropy"][:n]
+            slot += n
+        return {"teacher_ids": torch.from_numpy(ids), "teacher_weights": torch.from_numpy(weights),
+                "teacher_entropy": torch.from_numpy(entropy)}
+
     def verify(self, split: str, checksums: bool = True) -> None:
         """Every file of the split's copies exists with its recorded sha256 (refused naming the first that does not)."""
-        for copy in range(self.copies):
+        for copy in range(len(self.data["splits"][split]["copies"])):
             for f in self.files(split, copy):
                 path = self.directory / f.name
                 if not path.is_file():

@@ -29,7 +29,7 @@ from ds_distil.core.progress import Progress
 from ds_distil.data.manifest import load_manifest, sha256_file
 from ds_distil.data.masking import IGNORE_INDEX, static_positions
 from ds_distil.data.samples import read_shard
-from ds_distil.data.stream import MLMStream, derive_seed, static_masks
+from ds_distil.data.stream import MLMStream, derive_seed, static_masks, validation_masks
 from ds_distil.data.teacher_cache import FORMAT, MANIFEST, data_made_for, file_name, record_dtype, vocab_made_for
 from ds_distil.data.vocab import load_vocab_map
 from ds_distil.distill import sparse_targets
@@ -89,12 +89,17 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
                 "temperature": s.temperature, "k": s.k, "proposal_temperature": s.proposal_temperature or s.temperature}
 
     splits = {}
-    for split in s.splits:
+    present = [name for name in s.splits if name in manifest.data["splits"] and manifest.num_samples(name) > 0]
+    if "train" not in present:
+        raise UserError(f"cache.splits {s.splits} has no training split with samples in {manifest.directory}: a cache is for "
+                        "training; keep train in cache.splits")
+    for split in present:
         # the stream's own masking parameters (its random replacement tokens follow the vocabulary)
         stream = MLMStream(manifest, data_cfg, batch_size=s.batch_size, split=split, rank=0, world_size=1, shuffle=False,
                            keep_ids=keep_ids)
         shards = manifest.shards(split)
-        mine = [(copy, i) for copy in range(data_cfg.mask_copies) for i in range(len(shards)) if i % d.world_size == d.rank]
+        copies = data_cfg.mask_copies if split == "train" else 1  # held-out: validation's own fixed masks, one copy
+        mine = [(copy, i) for copy in range(copies) for i in range(len(shards)) if i % d.world_size == d.rank]
         bar = Progress(sum(shards[i].samples for _, i in mine), f"teacher-cache {split}", "sample", enabled=d.rank == 0)
         t0, done = time.perf_counter(), {}
         for copy, i in mine:
@@ -109,7 +114,7 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
         found = {k: v for part in all_gather_objects(done) for k, v in part.items()}
         splits[split] = {"copies": [[{"name": file_name(split, c, i), "samples": shards[i].samples,
                                       "sha256": found[file_name(split, c, i)]} for i in range(len(shards))]
-                                    for c in range(data_cfg.mask_copies)]}
+                                    for c in range(copies)]}
     barrier()
     if d.rank == 0:
         atomic_write_json(directory / MANIFEST, {
@@ -143,8 +148,12 @@ def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream,
     while row < shard.samples:
         chunk = [next(samples) for _ in range(min(s.batch_size, shard.samples - row))]
         ids = torch.from_numpy(np.stack([c[0] for c in chunk]).astype(np.int64))
-        masked = static_masks(ids, [c[1] for c in chunk], copy, stream.seed, stream.special_ids, stream.random_ids,
-                              stream.mask_id, data_cfg)
+        if stream.split == "train":
+            masked = static_masks(ids, [c[1] for c in chunk], copy, stream.seed, stream.special_ids, stream.random_ids,
+                                  stream.mask_id, data_cfg)
+        else:  # validation's masks (distill/evaluate.py), so that a cached run validates on what it caches
+            rows = [validation_masks(c[0], c[1], stream.special_ids, stream.random_ids, stream.mask_id, data_cfg) for c in chunk]
+            masked = {"input_ids": torch.stack([r[0] for r in rows]), "labels": torch.stack([r[1] for r in rows])}
         positions, _ = static_positions(masked["labels"], m)
         positions = positions[: int((masked["labels"] != IGNORE_INDEX).sum())]  # the real slots come first; no padding rows
         logits = lm(masked["input_ids"].to(device), (ids != stream.pad_id).long().to(device), positions.to(device)).logits

@@ -39,15 +39,14 @@ import torch.distributed as dist
 
 from ds_distil.core.dist import rank_share
 from ds_distil.data.manifest import Manifest
-from ds_distil.data.masking import IGNORE_INDEX, mask_tokens, static_positions
-from ds_distil.data.stream import MLMStream, derive_seed
+from ds_distil.data.masking import IGNORE_INDEX, static_positions
+from ds_distil.data.stream import MLMStream, validation_masks
 from ds_distil.distill.batch import Translation, to_device
 from ds_distil.distill.objectives.base import MLM_LOSS, Metric, Objective, Term
 from ds_distil.distill.teacher import NoTeacher
 
 log = logging.getLogger(__name__)
 
-VAL_MASK_SEED = 20240917  # fixed: not data.seed, so that runs with other training seeds see the same masks
 # what validation reports beside the objective's terms (their keys, and how the model card shows them)
 PERPLEXITY = Metric("val/perplexity", "perplexity", "validation perplexity")
 ACCURACY = Metric("val/mlm_accuracy", "accuracy", "validation MLM top-1 accuracy", percent=True)
@@ -70,8 +69,9 @@ class Validator:
     """
 
     def __init__(self, stream: MLMStream, max_samples: int, batch_size: int, device: torch.device, objective: Objective,
-                 teacher=None, translation: Translation | None = None, rank: int = 0, world_size: int = 1):
+                 teacher=None, translation: Translation | None = None, rank: int = 0, world_size: int = 1, cache=None):
         self.stream, self.batch_size, self.device = stream, batch_size, device
+        self.cache = cache  # a teacher cache with a held-out copy: its targets stand in for the teacher's outputs
         self.objective, self.teacher = objective, teacher if teacher is not None else NoTeacher()
         self.translation = translation.to(device) if translation is not None else None
         self.rank, self.world_size = rank, world_size
@@ -83,9 +83,7 @@ class Validator:
     def mask(self, ids: np.ndarray, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, labels) of one sample: its masks depend on its index in the split alone."""
         s = self.stream
-        g = torch.Generator().manual_seed(derive_seed(VAL_MASK_SEED, "val-mask", index) % 2**63)
-        out = mask_tokens(torch.from_numpy(ids.astype(np.int64))[None], s.special_ids, s.random_ids, s.mask_id, s.cfg, g)
-        return out["input_ids"][0], out["labels"][0]
+        return validation_masks(ids, index, s.special_ids, s.random_ids, s.mask_id, s.cfg)
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """This rank's share in batches of batch_size (the last padded with empty samples, index -1)."""
@@ -109,9 +107,13 @@ class Validator:
             originals.append(empty)
         labels = torch.stack([r[1] for r in rows])
         positions, targets = static_positions(labels, s.max_masked)
-        return {"input_ids": torch.stack([r[0] for r in rows]), "labels": labels,
-                "attention_mask": (torch.stack(originals) != s.pad_id).long(), "positions": positions, "targets": targets,
-                "index": torch.tensor([index for _, index in items] + [-1] * (self.batch_size - len(items)), dtype=torch.long)}
+        indices = [index for _, index in items] + [-1] * (self.batch_size - len(items))
+        batch = {"input_ids": torch.stack([r[0] for r in rows]), "labels": labels,
+                 "attention_mask": (torch.stack(originals) != s.pad_id).long(), "positions": positions, "targets": targets,
+                 "index": torch.tensor(indices, dtype=torch.long)}
+        if self.cache is not None:
+            batch.update(self.cache.batch_targets("val", 0, labels, indices, s.max_masked))
+        return batch
 
     # -- the evaluation
 
@@ -124,7 +126,8 @@ class Validator:
         terms = self.objective.sums(student, teacher, b)
         real = b.targets != IGNORE_INDEX
         s_top = student.logits.argmax(-1)
-        agree = ((s_top == teacher.logits.argmax(-1)) & real).sum() if teacher is not None else torch.zeros((), device=self.device)
+        live = teacher is not None and self.cache is None  # sampled targets have no top-1 to agree with
+        agree = ((s_top == teacher.logits.argmax(-1)) & real).sum() if live else torch.zeros((), device=self.device)
         counts = (((s_top == b.targets) & real).sum(), agree, real.sum(), b.attention_mask.sum(), b.counts()[2], (b.index >= 0).sum())
         return torch.stack([x.to(torch.float64) for x in (*(terms[t.name] for t in self.objective.terms), *counts)])
 
@@ -152,7 +155,7 @@ class Validator:
         if MLM_LOSS in out:
             out[PERPLEXITY.key] = math.exp(min(out[MLM_LOSS], 700.0))  # exp overflows a float beyond ~709
         out[ACCURACY.key] = v["correct"] / n["masked"]
-        if self.objective.teacher is not None and self.objective.teacher.logits:
+        if self.objective.teacher is not None and self.objective.teacher.logits and self.cache is None:
             out[AGREEMENT.key] = v["agree"] / n["masked"]
         out.update({"val/samples": v["samples"], "val/masked_tokens": v["masked"], "val/tokens": v["tokens"], "val/seconds": elapsed})
         return out

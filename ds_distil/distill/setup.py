@@ -149,10 +149,12 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     step = build_step(model_engine, objective, teacher, s_vocab, cfg.loss.temperature, d.device, d.world_size, trimmed,
                       compile=eng.compile_enabled(cfg.perf, d.device), cached=cache is not None)
     # held-out validation with the step's own objective, teacher signal and id translation (ds_distil/distill/evaluate.py);
-    # from a cache, which holds no targets for the held-out split, its MLM terms only (the KL needs the teacher)
+    # from a cache: against its held-out copy, or, where it has none, the MLM terms only (the KL needs the teacher)
+    val_cache = cache if cache is not None and "val" in cache.data["splits"] else None
     validator = evaluate.build(manifest, cfg.data, cfg.log.eval_max_samples, cfg.train.micro_batch_size, d.device,
-                               objective if cache is None else objectives.MLM(), d.rank, d.world_size, keep_ids=stream.keep_ids,
-                               teacher=step.teacher if cache is None else None, translation=step.translation)
+                               objective if cache is None or val_cache else objectives.MLM(), d.rank, d.world_size,
+                               keep_ids=stream.keep_ids, teacher=step.teacher if cache is None or val_cache else None,
+                               translation=step.translation, cache=val_cache)
     device_stats = DeviceStats(d.device)
     record = {"config": to_dict(cfg), "resume": settings, "objective": objective.declaration()}
     c = Components(cfg, d, model_engine, stream, objective, step.teacher, step, validator,
@@ -188,8 +190,9 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
     if cfg.teacher.cache:
         cached = json.loads((Path(cfg.teacher.cache) / "manifest.json").read_text())
         log.info("teacher: not loaded; its sampled targets come from the cache %s (K = %d draws per masked token at T = %g, "
-                 "%d mask copies); validation: MLM terms only", cfg.teacher.cache, cached["k"], cached["made_for"]["temperature"],
-                 cached["masking"]["copies"])
+                 "%d mask copies); validation: %s", cfg.teacher.cache, cached["k"], cached["made_for"]["temperature"],
+                 cached["masking"]["copies"], "against the cache's held-out copy (the KL its sampled estimate; no top-1 "
+                 "agreement)" if "val" in cached["splits"] else "MLM terms only (the cache has no held-out copy)")
     else:
         log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
                  if c.objective.teacher is not None else "none (MLM only)")
@@ -247,7 +250,8 @@ def _open_cache(cfg: DistillConfig) -> TeacherCache:
     """The run's teacher cache, checked (its files' checksums unless data.verify_checksums is off)."""
     cache = load_cache(cfg.teacher.cache)
     if cfg.data.verify_checksums:
-        cache.verify("train")
+        for split in cache.data["splits"]:
+            cache.verify(split)
     return cache
 
 

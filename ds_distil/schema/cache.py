@@ -20,7 +20,9 @@ class SamplingConfig:
     proposal_temperature: float | None = setting("draw from the teacher's softmax at this temperature (>= T, a flatter "
                                                  "proposal, with importance weights) instead of at T", default=None)
     batch_size: int = setting("samples per teacher forward pass", default=32)
-    splits: list[str] = setting("the corpus splits to cache", default_factory=lambda: ["train"])
+    splits: list[str] = setting("the corpus splits to cache: train (data.mask_copies copies under the static masks) and val "
+                                "(one, under validation's masks; left out where the shards have none)",
+                                default_factory=lambda: ["train", "val"])
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -30,6 +32,8 @@ class SamplingConfig:
         if self.proposal_temperature is not None and self.proposal_temperature < self.temperature:
             raise ValueError(f"proposal_temperature ({self.proposal_temperature}) must be >= temperature ({self.temperature}): "
                              "a sharper proposal leaves the tail to rare draws with unbounded weights")
+        if set(self.splits) - {"train", "val"}:
+            raise ValueError(f"splits must be among train and val, got {self.splits}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
