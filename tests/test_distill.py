@@ -166,14 +166,22 @@ def test_two_zero2_ranks_equal_one_rank_with_the_same_global_batch(small_shards,
         assert "layer map g (uniform, student <- teacher): 1 <- 1, 2 <- 2" in card and "(objective `tinybert`)" in card
 
 
-def test_two_ranks_distilling_from_a_teacher_cache_equal_one_rank_and_a_mismatched_run_is_refused(small_shards, small_vocab, tmp_path):
-    """Issue 24: a cache built once (a trimmed vocabulary, a tiny random teacher), then distilled from on 2 ZeRO-2 ranks and
-    on 1 rank with the same global batches: the same losses and weights, the teacher never built for training; a run
-    whose settings differ from what the cache was made for is refused in one line naming the difference."""
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def teacher_cache(small_shards, small_vocab, tmp_path_factory) -> Path:
+    """A teacher cache of small_shards over small_vocab from a tiny random teacher, K = 8 (built by the command)."""
+    cache = tmp_path_factory.mktemp("teacher-cache") / "cache"
     built = run_cli("teacher-cache", "--out", str(cache), f"data.shards={small_shards}", "teacher.preset=tiny", f"vocab={small_vocab}",
                     "cache.k=8", env=ENV)
     assert built.returncode == 0 and "KiB per sample record, K = 8" in built.stdout, built.stderr[-2000:]
+    return cache
+
+
+def test_two_ranks_distilling_from_a_teacher_cache_equal_one_rank_and_a_mismatched_run_is_refused(small_shards, small_vocab,
+                                                                                                  teacher_cache, tmp_path):
+    """Issue 24: a cache built once (a trimmed vocabulary, a tiny random teacher), then distilled from on 2 ZeRO-2 ranks and
+    on 1 rank with the same global batches: the same losses and weights, the teacher never built for training; a run
+    whose settings differ from what the cache was made for is refused in one line naming the difference."""
+    cache = teacher_cache
     cached = {"student.vocab": str(small_vocab), "teacher.cache": str(cache), "teacher.preset": "tiny", "data.masking": "static"}
     common = base_overrides(small_shards, **{"train.max_steps": 8, "checkpoint.every_steps": 0, "student.dropout": 0.0,
                                              "data.shuffle": False, **cached})
@@ -203,6 +211,34 @@ def test_two_ranks_distilling_from_a_teacher_cache_equal_one_rank_and_a_mismatch
     assert "was made for teacher_sha256 = " in refused("train.seed=7")  # another random teacher
     assert "was made for vocab.kind = trimmed, but this run has full" in refused("student.vocab=null")
     assert "needs the live teacher's hidden states or attention" in refused("loss.objective=tinybert")
+
+
+def test_a_run_from_a_teacher_cache_killed_and_resumed_equals_an_uninterrupted_one(small_shards, small_vocab, teacher_cache, tmp_path):
+    """SIGKILL after the first checkpoint of a run distilling from a cache, then --resume: bit-identical to a run that was
+    not interrupted (the stream's position carries the cache's copy and slot order; dropout on)."""
+    # (logged every 3 steps: a window never spans the checkpoint, so both runs log the same means)
+    common = ["--config", SMOKE, *base_overrides(small_shards, **{"train.max_steps": 12, "checkpoint.every_steps": 6, "log.every_steps": 3,
+                                                                   "student.vocab": str(small_vocab), "teacher.cache": str(teacher_cache),
+                                                                   "teacher.preset": "null", "data.masking": "static"})]
+    cmd = [sys.executable, "-m", "ds_distil", "distill"]
+    run([*cmd, "--out", str(tmp_path / "whole"), *common])
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(out), *common], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step00000006" / MARKER).exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "student").exists()
+    resumed = run([*cmd, "--out", str(out), "--resume", *common])
+    assert "resumed from step 6" in resumed.stderr
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "whole" / "student" / "model.safetensors"), load_file(out / "student" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert losses(tmp_path / "whole") == losses(out) and validations(tmp_path / "whole") == validations(out)
 
 
 def torchrun_distill(out, *args):

@@ -4,28 +4,36 @@ slots; a cache made for other data, masks or settings is refused; an interrupted
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_prepare
+from conftest import ROOT, run_prepare
 
-from ds_distil.core.config import from_dict
 from ds_distil.core.errors import UserError
 from ds_distil.data.manifest import load_manifest
 from ds_distil.data.stream import MLMStream
 from ds_distil.data.teacher_cache import load_cache
-from ds_distil.distill.cache_build import build_cache
 from ds_distil.model.build import build_teacher
 from ds_distil.model.forward import MaskedLM
-from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.distill import DataConfig, TeacherConfig
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
 
-def cache_config(shards, **cache) -> TeacherCacheConfig:
-    return from_dict(TeacherCacheConfig, {"data": {"shards": str(shards), "num_workers": 0, "mask_copies": 2},
-                                          "teacher": {"preset": "tiny"}, "cache": {"k": 8, "batch_size": 16, **cache}})
+
+def build_args(out, shards) -> list[str]:
+    """`ds-distil teacher-cache` as these tests build their cache (a tiny random teacher, K = 8, 2 mask copies)."""
+    return [sys.executable, "-m", "ds_distil", "teacher-cache", "--out", str(out), f"data.shards={shards}", "data.num_workers=0",
+            "data.mask_copies=2", "teacher.preset=tiny", "cache.k=8", "cache.batch_size=16"]
+
+
+def build(out, shards, *extra) -> subprocess.CompletedProcess:
+    """The command in a process of its own (it starts torch.distributed, which must not live on in the test process)."""
+    return subprocess.run([*build_args(out, shards), *extra], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,8 @@ def few_shards(tmp_path_factory, corpus, mbert_tokenizer_dir):
 @pytest.fixture(scope="module")
 def built(few_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "tiny"
-    build_cache(cache_config(few_shards), out)
+    done = build(out, few_shards)
+    assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
@@ -124,9 +133,9 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(built, few_shards, tmp_p
     for n in names[1::2]:
         (out / n).unlink()
     (out / f"{names[1]}").write_bytes(b"half")  # a file without its record: redone
-    with pytest.raises(UserError, match="holds part of a teacher cache; pass --resume"):
-        build_cache(cache_config(few_shards), out)
-    build_cache(cache_config(few_shards), out, resume=True)
+    refused = build(out, few_shards)
+    assert refused.returncode == 2 and "holds part of a teacher cache; pass --resume" in refused.stderr
+    assert build(out, few_shards, "--resume").returncode == 0
     for n in names:
         assert (out / n).read_bytes() == (built / n).read_bytes(), n
     assert all((out / n).stat().st_mtime_ns == t for n, t in kept.items())  # not redone
@@ -136,18 +145,11 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(built, few_shards, tmp_p
 def test_two_ranks_build_the_same_cache_as_one(built, few_shards, tmp_path):
     """torchrun, 2 ranks: each writes the files of its shards (shard i on rank i % 2); the draws are seeded by shard
     and copy, so the files and the manifest's records are one rank's, byte for byte."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT, free_port
+    from conftest import free_port
 
     out = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                           "-m", "ds_distil", "teacher-cache", "--out", str(out), f"data.shards={few_shards}", "data.num_workers=0",
-                           "data.mask_copies=2", "teacher.preset=tiny", "cache.k=8", "cache.batch_size=16", "seed=42"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"})
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), "-m"]
+    proc = subprocess.run([*launch, *build_args(out, few_shards)[2:]], cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.relative_to(built).as_posix() for p in built.glob("copy*/*.npy"))
     assert names == sorted(p.relative_to(out).as_posix() for p in out.glob("copy*/*.npy")) and len(names) > 2
@@ -184,3 +186,29 @@ def test_validation_against_the_caches_held_out_copy_estimates_the_live_teachers
     # 8 draws per masked token on the held-out split's ~230 tokens: measured 0.00868 against 0.00960 (9.5%); without the
     # entropy term it would be the cross-entropy (~11.7), with misaligned slots another teacher's figure
     assert cached["val/kl"] == pytest.approx(live["val/kl"], rel=0.2), (cached["val/kl"], live["val/kl"])
+
+
+def test_a_build_killed_mid_way_resumes_to_the_same_cache(built, few_shards, tmp_path):
+    """SIGKILL once the first file is recorded: no manifest (not a cache yet), the finished files are kept by --resume
+    and the rest come out byte for byte as an uninterrupted build's."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(build_args(out, few_shards), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(out.glob("copy*/*.sha256")):
+        assert proc.poll() is None and time.time() < deadline, f"the build ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(UserError, match="not a finished `ds-distil teacher-cache` output"):
+        load_cache(out)
+    done = build(out, few_shards, "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = sorted(p.relative_to(built).as_posix() for p in built.glob("copy*/*.npy"))
+    assert names == sorted(p.relative_to(out).as_posix() for p in out.glob("copy*/*.npy"))
+    for n in names:
+        assert (out / n).read_bytes() == (built / n).read_bytes(), n
+    assert json.loads((out / "manifest.json").read_text())["splits"] == json.loads((built / "manifest.json").read_text())["splits"]
