@@ -135,6 +135,8 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(built, few_shards, tmp_p
     (out / f"{names[1]}").write_bytes(b"half")  # a file without its record: redone
     refused = build(out, few_shards)
     assert refused.returncode == 2 and "holds part of a teacher cache; pass --resume" in refused.stderr
+    other = build(out, few_shards, "--resume", "cache.k=16")  # the kept files were drawn with K = 8
+    assert other.returncode == 2 and "was made for k = 8, but this run has 16; resume with the settings the build began" in other.stderr
     assert build(out, few_shards, "--resume").returncode == 0
     for n in names:
         assert (out / n).read_bytes() == (built / n).read_bytes(), n

@@ -171,17 +171,17 @@ class TeacherCache:
                     raise CorruptShardError(str(path), "sha256 differs from the cache's manifest; rebuild the cache "
                                                        "(`ds-distil teacher-cache ... --resume` redoes what is damaged)")
 
-    def check(self, expected: dict[str, Any]) -> None:
+    def check(self, expected: dict[str, Any], advice: str = "build a cache for this run (`ds-distil teacher-cache`), or run "
+                                                               "with the live teacher (no teacher.cache)") -> None:
         """Refuse a run whose settings differ from what the cache was made for: `expected` holds the run's values of the
-        manifest's `made_for` entries (a subset is enough); the first difference is named."""
+        manifest's `made_for` entries (a subset is enough); the first difference is named, then `advice`."""
         made = _flat(self.data["made_for"])
         for key, value in _flat(expected).items():
             if key not in made:
                 raise UserError(f"teacher cache {self.directory} does not record {key}; rebuild it with this ds-distil")
             if made[key] != value:
                 raise UserError(f"teacher cache {self.directory} was made for {key} = {_short(made[key])}, but this run has "
-                                f"{_short(value)}; build a cache for this run (`ds-distil teacher-cache`), or run with "
-                                "the live teacher (no teacher.cache)")
+                                f"{_short(value)}; {advice}")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -87,6 +87,7 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
     s = cfg.cache
     made_for = {**data_made_for(manifest, data_cfg), "vocab": vocab_made_for(tok, vmap), "teacher_sha256": teacher_sha,
                 "temperature": s.temperature, "k": s.k, "proposal_temperature": s.proposal_temperature or s.temperature}
+    _same_build(directory, {**made_for, "splits": s.splits}, resume, d.rank)
 
     splits = {}
     present = [name for name in s.splits if name in manifest.data["splits"] and manifest.num_samples(name) > 0]
@@ -125,6 +126,21 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
         rd.commit()
     barrier()
     return rd.out
+
+
+def _same_build(directory: Path, settings: dict, resume: bool, rank: int) -> None:
+    """The files a --resume keeps must come from the same settings: build.json records them at the start of a build,
+    and a resume with other settings (another teacher, K, T, masking, corpus, vocabulary) is refused naming the first
+    difference, before anything is written."""
+    record = directory / "build.json"
+    if resume and record.is_file():
+        from ds_distil.data.teacher_cache import TeacherCache
+
+        TeacherCache(directory, {"made_for": json.loads(record.read_text())}).check(
+            settings, advice="resume with the settings the build began with, or start again with --overwrite")
+    elif rank == 0:
+        atomic_write_json(record, settings, fsync=True)
+    barrier()
 
 
 def _done_record(directory: Path, name: str) -> str | None:
