@@ -462,7 +462,8 @@ def test_sigterm_ends_a_run_whose_data_loader_is_stuck(small_shards, tmp_path):
             proc.kill()
     assert proc.returncode == 75, stderr[-3000:]
     tag = latest_tag(out / "checkpoints")
-    assert "received SIGTERM while waiting for input: stopping once it comes, or in 10 s without it" in stderr, stderr[-3000:]
+    assert "received SIGTERM: will checkpoint after the current step and stop" in stderr, stderr[-3000:]
+    assert "waiting for input: stopping once it comes, or in 10 s without it" in stderr, stderr[-3000:]
     assert (f"no input came within 10 s of the stop request: stopping at step {steps} without a checkpoint; --resume "
             f"continues from {tag}") in stderr, stderr[-3000:]
     assert 10 <= took < 60, took

@@ -187,15 +187,16 @@ def test_a_batch_that_comes_within_the_grace_period_is_trained_on_and_checkpoint
     assert c.state.step == 3 and [s for s, _, _ in c.checkpoints.saved] == [3]
 
 
-def test_a_second_stop_signal_while_waiting_stops_at_once(tmp_path, keep_signal_handlers, monkeypatch):
-    monkeypatch.setattr("ds_distil.core.signals.DATA_WAIT_GRACE_S", 3600.0)
+def test_more_stop_signals_while_waiting_change_nothing(tmp_path, keep_signal_handlers, monkeypatch):
+    """SLURM and the launchers may signal more than once: the batch that comes within the grace period is still trained
+    on and checkpointed (a repeated signal neither cuts the wait short nor extends it)."""
+    monkeypatch.setattr("ds_distil.core.signals.DATA_WAIT_GRACE_S", 30.0)
     c = components(tmp_path, steps=10)
-    c.batches = slow_batches(1, delay_s=60)
-    timer = signal_later(0.3, signal.SIGUSR1, signal.SIGTERM)
-    start = time.monotonic()
+    c.batches = slow_batches(1, delay_s=1.5)
+    timer = signal_later(0.3, signal.SIGUSR1, signal.SIGTERM, signal.SIGUSR1)
     assert fit(c) == EXIT_PREEMPTED
     timer.join()
-    assert time.monotonic() - start < 30 and c.state.step == 1 and c.checkpoints.saved == []
+    assert c.state.step == 2 and [s for s, _, _ in c.checkpoints.saved] == [2]
 
 
 def test_nonfinite_losses_are_skipped_then_refused(tmp_path, keep_signal_handlers):

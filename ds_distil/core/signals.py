@@ -42,8 +42,8 @@ def on_stop_signal(handler) -> None:
 
 
 class StopWhileWaiting(Exception):
-    """A stop signal came while the process waited for its next input, and no input came within the grace period
-    (or a second signal came): the work since the last checkpoint is not saved."""
+    """A stop signal came while the process waited for its next input, and no input came within the grace period: the
+    work since the last checkpoint is not saved."""
 
 
 class StopRequest:
@@ -53,11 +53,11 @@ class StopRequest:
 
     A wait for input is different, since it may never end: inside `waiting()`, a stop request (one that came
     before the wait or during it) starts a timer of `grace_s`; the input that comes in time is used as usual, and if
-    none comes, or a second signal arrives, `StopWhileWaiting` is raised out of the wait. Main thread only
-    (signals and the timer are delivered there)."""
+    none comes `StopWhileWaiting` is raised out of the wait. More signals change nothing (SLURM and launchers may
+    send several): only the timer ends a wait. Main thread only (signals and the timer are delivered there)."""
 
     def __init__(self, grace_s: float | None = None):
-        self.requested, self._waiting = False, False
+        self.requested, self._waiting, self._timing = False, False, False
         self.grace_s = DATA_WAIT_GRACE_S if grace_s is None else grace_s
         on_stop_signal(self._on_signal)
         self._previous_alarm = signal.signal(signal.SIGALRM, self._on_alarm)
@@ -67,16 +67,19 @@ class StopRequest:
 
     def _on_signal(self, signum: int) -> None:
         again, self.requested = self.requested, True  # first: a nested call must see it
-        if self._waiting:
-            if again:
-                raise StopWhileWaiting(f"received {signal_name(signum)} again while waiting for input")
-            log.warning("received %s while waiting for input: stopping once it comes, or in %g s without it",
-                        signal_name(signum), self.grace_s)
-            signal.setitimer(signal.ITIMER_REAL, self.grace_s)
-        elif again:
+        if again:
             log.warning("received %s again: already stopping; the checkpoint is written whole first", signal_name(signum))
         else:
             log.warning("received %s: will checkpoint after the current step and stop", signal_name(signum))
+        if self._waiting:
+            self._arm()
+
+    def _arm(self) -> None:
+        """The grace period of this wait, once (a later signal does not extend it)."""
+        if not self._timing:
+            self._timing = True
+            log.warning("waiting for input: stopping once it comes, or in %g s without it", self.grace_s)
+            signal.setitimer(signal.ITIMER_REAL, self.grace_s)
 
     def _on_alarm(self, _signum, _frame) -> None:
         if self._waiting:
@@ -88,10 +91,10 @@ class StopRequest:
         self._waiting = True
         try:
             if self.requested:  # asked during the last step: this wait gets the grace period, not forever
-                signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+                self._arm()
             yield
         finally:
-            self._waiting = False
+            self._waiting = self._timing = False
             signal.setitimer(signal.ITIMER_REAL, 0)
 
     def close(self) -> None:
