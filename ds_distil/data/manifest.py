@@ -108,15 +108,22 @@ def load_manifest(directory: str | Path) -> Manifest:
         raise UserError(
             f"{directory} has no {MANIFEST}{partial}; it is not a finished `ds-distil prepare` output: run prepare again"
         )
+    data = read_format_json(path, FORMAT, "re-run `ds-distil prepare`")
+    _check_fields(path, data)
+    return Manifest(directory, data)
+
+
+def read_format_json(path: Path, fmt: str, remedy: str, format_remedy: str | None = None) -> dict[str, Any]:
+    """A manifest file of ours: JSON holding {"format": fmt, ...}, or a one-line refusal ending with `remedy`
+    (`format_remedy` for a file of another format)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); re-run `ds-distil prepare`") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not valid JSON ({e}); {remedy}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise UserError(f"{path} has format {got!r}, expected {FORMAT!r}; re-run `ds-distil prepare`")
-    _check_fields(path, data)
-    return Manifest(directory, data)
+        raise UserError(f"{path} has format {got!r}, expected {fmt!r}; {format_remedy or remedy}")
+    return data
 
 
 def _check_fields(path: Path, data: dict) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ds_distil.core.errors import CorruptShardError, UserError
-from ds_distil.data.manifest import sha256_file
+from ds_distil.data.manifest import read_format_json, sha256_file
 
 FORMAT = "ds-distil-teacher-cache/1"
 MANIFEST = "manifest.json"
@@ -208,13 +208,7 @@ def load_cache(directory: str | Path) -> TeacherCache:
     if not path.is_file():
         raise UserError(f"{directory} has no {MANIFEST}: it is not a finished `ds-distil teacher-cache` output; run it again "
                         "(with --resume it keeps the files already written)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); rebuild the cache") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise UserError(f"{path} has format {got!r}, expected {FORMAT!r}; rebuild the cache with this ds-distil")
+    data = read_format_json(path, FORMAT, "rebuild the cache", "rebuild the cache with this ds-distil")
     missing = [k for k in ("k", "max_masked", "masking", "made_for", "splits") if k not in data]
     if missing:
         raise UserError(f"{path} has no {', '.join(missing)}; it is damaged or not written by `ds-distil teacher-cache`")

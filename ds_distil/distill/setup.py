@@ -188,7 +188,7 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
              cfg.perf.pad_vocab_multiple, "on" if eng.compile_enabled(cfg.perf, d.device) else "off",
              "on" if ds_config["optimizer"]["params"].get("fused") else "off")
     if cfg.teacher.cache:
-        cached = json.loads((Path(cfg.teacher.cache) / "manifest.json").read_text())
+        cached = c.stream.cache.data  # read once, at set-up
         log.info("teacher: not loaded; its sampled targets come from the cache %s (K = %d draws per masked token at T = %g, "
                  "%d mask copies); validation: %s", cfg.teacher.cache, cached["k"], cached["made_for"]["temperature"],
                  cached["masking"]["copies"], "against the cache's held-out copy (the KL its sampled estimate; no top-1 "
