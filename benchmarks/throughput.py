@@ -480,7 +480,7 @@ def main() -> None:
                                "profile": args.profile and m == "ours"} for m in runs]
                 base = {**base, "objective": "kd", "loss": {}}  # the trimmed student and the levers: kd
                 if args.cached:
-                    specs.append({**base, "method": "ours-cached", "cache_k": CACHE_K})
+                    specs.append({**base, "method": "ours-cached", "cache_k": CACHE_K, "profile": args.profile})
                 if args.vocab:
                     specs.append({**base, "method": "ours-trimmed", "vocab": str(Path(args.vocab).resolve())})
                 if args.levers:

@@ -91,6 +91,29 @@ def test_the_stream_reads_back_the_cached_targets_of_each_masked_slot(built, few
                 slot += n
 
 
+def test_a_top_k_cache_holds_the_teachers_k_most_probable_tokens_renormalised(built, few_shards, tmp_path):
+    """cache.method=top_k (the biased comparison of the quality study): the same masks and slots as the sampled cache,
+    each slot the teacher's k most probable tokens at T with their probabilities renormalised, and the manifest says so."""
+    out = tmp_path / "topk"
+    done = build(out, few_shards, "cache.method=top_k", "cache.splits=[train]", "data.mask_copies=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cache = load_cache(out)
+    assert cache.data["made_for"]["method"] == "top_k" and load_cache(built).data["made_for"]["method"] == "sampled"
+    manifest = load_manifest(few_shards)
+    vocab = int(manifest.tokenizer["vocab_size"])
+    torch.manual_seed(42)
+    teacher = MaskedLM(build_teacher(TeacherConfig(preset="tiny"), vocab, int(manifest.tokenizer["pad_id"]), 1).eval(), vocab)
+    b = next(iter(stream_with(few_shards, cache, mask_copies=1).epoch_batches()))
+    filled = b["targets"] != -100
+    with torch.no_grad():
+        log_p = F.log_softmax(teacher(b["input_ids"], b["attention_mask"], b["positions"]).logits / 2.0, dim=-1)[filled]
+    top, ids = log_p.topk(8, dim=-1)
+    assert torch.equal(b["teacher_ids"][filled], ids)
+    assert torch.allclose(b["teacher_weights"][filled], F.softmax(top, dim=-1), atol=1e-5)
+    refused = build(tmp_path / "no", few_shards, "cache.method=top_k", "cache.proposal_temperature=4.0")
+    assert refused.returncode == 2 and "proposal_temperature is for method sampled" in refused.stderr
+
+
 def test_a_cache_for_other_data_or_masks_is_refused_in_one_line(built, few_shards):
     cache = load_cache(built)
     with pytest.raises(UserError, match="was made for masking.seed = 0, but this run has 5; build a cache for this run"):

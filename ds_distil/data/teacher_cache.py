@@ -18,7 +18,7 @@ last), the order in which `masking.static_positions` lists a batch's slots.
 The manifest names everything a student's run must agree with, and `check` refuses a run that differs, naming the
 first difference: the corpus shards (their content hash), the masking (rule, seed, probabilities, copies), the
 vocabulary the targets are over (full, or a trimmed one's content hash), the teacher (weights hash and config), the
-temperature, K and the proposal.
+temperature, the method (sampled or top-k), K and the proposal.
 """
 
 from __future__ import annotations

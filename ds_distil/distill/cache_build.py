@@ -86,7 +86,8 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
     lm = MaskedLM(teacher, t_vocab)
     s = cfg.cache
     made_for = {**data_made_for(manifest, data_cfg), "vocab": vocab_made_for(tok, vmap), "teacher_sha256": teacher_sha,
-                "temperature": s.temperature, "k": s.k, "proposal_temperature": s.proposal_temperature or s.temperature}
+                "temperature": s.temperature, "method": s.method, "k": s.k,
+                "proposal_temperature": s.proposal_temperature or s.temperature}
     _same_build(directory, {**made_for, "splits": s.splits}, resume, d.rank)
 
     splits = {}
@@ -173,7 +174,8 @@ def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream,
         positions, _ = static_positions(masked["labels"], m)
         positions = positions[: int((masked["labels"] != IGNORE_INDEX).sum())]  # the real slots come first; no padding rows
         logits = lm(masked["input_ids"].to(device), (ids != stream.pad_id).long().to(device), positions.to(device)).logits
-        t = sparse_targets.sampled(logits, k, s.temperature, s.proposal_temperature, g)
+        t = (sparse_targets.sampled(logits, k, s.temperature, s.proposal_temperature, g) if s.method == "sampled"
+             else sparse_targets.top_k(logits, k, s.temperature))
         t_ids, t_weights, t_entropy = t.ids.cpu().numpy(), t.weights.cpu().numpy(), t.entropy.cpu().numpy()
         slot = 0
         for r in range(len(chunk)):

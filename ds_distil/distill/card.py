@@ -139,10 +139,11 @@ def _teacher(cfg: dict) -> tuple[str, str | None]:
         try:
             cached = json.loads((Path(t["cache"]) / "manifest.json").read_text())
             prose, hub = _teacher({"teacher": cached["teacher"]["source"]})
-            k = cached["k"]
+            k, method = cached["k"], cached["made_for"].get("method", "sampled")
         except (OSError, ValueError, KeyError, TypeError):
-            prose, hub, k = "an unknown teacher", None, "?"
-        return (f"{prose.removesuffix(', frozen')}, through its teacher cache `{t['cache']}` ({k} sampled targets per masked "
+            prose, hub, k, method = "an unknown teacher", None, "?", "sampled"
+        what = "sampled targets" if method == "sampled" else "most probable tokens (top-k, renormalised)"
+        return (f"{prose.removesuffix(', frozen')}, through its teacher cache `{t['cache']}` ({k} {what} per masked "
                 "token; the teacher did not run during training)"), hub
     if t.get("pretrained"):
         from ds_distil.model.info import _card_name

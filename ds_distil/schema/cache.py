@@ -4,6 +4,7 @@ the same, and a student's run must have the cache's values of them (the cache's 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from ds_distil.core.config import setting
 from ds_distil.schema.distill import DataConfig, TeacherConfig
@@ -13,6 +14,10 @@ from ds_distil.schema.distill import DataConfig, TeacherConfig
 class SamplingConfig:
     """The sparse targets stored per masked position (section `cache`; ds_distil/distill/sparse_targets.py)."""
 
+    method: Literal["sampled", "top_k"] = setting(
+        "sampled: K draws from the teacher's distribution (Random-Sampling KD: an unbiased estimate of the KL); top_k: the K "
+        "most probable tokens, renormalised (biased: the student learns a truncated teacher; kept for comparison)",
+        default="sampled")
     k: int = setting("draws per masked position from the teacher's distribution (merged into distinct ids with their "
                      "frequencies): the estimate is unbiased for any K, K sets its variance and the cache's size", default=16)
     temperature: float = setting("the distillation temperature T the targets are for (the student's loss.temperature "
@@ -34,6 +39,8 @@ class SamplingConfig:
                              "a sharper proposal leaves the tail to rare draws with unbounded weights")
         if set(self.splits) - {"train", "val"}:
             raise ValueError(f"splits must be among train and val, got {self.splits}")
+        if self.method == "top_k" and self.proposal_temperature is not None:
+            raise ValueError("proposal_temperature is for method sampled; top_k draws nothing")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
