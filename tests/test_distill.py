@@ -188,8 +188,12 @@ def test_two_ranks_distilling_from_a_teacher_cache_equal_one_rank_and_a_mismatch
     two = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), str(HELPER),
                "--config", SMOKE, "--out", str(tmp_path / "two"), "--probe", str(tmp_path / "two.pt"), *common, "train.micro_batch_size=4"])
     run([sys.executable, str(HELPER), "--config", SMOKE, "--out", str(tmp_path / "one"), "--probe", str(tmp_path / "one.pt"),
-         "--merge-ranks", "2", *common, "train.micro_batch_size=8"])
+         "--merge-ranks", "2", *common, "train.micro_batch_size=8", "teacher.cache_validation=live"])
     assert "teacher: not loaded; its sampled targets come from the cache" in two.stderr
+    # validation: against the cache's held-out copy (no top-1 agreement), or against the live teacher named beside it
+    val_two, val_one = validations(tmp_path / "two"), validations(tmp_path / "one")
+    assert val_two and val_one and "val/top1_agreement" not in val_two[-1] and 0 <= val_one[-1]["val/top1_agreement"] <= 1
+    assert val_one[-1]["val/perplexity"] == pytest.approx(val_two[-1]["val/perplexity"], rel=1e-4)
     kl = [r["loss/kl"] for r in metric_lines(tmp_path / "two") if "loss/kl" in r]
     assert kl and all(math.isfinite(x) for x in kl)
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)

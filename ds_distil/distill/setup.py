@@ -103,11 +103,13 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     student = build_student(cfg.student, s_vocab, s_pad, teacher, multiple, teacher_rows=kept)
     teacher_config = teacher.config if teacher is not None else (_cache_teacher_config(cache) if cache else None)
     objective.bind(teacher_config, student.config)  # may build its parameters: same on every rank
-    if cache is not None:  # the teacher is not kept for training: the cache stands in for it
+    live_validation = cache is not None and cfg.teacher.cache_validation == "live"
+    if cache is not None:  # the teacher is not used for training: the cache stands in for it
         _check_cached_objective(objective)
-        teacher = None
-        if trimmed is not None:
-            trimmed.full_head = None
+        if not live_validation:  # nor kept for validation
+            teacher = None
+            if trimmed is not None:
+                trimmed.full_head = None
     check_seq_len(manifest.seq_len, teacher, student, cfg)
     torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs between ranks
 
@@ -150,11 +152,14 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
                       compile=eng.compile_enabled(cfg.perf, d.device), cached=cache is not None)
     # held-out validation with the step's own objective, teacher signal and id translation (ds_distil/distill/evaluate.py);
     # from a cache: against its held-out copy, or, where it has none, the MLM terms only (the KL needs the teacher)
-    val_cache = cache if cache is not None and "val" in cache.data["splits"] else None
+    # or, with teacher.cache_validation=live, against the teacher named beside the cache, as a live run validates
+    val_cache = cache if cache is not None and not live_validation and "val" in cache.data["splits"] else None
+    val_teacher = step.teacher if cache is None or val_cache else LiveTeacher(
+        teacher, s_vocab, objective.teacher, cfg.loss.temperature, full_head=trimmed.full_head if trimmed else None,
+        kept=trimmed.kept if trimmed else None) if live_validation else None
     validator = evaluate.build(manifest, cfg.data, cfg.log.eval_max_samples, cfg.train.micro_batch_size, d.device,
-                               objective if cache is None or val_cache else objectives.MLM(), d.rank, d.world_size,
-                               keep_ids=stream.keep_ids, teacher=step.teacher if cache is None or val_cache else None,
-                               translation=step.translation, cache=val_cache)
+                               objective if val_teacher is not None else objectives.MLM(), d.rank, d.world_size,
+                               keep_ids=stream.keep_ids, teacher=val_teacher, translation=step.translation, cache=val_cache)
     device_stats = DeviceStats(d.device)
     record = {"config": to_dict(cfg), "resume": settings, "objective": objective.declaration()}
     c = Components(cfg, d, model_engine, stream, objective, step.teacher, step, validator,
@@ -191,8 +196,9 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
         cached = c.stream.cache.data  # read once, at set-up
         log.info("teacher: not loaded; its sampled targets come from the cache %s (K = %d draws per masked token at T = %g, "
                  "%d mask copies); validation: %s", cfg.teacher.cache, cached["k"], cached["made_for"]["temperature"],
-                 cached["masking"]["copies"], "against the cache's held-out copy (the KL its sampled estimate; no top-1 "
-                 "agreement)" if "val" in cached["splits"] else "MLM terms only (the cache has no held-out copy)")
+                 cached["masking"]["copies"], "against the live teacher (kept in memory for validation only)"
+                 if cfg.teacher.cache_validation == "live" else "against the cache's held-out copy (the KL its sampled "
+                 "estimate; no top-1 agreement)" if "val" in cached["splits"] else "MLM terms only (the cache has no held-out copy)")
     else:
         log.info("teacher: %s", f"{source}, {t_params['total'] / 1e6:.1f}M params, {str(t_dtype).removeprefix('torch.')}, frozen, eval"
                  if c.objective.teacher is not None else "none (MLM only)")

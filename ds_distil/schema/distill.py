@@ -59,9 +59,16 @@ class TeacherConfig:
     cache: str | None = setting("a teacher cache (`ds-distil teacher-cache`): distil from its sampled targets instead of running "
                                 "the teacher (needs data.masking=static); with pretrained/config/preset too, the cache must be "
                                 "that teacher's (its weights' hash is checked)", default=None, resume=True)
+    cache_validation: Literal["cache", "live"] = setting(
+        "with a cache, validate against its held-out copy (cache: the KL its sampled estimate, no top-1 agreement; no "
+        "teacher in memory) or against the live teacher named beside it (live: the exact KL and agreement, as a live run "
+        "validates; the teacher stays in memory for validation only)", default="cache")
 
     def __post_init__(self) -> None:
         given = [k for k in ("pretrained", "config", "preset") if getattr(self, k)]
+        if self.cache and self.cache_validation == "live" and not given:
+            raise ValueError("teacher.cache_validation=live validates against the live teacher: name it beside the cache "
+                             "(teacher.pretrained, config or preset)")
         if self.enabled and (len(given) > 1 or (not given and not self.cache)):
             raise ValueError("set exactly one of pretrained, config or preset (or enabled: false for MLM only, or a cache); "
                              f"got {', '.join(given) or 'none'}")
