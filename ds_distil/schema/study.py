@@ -15,12 +15,14 @@ What a study holds (every section is optional except `name` and `teacher.source`
   reachable; `source: pretrain` pretrains a stand-in teacher with MLM from random weights on the
   corpus first (no weights needed). The study decides; nothing probes the network. `condition`:
   MLM-condition the teacher on the corpus before distilling from it (Table 4).
+* `cache`: pay for the teacher once: a `ds-distil teacher-cache` stage per teacher and shard set, read by every
+  student whose objective can distil from it (kd), instead of each running the teacher.
 * `distill`: settings of every student run; `students`: the students (Table 2), each a name,
   a label and settings (`student.*`, `train.*`, ...).
 * `ablations`: applied to `ablations.students`: distillation on fractions of the corpus
   (Table 3), from the conditioned teacher (Table 4), with embeddings copied from the teacher and
   copied + frozen (Table 5), and, beyond the paper, with other distillation objectives (Table 6:
-  TinyBERT, MiniLMv2).
+  TinyBERT, MiniLMv2) and (Table 7) with the live teacher and a top-k cache beside the sampled cache.
 * `baselines`: `from_scratch` (each student's architecture finetuned from random weights, the
   paper's From Scratch row) and `models` (mBERT / DistilmBERT / Tagalog-RoBERTa: architecture
   presets with random weights, which give the runtime and a blank model's score, or hub names /
@@ -85,6 +87,21 @@ class TeacherStudy:
 
 
 @dataclasses.dataclass
+class CacheStudy:
+    enabled: bool = setting("pay for the teacher once: run it once per teacher and shard set (`ds-distil teacher-cache`, a stage "
+                            "of its own) and distil every student whose objective can (kd) from that cache: Tables 2-5, every "
+                            "variant; objectives that need the live teacher's layers still run it", default=False)
+    k: int = setting("sampled targets per masked token (cache.k)", default=16)
+    mask_copies: int = setting("static mask copies of the training split (data.mask_copies of the cache and its students)",
+                               default=1)
+    validation: Literal["cache", "live"] = setting("what the cached students validate against (teacher.cache_validation): the "
+                                                   "cache's held-out copy, or the live teacher (exact KL and top-1 agreement)",
+                                                   default="cache")
+    settings: dict[str, Any] = setting("more `ds-distil teacher-cache` keys (cache.batch_size, cache.proposal_temperature, ...)",
+                                       default_factory=dict)
+
+
+@dataclasses.dataclass
 class DistillStudy:
     config: list[str] = setting("distill config file(s) of every student run", default_factory=list)
     settings: dict[str, Any] = setting("settings of every student run", default_factory=dict)
@@ -104,6 +121,9 @@ class AblationStudy:
     conditioned_teacher: bool = setting("distil from the conditioned teacher too (Table 4; needs teacher.condition.enabled)", default=False)
     embeddings: dict[str, dict[str, Any]] = setting("Table 5 variants: name -> settings, e.g. copy: {student.embeddings: teacher}",
                                                     default_factory=dict)
+    teacher_signal: bool = setting("Table 7 (beyond the paper; needs cache.enabled): each student distilled also with the "
+                                   "live teacher under the same static masks, and from a top-k cache of the same K (the same "
+                                   "bytes), beside its row from the sampled cache", default=False)
     objectives: dict[str, dict[str, Any]] = setting("Table 6 (beyond the paper): the students distilled with other objectives: name "
                                                     "-> settings, e.g. tinybert: {loss.objective: tinybert}", default_factory=dict)
 
@@ -150,6 +170,7 @@ class Study:
                                           default_factory=dict)
     prepare: PrepareStudy = dataclasses.field(default_factory=PrepareStudy)
     vocab: VocabStudy = dataclasses.field(default_factory=VocabStudy)
+    cache: CacheStudy = dataclasses.field(default_factory=CacheStudy)
     distill: DistillStudy = dataclasses.field(default_factory=DistillStudy)
     students: dict[str, StudentStudy] = dataclasses.field(default_factory=dict)
     ablations: AblationStudy = dataclasses.field(default_factory=AblationStudy)
@@ -186,6 +207,10 @@ def check(study: Study) -> list[str]:
     for f in study.ablations.data_fractions:
         if not 0.0 < f < 1.0:
             out.append(f"ablations.data_fractions: {f} is not in (0, 1) (1.0 is the main run)")
+    if study.ablations.teacher_signal and not study.cache.enabled:
+        out.append("ablations.teacher_signal compares the cache with the live teacher: it needs cache.enabled: true")
+    if study.cache.k < 1 or study.cache.mask_copies < 1:
+        out.append(f"cache.k and cache.mask_copies must be >= 1, got {study.cache.k} and {study.cache.mask_copies}")
     if study.ablations.conditioned_teacher and not study.teacher.condition.enabled:
         out.append("ablations.conditioned_teacher needs teacher.condition.enabled: true")
     for name in [*study.students, *study.baselines.models, *study.ablations.embeddings, *study.ablations.objectives]:

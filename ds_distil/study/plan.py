@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ds_distil.core.config import to_dict
 from ds_distil.core.errors import UserError
+from ds_distil.distill.objectives import name_of
 from ds_distil.schema import commands
 from ds_distil.schema.study import TASK_DIRS, Study, overrides_of
 
@@ -40,7 +41,7 @@ class Stage:
 
     @property
     def resumable(self) -> bool:
-        return self.command == "distill"
+        return self.command in ("distill", "teacher-cache")  # both continue in place with --resume
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -123,15 +124,21 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
     finetunes(rows[-1])
 
     # --- students (Table 2), their From Scratch rows and the other baselines
-    def distill_student(sid: str, settings: list[str], shard_dir: Path, teacher: str, deps: list[str]) -> Path:
+    caches = _Caches(study, out, stages)
+
+    def distill_student(sid: str, settings: list[str], shard_dir: Path, teacher: str, deps: list[str], signal: str = "study") -> Path:
+        """signal: study (the sampled cache where study.cache is on and the objective can use it, else the live teacher),
+        live (the live teacher, under the cached runs' static masks: Table 7), top_k (a top-k cache: Table 7)."""
         run = out / "students" / sid
         common = [*overrides_of(study.distill.settings), *settings, f"data.shards={shard_dir}", f"teacher.pretrained={teacher}"]
+        if study.cache.enabled:
+            common, deps = caches.wire(run, common, deps, shard_dir, teacher, signal)
         stages.append(_distill(study, f"distill/{sid}", run, study.distill.config, common, deps))
         return run
 
     for sid, s in study.students.items():
         run = distill_student(sid, overrides_of(s.settings), main, teacher_model, [prep_main, *teacher_stage])
-        rows.append(_row(sid, s.label, "student", str(run / "student"), "pretrained", [f"distill/{sid}"], run, tables=[2, 3, 4, 5],
+        rows.append(_row(sid, s.label, "student", str(run / "student"), "pretrained", [f"distill/{sid}"], run, tables=[2, 3, 4, 5, 7],
                          student=sid))
         finetunes(rows[-1])
     if study.baselines.from_scratch:
@@ -195,12 +202,81 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
                              run, tables=[6], student=sid, variant={"objective": name, "settings": overrides_of(settings)}))
             finetunes(rows[-1], ablation_tasks)
 
+    for sid in (chosen if ab.teacher_signal else []):  # Table 7: the same student, teacher and steps, another teacher signal
+        s = study.students[sid]
+        for signal, label in (("live", "the live teacher (same static masks)"), ("top_k", f"a top-{study.cache.k} cache")):
+            vid = f"{sid}@{signal.replace('_', '')}"
+            run = distill_student(vid, overrides_of(s.settings), main, teacher_model, [prep_main, *teacher_stage], signal)
+            rows.append(_row(vid, f"{s.label}, from {label}", "variant", str(run / "student"), "pretrained", [f"distill/{vid}"], run,
+                             tables=[7], student=sid, variant={"signal": signal}))
+            finetunes(rows[-1], ablation_tasks)
+    for row in rows:  # the cache each distilled row read (the report's saved-time section)
+        row["cache"] = caches.used.get(f"distill/{row['id']}")
+
     # --- the report: every finetuning result, the paper's tables
     ft_names = [s.name for s in stages if s.command == "finetune"]
     stages.append(Stage("report", ["report", "--runs", str(out / "finetune"), "--out", str(out / "report"), "--study",
                                    str(out / "plan.json")], out / "report", deps=ft_names, files=[str(out / "plan.json")]))
     _check_unique(stages)
     return stages, rows
+
+
+class _Caches:
+    """The study's teacher caches: one `teacher-cache` stage per teacher, shard set and what the targets depend on
+    (temperature, masks, vocabulary, method), appended to the plan before the first student that reads it."""
+
+    def __init__(self, study: Study, out: Path, stages: list[Stage]):
+        self.study, self.out, self.stages = study, out, stages
+        self.parser = commands.build_parser()
+        self.made: dict[tuple, tuple[str, Path]] = {}
+        self.used: dict[str, str] = {}  # distill stage -> the cache stage it reads
+
+    def wire(self, run: Path, common: list[str], deps: list[str], shard_dir: Path, teacher: str, signal: str):
+        """A student's overrides and dependencies with its teacher signal: the cache's, or the live teacher's under the same
+        static masks (Table 7), or unchanged where its objective needs the live teacher (TinyBERT, MiniLMv2)."""
+        c = self.study.cache
+        cfg = self._config(run, common)
+        if cfg is None or not _can_use_cache(cfg):
+            return common, deps  # the live teacher; a command that does not parse is named by validate()
+        static = ["data.masking=static", f"data.mask_copies={c.mask_copies}"]
+        if signal == "live":
+            return [*common, *static], deps
+        name, directory = self._stage(cfg, shard_dir, teacher, "top_k" if signal == "top_k" else "sampled", deps)
+        self.used[f"distill/{run.name}"] = name
+        return [*common, *static, f"teacher.cache={directory}", f"teacher.cache_validation={c.validation}"], [*deps, name]
+
+    def _config(self, run: Path, common: list[str]):
+        args = ["distill", *[a for f in self.study.distill.config for a in ("--config", f)], "--out", str(run), *common]
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                return commands.stage_config(self.parser.parse_args(args))
+        except (SystemExit, UserError):
+            return None
+
+    def _stage(self, cfg, shard_dir: Path, teacher: str, method: str, deps: list[str]) -> tuple[str, Path]:
+        c, d = self.study.cache, cfg.data
+        made_for = (teacher, str(shard_dir), method, cfg.loss.temperature, d.seed, d.mlm_probability, d.mask_token_prob,
+                    d.random_token_prob, cfg.student.vocab, cfg.teacher.dtype)
+        if made_for not in self.made:
+            tag = f"{'teacher-cond' if teacher.endswith('teacher-cond/student') else 'teacher'}-{shard_dir.name}"
+            tag += "-topk" if method == "top_k" else ""
+            n = sum(1 for name, _ in self.made.values() if name.startswith(f"cache/{tag}"))
+            tag += f"-{n + 1}" if n else ""
+            directory = self.out / "caches" / tag
+            args = ["teacher-cache", "--out", str(directory), f"data.shards={shard_dir}", f"teacher.pretrained={teacher}",
+                    f"teacher.dtype={cfg.teacher.dtype}", f"cache.method={method}", f"cache.k={c.k}",
+                    f"cache.temperature={cfg.loss.temperature}", f"data.mask_copies={c.mask_copies}", f"data.seed={d.seed}",
+                    f"data.mlm_probability={d.mlm_probability}", f"data.mask_token_prob={d.mask_token_prob}",
+                    f"data.random_token_prob={d.random_token_prob}", *([f"vocab={cfg.student.vocab}"] if cfg.student.vocab else []),
+                    *overrides_of(c.settings)]
+            self.stages.append(Stage(f"cache/{tag}", args, directory, deps=list(deps), ranks=self.study.ranks))
+            self.made[made_for] = (f"cache/{tag}", directory)
+        return self.made[made_for]
+
+
+def _can_use_cache(cfg) -> bool:
+    """A run whose objective reads only the teacher's output distribution at the masked positions (what a cache holds)."""
+    return cfg.teacher.enabled and name_of(cfg) == "kd" and cfg.loss.a_hidden == 0 and cfg.loss.a_kl > 0
 
 
 def _row(rid, label, kind, model, recipe, deps, run_dir, tables, student=None, variant=None) -> dict:

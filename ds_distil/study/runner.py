@@ -7,7 +7,7 @@ the stages it depends on are done (up to the study's `parallel` at a time), and 
 * a **marker** per stage, DIR/.experiment/stages/NAME.json: written as `running` before the command starts and
   as `done` (with its key and duration) only after it exited 0. On a rerun a `done` stage with the
   same key is skipped; a `running` one (interrupted, failed) is redone: distill with `--resume`
-  from its newest complete checkpoint, the others from their start after their partial output is
+  from its newest complete checkpoint, teacher-cache with `--resume` keeping its finished files, the others from their start after their partial output is
   removed; a `done` one whose key changed is redone from scratch (its output is removed first:
   it was made by this study, as its marker proves, for settings that no longer hold).
 * a **log** per stage, DIR/logs/NAME.log (appended per attempt). A failing stage stops the study with one
@@ -59,7 +59,7 @@ from ds_distil.study.keys import assign_keys
 from ds_distil.study.plan import Stage, build_plan, plan_document, validate
 
 STATE = ".experiment"
-RANK_COMMANDS = ("distill", "finetune")  # the commands that run as ranks (srun steps under SLURM)
+RANK_COMMANDS = ("distill", "finetune", "teacher-cache")  # the commands that run as ranks (srun steps under SLURM)
 
 
 # ---------------------------------------------------------------------------------- scheduling
