@@ -67,6 +67,8 @@ BAD = [
     ("name: x\nteacher: {source: hub, condition: {enabled: false}}\nablations: {conditioned_teacher: true}\nfinetune: {tasks: {hatespeech: {}}}\n",
      "ablations.conditioned_teacher needs teacher.condition.enabled: true"),
     ("name: x\nteacher: [hub]\n", "config key 'teacher': expected a section"),
+    ("name: x\nteacher: {source: hub}\nablations: {teacher_signal: true}\nfinetune: {tasks: {hatespeech: {}}}\n",
+     "ablations.teacher_signal compares the cache with the live teacher: it needs cache.enabled: true"),
 ]
 
 
@@ -119,6 +121,64 @@ def test_a_changed_setting_changes_the_key_of_its_stage_and_of_what_depends_on_i
     assert {n for n in base if base[n] != k2[n]} == {"report"}
 
 
+CACHED = """
+name: cached
+teacher: {source: hub}
+cache: {enabled: true, k: 8, mask_copies: 2}
+distill: {settings: {loss.temperature: 3.0}}
+students:
+  a: {label: A, settings: {student.preset: micro}}
+  b: {label: B, settings: {student.preset: tiny}}
+ablations:
+  students: [a]
+  data_fractions: [0.5]
+  teacher_signal: true
+  embeddings: {copy: {student.embeddings: teacher}}
+  objectives:
+    tinybert: {loss.objective: tinybert, loss.a_attention: 1.0, loss.a_layers: 1.0, loss.a_kl: 0.0, loss.a_mlm: 0.0}
+finetune: {tasks: {hatespeech: {}}}
+"""
+
+
+def test_a_study_with_a_cache_runs_the_teacher_once_per_shard_set_for_every_student_that_can_read_it(tmp_path, data_dir):
+    """cache.enabled: one teacher-cache stage per teacher and shard set, built for the students' temperature and masks,
+    read by both students and the embeddings variant (Tables 2 and 5), the 50% run from a cache of its own shards; the
+    TinyBERT variant runs the live teacher; Table 7's live row gets the same static masks without a cache, its top-k row
+    a top-k cache of the same K. Changing a student does not change any cache's key."""
+    from ds_distil.schema.study import load_study
+    from ds_distil.study.runner import Runner
+
+    path = tmp_path / "cached.yaml"
+    path.write_text(CACHED)
+    runner = Runner(load_study(path), path, tmp_path / "o")
+    stages = {s.name: s for s in runner.stages}
+    caches = {n: s for n, s in stages.items() if s.command == "teacher-cache"}
+    assert sorted(caches) == ["cache/teacher-f050", "cache/teacher-f100", "cache/teacher-f100-topk"]
+
+    def arg(stage, key):
+        return next((a.split("=", 1)[1] for a in reversed(stage.args) if a.startswith(f"{key}=")), None)
+
+    for name, c in caches.items():
+        assert arg(c, "cache.temperature") == "3.0" and arg(c, "cache.k") == "8" and arg(c, "data.mask_copies") == "2"
+        assert arg(c, "cache.method") == ("top_k" if name.endswith("topk") else "sampled")
+        assert arg(c, "teacher.pretrained") == "bert-base-multilingual-cased" and c.resumable
+    reads = {n: arg(s, "teacher.cache") for n, s in stages.items() if s.command == "distill"}
+    o = tmp_path / "o" / "caches"
+    assert reads == {"distill/a": str(o / "teacher-f100"), "distill/b": str(o / "teacher-f100"), "distill/a@emb-copy": str(o / "teacher-f100"),
+                     "distill/a@data50": str(o / "teacher-f050"), "distill/a@topk": str(o / "teacher-f100-topk"),
+                     "distill/a@live": None, "distill/a@obj-tinybert": None}
+    for name in reads:
+        masking = arg(stages[name], "data.masking")
+        assert masking == (None if name.endswith("tinybert") else "static"), name
+        assert (reads[name] is None) or f"cache/{Path(reads[name]).name}" in stages[name].deps
+    plan = json.loads(runner.plan_text)
+    assert {r["id"]: r["cache"] for r in plan["rows"] if r["kind"] in ("student", "variant")}["a@topk"] == "cache/teacher-f100-topk"
+    before = {n: s.key for n, s in stages.items()}
+    other = Runner(load_study(path, ["students.a.settings.student.num_layers=1"]), path, tmp_path / "o")
+    after = {s.name: s.key for s in other.stages}
+    assert all(after[n] == before[n] for n in caches) and after["distill/a"] != before["distill/a"]
+
+
 # ---------------------------------------------------------------------------------- end to end
 
 
@@ -144,6 +204,7 @@ teacher:
     data: {{num_workers: 0, shuffle_buffer: 50}}
     checkpoint.every_steps: 3
     deepspeed.config: ds_configs/zero2-fp32.json
+cache: {{enabled: true, k: 4}}
 distill:
   settings:
     train: {{micro_batch_size: 4, max_steps: {student_steps}, lr: 0.001}}
@@ -205,17 +266,17 @@ def test_tiny_study_runs_stops_on_a_failing_stage_is_interrupted_and_resumes(tmp
     text = runner.communicate(timeout=300)[0]
     assert runner.returncode == 75, text
     assert "stopped by SIGINT at stage distill/s" in text
-    assert "2 of 9 stages done earlier" in text  # prepare and teacher were not redone ...
+    assert "2 of 10 stages done earlier" in text  # prepare and teacher were not redone ...
     m = _markers(out)
     assert {n: m[n]["finished"] for n in first_done} == first_done  # ... their markers are untouched
-    assert m[failed]["state"] == "done" and m["distill/s"]["state"] == "running"
+    assert m[failed]["state"] == "done" and m["cache/teacher-f100"]["state"] == "done" and m["distill/s"]["state"] == "running"
     assert log.read_text().count("=== ") == 2  # the failed stage was run again, the rest only once
     assert (out / "logs" / "teacher.log").read_text().count("=== ") == 1
 
     # 3. the same command continues: distill resumes from its checkpoint, the study finishes with the tables
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "distill/s (resuming)" in proc.stdout and "3 of 9 stages done earlier" in proc.stdout
+    assert "distill/s (resuming)" in proc.stdout and "4 of 10 stages done earlier" in proc.stdout
     slog = (out / "logs" / "distill" / "s.log").read_text()
     assert slog.count("=== ") == 2 and "--resume" in slog.split("=== ")[-1].splitlines()[0] and "resumed from step" in slog
     assert all(v["state"] == "done" for v in _markers(out).values())
@@ -224,12 +285,15 @@ def test_tiny_study_runs_stops_on_a_failing_stage_is_interrupted_and_resumes(tmp
     for row in ("Teacher (MLM from random weights", "| Student S |", "From Scratch: Student S's architecture", "Student S, embeddings: copy",
                 "Bag of words", "Majority class", "Sized down", "Stage times"):
         assert row in tables, row
+    # the teacher ran once for both students (cache.enabled): its cache's cost and readers are reported
+    assert re.search(r"\| cache/teacher-f100 \| [\d.]+ \| [\d,]+ \| [\d.]+ \| s, s@emb-copy \| 480 \| [\d.]+ \| -?[\d.]+ \|", tables), tables
+    assert "teacher.cache=" in (out / "logs" / "distill" / "s.log").read_text()
     t5 = tables.split("## Table 5")[1].split("##")[0]
     assert "Δ hatespeech vs teacher" in t5 and len([ln for ln in t5.splitlines() if ln.startswith("| ")]) == 6  # head, 3 models, 2 reference
 
     # 4. nothing left: a rerun runs nothing; a changed student setting redoes that student and what depends on it only
     proc = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
-    assert "0 of 9 stages to run" in proc.stdout, proc.stdout
+    assert "0 of 10 stages to run" in proc.stdout, proc.stdout
     proc = subprocess.run(cmd + ["--dry-run", "students.s.settings.student.num_layers=2"], capture_output=True, text=True, env=ENV,
                           cwd=ROOT, timeout=300)
     redo = sorted(ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("[") and "redo" in ln)

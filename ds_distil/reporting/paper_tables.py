@@ -9,6 +9,11 @@
 * Table 6 (not in the paper): the students distilled with other objectives (TinyBERT, MiniLMv2), each with its
   objective, its difference to the student's own row (distilled with the study's objective) and its From Scratch
   row, and the validation perplexity and KL(teacher || student) of each distillation run.
+* Table 7 (not in the paper; `ablations.teacher_signal`): the same student, teacher, steps and static masks distilled from
+  the study's sampled teacher cache, with the live teacher and from a top-k cache of the same size: scores, validation
+  perplexity, KL(teacher || student) and top-1 agreement, and each distillation's wall time (and its cache's build).
+* With a study's `cache` on, a section on what the caches cost and saved: each cache's build time, the students that
+  read it, and the teacher time they would have paid running it live (their samples at the build's measured rate).
 * Every table ends with two reference rows computed on the same splits at finetuning time
   (ds_distil/finetune/baselines.py): the bag-of-words linear model and the majority class.
 
@@ -32,7 +37,8 @@ from ds_distil.reporting.report import collect, dataset_key, model_name
 REFERENCE = {"bow": "Bag of words (linear model on unigrams + bigrams)", "majority": "Majority class"}
 TITLES = {2: "Table 2: students, teacher and baselines", 3: "Table 3: distillation on less of the corpus",
           4: "Table 4: distilling from an MLM-conditioned teacher", 5: "Table 5: student embeddings copied from the teacher",
-          6: "Table 6 (beyond the paper): distillation objectives"}
+          6: "Table 6 (beyond the paper): distillation objectives",
+          7: "Table 7 (beyond the paper): the teacher signal at equal steps: sampled cache, live teacher, top-k cache"}
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -80,7 +86,9 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
         return {"id": rid, "label": row["label"], "kind": row["kind"], "cells": {t: cell(rid, t) for t in tasks},
                 "val_perplexity": last_metric(row.get("run_dir"), "val/perplexity"),
                 "train_mlm_loss": last_metric(row.get("run_dir"), "loss/mlm"), "val_kl": last_metric(row.get("run_dir"), "val/kl"),
-                "objective": objective_of(row.get("run_dir"))}
+                "val_agreement": last_metric(row.get("run_dir"), "val/top1_agreement"), "objective": objective_of(row.get("run_dir")),
+                "signal": _signal(row, plan), "distill_s": stage_times.get(f"distill/{rid}"),
+                "cache_s": stage_times.get(row.get("cache") or "")}
 
     # reference rows: identical for every run of a task on the same data; taken from the teacher's runs where there are any
     reference = []
@@ -97,7 +105,7 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
 
     teacher = model_row("teacher")
     tables = {}
-    for number in (2, 3, 4, 5, 6):
+    for number in (2, 3, 4, 5, 6, 7):
         ids = [row["id"] for row in plan["rows"] if number in row["tables"]]
         if number != 2:
             ids = _ablation_order(plan["rows"], number)
@@ -107,8 +115,8 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
         cols = tasks if number == 2 else [t for t in tasks if t in plan.get("ablation_tasks", tasks)]
         for row in rows:
             row["diff"] = {t: _diff(row["cells"][t]["score"], teacher["cells"][t]["score"]) for t in cols} if number != 2 else None
-        if number == 6:  # each objective against its student's own row; the From Scratch rows beside
-            rows = _with_scratch(rows, rows_by_id, model_row)
+        if number in (6, 7):  # each variant against its student's own row (Table 6: the From Scratch rows beside)
+            rows = _with_scratch(rows, rows_by_id, model_row) if number == 6 else rows
             by_id = {r["id"]: r for r in rows}
             for row in rows:
                 base = by_id.get(rows_by_id.get(row["id"], {}).get("student") or "")
@@ -120,7 +128,47 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
         tables[number] = {"title": TITLES[number], "rows": rows, "tasks": cols}
     mixed = {t: len(v) for t, v in datasets.items() if len(v) > 1}
     return {"study": plan["study"]["name"], "tasks": tasks, "metric": metric, "seeds": plan["seeds"], "tables": tables,
-            "mixed_datasets": mixed, "stage_times": stage_times}
+            "mixed_datasets": mixed, "stage_times": stage_times, "caches": cache_costs(plan, stage_times)}
+
+
+def _signal(row: dict, plan: dict) -> str:
+    """What a distilled row learned from: the live teacher, or a cache (its method and K)."""
+    k = (plan["study"].get("cache") or {}).get("k")
+    signal = (row.get("variant") or {}).get("signal")
+    if signal == "top_k":
+        return f"top-{k} cache"
+    if row.get("cache"):
+        return f"sampled cache (K = {k})"
+    return "live teacher" if row.get("run_dir") and row.get("kind") != "teacher" else "-"
+
+
+def cache_costs(plan: dict, stage_times: dict[str, float]) -> list[dict]:
+    """Per teacher cache of the study: its build time and size, the rows that read it, and the teacher time those rows
+    would have paid running it live: the samples each distilled (train/tokens_seen / seq_len) at the build's measured
+    seconds per sample record (teacher forward and draws; an estimate, which counts the build's own overheads too)."""
+    out = []
+    for stage in plan.get("stages", []):
+        if stage.get("command") != "teacher-cache":
+            continue
+        try:
+            manifest = json.loads((Path(stage["out"]) / "manifest.json").read_text())
+            records = sum(f["samples"] for split in manifest["splits"].values() for copy in split["copies"] for f in copy)
+            seq_len = manifest["made_for"]["seq_len"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not built (yet)
+        build_s = stage_times.get(stage["name"])
+        readers = []
+        for row in plan["rows"]:
+            if row.get("cache") == stage["name"]:
+                tokens = last_metric(row.get("run_dir"), "train/tokens_seen")
+                readers.append({"id": row["id"], "samples": tokens / seq_len if tokens else None,
+                                "distill_s": stage_times.get(f"distill/{row['id']}")})
+        per_record = build_s / records if build_s and records else None
+        would_pay = (sum(r["samples"] for r in readers if r["samples"]) * per_record) if per_record else None
+        out.append({"stage": stage["name"], "build_s": build_s, "records": records, "seconds_per_record": per_record,
+                    "readers": readers, "live_teacher_s": would_pay,
+                    "saved_s": would_pay - build_s if would_pay is not None and build_s else None})
+    return out
 
 
 def _ablation_order(rows: list[dict], number: int) -> list[str]:
@@ -214,6 +262,9 @@ def render(tables: dict, plan: dict) -> str:
             head += [f"{t} runtime (s)" for t in tasks] + ["avg speedup vs teacher", "val ppl", "train MLM loss"]
         elif number == 6:
             head = ["model", "objective", *head[1:], *[f"Δ {t} vs the student's row" for t in tasks], "val ppl", "val KL"]
+        elif number == 7:
+            head = ["model", "teacher signal", *head[1:], *[f"Δ {t} vs the student's row" for t in tasks], "val ppl", "val KL",
+                    "val top-1 agreement", "distill (min)", "its cache's build (min)"]
         else:
             head += [f"Δ {t} vs teacher" for t in tasks]
         lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -228,17 +279,50 @@ def render(tables: dict, plan: dict) -> str:
                 vals.insert(1, row.get("objective") or ("mlm" if row["kind"] == "teacher" else "-"))
                 vals += [("-" if row["diff"][t] is None else f"{row['diff'][t] * 100:+.2f}") for t in tasks]
                 vals += [f"{row['val_perplexity']:.1f}" if row["val_perplexity"] else "-", f"{row['val_kl']:.3f}" if row.get("val_kl") else "-"]
+            elif number == 7:
+                vals.insert(1, row.get("signal") or "-")
+                vals += [("-" if row["diff"][t] is None else f"{row['diff'][t] * 100:+.2f}") for t in tasks]
+                vals += [f"{row['val_perplexity']:.1f}" if row["val_perplexity"] else "-", f"{row['val_kl']:.4f}" if row.get("val_kl") else "-",
+                         f"{row['val_agreement']:.4f}" if row.get("val_agreement") is not None else "-",
+                         f"{row['distill_s'] / 60:.1f}" if row.get("distill_s") else "-", f"{row['cache_s'] / 60:.1f}" if row.get("cache_s") else "-"]
             else:
                 vals += [("-" if row["diff"][t] is None or row["id"] == "teacher" else f"{row['diff'][t] * 100:+.2f}") for t in tasks]
             lines.append("| " + " | ".join(vals) + " |")
         lines.append("")
+        if number == 7:
+            lines += ["Validation: the last held-out evaluation of each distillation run (its metrics.jsonl); the KL and the "
+                      "top-1 agreement are against the live teacher where the run validated against it (cache.validation: "
+                      "live, and the live row), else the cache's sampled estimate of the KL and no agreement.", ""]
     bow = next((r for t in tables["tables"].values() for r in t["rows"] if r["id"] == "bow"), None)
     if bow and bow.get("description"):
         lines += [f"Bag of words: the classifier chosen on each task's validation split: {bow['description']}.", ""]
+    lines += _cache_lines(tables.get("caches") or [])
     order = [st["name"] for st in plan.get("stages", [])]
     lines += _stage_lines(dict(sorted(tables["stage_times"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))),
                           study.get("estimates") or {})
     return "\n".join(lines) + "\n"
+
+
+def _cache_lines(caches: list[dict]) -> list[str]:
+    if not caches:
+        return []
+    lines = ["## Teacher caches: paid once, read by every student", "",
+             "A cache stage runs the teacher once over the shards (every mask copy and the held-out split); the students "
+             "listed read it instead of running the teacher. *Live teacher (est.)*: the teacher time those students would "
+             "have paid running it live, their samples at the build's measured seconds per sample record (an estimate: "
+             "a live step runs the teacher in the step; Table 7, where present, measures a live run beside).", "",
+             "| cache | build (min) | sample records | s per record | read by | samples they distilled | live teacher (est., min) "
+             "| saved (est., min) |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for c in caches:
+        samples = sum(r["samples"] for r in c["readers"] if r["samples"])
+
+        def minutes(x):
+            return f"{x / 60:.1f}" if x is not None else "-"
+
+        lines.append(f"| {c['stage']} | {minutes(c['build_s'])} | {c['records']:,} | "
+                     f"{f'{c_s:.4f}' if (c_s := c['seconds_per_record']) else '-'} | {', '.join(r['id'] for r in c['readers']) or '-'} | "
+                     f"{samples:,.0f} | {minutes(c['live_teacher_s'])} | {minutes(c['saved_s'])} |")
+    return lines + [""]
 
 
 def _stage_lines(times: dict[str, float], estimates: dict[str, float]) -> list[str]:
