@@ -143,6 +143,24 @@ def test_a_damaged_or_unfinished_cache_is_refused(built, tmp_path):
         load_cache(copy)
 
 
+def test_a_record_masked_otherwise_is_refused_in_one_line_from_a_data_loader_worker(built, few_shards, tmp_path):
+    """A cache file whose record disagrees with the run's masks (rewritten here) is refused with the one-line error,
+    not a worker's traceback, when the stream reads it in a DataLoader worker."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    first = json.loads((copy / "manifest.json").read_text())["splits"]["train"]["copies"][0][0]["name"]
+    records = np.load(copy / first, allow_pickle=False)
+    records["positions"][:, 0] += 1
+    np.save(copy / first, records, allow_pickle=False)
+    with pytest.raises(UserError) as e:
+        for _ in stream_with(few_shards, load_cache(copy), num_workers=2, shuffle=False).epoch_batches():
+            pass
+    assert "was masked otherwise than this run masks it; build the cache with this run's data settings" in str(e.value)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
 def test_an_interrupted_build_resumes_to_the_same_bytes(built, few_shards, tmp_path):
     """A build that stopped after some files (here: files removed, one left half-written) resumes with --resume: the
     files kept are not redone, the others come out byte for byte as an uninterrupted build's."""
@@ -165,6 +183,9 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(built, few_shards, tmp_p
         assert (out / n).read_bytes() == (built / n).read_bytes(), n
     assert all((out / n).stat().st_mtime_ns == t for n, t in kept.items())  # not redone
     assert json.loads((out / "manifest.json").read_text())["splits"] == json.loads((built / "manifest.json").read_text())["splits"]
+    # what a run's resume fingerprint holds: the content, not the manifest's bytes (its creation time differs)
+    assert (out / "manifest.json").read_bytes() != (built / "manifest.json").read_bytes()
+    assert load_cache(out).content_sha256 == load_cache(built).content_sha256
 
 
 def test_two_ranks_build_the_same_cache_as_one(built, few_shards, tmp_path):

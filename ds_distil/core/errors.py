@@ -11,12 +11,12 @@ class UserError(Exception):
 class CorruptShardError(UserError):
     """A shard could not be read back as written (truncated, corrupt, wrong sample layout)."""
 
-    def __init__(self, shard: str, what: str):
-        super().__init__(
-            f"corrupt shard {shard}: {what}; re-run `ds-distil prepare` for this corpus "
-            "(or set data.skip_corrupt_shards=true to skip such shards and count them)"
-        )
-        self.shard, self.what = shard, what
+    PREPARE = ("re-run `ds-distil prepare` for this corpus (or set data.skip_corrupt_shards=true to skip such shards and "
+               "count them)")
+
+    def __init__(self, shard: str, what: str, advice: str = PREPARE):
+        super().__init__(f"corrupt shard {shard}: {what}; {advice}")
+        self.shard, self.what, self.advice = shard, what, advice
 
 
 # errno -> (what it means, what to do): the operating-system errors a run meets in practice

@@ -45,7 +45,7 @@ from ds_distil.schema.distill import DataConfig
 
 log = logging.getLogger(__name__)
 
-ERROR_KEY = "__corrupt_shard__"
+ERROR_KEY = "__worker_error__"  # a one-line error raised in a data-loader worker, handed over as data
 
 
 def derive_seed(*parts) -> int:
@@ -224,10 +224,10 @@ class _EpochDataset(IterableDataset):
                 next(items)
             for j in plan.batches[done:]:
                 yield self._batch([next(items) for _ in range(self.batch_size)], j)
-        except CorruptShardError as e:
+        except UserError as e:  # a corrupt shard or cache file, a cache masked otherwise than this run
             # Raised in a DataLoader worker, it would reach the main process as a RuntimeError wrapping a
             # traceback; handed over as data, the main process raises the same one-line error as the start-up check.
-            yield {ERROR_KEY: (e.shard, e.what)}
+            yield {ERROR_KEY: (e.shard, e.what, e.advice) if isinstance(e, CorruptShardError) else (str(e),)}
 
 
 # ---------------------------------------------------------------------------------- the stream
@@ -327,7 +327,8 @@ class MLMStream:
             self._live = iter(self.loader(pos.epoch, pos.step))
             for batch in self._live:
                 if ERROR_KEY in batch:
-                    raise CorruptShardError(*batch[ERROR_KEY])
+                    args = batch[ERROR_KEY]
+                    raise CorruptShardError(*args) if len(args) == 3 else UserError(*args)
                 pos.step += 1
                 yield batch
         pos.epoch, pos.step = pos.epoch + 1, 0

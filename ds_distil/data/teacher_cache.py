@@ -24,6 +24,7 @@ temperature, the method (sampled or top-k), K and the proposal.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ def vocab_made_for(tokenizer: dict[str, Any], vmap=None) -> dict[str, Any]:
     return {"kind": "trimmed", "size": int(vmap.size), "kept_sha256": vmap.content_sha256}
 
 
+REBUILD = "rebuild the cache (`ds-distil teacher-cache ... --resume` redoes what is missing or damaged)"
+
 @dataclass
 class CacheFile:
     name: str
@@ -96,6 +99,13 @@ class TeacherCache:
     @property
     def max_masked(self) -> int:
         return int(self.data["max_masked"])
+
+    @property
+    def content_sha256(self) -> str:
+        """What the cache holds, not when it was written: what it was made for and every file's sha256 (a cache rebuilt
+        with the same settings has the same; a run's resume fingerprint holds it)."""
+        content = {key: self.data[key] for key in ("k", "max_masked", "masking", "made_for", "splits")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     @property
     def copies(self) -> int:
@@ -128,7 +138,7 @@ class TeacherCache:
             expected = record_dtype(self.max_masked, self.k)
             if arr.dtype != expected or arr.shape != (files[i].samples,):
                 raise CorruptShardError(str(path), f"holds {arr.shape} records of {arr.dtype}, not ({files[i].samples},) of the "
-                                                   "cache's record layout; rebuild the cache")
+                                                   "cache's record layout", REBUILD)
             opened[i] = arr
         return opened[i][index - starts[i]]
 
@@ -159,17 +169,16 @@ class TeacherCache:
         return {"teacher_ids": torch.from_numpy(ids), "teacher_weights": torch.from_numpy(weights),
                 "teacher_entropy": torch.from_numpy(entropy)}
 
-    def verify(self, split: str, checksums: bool = True) -> None:
-        """Every file of the split's copies exists with its recorded sha256 (refused naming the first that does not)."""
-        for copy in range(len(self.data["splits"][split]["copies"])):
-            for f in self.files(split, copy):
-                path = self.directory / f.name
-                if not path.is_file():
-                    raise UserError(f"teacher cache file {path} listed in {MANIFEST} is missing; rebuild the cache "
-                                    "(`ds-distil teacher-cache ... --resume` redoes what is missing)")
-                if checksums and sha256_file(path) != f.sha256:
-                    raise CorruptShardError(str(path), "sha256 differs from the cache's manifest; rebuild the cache "
-                                                       "(`ds-distil teacher-cache ... --resume` redoes what is damaged)")
+    def verify(self, split: str, checksums: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        """Every file of the split's copies exists, and this rank's share (every world_size-th file) has its recorded
+        sha256 (refused naming the first that does not)."""
+        files = [f for copy in range(len(self.data["splits"][split]["copies"])) for f in self.files(split, copy)]
+        for i, f in enumerate(files):
+            path = self.directory / f.name
+            if not path.is_file():
+                raise UserError(f"teacher cache file {path} listed in {MANIFEST} is missing; {REBUILD}")
+            if checksums and i % world_size == rank and sha256_file(path) != f.sha256:
+                raise CorruptShardError(str(path), "sha256 differs from the cache's manifest", REBUILD)
 
     def check(self, expected: dict[str, Any], advice: str = "build a cache for this run (`ds-distil teacher-cache`), or run "
                                                                "with the live teacher (no teacher.cache)") -> None:

@@ -23,7 +23,7 @@ from ds_distil.core.dist import broadcast
 from ds_distil.core.env_info import command_line, device_info, versions
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write_json
-from ds_distil.data.manifest import load_manifest, sha256_file
+from ds_distil.data.manifest import load_manifest
 from ds_distil.data.masking import MASKING_RULE
 from ds_distil.data.stream import MLMStream
 from ds_distil.data.teacher_cache import TeacherCache, load_cache, vocab_made_for
@@ -86,7 +86,7 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     if objective.teacher is None and cfg.teacher.enabled:
         raise UserError(f"loss.objective {objective.name} trains without a teacher, but teacher.enabled is true; set "
                         "teacher.enabled=false, or loss.objective=auto")
-    cache = _open_cache(cfg) if cfg.teacher.cache else None
+    cache = _open_cache(cfg, d.rank, d.world_size) if cfg.teacher.cache else None
 
     torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
     multiple = cfg.perf.pad_vocab_multiple
@@ -118,12 +118,12 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
     ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
     check_micro_batch(student.config, cfg.train.micro_batch_size, manifest.seq_len, cfg.train.micro_batch_size * stream.max_masked,
-                      s_vocab, 4 if eng.precision(ds_config) == "fp32" else 2, d.device)  # before anything big is allocated
+                      s_vocab, 4 if eng.precision(ds_config) == "fp32" else 2, d.device, teacher_logits=cache is None)  # before anything big is allocated
     settings = resume_settings.fingerprint(cfg, manifest, d.world_size, ds_config, MASKING_RULE)
     if vmap is not None:  # the vocabulary's content, not only its path
         settings["student.vocab_kept_sha256"] = vmap.content_sha256
     if cache is not None:  # the cache's content, not its path
-        settings["teacher.cache_manifest_sha256"] = sha256_file(cache.directory / "manifest.json")
+        settings["teacher.cache_content_sha256"] = cache.content_sha256
     tag = _resume_tag(run_dir, d) if resume else None
     if tag is not None:  # refused before anything is written or loaded
         saved = resume_settings.saved_fingerprint(json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()))
@@ -252,12 +252,12 @@ def _names_a_teacher(cfg: DistillConfig) -> bool:
     return any((cfg.teacher.pretrained, cfg.teacher.config, cfg.teacher.preset))
 
 
-def _open_cache(cfg: DistillConfig) -> TeacherCache:
-    """The run's teacher cache, checked (its files' checksums unless data.verify_checksums is off)."""
+def _open_cache(cfg: DistillConfig, rank: int, world_size: int) -> TeacherCache:
+    """The run's teacher cache, checked: every file present, each rank hashing its share (unless data.verify_checksums
+    is off), as the shards are."""
     cache = load_cache(cfg.teacher.cache)
-    if cfg.data.verify_checksums:
-        for split in cache.data["splits"]:
-            cache.verify(split)
+    for split in cache.data["splits"]:
+        cache.verify(split, cfg.data.verify_checksums, rank, world_size)
     return cache
 
 

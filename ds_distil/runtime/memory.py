@@ -20,12 +20,13 @@ def activation_bytes(layers: int, hidden: int, heads: int, batch: int, seq_len: 
     return float(batch) * layers * per_layer
 
 
-def micro_batch_bytes(student_config, batch: int, seq_len: int, masked: int, vocab: int, bytes_per_value: int) -> float:
-    """The lower bound above: the student's activations, and [masked, vocab] fp32 logits of both models, the softmax
-    and its gradient."""
+def micro_batch_bytes(student_config, batch: int, seq_len: int, masked: int, vocab: int, bytes_per_value: int,
+                     teacher_logits: bool = True) -> float:
+    """The lower bound above: the student's activations, and [masked, vocab] fp32 logits of both models (of the student
+    alone without `teacher_logits`: a run from a teacher cache), the softmax and its gradient."""
     c = student_config
     return activation_bytes(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, batch, seq_len, bytes_per_value) \
-        + 4.0 * masked * vocab * 4
+        + (4.0 if teacher_logits else 3.0) * masked * vocab * 4
 
 
 def free_bytes(device: torch.device) -> float:
@@ -38,10 +39,10 @@ def free_bytes(device: torch.device) -> float:
 
 
 def check_micro_batch(student_config, batch: int, seq_len: int, masked: int, vocab: int, bytes_per_value: int,
-                      device: torch.device) -> None:
+                      device: torch.device, teacher_logits: bool = True) -> None:
     """Refuse (UserError) a micro batch whose student activations and LM-head logits alone exceed the free memory.
     `masked`: the masked positions the micro batch's heads run at (its sequences' at most)."""
-    need = micro_batch_bytes(student_config, batch, seq_len, masked, vocab, bytes_per_value)
+    need = micro_batch_bytes(student_config, batch, seq_len, masked, vocab, bytes_per_value, teacher_logits)
     free = free_bytes(device)
     if need > free:
         raise UserError(f"train.micro_batch_size={batch:,} needs at least {need / 2**30:,.1f} GiB for the student's activations "
