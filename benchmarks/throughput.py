@@ -98,7 +98,8 @@ def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None, vocab:
     return out
 
 
-CACHE_K = 16  # the teacher cache's default (cache.k)
+CACHE_K = 16  # the teacher cache's defaults (cache.k, cache.batch_size)
+CACHE_BATCH = 32
 
 
 def add_cached_targets(batches: list[dict], vocab: int, k: int, temperature: float) -> None:
@@ -134,29 +135,32 @@ def measure(spec: dict) -> dict:
     from ds_distil.runtime.flops import Arch, distill_step_flops, peak_flops
     from ds_distil.schema.distill import LossConfig, StudentConfig, TeacherConfig, TrainConfig
 
+    if spec["method"] == "cache-build":
+        return _measure_build(spec)
     d = init_distributed()  # a single process: on a port the OS finds free
     device, method, precision = d.device, spec["method"], spec["precision"]
+    cached = method in ("ours-cached", "ours-trimmed-cached")
     vocab, t_preset, objective_name = spec.get("vocab_size", VOCAB), spec.get("teacher", "mbert"), spec.get("objective", "kd")
     if method not in ("ours", "reference") and objective_name != "kd":
         raise ValueError(f"method {method} runs with the kd objective only, not {objective_name}")
     torch.manual_seed(0)
     pad = spec["pad"] if method != "baseline" else 1
     s_vocab, s_pad, trimmed, ordinary = vocab, 0, None, None
-    if method == "ours-cached":  # no teacher in the process: its sampled targets come with the batches
-        teacher = None
-    elif method == "ours-trimmed":  # the student over a target-language vocabulary (ds-distil vocab)
+    if method in ("ours-trimmed", "ours-trimmed-cached"):  # the student over a target-language vocabulary (ds-distil vocab)
         from ds_distil.data.vocab import load_vocab_map
         from ds_distil.model.surgery import prepare_trimmed_run
 
         vmap = load_vocab_map(spec["vocab"])
-        teacher = build_teacher(TeacherConfig(preset=t_preset), vocab, 0, 1)
+        teacher = None if cached else build_teacher(TeacherConfig(preset=t_preset), vocab, 0, 1)
         trimmed = prepare_trimmed_run(vmap, teacher, 0, 100, pad)
         s_vocab, s_pad = trimmed.vocab, trimmed.pad_id
         ordinary = torch.from_numpy(vmap.kept[vmap.kept >= 106])
+    elif cached:  # no teacher in the process: its sampled targets come with the batches
+        teacher = None
     else:
         teacher = build_teacher(TeacherConfig(preset=t_preset), vocab, 0, pad)
     student = build_student(StudentConfig(preset=spec["student"], dropout=0.1), s_vocab, s_pad, pad_multiple=pad)
-    if method == "ours-cached":
+    if cached:
         from ds_distil.distill import objectives
         from ds_distil.model.build import bert_config
 
@@ -164,13 +168,13 @@ def measure(spec: dict) -> dict:
         objective.bind(bert_config(t_preset, vocab, 0), student.config)
     t_dtype = teacher_dtype("auto", device) if method != "baseline" else torch.float32
     teacher = place_teacher(teacher, device, t_dtype)
-    if trimmed is not None:
+    if trimmed is not None and trimmed.full_head is not None:
         trimmed.full_head.to(device=device, dtype=t_dtype)
     loss_cfg = LossConfig(objective=objective_name, **spec.get("loss", {}))
-    if method != "ours-cached":
+    if not cached:
         objective = bound_objective(loss_cfg, teacher, student)  # may build its own parameters (a projection)
     batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device, ordinary, vocab)
-    if method == "ours-cached":
+    if cached:
         add_cached_targets(batches, s_vocab, spec.get("cache_k", CACHE_K), loss_cfg.temperature)
     student_arch, teacher_arch = Arch.of(student, s_vocab), (Arch.of(teacher, s_vocab) if teacher is not None else None)
 
@@ -181,9 +185,9 @@ def measure(spec: dict) -> dict:
             return initialize(StudentWithObjective(student, s_vocab, objective.module), ds, 0.01)
         return initialize(MaskedLM(student, None if method == "baseline" else s_vocab), ds, 0.01)
 
-    if method in ("ours", "ours-trimmed", "ours-cached"):
+    if method in ("ours", "ours-trimmed", "ours-cached", "ours-trimmed-cached"):
         micro_step = build_step(engine(), objective, teacher, s_vocab, loss_cfg.temperature, device, 1, trimmed, spec["compile"],
-                                cached=method == "ours-cached")
+                                cached=cached)
 
         def step(b):
             return micro_step(b).cpu()[0]  # the trainer's one read per optimizer step; [0]: the total loss
@@ -206,16 +210,7 @@ def measure(spec: dict) -> dict:
 
     # the objective's own parameters as the step starts (the engine has cast them): the timed steps must change them
     own = [p.detach().float().cpu().clone() for p in objective.module.parameters()] if objective.module is not None else []
-    for i in range(spec["warmup"]):
-        step(batches[i % len(batches)])
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for i in range(spec["steps"]):
-        last = step(batches[i % len(batches)])
-    _sync(device)
-    step_s = (time.perf_counter() - t0) / spec["steps"]
+    step_s, last = _timed(step, batches, spec, device)
     trained = [not torch.equal(a, p.detach().float().cpu()) for a, p in zip(own, objective.module.parameters())] if own else []
 
     masked = sum(int((b["targets"] != -100).sum()) for b in batches) / len(batches)
@@ -235,6 +230,57 @@ def measure(spec: dict) -> dict:
         out["memory_kind"] = "CPU peak RSS"
     if spec.get("profile"):
         out["profile"] = _profile(step, batches, device)
+    return out
+
+
+def _timed(step, batches: list[dict], spec: dict, device) -> tuple[float, object]:
+    """(mean seconds per step over spec["steps"] steps run back to back after spec["warmup"], the last step's value)."""
+    import torch
+
+    for i in range(spec["warmup"]):
+        step(batches[i % len(batches)])
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for i in range(spec["steps"]):
+        last = step(batches[i % len(batches)])
+    _sync(device)
+    return (time.perf_counter() - t0) / spec["steps"], last
+
+
+def _measure_build(spec: dict) -> dict:
+    """cache-build: what `ds-distil teacher-cache` does per batch (distill/cache_build.targets: the teacher's forward at
+    the real masked slots, then K draws from its softmax at T), timed as a step; no student, no file writing."""
+    import torch
+
+    from ds_distil.distill.cache_build import targets
+    from ds_distil.model.build import build_teacher
+    from ds_distil.model.forward import MaskedLM
+    from ds_distil.runtime.engine import init_distributed, place_teacher, teacher_dtype
+    from ds_distil.schema.cache import SamplingConfig
+    from ds_distil.schema.distill import TeacherConfig
+
+    device = init_distributed().device
+    torch.manual_seed(0)
+    vocab = spec.get("vocab_size", VOCAB)
+    t_dtype = teacher_dtype("auto", device)
+    lm = MaskedLM(place_teacher(build_teacher(TeacherConfig(preset=spec.get("teacher", "mbert")), vocab, 0, 1), device, t_dtype), vocab)
+    sampling = SamplingConfig(k=spec["cache_k"], batch_size=spec["batch"])
+    batches = make_batches(spec["inputs"], spec["batch"], spec["seq_len"], device, None, vocab)
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def step(b):
+        t = targets(lm, b["input_ids"], b["attention_mask"], b["positions"][b["targets"] != -100], sampling, g)
+        return t.weights.sum().cpu()
+
+    step_s, _ = _timed(step, batches, spec, device)
+    out = {**spec, "step_s": step_s, "tokens_per_s": spec["batch"] * spec["seq_len"] / step_s, "samples_per_s": spec["batch"] / step_s,
+           "teacher_dtype": str(t_dtype).removeprefix("torch."), "objective": "kd"}
+    if device.type == "cuda":
+        out["peak_memory_gib"], out["memory_kind"] = torch.cuda.max_memory_allocated(device) / 2**30, "GPU max_memory_allocated"
+    else:
+        out["peak_memory_gib"], out["memory_kind"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "CPU peak RSS"
     return out
 
 
@@ -267,7 +313,7 @@ def render(result: dict) -> str:
         md += "The table below is the kd objective's; each objective's step follows it.\n\n"
     md += ("| student | seq | batch | method | teacher dtype | step s | tokens/s | samples/s | TFLOP/s | MFU | peak mem GiB "
            "| ours/reference | ours/baseline |\n|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-    kd_rows = [r for r in result["rows"] if r.get("objective", "kd") == "kd"]
+    kd_rows = [r for r in result["rows"] if r.get("objective", "kd") == "kd" and r["method"] != "cache-build"]
     by_key = {(r["student"], r["seq_len"], r["batch"], r["method"]): r for r in kd_rows if not r.get("lever")}
 
     def ratio(r, other):
@@ -290,7 +336,7 @@ def render(result: dict) -> str:
                "head and the KL over its tokens; FLOPs counted with its size). Against ours over the full vocabulary:\n\n")
         for r in trimmed:
             md += f"- {r['student']} seq {r['seq_len']} batch {r['batch']}: {ratio(r, 'ours') or 'n/a'} the tokens/s\n"
-    cached = [r for r in result["rows"] if r["method"] == "ours-cached" and "error" not in r]
+    cached = [r for r in result["rows"] if r["method"] in ("ours-cached", "ours-trimmed-cached") and "error" not in r]
     if cached:
         from ds_distil.data.masking import max_masked_per_sample
         from ds_distil.data.teacher_cache import record_dtype
@@ -301,12 +347,15 @@ def render(result: dict) -> str:
                "and run:\n\n| student | seq | batch | step s live | step s cached | tokens/s cached / live | peak mem GiB live "
                "| peak mem GiB cached | cache bytes per sample | per masked slot |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
         for r in cached:
-            live = by_key.get((r["student"], r["seq_len"], r["batch"], "ours"))
+            live_method = "ours-trimmed" if r["method"] == "ours-trimmed-cached" else "ours"
+            live = by_key.get((r["student"], r["seq_len"], r["batch"], live_method))
             slots = max_masked_per_sample(r["seq_len"], 0.15)
             size = record_dtype(slots, k).itemsize
-            md += (f"| {r['student']} | {r['seq_len']} | {r['batch']} | {live['step_s']:.4f} | {r['step_s']:.4f} | "
-                   f"{ratio(r, 'ours')} | {live['peak_memory_gib']:.2f} | {r['peak_memory_gib']:.2f} | {size:,} | {size / slots:.0f} |\n"
-                   if live and "error" not in live else f"| {r['student']} | {r['seq_len']} | {r['batch']} | (no live row) |\n")
+            name = r["student"] + (" (trimmed vocabulary)" if live_method == "ours-trimmed" else "")
+            md += (f"| {name} | {r['seq_len']} | {r['batch']} | {live['step_s']:.4f} | {r['step_s']:.4f} | "
+                   f"{ratio(r, live_method)} | {live['peak_memory_gib']:.2f} | {r['peak_memory_gib']:.2f} | {size:,} | {size / slots:.0f} |\n"
+                   if live and "error" not in live else f"| {name} | {r['seq_len']} | {r['batch']} | (no live row) |\n")
+        md += _build_section(result, by_key)
     if not result["device"]["gpu"]:
         md += "\nCPU figures: MFU is not reported (no peak FLOP/s is known for this CPU).\n"
     if objectives != ["kd"]:
@@ -324,6 +373,27 @@ def render(result: dict) -> str:
         if r.get("profile"):
             md += f"\n<details><summary>torch.profiler: {r['student']} seq {r['seq_len']} batch {r['batch']} {r['method']}</summary>\n\n"
             md += "```\n" + r["profile"] + "\n```\n</details>\n"
+    return md
+
+
+def _build_section(result: dict, by_key: dict) -> str:
+    """The cache's build against live distillation, per sample: the build's teacher work for one mask copy of an epoch
+    against one live epoch of each student (both scale with the epoch's samples, so the ratio is the epochs')."""
+    builds = [r for r in result["rows"] if r["method"] == "cache-build" and "error" not in r]
+    if not builds:
+        return ""
+    md = ("\ncache-build: what `ds-distil teacher-cache` does per batch (ds_distil/distill/cache_build.targets: the teacher's "
+          "forward at the masked slots, then the draws; no file writing), timed as a step at its default batch "
+          f"(cache.batch_size {CACHE_BATCH}). Building one mask copy of an epoch costs, against one live distillation epoch "
+          "of the same samples:\n\n| seq | build s per sample | build samples/s | student | live s per sample | build / live epoch |\n"
+          "|---:|---:|---:|---|---:|---:|\n")
+    for b in builds:
+        per = b["step_s"] / b["batch"]
+        for (student, seq, batch, method), live in by_key.items():
+            if seq == b["seq_len"] and method in ("ours", "ours-trimmed") and "error" not in live:
+                live_per = live["step_s"] / batch
+                md += (f"| {seq} | {per:.4f} | {1 / per:.1f} | {student}{' (trimmed)' if method == 'ours-trimmed' else ''} "
+                       f"| {live_per:.4f} | {per / live_per:.2f} |\n")
     return md
 
 
@@ -403,8 +473,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    rows = [r for r in result["rows"] if "error" not in r and not r.get("lever")]
-    style = {"ours": "o-", "reference": "s:", "baseline": "x--", "ours-trimmed": "d-.", "ours-cached": "^-"}
+    rows = [r for r in result["rows"] if "error" not in r and not r.get("lever") and r["method"] != "cache-build"]
+    style = {"ours": "o-", "reference": "s:", "baseline": "x--", "ours-trimmed": "d-.", "ours-cached": "^-", "ours-trimmed-cached": "v-."}
     for key in sorted({(r["student"], r["method"], r["seq_len"], r.get("objective", "kd")) for r in rows}):
         pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows
                      if (r["student"], r["method"], r["seq_len"], r.get("objective", "kd")) == key)
@@ -483,6 +553,12 @@ def main() -> None:
                     specs.append({**base, "method": "ours-cached", "cache_k": CACHE_K, "profile": args.profile})
                 if args.vocab:
                     specs.append({**base, "method": "ours-trimmed", "vocab": str(Path(args.vocab).resolve())})
+                if args.vocab and args.cached:
+                    specs.append({**base, "method": "ours-trimmed-cached", "vocab": str(Path(args.vocab).resolve()), "cache_k": CACHE_K})
+        if args.cached:  # the cache's build: the teacher alone, at the builder's default batch (cache.batch_size)
+            for L in seq_lens:
+                specs.append({"student": "teacher", "seq_len": L, "batch": CACHE_BATCH, "steps": steps, "warmup": warmup,
+                              "inputs": args.inputs, "precision": precision, "method": "cache-build", "cache_k": CACHE_K})
                 if args.levers:
                     specs += [{**base, "method": "ours", "lever": name, **change} for name, change in LEVERS.items()
                               if {**base, **change} != base and not (name == "fp16" and not cuda)]

@@ -155,9 +155,20 @@ def _done_record(directory: Path, name: str) -> str | None:
 
 
 @torch.no_grad()
+def targets(lm: MaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, s,
+            generator: torch.Generator | None) -> sparse_targets.SparseTargets:
+    """The teacher's sparse targets at a batch's real masked slots (`positions`): what the builder stores per batch, and
+    what the throughput benchmark times as the cost of building a cache."""
+    logits = lm(input_ids, attention_mask, positions).logits
+    if s.method == "sampled":
+        return sparse_targets.sampled(logits, s.k, s.temperature, s.proposal_temperature, generator)
+    return sparse_targets.top_k(logits, s.k, s.temperature)
+
+
+@torch.no_grad()
 def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream, lm: MaskedLM, s, device, data_cfg) -> str:
-    m, k = stream.max_masked, s.k
-    records = np.zeros(shard.samples, dtype=record_dtype(m, k))
+    m = stream.max_masked
+    records = np.zeros(shard.samples, dtype=record_dtype(m, s.k))
     records["positions"] = -1
     g = torch.Generator(device=device).manual_seed(derive_seed(data_cfg.seed, "cache-draws", name) % 2**63)
     samples = read_shard(shard.path, stream.seq_len, stream.vocab_size, shard.samples)
@@ -173,9 +184,7 @@ def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream,
             masked = {"input_ids": torch.stack([r[0] for r in rows]), "labels": torch.stack([r[1] for r in rows])}
         positions, _ = static_positions(masked["labels"], m)
         positions = positions[: int((masked["labels"] != IGNORE_INDEX).sum())]  # the real slots come first; no padding rows
-        logits = lm(masked["input_ids"].to(device), (ids != stream.pad_id).long().to(device), positions.to(device)).logits
-        t = (sparse_targets.sampled(logits, k, s.temperature, s.proposal_temperature, g) if s.method == "sampled"
-             else sparse_targets.top_k(logits, k, s.temperature))
+        t = targets(lm, masked["input_ids"].to(device), (ids != stream.pad_id).long().to(device), positions.to(device), s, g)
         t_ids, t_weights, t_entropy = t.ids.cpu().numpy(), t.weights.cpu().numpy(), t.entropy.cpu().numpy()
         slot = 0
         for r in range(len(chunk)):
