@@ -6,7 +6,8 @@
 # On the lent GPU machine (../shared/gpu/README.md): carry .gpu-carry and run
 #   source .gpu-carry/env.sh && bash benchmarks/gpu_figures.sh $OUT distill throughput
 # Each stage writes into OUT: distill.log (a real `deepspeed --num_gpus 1` run: its logged tokens/s and MFU),
-# throughput-full_*.{json,md,png} (ours, reference, baseline, ours over the Tagalog vocabulary of `ds-distil vocab`), throughput-full-levers_* (each lever off in turn),
+# throughput-cached-full_*.{json,md,png} (ours, reference, baseline, ours over the Tagalog vocabulary of `ds-distil vocab`, each
+# from a teacher cache too, and the cache's build), throughput-full-levers_* (each lever off in turn),
 # finetune_speed-full_* (ours and the reference per model and task). Commit the results under benchmarks/results/
 # with `python -m benchmarks.report`.
 #
@@ -39,7 +40,7 @@ for stage in "$@"; do
         log.every_steps=25 checkpoint.every_steps=0 checkpoint.export=false 2>&1 | tee "$OUT/distill.log" | grep -E "perf:|step [0-9]+/|error"
       ;;
     throughput)
-      "$py" -m benchmarks.throughput --full --vocab "$vocab" --out "$OUT"
+      "$py" -m benchmarks.throughput --full --vocab "$vocab" --cached --out "$OUT"   # --cached: issue 24's rows, same run
       ;;
     levers)
       "$py" -m benchmarks.throughput --full --levers --methods ours --out "$OUT"
