@@ -74,7 +74,7 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
         texts = [r["text"] for r in csv.DictReader(f)][:60]
     d = tmp_path / "my-tweets"
     d.mkdir()
-    for split, rows in (("train", texts[:40]), ("test", texts[40:])):
+    for split, rows in (("train", texts[:40]), ("test", texts[40:59] + [texts[0].upper()])):  # one test tweet is a training one
         with open(d / f"{split}.csv", "w", encoding="utf-8-sig", newline="") as f:
             w = csv.writer(f)
             w.writerow(["text", "label"])
@@ -108,7 +108,13 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     assert test["accuracy"] == res["score"]
     assert res["baselines"]["majority"]["label"] == "ok" and res["baselines"]["majority"]["test"]["accuracy"] == 0.8
     collapsed = max(test["predicted_counts"].values()) / 20 > 0.95
-    assert bool(res["warnings"]) == collapsed and ("WARNING: the model predicts" in proc.stdout) == collapsed
+    assert any("the model predicts" in w for w in res["warnings"]) == collapsed and ("WARNING: the model predicts" in proc.stdout) == collapsed
+    # the leaked test tweet: counted, warned before training (log) and after it (console, results.json)
+    assert res["duplicates"]["across"]["test_in_train"] == {"rows": 1, "share": 0.05, "distinct": 1}
+    assert res["duplicates"]["across"]["valid_in_train"]["rows"] == 0  # the held-out split keeps copies together
+    leak = "1 of the 20 test rows (5.0%; 1 distinct texts) also occur in training"
+    assert any(w.startswith(leak) for w in res["warnings"]) and leak in proc.stderr and "WARNING: " + leak in proc.stdout
+    assert "duplicate rows (Unicode NFKC, case folded, white space collapsed): train " in proc.stderr
     assert "baseline majority" in proc.stdout and "confusion matrix (test" in proc.stdout
     # the pretraining head and the new classifier are one line of ours, not transformers' key table; no op-build chatter
     assert "new (trained from scratch): bert.pooler.dense, classifier" in proc.stderr

@@ -5,6 +5,7 @@ and warnings (one class predicted for nearly everything)."""
 
 from __future__ import annotations
 
+from ds_distil.data import duplicates
 from ds_distil.data.examples import Task
 from ds_distil.finetune.baselines import run_baselines
 from ds_distil.finetune.scoring import collapse_warning, evaluate, label_counts
@@ -19,7 +20,13 @@ def describe_data(task: Task) -> dict:
         "labels": list(task.labels),
         "label_map": {label: i for i, label in enumerate(task.labels)},
         "splits": {s: {"examples": len(task.splits[s]), "label_counts": label_counts(task, s)} for s in ("train", "valid", "test")},
+        "duplicates": duplicates.report(task),
     }
+
+
+def data_warnings(data: dict) -> list[str]:
+    """What describe_data found that makes scores mislead: held-out rows that also occur in training."""
+    return duplicates.warnings(data["duplicates"])
 
 
 def evaluate_run(task: Task, preds: dict[str, dict], feats: dict[str, list[dict]]) -> dict:
@@ -38,18 +45,41 @@ def data_lines(res: dict) -> list[str]:
     splits = res["splits"]
     lines = [f"data: {res['task']} / dataset '{res['dataset']}' ({res['data']['source']}): " +
              " | ".join(f"{s} {v['examples']:,}" for s, v in splits.items()) + " examples"]
-    held = res["data"].get("valid_from_train")
-    if held:
-        lines.append(f"  valid: {held['examples']:,} rows held out of train (task.valid_fraction={held['fraction']}, seed {held['seed']})")
+    for split in ("test", "valid"):
+        held = res["data"].get(f"{split}_from_train")
+        if held:
+            lines.append(f"  {split}: {held['examples']:,} rows held out of train (task.{split}_fraction={held['fraction']}, seed "
+                         f"{held['seed']}, stratified, grouped by {' + '.join(held.get('grouped_by', ['text']))})")
     sample = res["data"].get("train_sample")
     if sample:
         lines.append(f"  train: a stratified sample of {sample['examples']:,} of {sample['of']:,} rows (task.max_train_examples, seed {sample['seed']})")
+    lines += duplicate_lines(res["duplicates"])
     if len(res["labels"]) <= MAX_CONSOLE_CLASSES:
         width = max(len(str(lab)) for lab in res["labels"]) + 2
         lines.append("  " + "label".ljust(width) + "".join(s.rjust(18) for s in splits))
         for lab in res["labels"]:
             lines.append("  " + str(lab).ljust(width) + "".join(_pct(v["label_counts"][lab], sum(v["label_counts"].values())).rjust(18)
                                                              for v in splits.values()))
+    return lines
+
+
+def duplicate_lines(dup: dict) -> list[str]:
+    """Copies within each split and texts shared across splits, in two lines."""
+    def within(s: str, v: dict) -> str:
+        conflict = f", {v['conflicting_labels']:,} texts with 2+ labels" if v["conflicting_labels"] else ""
+        return f"{s} {v['duplicate_rows']:,} ({v['duplicate_share']:.1%}; {v['distinct']:,} distinct{conflict})"
+
+    across = dup["across"]
+    lines = ["  duplicate rows (" + dup["normalisation"] + "): " + " | ".join(within(s, v) for s, v in dup["splits"].items()),
+             "  shared across splits: " + " | ".join(f"{name.replace('_in_', ' rows in ')} {o['rows']:,} ({o['share']:.1%})"
+                                                      for name, o in across.items())]
+    if "groups_across" in dup:
+        lines.append("  groups (task.group_column) shared across splits: " + " | ".join(
+            f"{name.replace('_in_', ' rows in ')} {o['rows']:,} ({o['share']:.1%})" for name, o in dup["groups_across"].items()))
+    if "dropped" in dup:
+        d = dup["dropped"]
+        lines.append(f"  task.dedup=drop: dropped {d['train_duplicates']:,} repeated training rows and {d['train_in_valid_or_test']:,} "
+                     f"training rows whose text is in validation or test; {d['train_rows_left']:,} training rows left")
     return lines
 
 

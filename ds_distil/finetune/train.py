@@ -24,7 +24,7 @@ from ds_distil.core.env_info import device_info, versions
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write_json
 from ds_distil.core.progress import Progress
-from ds_distil.data import sampling
+from ds_distil.data import duplicates, sampling
 from ds_distil.data.examples import Task
 from ds_distil.data.readers import read_options
 from ds_distil.data.tasks import default_data_dir, load_task
@@ -205,6 +205,8 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
     out = Path(out)
     tc = cfg.task
     task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, read_options(tc), tc.dataset_name)  # bad data fails before set-up
+    if tc.dedup == "drop":
+        task = duplicates.drop(task)
     task = sampling.sample_train(task, tc.max_train_examples, tc.seed)
     d = eng.init_distributed()
     tokenizer = _tokenizer_for(model, tc)
@@ -214,6 +216,7 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
     feats = {s: featurise(task, s, tokenizer, tc.max_length) for s in task.splits}
     train = feats["train"]
     data = summary.describe_data(task)
+    data_warnings = summary.data_warnings(data)
     steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))
     num_steps = eng.total_steps(cfg.train, steps_per_epoch)
     ds_path = eng.resolve_ds_json(cfg.deepspeed.config, d.device)
@@ -228,6 +231,8 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
                  f"{len(feats['test']):,}", d.world_size, d.device, eng.precision(ds_config), num_steps)
         for line in summary.data_lines({"task": task.name, **data}):
             log.info("%s", line)
+        for warning in data_warnings:
+            log.warning("%s", warning)
     dist.barrier()
 
     sampler = DistributedSampler(train, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.train.seed)
@@ -271,6 +276,8 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
     preds = {split: predict(engine, feats[split], cfg.eval_batch_size, tokenizer.pad_token_id, d, f"evaluate {split}")
              for split in ("valid", "test")}
     found = summary.evaluate_run(task, preds, feats) if d.rank == 0 else {}  # scored on rank 0; other ranks return None scores
+    if found:
+        found["warnings"] = data_warnings + found["warnings"]
     test, valid = found.get("evaluation", {}).get("test", {}), found.get("evaluation", {}).get("valid", {})
     out_dict = {
         "model": model, "model_name": display_name(model, cfg.model_name), "task": task.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from ds_distil.core.config import setting
 from ds_distil.schema.distill import DeepSpeedConfig, TrainConfig
@@ -23,8 +24,18 @@ class TaskConfig:
     label_column: str = setting("csv task: label column", default="label")
     encoding: str = setting("file encoding; auto: a BOM, else UTF-8 (e.g. cp1252, latin-1)", default="auto")
     skip_bad_rows: bool = setting("skip rows with an empty label or text, wrong field count or unknown label (counted) instead of stopping", default=False)
-    valid_fraction: float | None = setting("no validation file: hold this share of train out (stratified by label, seeded by task.seed)", default=None)
-    seed: int = setting("seed of the held-out split and of the training sample (not of training: that is train.seed)", default=0)
+    valid_fraction: float | None = setting("no validation file: hold this share of train out (stratified by label, seeded by task.seed; every copy of a text on one side)", default=None)
+    dedup: Literal["keep", "drop"] = setting(
+        "exact duplicates (case and spacing ignored): keep: count them and warn when validation or test rows also occur in training; "
+        "drop: also keep one copy of each text in training and drop training rows whose text is in validation or test "
+        "(validation and test stay as they are)", default="keep")
+    test_fraction: float | None = setting("no test file: hold this share of train out as the test split (stratified by label, "
+                                          "seeded by task.seed, every copy of a text and every task.group_column group on one side)",
+                                          default=None)
+    group_column: str | None = setting("csv task: a column naming each row's group (e.g. the document a premise comes from, the "
+                                       "author); the splits made by task.valid_fraction / task.test_fraction never split a group, "
+                                       "and groups shared by the given files are counted and warned", default=None)
+    seed: int = setting("seed of the held-out splits and of the training sample (not of training: that is train.seed)", default=0)
     max_length: int = setting("tokens per example after tokenization (truncated)", default=128)
     max_train_examples: int | None = setting("train on a sample of N examples (stratified by label, seeded by task.seed)", default=None)
     tokenizer: str | None = setting("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
@@ -32,6 +43,10 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.valid_fraction is not None and not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.valid_fraction is not None and self.test_fraction is not None and self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"valid_fraction + test_fraction must leave rows for training, got {self.valid_fraction} + {self.test_fraction}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         if self.max_train_examples is not None and self.max_train_examples < 2:
