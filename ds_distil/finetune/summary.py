@@ -8,7 +8,7 @@ from __future__ import annotations
 from ds_distil.data import duplicates
 from ds_distil.data.examples import Task
 from ds_distil.finetune.baselines import run_baselines
-from ds_distil.finetune.scoring import collapse_warning, evaluate, label_counts
+from ds_distil.finetune.scoring import class_warnings, collapse_warning, evaluate, label_counts
 
 MAX_CONSOLE_CLASSES = 12  # more classes (POS tags): the confusion matrix is in results.json only
 
@@ -32,7 +32,7 @@ def data_warnings(data: dict) -> list[str]:
 def evaluate_run(task: Task, preds: dict[str, dict], feats: dict[str, list[dict]]) -> dict:
     """{evaluation: {valid, test}, baselines, warnings} from the model's predictions of valid and test."""
     evaluation = {split: evaluate(task, preds[split], feats[split]) for split in ("valid", "test")}
-    warnings = [w for w in [collapse_warning(task, evaluation["test"])] if w]
+    warnings = [w for w in [collapse_warning(task, evaluation["test"])] if w] + class_warnings(task, evaluation["test"])
     return {"evaluation": evaluation, "baselines": run_baselines(task, feats), "warnings": warnings}
 
 
@@ -106,9 +106,10 @@ def result_lines(res: dict) -> list[str]:
             lines.append("  " + str(lab).ljust(width) + "".join(f"{c[k]:.4f}".rjust(11) for k in ("precision", "recall", "f1")) +
                          f"{c['support']:,}".rjust(11) + f"{c['predicted']:,}".rjust(11))
         lines.append("  confusion matrix (test; rows: true label, columns: predicted):")
-        lines.append("  " + "".ljust(width) + "".join(str(lab).rjust(9) for lab in labels))
+        col = max(9, max(len(str(lab)) for lab in labels) + 2)  # a label as wide as the column would run into the next
+        lines.append("  " + "".ljust(width) + "".join(str(lab).rjust(col) for lab in labels))
         for lab, row in zip(labels, test["confusion_matrix"]):
-            lines.append("  " + str(lab).ljust(width) + "".join(f"{n:,}".rjust(9) for n in row))
+            lines.append("  " + str(lab).ljust(width) + "".join(f"{n:,}".rjust(col) for n in row))
     else:
         lines.append(f"  {len(labels)} classes: per-class scores and the confusion matrix are in results.json")
     lines += [f"  WARNING: {w}" for w in res.get("warnings", [])]

@@ -289,8 +289,9 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
     }
     if d.rank == 0:
         atomic_write_json(out / "results.json", out_dict)
-        log.info("%s on %s: test %s %.4f (valid %.4f), training %.1f s, %.1f samples/s", model, task.name, out_dict["metric"],
-                 out_dict["score"], out_dict["valid_score"], runtime, out_dict["samples_per_s"])
+        log.info("%s on %s: test %s %.4f | macro-F1 %.4f (valid %.4f | macro-F1 %.4f), training %.1f s, %.1f samples/s", model,
+                 task.name, out_dict["metric"], out_dict["score"], out_dict["macro_f1"], out_dict["valid_score"], valid["macro_f1"],
+                 runtime, out_dict["samples_per_s"])
         for warning in found["warnings"]:
             log.warning("%s", warning)
     dist.barrier()
