@@ -90,7 +90,7 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     (model / "README.md").write_text("---\nmodel_name: tl-test-student\n---\n# something else\n")
 
     proc = subprocess.run(finetune_cmd(tmp_path / "out", str(model), "csv", f"task.data_dir={d}", "task.valid_fraction=0.2",
-                                       "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=32"),
+                                       "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=auto"),
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -115,6 +115,12 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     leak = "1 of the 20 test rows (5.0%; 1 distinct texts) also occur in training"
     assert any(w.startswith(leak) for w in res["warnings"]) and leak in proc.stderr and "WARNING: " + leak in proc.stdout
     assert "duplicate rows (Unicode NFKC, case folded, white space collapsed): train " in proc.stderr
+    # task.max_length=auto: 99% of the training tweets, within the model's 64 positions; what it cut, per split
+    trunc = res["truncation"]
+    assert trunc["setting"] == "auto" and trunc["max_length"] % 8 == 0 and 16 <= trunc["max_length"] <= 64
+    assert trunc["splits"]["train"]["truncated"] <= 1 or trunc["max_length"] == 64  # 32 training rows: 99% leaves none or one
+    assert set(trunc["splits"]) == {"train", "valid", "test"} and trunc["splits"]["test"]["examples"] == 20
+    assert f"truncation at task.max_length={trunc['max_length']} (auto: covers 99% of the training examples, at most 64)" in proc.stderr
     assert "baseline majority" in proc.stdout and "confusion matrix (test" in proc.stdout
     # the pretraining head and the new classifier are one line of ours, not transformers' key table; no op-build chatter
     assert "new (trained from scratch): bert.pooler.dense, classifier" in proc.stderr

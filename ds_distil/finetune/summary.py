@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ds_distil.data import duplicates
 from ds_distil.data.examples import Task
+from ds_distil.finetune import lengths
 from ds_distil.finetune.baselines import run_baselines
 from ds_distil.finetune.scoring import class_warnings, collapse_warning, evaluate, label_counts
 
@@ -25,8 +26,8 @@ def describe_data(task: Task) -> dict:
 
 
 def data_warnings(data: dict) -> list[str]:
-    """What describe_data found that makes scores mislead: held-out rows that also occur in training."""
-    return duplicates.warnings(data["duplicates"])
+    """What makes scores mislead before any training: held-out rows that also occur in training, text cut by max_length."""
+    return duplicates.warnings(data["duplicates"]) + (lengths.warnings(data["truncation"]) if "truncation" in data else [])
 
 
 def evaluate_run(task: Task, preds: dict[str, dict], feats: dict[str, list[dict]]) -> dict:
@@ -53,7 +54,8 @@ def data_lines(res: dict) -> list[str]:
     sample = res["data"].get("train_sample")
     if sample:
         lines.append(f"  train: a stratified sample of {sample['examples']:,} of {sample['of']:,} rows (task.max_train_examples, seed {sample['seed']})")
-    lines += duplicate_lines(res["duplicates"])
+    lines += duplicate_lines(res["duplicates"]) if "duplicates" in res else []
+    lines += lengths.lines(res["truncation"]) if "truncation" in res else []
     if len(res["labels"]) <= MAX_CONSOLE_CLASSES:
         width = max(len(str(lab)) for lab in res["labels"]) + 2
         lines.append("  " + "label".ljust(width) + "".join(s.rjust(18) for s in splits))

@@ -28,9 +28,9 @@ from ds_distil.data import duplicates, sampling
 from ds_distil.data.examples import Task
 from ds_distil.data.readers import read_options
 from ds_distil.data.tasks import default_data_dir, load_task
-from ds_distil.finetune import summary
+from ds_distil.finetune import lengths, summary
 from ds_distil.model.info import display_name, loading_summary
-from ds_distil.model.validate import check_max_length
+from ds_distil.model.validate import check_max_length, max_positions
 from ds_distil.runtime import engine as eng
 from ds_distil.runtime.metrics import Metrics
 from ds_distil.schema.finetune import FT_PRESETS, FinetuneConfig, TaskConfig
@@ -212,10 +212,14 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
     tokenizer = _tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
-    check_max_length(tc.max_length, net, f"model '{model}'")
-    feats = {s: featurise(task, s, tokenizer, tc.max_length) for s in task.splits}
+    limit = max_positions(net)
+    full = {s: lengths.token_lengths(task, s, tokenizer) for s in ("train", "valid", "test")}
+    max_length = lengths.auto_length(full["train"], limit) if tc.max_length == "auto" else tc.max_length
+    check_max_length(max_length, net, f"model '{model}'")
+    feats = {s: featurise(task, s, tokenizer, max_length) for s in task.splits}
     train = feats["train"]
     data = summary.describe_data(task)
+    data["truncation"] = lengths.report(full, max_length, tc.max_length, limit)
     data_warnings = summary.data_warnings(data)
     steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))
     num_steps = eng.total_steps(cfg.train, steps_per_epoch)

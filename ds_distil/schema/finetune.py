@@ -36,7 +36,10 @@ class TaskConfig:
                                        "author); the splits made by task.valid_fraction / task.test_fraction never split a group, "
                                        "and groups shared by the given files are counted and warned", default=None)
     seed: int = setting("seed of the held-out splits and of the training sample (not of training: that is train.seed)", default=0)
-    max_length: int = setting("tokens per example after tokenization (truncated)", default=128)
+    max_length: int | Literal["auto"] = setting(
+        "tokens per example after tokenization (longer ones are truncated: how many, per split, is in the console and results.json); "
+        "auto: the length covering 99% of the training examples (special tokens included), rounded up to a multiple of 8, "
+        "at least 16 and at most 256 or the model's position embeddings", default=128)
     max_train_examples: int | None = setting("train on a sample of N examples (stratified by label, seeded by task.seed)", default=None)
     tokenizer: str | None = setting("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
 
@@ -47,7 +50,7 @@ class TaskConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.valid_fraction is not None and self.test_fraction is not None and self.valid_fraction + self.test_fraction >= 1.0:
             raise ValueError(f"valid_fraction + test_fraction must leave rows for training, got {self.valid_fraction} + {self.test_fraction}")
-        if self.max_length < 8:
+        if self.max_length != "auto" and self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         if self.max_train_examples is not None and self.max_train_examples < 2:
             raise ValueError(f"max_train_examples must be >= 2 (or null for all), got {self.max_train_examples}")
