@@ -122,6 +122,7 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     assert set(trunc["splits"]) == {"train", "valid", "test"} and trunc["splits"]["test"]["examples"] == 20
     assert f"truncation at task.max_length={trunc['max_length']} (auto: covers 99% of the training examples, at most 64)" in proc.stderr
     assert "baseline majority" in proc.stdout and "confusion matrix (test" in proc.stdout
+    assert f"model vs baselines (accuracy): valid {res['valid_score']:.4f} (majority class " in proc.stdout
     # the pretraining head and the new classifier are one line of ours, not transformers' key table; no op-build chatter
     assert "new (trained from scratch): bert.pooler.dense, classifier" in proc.stderr
     assert "LOAD REPORT" not in proc.stderr + proc.stdout and "built successfully" not in proc.stdout

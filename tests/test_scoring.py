@@ -141,3 +141,19 @@ def test_a_class_never_predicted_is_warned_and_the_matrix_header_keeps_labels_ap
     header = lines[lines.index("  confusion matrix (test; rows: true label, columns: predicted):") + 1]
     assert header.split() == labels  # "contradictionentailment" before: 9-wide columns for 13-letter labels
     assert "  WARNING: class 'entailment' (20 of the 100 test examples) is never predicted" in "\n".join(lines)
+
+
+def test_one_line_puts_the_model_beside_the_baselines_on_valid_and_test():
+    from ds_distil.finetune.summary import comparison_line
+
+    def scores(v, t):
+        return {"valid": {"score": v}, "test": {"score": t}}
+
+    res = {"metric": "accuracy", "evaluation": {"valid": {"score": 0.8668}, "test": {"score": 0.6772}},
+           "baselines": {"majority": scores(0.5, 0.52), "bow": scores(0.88, 0.70)}}
+    assert comparison_line(res) == ("  model vs baselines (accuracy): valid 0.8668 (majority class 0.5000, bag of words 0.8800) | "
+                                    "test 0.6772 (majority class 0.5200, bag of words 0.7000): BELOW the bag of words on test")
+    res["evaluation"]["test"]["score"] = 0.5
+    assert comparison_line(res).endswith(": BELOW the majority class and the bag of words on test")
+    res["evaluation"]["test"]["score"] = 0.7
+    assert comparison_line(res).endswith(": at or above every baseline on test")

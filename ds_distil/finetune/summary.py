@@ -85,6 +85,23 @@ def duplicate_lines(dup: dict) -> list[str]:
     return lines
 
 
+BASELINE_NAMES = {"bow": "bag of words", "majority": "majority class"}
+
+
+def comparison_line(res: dict) -> str:
+    """One line: the model against every baseline on validation and test, and where it stands on test."""
+    metric, base = res["metric"], res["baselines"]
+    parts = []
+    for split in ("valid", "test"):
+        others = ", ".join(f"{BASELINE_NAMES.get(n, n)} {b[split]['score']:.4f}" for n, b in base.items())
+        parts.append(f"{split} {res['evaluation'][split]['score']:.4f} ({others})")
+    model = res["evaluation"]["test"]["score"]
+    beaten_by = [BASELINE_NAMES.get(n, n) for n, b in base.items() if b["test"]["score"] > model]
+    verdict = (f"BELOW the {' and the '.join(beaten_by)} on test" if beaten_by else
+               "at or above every baseline on test")
+    return f"  model vs baselines ({metric}): " + " | ".join(parts) + f": {verdict}"
+
+
 def result_lines(res: dict) -> list[str]:
     """Scores, baselines, per-class table, confusion matrix and warnings of a results.json dict."""
     test, valid = res["evaluation"]["test"], res["evaluation"]["valid"]
@@ -98,6 +115,8 @@ def result_lines(res: dict) -> list[str]:
     for name, b in res["baselines"].items():
         lines.append(f"  baseline {name} ({b['description']}): test {metric} {b['test']['score']:.4f} | "
                      f"macro-F1 {b['test']['macro_f1']:.4f}")
+    if res["baselines"]:
+        lines.append(comparison_line(res))
     labels = res["labels"]
     if len(labels) <= MAX_CONSOLE_CLASSES:
         width = max(max(len(str(lab)) for lab in labels) + 2, 7)
