@@ -34,6 +34,7 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
     assert FIELDS <= set(res) and res["world_size"] == 2 and res["task"] == "hatespeech" and res["metric"] == "accuracy"
     assert 0.0 <= res["score"] <= 1.0 and 0.0 <= res["valid_score"] <= 1.0 and res["train_runtime_s"] > 0
     assert res["steps"] == 6 and res["config"]["train"]["micro_batch_size"] == 8
+    assert res["recipe"]["name"] == "blank" and res["config"]["train"]["lr"] == 5e-4  # a preset: the blank recipe, no flag
     assert (tmp_path / "micro" / "finetune_config.yaml").exists() and list((tmp_path / "micro" / "tensorboard").glob("events.*"))
 
     # the table: rows per model, score and runtime per task, speedup against a chosen baseline row
@@ -95,6 +96,10 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert FIELDS <= set(res) and res["config"]["train"]["lr"] == 5e-5
+    # a pretrained directory: the pretrained recipe beneath, the user's train.lr kept
+    assert res["recipe"]["name"] == "pretrained" and res["recipe"]["yours"]["train.lr"] == 5e-5
+    line = next(x for x in proc.stderr.splitlines() if "recipe: pretrained (" in x)
+    assert "is a pretrained encoder: train.epochs=3" in line and "train.lr=5e-05" in line.split("yours kept: ")[1]
     assert res["model_name"] == "tl-test-student" and res["dataset"] == "my-tweets"
     assert res["label_map"] == {"bad": 0, "ok": 1}
     train_file = res["data"]["files"]["train"]

@@ -90,10 +90,12 @@ def warnings(rep: dict) -> list[str]:
         o = rep["across"][name]
         n = rep["splits"][held]["rows"]
         if o["rows"]:
-            fix = "task.dedup=drop removes them from training" if other == "train" else "a model chosen on validation has seen them"
+            why = (f"the {NAMES[held]} score rewards memorising them and overstates what the model does on new text; "
+                   "task.dedup=drop removes them from training" if other == "train" else
+                   "the validation score is no independent estimate of the test score, and what is chosen on validation "
+                   "(the bag of words' model) was chosen on them")
             out.append(f"{o['rows']:,} of the {n:,} {NAMES[held]} rows ({o['share']:.1%}; {o['distinct']:,} distinct texts) also occur in "
-                       f"{NAMES[other]} ({NORMALISATION}): the {NAMES[held]} score rewards memorising them and overstates what the "
-                       f"model does on new text; {fix}")
+                       f"{NAMES[other]} ({NORMALISATION}): {why}")
         g = rep.get("groups_across", {}).get(name)
         if g and g["rows"]:
             out.append(f"{g['rows']:,} of the {n:,} {NAMES[held]} rows ({g['share']:.1%}) belong to {g['distinct']:,} groups "

@@ -181,7 +181,8 @@ def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist
     return {k: v for part in gathered for k, v in part.items()}
 
 
-def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig, overwrite: bool = False) -> dict:
+def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig, overwrite: bool = False,
+                 recipe: dict | None = None) -> dict:
     """Finetune into --out, claimed first (ds_distil.core.rundir): the results appear there whole or not at all."""
     from ds_distil.core import rundir
 
@@ -189,7 +190,7 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     inputs = [p for p in (model, cfg.task.data_dir or default_data_dir(), cfg.task.tokenizer) if p and Path(p).exists()]
     rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "finetune", overwrite=overwrite, inputs=inputs))
     try:
-        result = _finetune(model, task_name, rd.path, cfg)
+        result = _finetune(model, task_name, rd.path, cfg, recipe or {"name": "none", "choice": "given config"})
         rundir.commit_on_rank0(rd, d.rank)
         return result
     except BaseException:
@@ -201,7 +202,18 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
             rd.release()
 
 
-def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dict:
+def recipe_line(recipe: dict) -> str:
+    """What the recipe beneath the user's settings set, and which of its keys the user's own settings replaced."""
+    if recipe["name"] == "none":
+        missing = f" ({recipe['missing']} not found)" if "missing" in recipe else ""
+        return f"recipe: none{missing}: the defaults of `ds-distil finetune --help` beneath your settings"
+    applied = " ".join(f"{k}={v}" for k, v in recipe["applied"].items()) or "nothing"
+    yours = "; yours kept: " + " ".join(f"{k}={v}" for k, v in recipe["yours"].items()) if recipe["yours"] else ""
+    return (f"recipe: {recipe['name']} ({recipe['file']}), because {recipe['why']}: {applied}{yours} "
+            "(recipe=blank|pretrained|none chooses another)")
+
+
+def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe: dict) -> dict:
     out = Path(out)
     tc = cfg.task
     task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, read_options(tc), tc.dataset_name)  # bad data fails before set-up
@@ -233,6 +245,7 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
         log.info("finetune %s on %s (%s, %d labels): %s train / %s valid / %s test examples; %d rank(s), %s, %s; %d steps",
                  model, task.name, task.kind, len(task.labels), f"{len(train):,}", f"{len(feats['valid']):,}",
                  f"{len(feats['test']):,}", d.world_size, d.device, eng.precision(ds_config), num_steps)
+        log.info("%s", recipe_line(recipe))
         for line in summary.data_lines({"task": task.name, **data}):
             log.info("%s", line)
         for warning in data_warnings:
@@ -288,7 +301,7 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
         "metric": "f1" if task.metric == "f1" else "accuracy", "score": test.get("score"), "valid_score": valid.get("score"),
         "macro_f1": test.get("macro_f1"), **data, **found, "train_runtime_s": runtime,
         "samples_per_s": total_samples.item() / runtime, "train_examples": len(train), "steps": num_steps,
-        "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed,
+        "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed, "recipe": recipe,
         "versions": versions(), "config": to_dict(cfg),
     }
     if d.rank == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 from ds_distil.core.config import setting
@@ -10,6 +11,12 @@ from ds_distil.schema.distill import DeepSpeedConfig, TrainConfig
 
 TASK_NAMES = ("hatespeech", "ner", "pos", "nli", "csv")  # data/tasks.py reads them
 FT_PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta", "tiny", "micro")
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "finetune"  # blank.yaml, pretrained.yaml: the recipes' one source
+
+
+def random_weights(model: str) -> bool:
+    """Whether `--model` starts from random weights: an architecture preset or a config.json file."""
+    return model in FT_PRESETS or (model.endswith(".json") and Path(model).is_file())
 
 
 @dataclasses.dataclass
@@ -65,6 +72,10 @@ def _ft_train_defaults() -> TrainConfig:
 class FinetuneConfig:
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     train: TrainConfig = dataclasses.field(default_factory=_ft_train_defaults)
+    recipe: Literal["auto", "blank", "pretrained", "none"] = setting(
+        "the settings beneath yours: auto: configs/finetune/blank.yaml for random weights (presets, a config.json), "
+        "configs/finetune/pretrained.yaml for pretrained encoders (directories, hub names); blank | pretrained: that file; "
+        "none: only the defaults shown here. Your --config files and key=value settings always win, key by key", default="auto")
     model_name: str | None = setting("name of the model in results.json and the report (default: from its card or config)", default=None)
     eval_batch_size: int = setting("examples per rank per evaluation batch", default=64)
     log_every_steps: int = setting("log training loss every N steps", default=20)
