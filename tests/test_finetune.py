@@ -27,9 +27,12 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
     common = ["train.max_steps=6", "train.micro_batch_size=8", "task.max_length=48", "eval_batch_size=128",
               f"task.data_dir={data_dir / 'hatespeech'}", f"task.tokenizer={data_dir / 'mbert_tokenizer'}"]
     for model, ranks in (("micro", 2), ("tiny", 1)):
-        proc = subprocess.run(finetune_cmd(tmp_path / model, model, "hatespeech", *common, ranks=ranks), capture_output=True,
+        extra = ["eval_every_steps=3"] if ranks == 2 else []  # a mid-training evaluation gathers every rank's predictions
+        proc = subprocess.run(finetune_cmd(tmp_path / model, model, "hatespeech", *common, *extra, ranks=ranks), capture_output=True,
                               text=True, env=ENV, cwd=ROOT, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        if ranks == 2:
+            assert "step 3/6: valid accuracy " in proc.stderr
     res = json.loads((tmp_path / "micro" / "results.json").read_text())
     assert FIELDS <= set(res) and res["world_size"] == 2 and res["task"] == "hatespeech" and res["metric"] == "accuracy"
     assert 0.0 <= res["score"] <= 1.0 and 0.0 <= res["valid_score"] <= 1.0 and res["train_runtime_s"] > 0
@@ -91,11 +94,28 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     (model / "README.md").write_text("---\nmodel_name: tl-test-student\n---\n# something else\n")
 
     proc = subprocess.run(finetune_cmd(tmp_path / "out", str(model), "csv", f"task.data_dir={d}", "task.valid_fraction=0.2",
-                                       "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=auto"),
+                                       "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=auto",
+                                       "eval_every_steps=2"),
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert FIELDS <= set(res) and res["config"]["train"]["lr"] == 5e-5
+    # TensorBoard: the validation curve (step 2 and the end), test scores at the end, the hyper-parameters beside them
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("valid/score")] == [2, 3] and [e.step for e in events.Scalars("valid/macro_f1")] == [2, 3]
+    assert events.Scalars("valid/score")[-1].value == pytest.approx(res["valid_score"])
+    assert [(e.step, e.value) for e in events.Scalars("test/score")] == [(3, pytest.approx(res["score"]))]
+    assert events.Scalars("test/macro_f1")[0].value == pytest.approx(res["macro_f1"])
+    assert events.Scalars("hparam/test_score")[0].value == pytest.approx(res["score"])
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    start = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info for c in content.values()
+                 if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+    assert start.hparams["lr"].number_value == 5e-5 and start.hparams["recipe"].string_value == "pretrained"
+    assert "step 2/3: valid accuracy " in proc.stderr
     # a pretrained directory: the pretrained recipe beneath, the user's train.lr kept
     assert res["recipe"]["name"] == "pretrained" and res["recipe"]["yours"]["train.lr"] == 5e-5
     line = next(x for x in proc.stderr.splitlines() if "recipe: pretrained (" in x)

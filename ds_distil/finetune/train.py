@@ -29,6 +29,7 @@ from ds_distil.data.examples import Task
 from ds_distil.data.readers import read_options
 from ds_distil.data.tasks import default_data_dir, load_task
 from ds_distil.finetune import lengths, summary
+from ds_distil.finetune.scoring import evaluate
 from ds_distil.model.info import display_name, loading_summary
 from ds_distil.model.validate import check_max_length, max_positions
 from ds_distil.runtime import engine as eng
@@ -181,6 +182,21 @@ def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist
     return {k: v for part in gathered for k, v in part.items()}
 
 
+def split_scalars(split: str, ev: dict) -> dict[str, float]:
+    """TensorBoard tags of one split's evaluation: SPLIT/score (the task metric), SPLIT/accuracy, SPLIT/macro_f1."""
+    return {f"{split}/{k}": ev[k] for k in ("score", "accuracy", "macro_f1")}
+
+
+def hyperparameters(model: str, task: Task, cfg: FinetuneConfig, res: dict) -> dict:
+    """What TensorBoard's HParams tab shows beside the scores: the settings that change them."""
+    tr = cfg.train
+    return {"model": model, "task": task.name, "dataset": task.dataset, "recipe": res["recipe"]["name"], "lr": tr.lr,
+            "epochs": tr.epochs, "max_steps": tr.max_steps, "steps": res["steps"], "micro_batch_size": tr.micro_batch_size,
+            "world_size": res["world_size"], "warmup_ratio": tr.warmup_ratio, "weight_decay": tr.weight_decay,
+            "max_length": res["truncation"]["max_length"], "seed": tr.seed, "task_seed": cfg.task.seed,
+            "train_examples": res["train_examples"], "precision": res["precision"]}
+
+
 def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig, overwrite: bool = False,
                  recipe: dict | None = None) -> dict:
     """Finetune into --out, claimed first (ds_distil.core.rundir): the results appear there whole or not at all."""
@@ -258,6 +274,19 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe
     metrics = Metrics(out, d.rank == 0, True, num_steps, 0, desc="finetune", log_every_s=60.0)
     step, micro, samples, epoch = 0, 0, 0, 0
     loss_sum = torch.zeros((), device=d.device)
+    eval_s = 0.0  # time spent on eval_every_steps' evaluations: not training time
+
+    def validate(at: int) -> None:
+        """Score the validation split mid-training (eval_every_steps): console, TensorBoard valid/*, metrics.jsonl."""
+        nonlocal eval_s
+        t = time.perf_counter()
+        preds = predict(engine, feats["valid"], cfg.eval_batch_size, tokenizer.pad_token_id, d, "evaluate valid")
+        if d.rank == 0:
+            ev = evaluate(task, preds, feats["valid"])
+            metrics.scalars(at, split_scalars("valid", ev))
+            log.info("step %d/%d: valid %s %.4f | macro-F1 %.4f", at, num_steps, task.metric, ev["score"], ev["macro_f1"])
+        eval_s += time.perf_counter() - t
+
     t0 = time.perf_counter()
     while step < num_steps:
         sampler.set_epoch(epoch)
@@ -280,13 +309,14 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe
                     metrics.step(0, loss=f"{mean:.4f}")  # the bar shows the last logged loss: no device sync per step
                     loss_sum.zero_()
                     micro = 0
+                if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and step < num_steps:
+                    validate(step)
                 if step == num_steps:
                     break
         epoch += 1
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
-    runtime = time.perf_counter() - t0
-    metrics.close()
+    runtime = time.perf_counter() - t0 - eval_s
     total_samples = torch.tensor([float(samples)], device=d.device)
     dist.all_reduce(total_samples)
 
@@ -304,6 +334,12 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe
         "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed, "recipe": recipe,
         "versions": versions(), "config": to_dict(cfg),
     }
+    if d.rank == 0:
+        # TensorBoard: the final validation point of the curve, the test scores, and the run's hyper-parameters with them
+        metrics.scalars(num_steps, {**split_scalars("valid", valid), **split_scalars("test", test)})
+        metrics.hparams(num_steps, hyperparameters(model, task, cfg, out_dict), {
+            "hparam/valid_score": valid["score"], "hparam/test_score": test["score"], "hparam/test_macro_f1": test["macro_f1"]})
+    metrics.close()
     if d.rank == 0:
         atomic_write_json(out / "results.json", out_dict)
         log.info("%s on %s: test %s %.4f | macro-F1 %.4f (valid %.4f | macro-F1 %.4f), training %.1f s, %.1f samples/s", model,

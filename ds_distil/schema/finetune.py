@@ -79,8 +79,10 @@ class FinetuneConfig:
     model_name: str | None = setting("name of the model in results.json and the report (default: from its card or config)", default=None)
     eval_batch_size: int = setting("examples per rank per evaluation batch", default=64)
     log_every_steps: int = setting("log training loss every N steps", default=20)
+    eval_every_steps: int | None = setting("also score the validation split every N steps (console, TensorBoard valid/*, metrics.jsonl): "
+                                           "a validation curve; null: once, at the end", default=None)
     deepspeed: DeepSpeedConfig = dataclasses.field(default_factory=lambda: DeepSpeedConfig(config="auto"))
 
     def __post_init__(self) -> None:
-        if self.eval_batch_size < 1 or self.log_every_steps < 1:
-            raise ValueError("eval_batch_size and log_every_steps must be >= 1")
+        if self.eval_batch_size < 1 or self.log_every_steps < 1 or (self.eval_every_steps is not None and self.eval_every_steps < 1):
+            raise ValueError("eval_batch_size, log_every_steps and eval_every_steps must be >= 1")
