@@ -11,7 +11,8 @@ from conftest import ROOT, free_port, run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
 FIELDS = {"model", "model_name", "task", "dataset", "metric", "score", "valid_score", "macro_f1", "train_runtime_s", "samples_per_s",
-          "device", "seed", "config", "labels", "label_map", "splits", "data", "evaluation", "baselines", "warnings"}
+          "device", "seed", "config", "labels", "label_map", "splits", "data", "evaluation", "baselines", "warnings",
+          "duplicates", "truncation", "recipe", "one_class"}
 pytestmark = pytest.mark.slow
 
 

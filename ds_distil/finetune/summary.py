@@ -31,10 +31,11 @@ def data_warnings(data: dict) -> list[str]:
 
 
 def evaluate_run(task: Task, preds: dict[str, dict], feats: dict[str, list[dict]]) -> dict:
-    """{evaluation: {valid, test}, baselines, warnings} from the model's predictions of valid and test."""
+    """{evaluation: {valid, test}, baselines, warnings, one_class} from the model's predictions of valid and test."""
     evaluation = {split: evaluate(task, preds[split], feats[split]) for split in ("valid", "test")}
-    warnings = [w for w in [collapse_warning(task, evaluation["test"])] if w] + class_warnings(task, evaluation["test"])
-    return {"evaluation": evaluation, "baselines": run_baselines(task, feats), "warnings": warnings}
+    collapse = collapse_warning(task, evaluation["test"])
+    warnings = [w for w in [collapse] if w] + class_warnings(task, evaluation["test"])
+    return {"evaluation": evaluation, "baselines": run_baselines(task, feats), "warnings": warnings, "one_class": collapse is not None}
 
 
 def _pct(n: int, total: int) -> str:
