@@ -137,3 +137,14 @@ def test_fractions_must_leave_training_rows():
     with pytest.raises(ConfigError, match="valid_fraction \\+ test_fraction must leave rows for training"):
         load(FinetuneConfig, [], ["task.valid_fraction=0.5", "task.test_fraction=0.5"])
     assert load(FinetuneConfig, [], ["task.test_fraction=0.2", "task.group_column=doc"]).task.test_fraction == 0.2
+
+
+def test_a_held_out_split_that_no_whole_group_fits_is_refused_in_one_line(tmp_path):
+    from ds_distil.core.errors import UserError
+
+    d = tmp_path / "few"
+    _write(d, "train.csv", [("same a", "x")] * 10 + [("same b", "y")] * 10 + [("other", "x")] * 3 + [("more", "y")] * 3)
+    _write(d, "test.csv", [("t", "x"), ("u", "y")])
+    with pytest.raises(UserError, match=r"train.csv: task.valid_fraction=0.05 held out no rows: .* raise task.valid_fraction"):
+        load_task("csv", str(d), read=ReadOptions(valid_fraction=0.05))
+    assert len(load_task("csv", str(d), read=ReadOptions(valid_fraction=0.3)).splits["valid"]) == 6  # 4 rows a class: 3 copies fit

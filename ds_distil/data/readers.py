@@ -335,6 +335,10 @@ def read_classification(name: str, directory: Path, opts: ReadOptions, metric: s
         share = fraction if len(rows) == total else min(fraction * total / len(rows), 0.99)
         kept, held = sampling.split_off(rows, [e.label for e in rows], share, opts.seed,
                                         keys=[(text_key(e), e.group) for e in rows])
+        if not held:
+            raise UserError(f"{files['train']}: {setting}={fraction} held out no rows: the groups that must stay together (copies "
+                            f"of a text{', rows of one ' + opts.group_column if opts.group_column else ''}) are all larger than "
+                            f"their class's share of {fraction:.0%}; raise {setting} or give a {split} file")
         splits["train"], splits[split] = kept, held
         provenance[f"{split}_from_train"] = {"fraction": fraction, "seed": opts.seed, "examples": len(held), "grouped_by": grouped_by}
         log.info("no %s file: held out %d of %d training rows (%s=%s, stratified, every copy of a text%s on one side, seed %d)",

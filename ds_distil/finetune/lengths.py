@@ -15,10 +15,8 @@ from __future__ import annotations
 import math
 
 from ds_distil.data.examples import Task
+from ds_distil.schema.finetune import AUTO_CAP, AUTO_MIN, AUTO_PERCENTILE
 
-AUTO_PERCENTILE = 99.0
-AUTO_CAP = 256
-MIN_AUTO = 16
 WARN_SHARE = 0.05  # more than this share of a split's examples truncated: warn
 
 
@@ -51,7 +49,7 @@ def truncation(lengths: list[int], max_length: int) -> dict:
 def auto_length(train_lengths: list[int], model_limit: int) -> int:
     """`task.max_length: auto` (see the module's docstring)."""
     covering = percentile(train_lengths, AUTO_PERCENTILE)
-    return max(MIN_AUTO, min(8 * math.ceil(covering / 8), AUTO_CAP, model_limit))
+    return max(AUTO_MIN, min(8 * math.ceil(covering / 8), AUTO_CAP, model_limit))
 
 
 def report(lengths: dict[str, list[int]], max_length: int, setting: int | str, model_limit: int) -> dict:

@@ -11,6 +11,7 @@ from ds_distil.schema.distill import DeepSpeedConfig, TrainConfig
 
 TASK_NAMES = ("hatespeech", "ner", "pos", "nli", "csv")  # data/tasks.py reads them
 FT_PRESETS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta", "tiny", "micro")
+AUTO_PERCENTILE, AUTO_MIN, AUTO_CAP = 99.0, 16, 256  # task.max_length=auto: the training examples it covers, its bounds (finetune/lengths.py)
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "finetune"  # blank.yaml, pretrained.yaml: the recipes' one source
 
 
@@ -45,8 +46,8 @@ class TaskConfig:
     seed: int = setting("seed of the held-out splits and of the training sample (not of training: that is train.seed)", default=0)
     max_length: int | Literal["auto"] = setting(
         "tokens per example after tokenization (longer ones are truncated: how many, per split, is in the console and results.json); "
-        "auto: the length covering 99% of the training examples (special tokens included), rounded up to a multiple of 8, "
-        "at least 16 and at most 256 or the model's position embeddings", default=128)
+        f"auto: the length covering {AUTO_PERCENTILE:g}% of the training examples (special tokens included), rounded up to a "
+        f"multiple of 8, at least {AUTO_MIN} and at most {AUTO_CAP} or the model's position embeddings", default=128)
     max_train_examples: int | None = setting("train on a sample of N examples (stratified by label, seeded by task.seed)", default=None)
     tokenizer: str | None = setting("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
 
