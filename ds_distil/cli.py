@@ -148,9 +148,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ds_distil.finetune.train import run_finetune
     from ds_distil.runtime.engine import close_distributed
 
-    cfg = commands.stage_config(args)
+    cfg, recipe = commands.finetune_config(args)
     exit_on_stop_signal("finetune")
-    res = run_finetune(args.model, args.task, args.out, cfg, overwrite=args.overwrite)
+    res = run_finetune(args.model, args.task, args.out, cfg, overwrite=args.overwrite, recipe=recipe)
     ignore_stop_signals()  # results.json is written: a late signal must not turn this run into a "stopped" one
     close_distributed()
     if res["score"] is not None:

@@ -11,7 +11,8 @@ from conftest import ROOT, free_port, run_cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
 FIELDS = {"model", "model_name", "task", "dataset", "metric", "score", "valid_score", "macro_f1", "train_runtime_s", "samples_per_s",
-          "device", "seed", "config", "labels", "label_map", "splits", "data", "evaluation", "baselines", "warnings"}
+          "device", "seed", "config", "labels", "label_map", "splits", "data", "evaluation", "baselines", "warnings",
+          "duplicates", "truncation", "recipe", "one_class"}
 pytestmark = pytest.mark.slow
 
 
@@ -27,13 +28,17 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
     common = ["train.max_steps=6", "train.micro_batch_size=8", "task.max_length=48", "eval_batch_size=128",
               f"task.data_dir={data_dir / 'hatespeech'}", f"task.tokenizer={data_dir / 'mbert_tokenizer'}"]
     for model, ranks in (("micro", 2), ("tiny", 1)):
-        proc = subprocess.run(finetune_cmd(tmp_path / model, model, "hatespeech", *common, ranks=ranks), capture_output=True,
+        extra = ["eval_every_steps=3"] if ranks == 2 else []  # a mid-training evaluation gathers every rank's predictions
+        proc = subprocess.run(finetune_cmd(tmp_path / model, model, "hatespeech", *common, *extra, ranks=ranks), capture_output=True,
                               text=True, env=ENV, cwd=ROOT, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        if ranks == 2:
+            assert "step 3/6: valid accuracy " in proc.stderr
     res = json.loads((tmp_path / "micro" / "results.json").read_text())
     assert FIELDS <= set(res) and res["world_size"] == 2 and res["task"] == "hatespeech" and res["metric"] == "accuracy"
     assert 0.0 <= res["score"] <= 1.0 and 0.0 <= res["valid_score"] <= 1.0 and res["train_runtime_s"] > 0
     assert res["steps"] == 6 and res["config"]["train"]["micro_batch_size"] == 8
+    assert res["recipe"]["name"] == "blank" and res["config"]["train"]["lr"] == 5e-4  # a preset: the blank recipe, no flag
     assert (tmp_path / "micro" / "finetune_config.yaml").exists() and list((tmp_path / "micro" / "tensorboard").glob("events.*"))
 
     # the table: rows per model, score and runtime per task, speedup against a chosen baseline row
@@ -74,7 +79,7 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
         texts = [r["text"] for r in csv.DictReader(f)][:60]
     d = tmp_path / "my-tweets"
     d.mkdir()
-    for split, rows in (("train", texts[:40]), ("test", texts[40:])):
+    for split, rows in (("train", texts[:40]), ("test", texts[40:59] + [texts[0].upper()])):  # one test tweet is a training one
         with open(d / f"{split}.csv", "w", encoding="utf-8-sig", newline="") as f:
             w = csv.writer(f)
             w.writerow(["text", "label"])
@@ -90,11 +95,32 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     (model / "README.md").write_text("---\nmodel_name: tl-test-student\n---\n# something else\n")
 
     proc = subprocess.run(finetune_cmd(tmp_path / "out", str(model), "csv", f"task.data_dir={d}", "task.valid_fraction=0.2",
-                                       "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=32"),
+                                       "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=auto",
+                                       "eval_every_steps=2"),
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert FIELDS <= set(res) and res["config"]["train"]["lr"] == 5e-5
+    # TensorBoard: the validation curve (step 2 and the end), test scores at the end, the hyper-parameters beside them
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("valid/score")] == [2, 3] and [e.step for e in events.Scalars("valid/macro_f1")] == [2, 3]
+    assert events.Scalars("valid/score")[-1].value == pytest.approx(res["valid_score"])
+    assert [(e.step, e.value) for e in events.Scalars("test/score")] == [(3, pytest.approx(res["score"]))]
+    assert events.Scalars("test/macro_f1")[0].value == pytest.approx(res["macro_f1"])
+    assert events.Scalars("hparam/test_score")[0].value == pytest.approx(res["score"])
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    start = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info for c in content.values()
+                 if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+    assert start.hparams["lr"].number_value == 5e-5 and start.hparams["recipe"].string_value == "pretrained"
+    assert "step 2/3: valid accuracy " in proc.stderr
+    # a pretrained directory: the pretrained recipe beneath, the user's train.lr kept
+    assert res["recipe"]["name"] == "pretrained" and res["recipe"]["yours"]["train.lr"] == 5e-5
+    line = next(x for x in proc.stderr.splitlines() if "recipe: pretrained (" in x)
+    assert "is a pretrained encoder: train.epochs=3" in line and "train.lr=5e-05" in line.split("yours kept: ")[1]
     assert res["model_name"] == "tl-test-student" and res["dataset"] == "my-tweets"
     assert res["label_map"] == {"bad": 0, "ok": 1}
     train_file = res["data"]["files"]["train"]
@@ -108,8 +134,21 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     assert test["accuracy"] == res["score"]
     assert res["baselines"]["majority"]["label"] == "ok" and res["baselines"]["majority"]["test"]["accuracy"] == 0.8
     collapsed = max(test["predicted_counts"].values()) / 20 > 0.95
-    assert bool(res["warnings"]) == collapsed and ("WARNING: the model predicts" in proc.stdout) == collapsed
+    assert any("the model predicts" in w for w in res["warnings"]) == collapsed and ("WARNING: the model predicts" in proc.stdout) == collapsed
+    # the leaked test tweet: counted, warned before training (log) and after it (console, results.json)
+    assert res["duplicates"]["across"]["test_in_train"] == {"rows": 1, "share": 0.05, "distinct": 1}
+    assert res["duplicates"]["across"]["valid_in_train"]["rows"] == 0  # the held-out split keeps copies together
+    leak = "1 of the 20 test rows (5.0%; 1 distinct texts) also occur in training"
+    assert any(w.startswith(leak) for w in res["warnings"]) and leak in proc.stderr and "WARNING: " + leak in proc.stdout
+    assert "duplicate rows (Unicode NFKC, case folded, white space collapsed): train " in proc.stderr
+    # task.max_length=auto: 99% of the training tweets, within the model's 64 positions; what it cut, per split
+    trunc = res["truncation"]
+    assert trunc["setting"] == "auto" and trunc["max_length"] % 8 == 0 and 16 <= trunc["max_length"] <= 64
+    assert trunc["splits"]["train"]["truncated"] <= 1 or trunc["max_length"] == 64  # 32 training rows: 99% leaves none or one
+    assert set(trunc["splits"]) == {"train", "valid", "test"} and trunc["splits"]["test"]["examples"] == 20
+    assert f"truncation at task.max_length={trunc['max_length']} (auto: covers 99% of the training examples, at most 64)" in proc.stderr
     assert "baseline majority" in proc.stdout and "confusion matrix (test" in proc.stdout
+    assert f"model vs baselines (accuracy): valid {res['valid_score']:.4f} (majority class " in proc.stdout
     # the pretraining head and the new classifier are one line of ours, not transformers' key table; no op-build chatter
     assert "new (trained from scratch): bert.pooler.dense, classifier" in proc.stderr
     assert "LOAD REPORT" not in proc.stderr + proc.stdout and "built successfully" not in proc.stdout

@@ -11,14 +11,14 @@ from conftest import run_cli
 from ds_distil.reporting.report import build_table, collect, render_markdown
 
 
-def fake_result(path, model_name, dataset, seed, score, runtime, test_sha="a" * 64, majority=0.8, warnings=()):
+def fake_result(path, model_name, dataset, seed, score, runtime, test_sha="a" * 64, majority=0.8, warnings=(), **extra):
     path.mkdir(parents=True)
     res = {
         "model": f"/somewhere/runs/{model_name}/student", "model_name": model_name, "task": "csv", "dataset": dataset,
         "metric": "accuracy", "score": score, "valid_score": score, "macro_f1": score / 2, "train_runtime_s": runtime, "seed": seed,
         "data": {"files": {"test": {"sha256": test_sha}}}, "splits": {"test": {"examples": 100}},
         "baselines": {"majority": {"label": "no", "description": "always 'no'", "test": {"score": majority, "macro_f1": majority / 2}}},
-        "warnings": list(warnings),
+        "warnings": list(warnings), **extra,
     }
     (path / "results.json").write_text(json.dumps(res))
 
@@ -61,4 +61,9 @@ def test_one_class_runs_are_flagged_in_the_report(tmp_path):
     proc = run_cli("report", "--runs", str(tmp_path), "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     assert "| m ⚠ one class in 1/2 runs |" in proc.stdout
+    # newer results say one_class themselves: a leak or truncation warning is not a one-class run
+    fake_result(tmp_path / "c", "n", "d", 1, 0.8, 1.0, warnings=["3 of the 20 test rows (15.0%) also occur in training"], one_class=False)
+    fake_result(tmp_path / "e", "n", "d", 2, 0.8, 1.0, warnings=["the model predicts 'no' ...", "class 'yes' ..."], one_class=True)
+    rows = {r["model"]: r for r in build_table(collect([tmp_path]))["groups"][0]["rows"]}
+    assert rows["n"]["one_class_runs"] == 1 and rows["m"]["one_class_runs"] == 1
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000

@@ -109,3 +109,51 @@ def test_model_names_come_from_card_config_or_export_not_the_path(tmp_path):
     (d / "README.md").write_text("---\nlicense: mit\nmodel-index:\n- name: dBERT Tiny (Tagalog)\n---\n# Card\n")
     assert display_name(str(d)) == "dBERT Tiny (Tagalog)"
     assert display_name(str(d), override="mine") == "mine" and display_name("micro") == "micro"
+
+
+def test_a_class_never_predicted_is_warned_and_the_matrix_header_keeps_labels_apart():
+    from ds_distil.finetune.scoring import class_warnings
+    from ds_distil.finetune.summary import result_lines
+
+    labels = ["contradiction", "entailment", "neutral"]
+    gold = ["contradiction"] * 40 + ["entailment"] * 20 + ["neutral"] * 40
+    # entailment never predicted; half the predictions each for the other two: nothing near a collapse
+    pred = ["contradiction"] * 40 + ["contradiction"] * 10 + ["neutral"] * 10 + ["neutral"] * 40
+    ex = [Example(f"p{i}", lab, f"h{i}") for i, lab in enumerate(gold)]
+    task = Task("nli", "pair", "accuracy", {"train": ex, "valid": ex, "test": ex})
+    feats = [{"index": i, "labels": labels.index(lab)} for i, lab in enumerate(gold)]
+    ev = evaluate(task, {i: labels.index(p) for i, p in enumerate(pred)}, feats)
+    assert collapse_warning(task, ev) is None  # 50% on each of two classes: the one-class check says nothing
+    warned = class_warnings(task, ev)
+    assert len(warned) == 1
+    assert warned[0].startswith("class 'entailment' (20 of the 100 test examples) is never predicted: recall 0.0000")
+    # under the stated share (10% of its support) is warned too: 'hate' predicted once for 20
+    gold2 = ["ok"] * 80 + ["hate"] * 20
+    rare = class_warnings(seq_task(gold2), evaluate(seq_task(gold2), {i: int(i != 99) for i in range(100)}, feats_of(gold2)))
+    assert rare == [w for w in rare if w.startswith("class 'hate' (20 of the 100 test examples) is predicted only 1 times (5.0% of its support)")] != []
+    assert class_warnings(seq_task(gold2), evaluate(seq_task(gold2), {i: int(i < 78 or i > 81) for i in range(100)}, feats_of(gold2))) == []
+    assert class_warnings(task, evaluate(task, {i: labels.index(g) for i, g in enumerate(gold)}, feats)) == []  # a perfect model: none
+
+    res = {"model_name": "m", "task": "nli", "dataset": "d", "seed": 1, "metric": "accuracy", "labels": labels,
+           "evaluation": {"test": ev, "valid": ev}, "baselines": {}, "warnings": warned}
+    lines = result_lines(res)
+    assert lines[1] == f"  test  accuracy {ev['accuracy']:.4f} | macro-F1 {ev['macro_f1']:.4f}"
+    header = lines[lines.index("  confusion matrix (test; rows: true label, columns: predicted):") + 1]
+    assert header.split() == labels  # "contradictionentailment" before: 9-wide columns for 13-letter labels
+    assert "  WARNING: class 'entailment' (20 of the 100 test examples) is never predicted" in "\n".join(lines)
+
+
+def test_one_line_puts_the_model_beside_the_baselines_on_valid_and_test():
+    from ds_distil.finetune.summary import comparison_line
+
+    def scores(v, t):
+        return {"valid": {"score": v}, "test": {"score": t}}
+
+    res = {"metric": "accuracy", "evaluation": {"valid": {"score": 0.8668}, "test": {"score": 0.6772}},
+           "baselines": {"majority": scores(0.5, 0.52), "bow": scores(0.88, 0.70)}}
+    assert comparison_line(res) == ("  model vs baselines (accuracy): valid 0.8668 (majority class 0.5000, bag of words 0.8800) | "
+                                    "test 0.6772 (majority class 0.5200, bag of words 0.7000): BELOW the bag of words on test")
+    res["evaluation"]["test"]["score"] = 0.5
+    assert comparison_line(res).endswith(": BELOW the majority class and the bag of words on test")
+    res["evaluation"]["test"]["score"] = 0.7
+    assert comparison_line(res).endswith(": at or above every baseline on test")

@@ -15,6 +15,7 @@ class Example:
     text: str | list[str]  # a sentence, or tokens for token classification
     label: str | list[str]  # a class, or one tag per token
     text_pair: str | None = None
+    group: str | None = None  # task.group_column's value: rows of one group are never split across held-out splits
 
 
 @dataclass

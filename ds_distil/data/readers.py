@@ -7,7 +7,8 @@ A task directory holds one file per split:
 `.csv` is comma-separated and `.tsv` tab-separated, both with a header line and Excel/pandas
 quoting; `.jsonl` has one JSON object per line; `.json` is a JSON array of objects (or JSON Lines,
 which `datasets.Dataset.to_json` writes under that name). Without a validation file,
-`task.valid_fraction` holds a stratified, seeded share of train out.
+`task.valid_fraction` holds a stratified, seeded share of train out, every copy of a text on one side
+(ds_distil.data.sampling, ds_distil.data.duplicates).
 
 Every row is checked: a missing or empty label, a row with the wrong number of fields, an empty
 text, a label in valid/test that training never saw; the first such row stops the run with
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from ds_distil.core.errors import UserError
 from ds_distil.data import sampling
+from ds_distil.data.duplicates import text_key
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ class ReadOptions:
     encoding: str = "auto"
     skip_bad_rows: bool = False
     valid_fraction: float | None = None
-    seed: int = 0  # of the valid_fraction split
+    seed: int = 0  # of the valid_fraction and test_fraction splits
+    test_fraction: float | None = None
+    group_column: str | None = None
 
 
 class BadRow(Exception):
@@ -67,7 +71,7 @@ class BadRow(Exception):
 # ------------------------------------------------------------------------------------ files
 
 
-def find_split_files(directory: Path, valid_fraction: float | None) -> dict[str, Path]:
+def find_split_files(directory: Path, valid_fraction: float | None, test_fraction: float | None = None) -> dict[str, Path]:
     """The file of each split; refuses ambiguity (dev.csv and valid.csv) and names what it looked for."""
     if not directory.is_dir():
         raise UserError(f"data directory {directory} does not exist; set task.data_dir=DIR to a directory with train, valid and test files")
@@ -83,9 +87,13 @@ def find_split_files(directory: Path, valid_fraction: float | None) -> dict[str,
     if any(p.endswith((".xlsx", ".xls", ".ods")) for p in others):
         seen += " (save spreadsheets as 'CSV UTF-8')"
     exts = "{" + ",".join(e[1:] for e in FORMATS) + "}"
-    for split in ("train", "test"):
-        if split not in found:
-            raise UserError(f"no {split} file in {directory}: looked for {split}.{exts}{seen}")
+    if "train" not in found:
+        raise UserError(f"no train file in {directory}: looked for train.{exts}{seen}")
+    if "test" not in found and test_fraction is None:
+        raise UserError(f"no test file in {directory}: looked for test.{exts}{seen}; add one, or set task.test_fraction=0.1 "
+                        "to hold 10% of the training rows out as the test split (stratified, seeded)")
+    if "test" in found and test_fraction is not None:
+        raise UserError(f"task.test_fraction={test_fraction} but {found['test']} exists; remove one of them")
     if "valid" not in found and valid_fraction is None:
         raise UserError(f"no validation file in {directory}: looked for valid.{exts}, validation.* and dev.*{seen}; add one, "
                         "or set task.valid_fraction=0.1 to hold 10% of the training rows out (stratified, seeded)")
@@ -234,8 +242,9 @@ def _cell(record: dict, column: str, what: str) -> str:
 
 
 def _check_columns(path: Path, header: list[str] | None, rows: list, opts: ReadOptions) -> None:
-    wanted = [c for c in (opts.text_column, opts.label_column, opts.text_pair_column) if c]
-    setting = {opts.text_column: "task.text_column", opts.label_column: "task.label_column", opts.text_pair_column: "task.text_pair_column"}
+    wanted = [c for c in (opts.text_column, opts.label_column, opts.text_pair_column, opts.group_column) if c]
+    setting = {opts.text_column: "task.text_column", opts.label_column: "task.label_column", opts.text_pair_column: "task.text_pair_column",
+               opts.group_column: "task.group_column"}
     if header is None:  # JSON: a field missing from every record is a setting, not a row, to fix
         records = [r for _, r in rows if isinstance(r, dict)]
         header = sorted({k for r in records for k in r})
@@ -259,11 +268,12 @@ class SplitData:
 
 
 def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, train_path: Path | None):
-    """Examples of one file, every row checked; `known_labels` (valid/test): labels training has."""
+    """Examples of one file, every row checked; `known_labels` (valid/test): labels training has. The group
+    column (task.group_column) is required in the training file, read where present in the others."""
     from ds_distil.data.examples import Example
 
     header, rows, used = read_rows(path, opts.encoding)
-    _check_columns(path, header, rows, opts)
+    _check_columns(path, header, rows, opts if known_labels is None else dataclasses.replace(opts, group_column=None))
     examples, skipped, first_skipped = [], Counter(), {}
     for line, rec in rows:
         try:
@@ -272,6 +282,11 @@ def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, tra
             text = _cell(rec, opts.text_column, "text")
             pair = _cell(rec, opts.text_pair_column, "text") if opts.text_pair_column else None
             label = _cell(rec, opts.label_column, "label").strip()
+            group = None
+            if opts.group_column and known_labels is None:
+                group = _cell(rec, opts.group_column, "group").strip()
+            elif opts.group_column and isinstance(rec.get(opts.group_column), (str, int, float)):
+                group = str(rec[opts.group_column]).strip() or None
             if known_labels is not None and label not in known_labels:
                 shown = ", ".join(sorted(known_labels)[:10])
                 raise BadRow("label not in training", f"label '{label}' never occurs in the training data ({train_path.name}: {shown})",
@@ -282,7 +297,7 @@ def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, tra
             skipped[bad.reason] += 1
             first_skipped.setdefault(bad.reason, line)
             continue
-        examples.append(Example(text, label, pair))
+        examples.append(Example(text, label, pair, group))
     if skipped:
         log.warning("%s: skipped %d bad row(s) (task.skip_bad_rows): %s", path, sum(skipped.values()),
                     "; ".join(f"{n} {r} (first: line {first_skipped[r]})" for r, n in skipped.items()))
@@ -296,7 +311,7 @@ def read_classification(name: str, directory: Path, opts: ReadOptions, metric: s
     """A sequence (or pair) classification Task from a directory of split files."""
     from ds_distil.data.examples import Task
 
-    files = find_split_files(directory, opts.valid_fraction)
+    files = find_split_files(directory, opts.valid_fraction, opts.test_fraction)
     train = read_split(files["train"], opts, None, None)
     labels = Counter(e.label for e in train.examples)
     if len(labels) < 2:
@@ -310,16 +325,30 @@ def read_classification(name: str, directory: Path, opts: ReadOptions, metric: s
             data = read_split(files[split], opts, set(labels), files["train"])
             splits[split], records[split] = data.examples, data.record
     provenance = {"files": records}
-    if "valid" not in files:
-        kept, held = sampling.split_off(splits["train"], [e.label for e in splits["train"]], opts.valid_fraction, opts.seed)
-        splits["train"], splits["valid"] = kept, held
-        provenance["valid_from_train"] = {"fraction": opts.valid_fraction, "seed": opts.seed, "examples": len(held)}
-        log.info("no validation file: held out %d of %d training rows (task.valid_fraction=%s, stratified, seed %d)",
-                 len(held), len(kept) + len(held), opts.valid_fraction, opts.seed)
+    total = len(splits["train"])
+    grouped_by = ["text"] + ([f"group_column '{opts.group_column}'"] if opts.group_column else [])
+    for split, fraction, setting in (("test", opts.test_fraction, "task.test_fraction"), ("valid", opts.valid_fraction, "task.valid_fraction")):
+        if split in files:
+            continue
+        rows = splits["train"]
+        # both fractions are shares of the training file; the validation split comes out of what the test split left
+        share = fraction if len(rows) == total else min(fraction * total / len(rows), 0.99)
+        kept, held = sampling.split_off(rows, [e.label for e in rows], share, opts.seed,
+                                        keys=[(text_key(e), e.group) for e in rows])
+        if not held:
+            raise UserError(f"{files['train']}: {setting}={fraction} held out no rows: the groups that must stay together (copies "
+                            f"of a text{', rows of one ' + opts.group_column if opts.group_column else ''}) are all larger than "
+                            f"their class's share of {fraction:.0%}; raise {setting} or give a {split} file")
+        splits["train"], splits[split] = kept, held
+        provenance[f"{split}_from_train"] = {"fraction": fraction, "seed": opts.seed, "examples": len(held), "grouped_by": grouped_by}
+        log.info("no %s file: held out %d of %d training rows (%s=%s, stratified, every copy of a text%s on one side, seed %d)",
+                 "validation" if split == "valid" else "test", len(held), total, setting, fraction,
+                 f" and every row of a {opts.group_column}" if opts.group_column else "", opts.seed)
     return Task(name, "pair" if opts.text_pair_column else "sequence", metric, splits, source=str(directory), provenance=provenance)
 
 
 def read_options(task) -> ReadOptions:
     """How the `task` section of a finetune config (schema.finetune.TaskConfig) says users' files are read."""
-    return ReadOptions(task.text_column, task.label_column, task.text_pair_column, task.encoding, task.skip_bad_rows,
-                       task.valid_fraction, task.seed)
+    return ReadOptions(text_column=task.text_column, label_column=task.label_column, text_pair_column=task.text_pair_column,
+                       encoding=task.encoding, skip_bad_rows=task.skip_bad_rows, valid_fraction=task.valid_fraction, seed=task.seed,
+                       test_fraction=task.test_fraction, group_column=task.group_column)

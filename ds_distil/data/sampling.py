@@ -1,16 +1,21 @@
-"""Seeded, stratified choices of examples: the validation split carved from train
-(`task.valid_fraction`) and the training sample (`task.max_train_examples`).
+"""Seeded, stratified choices of examples: the validation and test splits carved from train
+(`task.valid_fraction`, `task.test_fraction`) and the training sample (`task.max_train_examples`).
 
 Stratified: every class keeps its share (largest-remainder rounding, so the total is exact). The
 choice depends only on the labels, the count and the seed, never on the order of the classes in the
 file, so the same seed gives the same examples.
+
+Grouped: a held-out split is carved in whole groups (rows that share a key: copies of one text, rows of
+one `task.group_column` value), so that no group straddles the split. Groups are stratified by their most
+frequent label and taken, in a seeded order, while they fit the class's quota of rows; with every group
+a single row this is exactly the row-level stratified split.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 
 def _allocate(sizes: dict[str, int], k: int, floor: dict[str, int], cap: dict[str, int]) -> dict[str, int]:
@@ -62,10 +67,65 @@ def random_indices(n: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), min(k, n)))
 
 
-def split_off(items: list, labels: list[str] | None, fraction: float, seed: int) -> tuple[list, list]:
-    """(kept, held out): a seeded `fraction` of `items` held out, stratified when `labels` are given."""
+def connected(keys: list[tuple]) -> list[list[int]]:
+    """Groups of item indices, items joined when they share any key (keys[i]: item i's keys, e.g. its text
+    and its group column's value); in order of each group's first item."""
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict = {}
+    for i, ks in enumerate(keys):
+        for pos, k in enumerate(ks):
+            if k is None:
+                continue
+            j = owner.setdefault((pos, k), i)
+            ri, rj = root(i), root(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(keys)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def grouped_indices(labels: list[str], keys: list[tuple], k: int, seed: int) -> list[int]:
+    """Sorted indices of about `k` items, whole groups of `connected(keys)` only, stratified by each group's
+    most frequent label (ties: the first label in sorted order), seeded; every class keeps a group."""
+    by_class: dict[str, list[list[int]]] = defaultdict(list)
+    for group in connected(keys):
+        counts = Counter(labels[i] for i in group)
+        top = max(sorted(counts), key=lambda c: counts[c])
+        by_class[top].append(group)
+    sizes = {c: sum(map(len, gs)) for c, gs in by_class.items()}
+    cap = {c: sizes[c] - min(map(len, gs)) for c, gs in by_class.items()}
+    take = _allocate(sizes, min(k, sum(cap.values())), {c: 0 for c in sizes}, cap)
+    rng = random.Random(seed)
+    chosen = []
+    for c in sorted(by_class):
+        groups = list(by_class[c])
+        rng.shuffle(groups)
+        held, left = 0, len(groups)
+        for g in groups:
+            if left > 1 and held + len(g) <= take[c]:  # never the class's last group: training keeps every class
+                chosen += g
+                held += len(g)
+                left -= 1
+    return sorted(chosen)
+
+
+def split_off(items: list, labels: list[str] | None, fraction: float, seed: int, keys: list[tuple] | None = None) -> tuple[list, list]:
+    """(kept, held out): a seeded `fraction` of `items` held out, stratified when `labels` are given; in whole
+    groups of items sharing a key when `keys` are given (classification only)."""
     k = max(1, round(fraction * len(items)))
-    held = set(stratified_indices(labels, k, seed, keep_one=True) if labels is not None else random_indices(len(items), k, seed))
+    if keys is not None and labels is not None:
+        held = set(grouped_indices(labels, keys, k, seed))
+    else:
+        held = set(stratified_indices(labels, k, seed, keep_one=True) if labels is not None else random_indices(len(items), k, seed))
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 

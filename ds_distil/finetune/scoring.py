@@ -1,6 +1,7 @@
 """Scores of one split's predictions: the task's metric, and what a user needs to trust it: accuracy,
 macro-F1, per-class precision/recall/F1, the confusion matrix, the predicted-label distribution, and
-a warning when a classifier predicts one class for (nearly) everything.
+a warning when a classifier predicts one class for (nearly) everything, and one for each class it (nearly)
+never predicts.
 
 Predictions come as `{example index: label id}` (sequence and pair tasks) or `{index: [label id per
 sub-word]}` (token tasks, scored on each word's first sub-word, like the gold labels in `feats`).
@@ -14,6 +15,7 @@ from collections import Counter
 from ds_distil.data.examples import Task
 
 COLLAPSE_SHARE = 0.95  # one predicted class on more than this share of the test set: warn
+UNDERPREDICTED_SHARE = 0.1  # a class predicted fewer times than this share of its support (never, at worst): warn
 
 
 def aligned(task: Task, preds: dict, feats: list[dict]) -> tuple[list, list]:
@@ -90,3 +92,19 @@ def collapse_warning(task: Task, evaluation: dict, split: str = "test") -> str |
             f"{gold_share:.1%} of the true labels): it has not learnt to tell the classes apart, and its accuracy mostly "
             "measures the label distribution; compare with the majority-class baseline, and try more epochs, another "
             "train.lr or more data")
+
+
+def class_warnings(task: Task, evaluation: dict, split: str = "test") -> list[str]:
+    """A warning for every class of a classification split that occurs but is predicted fewer than
+    UNDERPREDICTED_SHARE times as often as it occurs (never, at worst): accuracy can look fine while it does."""
+    if task.kind == "token":
+        return []
+    out = []
+    for label, c in evaluation["per_class"].items():
+        if c["support"] and c["predicted"] < UNDERPREDICTED_SHARE * c["support"]:
+            how = "never predicted" if not c["predicted"] else (f"predicted only {c['predicted']:,} times "
+                                                                f"({c['predicted'] / c['support']:.1%} of its support)")
+            out.append(f"class '{label}' ({c['support']:,} of the {evaluation['examples']:,} {split} examples) is {how}: recall "
+                       f"{c['recall']:.4f}; the model has not learnt it (macro-F1 {evaluation['macro_f1']:.4f} says so, accuracy "
+                       "does not); try more epochs, another train.lr, or more training rows of the class")
+    return out

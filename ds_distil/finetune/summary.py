@@ -5,9 +5,11 @@ and warnings (one class predicted for nearly everything)."""
 
 from __future__ import annotations
 
+from ds_distil.data import duplicates
 from ds_distil.data.examples import Task
+from ds_distil.finetune import lengths
 from ds_distil.finetune.baselines import run_baselines
-from ds_distil.finetune.scoring import collapse_warning, evaluate, label_counts
+from ds_distil.finetune.scoring import class_warnings, collapse_warning, evaluate, label_counts
 
 MAX_CONSOLE_CLASSES = 12  # more classes (POS tags): the confusion matrix is in results.json only
 
@@ -19,14 +21,21 @@ def describe_data(task: Task) -> dict:
         "labels": list(task.labels),
         "label_map": {label: i for i, label in enumerate(task.labels)},
         "splits": {s: {"examples": len(task.splits[s]), "label_counts": label_counts(task, s)} for s in ("train", "valid", "test")},
+        "duplicates": duplicates.report(task),
     }
 
 
+def data_warnings(data: dict) -> list[str]:
+    """What makes scores mislead before any training: held-out rows that also occur in training, text cut by max_length."""
+    return duplicates.warnings(data["duplicates"]) + (lengths.warnings(data["truncation"]) if "truncation" in data else [])
+
+
 def evaluate_run(task: Task, preds: dict[str, dict], feats: dict[str, list[dict]]) -> dict:
-    """{evaluation: {valid, test}, baselines, warnings} from the model's predictions of valid and test."""
+    """{evaluation: {valid, test}, baselines, warnings, one_class} from the model's predictions of valid and test."""
     evaluation = {split: evaluate(task, preds[split], feats[split]) for split in ("valid", "test")}
-    warnings = [w for w in [collapse_warning(task, evaluation["test"])] if w]
-    return {"evaluation": evaluation, "baselines": run_baselines(task, feats), "warnings": warnings}
+    collapse = collapse_warning(task, evaluation["test"])
+    warnings = [w for w in [collapse] if w] + class_warnings(task, evaluation["test"])
+    return {"evaluation": evaluation, "baselines": run_baselines(task, feats), "warnings": warnings, "one_class": collapse is not None}
 
 
 def _pct(n: int, total: int) -> str:
@@ -38,12 +47,16 @@ def data_lines(res: dict) -> list[str]:
     splits = res["splits"]
     lines = [f"data: {res['task']} / dataset '{res['dataset']}' ({res['data']['source']}): " +
              " | ".join(f"{s} {v['examples']:,}" for s, v in splits.items()) + " examples"]
-    held = res["data"].get("valid_from_train")
-    if held:
-        lines.append(f"  valid: {held['examples']:,} rows held out of train (task.valid_fraction={held['fraction']}, seed {held['seed']})")
+    for split in ("test", "valid"):
+        held = res["data"].get(f"{split}_from_train")
+        if held:
+            lines.append(f"  {split}: {held['examples']:,} rows held out of train (task.{split}_fraction={held['fraction']}, seed "
+                         f"{held['seed']}, stratified, grouped by {' + '.join(held.get('grouped_by', ['text']))})")
     sample = res["data"].get("train_sample")
     if sample:
         lines.append(f"  train: a stratified sample of {sample['examples']:,} of {sample['of']:,} rows (task.max_train_examples, seed {sample['seed']})")
+    lines += duplicate_lines(res["duplicates"]) if "duplicates" in res else []
+    lines += lengths.lines(res["truncation"]) if "truncation" in res else []
     if len(res["labels"]) <= MAX_CONSOLE_CLASSES:
         width = max(len(str(lab)) for lab in res["labels"]) + 2
         lines.append("  " + "label".ljust(width) + "".join(s.rjust(18) for s in splits))
@@ -51,6 +64,43 @@ def data_lines(res: dict) -> list[str]:
             lines.append("  " + str(lab).ljust(width) + "".join(_pct(v["label_counts"][lab], sum(v["label_counts"].values())).rjust(18)
                                                              for v in splits.values()))
     return lines
+
+
+def duplicate_lines(dup: dict) -> list[str]:
+    """Copies within each split and texts shared across splits, in two lines."""
+    def within(s: str, v: dict) -> str:
+        conflict = f", {v['conflicting_labels']:,} texts with 2+ labels" if v["conflicting_labels"] else ""
+        return f"{s} {v['duplicate_rows']:,} ({v['duplicate_share']:.1%}; {v['distinct']:,} distinct{conflict})"
+
+    across = dup["across"]
+    lines = ["  duplicate rows (" + dup["normalisation"] + "): " + " | ".join(within(s, v) for s, v in dup["splits"].items()),
+             "  shared across splits: " + " | ".join(f"{name.replace('_in_', ' rows in ')} {o['rows']:,} ({o['share']:.1%})"
+                                                      for name, o in across.items())]
+    if "groups_across" in dup:
+        lines.append("  groups (task.group_column) shared across splits: " + " | ".join(
+            f"{name.replace('_in_', ' rows in ')} {o['rows']:,} ({o['share']:.1%})" for name, o in dup["groups_across"].items()))
+    if "dropped" in dup:
+        d = dup["dropped"]
+        lines.append(f"  task.dedup=drop: dropped {d['train_duplicates']:,} repeated training rows and {d['train_in_valid_or_test']:,} "
+                     f"training rows whose text is in validation or test; {d['train_rows_left']:,} training rows left")
+    return lines
+
+
+BASELINE_NAMES = {"bow": "bag of words", "majority": "majority class"}
+
+
+def comparison_line(res: dict) -> str:
+    """One line: the model against every baseline on validation and test, and where it stands on test."""
+    metric, base = res["metric"], res["baselines"]
+    parts = []
+    for split in ("valid", "test"):
+        others = ", ".join(f"{BASELINE_NAMES.get(n, n)} {b[split]['score']:.4f}" for n, b in base.items())
+        parts.append(f"{split} {res['evaluation'][split]['score']:.4f} ({others})")
+    model = res["evaluation"]["test"]["score"]
+    beaten_by = [BASELINE_NAMES.get(n, n) for n, b in base.items() if b["test"]["score"] > model]
+    verdict = (f"BELOW the {' and the '.join(beaten_by)} on test" if beaten_by else
+               "at or above every baseline on test")
+    return f"  model vs baselines ({metric}): " + " | ".join(parts) + f": {verdict}"
 
 
 def result_lines(res: dict) -> list[str]:
@@ -66,6 +116,8 @@ def result_lines(res: dict) -> list[str]:
     for name, b in res["baselines"].items():
         lines.append(f"  baseline {name} ({b['description']}): test {metric} {b['test']['score']:.4f} | "
                      f"macro-F1 {b['test']['macro_f1']:.4f}")
+    if res["baselines"]:
+        lines.append(comparison_line(res))
     labels = res["labels"]
     if len(labels) <= MAX_CONSOLE_CLASSES:
         width = max(max(len(str(lab)) for lab in labels) + 2, 7)
@@ -76,9 +128,10 @@ def result_lines(res: dict) -> list[str]:
             lines.append("  " + str(lab).ljust(width) + "".join(f"{c[k]:.4f}".rjust(11) for k in ("precision", "recall", "f1")) +
                          f"{c['support']:,}".rjust(11) + f"{c['predicted']:,}".rjust(11))
         lines.append("  confusion matrix (test; rows: true label, columns: predicted):")
-        lines.append("  " + "".ljust(width) + "".join(str(lab).rjust(9) for lab in labels))
+        col = max(9, max(len(str(lab)) for lab in labels) + 2)  # a label as wide as the column would run into the next
+        lines.append("  " + "".ljust(width) + "".join(str(lab).rjust(col) for lab in labels))
         for lab, row in zip(labels, test["confusion_matrix"]):
-            lines.append("  " + str(lab).ljust(width) + "".join(f"{n:,}".rjust(9) for n in row))
+            lines.append("  " + str(lab).ljust(width) + "".join(f"{n:,}".rjust(col) for n in row))
     else:
         lines.append(f"  {len(labels)} classes: per-class scores and the confusion matrix are in results.json")
     lines += [f"  WARNING: {w}" for w in res.get("warnings", [])]

@@ -24,13 +24,14 @@ from ds_distil.core.env_info import device_info, versions
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write_json
 from ds_distil.core.progress import Progress
-from ds_distil.data import sampling
+from ds_distil.data import duplicates, sampling
 from ds_distil.data.examples import Task
 from ds_distil.data.readers import read_options
 from ds_distil.data.tasks import default_data_dir, load_task
-from ds_distil.finetune import summary
+from ds_distil.finetune import lengths, summary
+from ds_distil.finetune.scoring import evaluate
 from ds_distil.model.info import display_name, loading_summary
-from ds_distil.model.validate import check_max_length
+from ds_distil.model.validate import check_max_length, max_positions
 from ds_distil.runtime import engine as eng
 from ds_distil.runtime.metrics import Metrics
 from ds_distil.schema.finetune import FT_PRESETS, FinetuneConfig, TaskConfig
@@ -181,7 +182,23 @@ def predict(engine, feats: list[dict], batch_size: int, pad_id: int, d: eng.Dist
     return {k: v for part in gathered for k, v in part.items()}
 
 
-def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig, overwrite: bool = False) -> dict:
+def split_scalars(split: str, ev: dict) -> dict[str, float]:
+    """TensorBoard tags of one split's evaluation: SPLIT/score (the task metric), SPLIT/accuracy, SPLIT/macro_f1."""
+    return {f"{split}/{k}": ev[k] for k in ("score", "accuracy", "macro_f1")}
+
+
+def hyperparameters(model: str, task: Task, cfg: FinetuneConfig, res: dict) -> dict:
+    """What TensorBoard's HParams tab shows beside the scores: the settings that change them."""
+    tr = cfg.train
+    return {"model": model, "task": task.name, "dataset": task.dataset, "recipe": res["recipe"]["name"], "lr": tr.lr,
+            "epochs": tr.epochs, "max_steps": tr.max_steps, "steps": res["steps"], "micro_batch_size": tr.micro_batch_size,
+            "world_size": res["world_size"], "warmup_ratio": tr.warmup_ratio, "weight_decay": tr.weight_decay,
+            "max_length": res["truncation"]["max_length"], "seed": tr.seed, "task_seed": cfg.task.seed,
+            "train_examples": res["train_examples"], "precision": res["precision"]}
+
+
+def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfig, overwrite: bool = False,
+                 recipe: dict | None = None) -> dict:
     """Finetune into --out, claimed first (ds_distil.core.rundir): the results appear there whole or not at all."""
     from ds_distil.core import rundir
 
@@ -189,7 +206,7 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     inputs = [p for p in (model, cfg.task.data_dir or default_data_dir(), cfg.task.tokenizer) if p and Path(p).exists()]
     rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "finetune", overwrite=overwrite, inputs=inputs))
     try:
-        result = _finetune(model, task_name, rd.path, cfg)
+        result = _finetune(model, task_name, rd.path, cfg, recipe or {"name": "none", "choice": "given config"})
         rundir.commit_on_rank0(rd, d.rank)
         return result
     except BaseException:
@@ -201,19 +218,37 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
             rd.release()
 
 
-def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dict:
+def recipe_line(recipe: dict) -> str:
+    """What the recipe beneath the user's settings set, and which of its keys the user's own settings replaced."""
+    if recipe["name"] == "none":
+        missing = f" ({recipe['missing']} not found)" if "missing" in recipe else ""
+        return f"recipe: none{missing}: the defaults of `ds-distil finetune --help` beneath your settings"
+    applied = " ".join(f"{k}={v}" for k, v in recipe["applied"].items()) or "nothing"
+    yours = "; yours kept: " + " ".join(f"{k}={v}" for k, v in recipe["yours"].items()) if recipe["yours"] else ""
+    return (f"recipe: {recipe['name']} ({recipe['file']}), because {recipe['why']}: {applied}{yours} "
+            "(recipe=blank|pretrained|none chooses another)")
+
+
+def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe: dict) -> dict:
     out = Path(out)
     tc = cfg.task
     task = load_task(task_name, tc.data_dir, tc.hub, tc.seed, read_options(tc), tc.dataset_name)  # bad data fails before set-up
+    if tc.dedup == "drop":
+        task = duplicates.drop(task)
     task = sampling.sample_train(task, tc.max_train_examples, tc.seed)
     d = eng.init_distributed()
     tokenizer = _tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
-    check_max_length(tc.max_length, net, f"model '{model}'")
-    feats = {s: featurise(task, s, tokenizer, tc.max_length) for s in task.splits}
+    limit = max_positions(net)
+    full = {s: lengths.token_lengths(task, s, tokenizer) for s in ("train", "valid", "test")}
+    max_length = lengths.auto_length(full["train"], limit) if tc.max_length == "auto" else tc.max_length
+    check_max_length(max_length, net, f"model '{model}'")
+    feats = {s: featurise(task, s, tokenizer, max_length) for s in task.splits}
     train = feats["train"]
     data = summary.describe_data(task)
+    data["truncation"] = lengths.report(full, max_length, tc.max_length, limit)
+    data_warnings = summary.data_warnings(data)
     steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))
     num_steps = eng.total_steps(cfg.train, steps_per_epoch)
     ds_path = eng.resolve_ds_json(cfg.deepspeed.config, d.device)
@@ -226,8 +261,11 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
         log.info("finetune %s on %s (%s, %d labels): %s train / %s valid / %s test examples; %d rank(s), %s, %s; %d steps",
                  model, task.name, task.kind, len(task.labels), f"{len(train):,}", f"{len(feats['valid']):,}",
                  f"{len(feats['test']):,}", d.world_size, d.device, eng.precision(ds_config), num_steps)
+        log.info("%s", recipe_line(recipe))
         for line in summary.data_lines({"task": task.name, **data}):
             log.info("%s", line)
+        for warning in data_warnings:
+            log.warning("%s", warning)
     dist.barrier()
 
     sampler = DistributedSampler(train, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.train.seed)
@@ -236,6 +274,19 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
     metrics = Metrics(out, d.rank == 0, True, num_steps, 0, desc="finetune", log_every_s=60.0)
     step, micro, samples, epoch = 0, 0, 0, 0
     loss_sum = torch.zeros((), device=d.device)
+    eval_s = 0.0  # time spent on eval_every_steps' evaluations: not training time
+
+    def validate(at: int) -> None:
+        """Score the validation split mid-training (eval_every_steps): console, TensorBoard valid/*, metrics.jsonl."""
+        nonlocal eval_s
+        t = time.perf_counter()
+        preds = predict(engine, feats["valid"], cfg.eval_batch_size, tokenizer.pad_token_id, d, "evaluate valid")
+        if d.rank == 0:
+            ev = evaluate(task, preds, feats["valid"])
+            metrics.scalars(at, split_scalars("valid", ev))
+            log.info("step %d/%d: valid %s %.4f | macro-F1 %.4f", at, num_steps, task.metric, ev["score"], ev["macro_f1"])
+        eval_s += time.perf_counter() - t
+
     t0 = time.perf_counter()
     while step < num_steps:
         sampler.set_epoch(epoch)
@@ -258,32 +309,42 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig) -> dic
                     metrics.step(0, loss=f"{mean:.4f}")  # the bar shows the last logged loss: no device sync per step
                     loss_sum.zero_()
                     micro = 0
+                if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and step < num_steps:
+                    validate(step)
                 if step == num_steps:
                     break
         epoch += 1
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
-    runtime = time.perf_counter() - t0
-    metrics.close()
+    runtime = time.perf_counter() - t0 - eval_s
     total_samples = torch.tensor([float(samples)], device=d.device)
     dist.all_reduce(total_samples)
 
     preds = {split: predict(engine, feats[split], cfg.eval_batch_size, tokenizer.pad_token_id, d, f"evaluate {split}")
              for split in ("valid", "test")}
     found = summary.evaluate_run(task, preds, feats) if d.rank == 0 else {}  # scored on rank 0; other ranks return None scores
+    if found:
+        found["warnings"] = data_warnings + found["warnings"]
     test, valid = found.get("evaluation", {}).get("test", {}), found.get("evaluation", {}).get("valid", {})
     out_dict = {
         "model": model, "model_name": display_name(model, cfg.model_name), "task": task.name,
         "metric": "f1" if task.metric == "f1" else "accuracy", "score": test.get("score"), "valid_score": valid.get("score"),
         "macro_f1": test.get("macro_f1"), **data, **found, "train_runtime_s": runtime,
         "samples_per_s": total_samples.item() / runtime, "train_examples": len(train), "steps": num_steps,
-        "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed,
+        "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed, "recipe": recipe,
         "versions": versions(), "config": to_dict(cfg),
     }
     if d.rank == 0:
+        # TensorBoard: the final validation point of the curve, the test scores, and the run's hyper-parameters with them
+        metrics.scalars(num_steps, {**split_scalars("valid", valid), **split_scalars("test", test)})
+        metrics.hparams(num_steps, hyperparameters(model, task, cfg, out_dict), {
+            "hparam/valid_score": valid["score"], "hparam/test_score": test["score"], "hparam/test_macro_f1": test["macro_f1"]})
+    metrics.close()
+    if d.rank == 0:
         atomic_write_json(out / "results.json", out_dict)
-        log.info("%s on %s: test %s %.4f (valid %.4f), training %.1f s, %.1f samples/s", model, task.name, out_dict["metric"],
-                 out_dict["score"], out_dict["valid_score"], runtime, out_dict["samples_per_s"])
+        log.info("%s on %s: test %s %.4f | macro-F1 %.4f (valid %.4f | macro-F1 %.4f), training %.1f s, %.1f samples/s", model,
+                 task.name, out_dict["metric"], out_dict["score"], out_dict["macro_f1"], out_dict["valid_score"], valid["macro_f1"],
+                 runtime, out_dict["samples_per_s"])
         for warning in found["warnings"]:
             log.warning("%s", warning)
     dist.barrier()

@@ -73,6 +73,12 @@ def dataset_key(r: dict) -> tuple[str, str, str]:
     return r["task"], name, test.get("sha256", "")
 
 
+def _one_class(res: dict) -> bool:
+    """Whether a run predicted one class for nearly all of its test set. Results before `one_class` had only that
+    warning in `warnings`; newer ones also warn about leaked rows, truncation and unpredicted classes there."""
+    return bool(res["one_class"]) if "one_class" in res else bool(res.get("warnings"))
+
+
 def build_table(results: list[dict], baseline: str | None = None) -> dict:
     by_dataset: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
@@ -105,7 +111,7 @@ def build_table(results: list[dict], baseline: str | None = None) -> dict:
                                   "macro_f1": _stats(macro) if len(macro) == len(mruns) else None,
                                   "runtime_s": _stats([r["train_runtime_s"] for r in mruns]),
                                   "seeds": sorted(r.get("seed") for r in mruns),
-                                  "one_class_runs": sum(bool(r.get("warnings")) for r in mruns)})
+                                  "one_class_runs": sum(map(_one_class, mruns))})
         groups.append(group)
     return {"groups": groups, "speed": speed_table(groups, models, base)}
 

@@ -101,6 +101,22 @@ class Metrics:
         self.jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         self.jsonl.flush()
 
+    def hparams(self, step: int, hparams: dict, metrics: dict[str, float]) -> None:
+        """Hyper-parameters and the scores they gave, for TensorBoard's HParams tab: written into this run's own
+        event file (SummaryWriter.add_hparams would start a run of its own in a subdirectory), metrics as scalars."""
+        if not self.enabled:
+            return
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        if self.writer is not None:
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            writer = self.writer._get_file_writer()
+            for summary in hparams_summary(clean, metrics):
+                writer.add_summary(summary, step)
+        self.scalars(step, metrics)
+        self.jsonl.write(json.dumps({"step": step, "hparams": clean}) + "\n")
+        self.jsonl.flush()
+
     def close(self) -> None:
         if not self.enabled:
             return

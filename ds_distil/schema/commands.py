@@ -14,10 +14,10 @@ import typing
 from collections.abc import Callable, Mapping
 
 from ds_distil import __version__
-from ds_distil.core.config import from_dict, keys_help, literal_value, load, load_dict
+from ds_distil.core.config import ConfigError, from_dict, keys_help, literal_value, load, load_dict
 from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.distill import DataConfig, DistillConfig
-from ds_distil.schema.finetune import FT_PRESETS, TASK_NAMES, FinetuneConfig
+from ds_distil.schema.finetune import FT_PRESETS, RECIPES, TASK_NAMES, FinetuneConfig, random_weights
 from ds_distil.schema.prepare import PrepareConfig
 from ds_distil.schema.vocab import VocabConfig
 
@@ -80,12 +80,42 @@ def stage_config(args: argparse.Namespace):
     command = args.command
     if command in ("prepare", "vocab"):
         return config_from_args(args, PrepareConfig if command == "prepare" else VocabConfig)
-    if command in ("distill", "finetune", "teacher-cache"):
-        cls = {"distill": DistillConfig, "finetune": FinetuneConfig, "teacher-cache": TeacherCacheConfig}[command]
+    if command == "finetune":
+        return finetune_config(args)[0]
+    if command in ("distill", "teacher-cache"):
+        cls = {"distill": DistillConfig, "teacher-cache": TeacherCacheConfig}[command]
         return load(cls, args.config, args.overrides)
     if command == "inspect":
         return from_dict(DataConfig, {**load_dict(args.config, args.overrides).get("data", {}), "shards": args.shards})
     return None
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, dict]:
+    """`ds-distil finetune`'s config and the recipe beneath it (the `recipe` key): chosen from --model before anything
+    is built; the user's --config files and key=value settings are merged over it, so each of their keys wins."""
+    user = load_dict(args.config, args.overrides)
+    choice = user.get("recipe", "auto")
+    if choice not in ("blank", "pretrained", "auto"):  # "none", or a bad value that from_dict refuses with the key's name
+        return from_dict(FinetuneConfig, user), {"name": "none", "choice": choice}
+    blank = random_weights(args.model)
+    name = ("blank" if blank else "pretrained") if choice == "auto" else choice
+    why = (f"'{args.model}' has random weights" if blank else f"'{args.model}' is a pretrained encoder") if choice == "auto" else "recipe=" + name
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        if choice != "auto":
+            raise ConfigError(f"recipe={name}: {path} does not exist; pass the recipe with --config FILE, or set recipe=none")
+        return from_dict(FinetuneConfig, user), {"name": "none", "choice": choice, "missing": str(path)}
+    recipe, mine = _flat(load_dict([path])), _flat(user)
+    info = {"name": name, "choice": choice, "file": str(path), "why": why,
+            "applied": {k: v for k, v in recipe.items() if k not in mine}, "yours": {k: mine[k] for k in recipe if k in mine}}
+    return from_dict(FinetuneConfig, load_dict([path, *args.config], args.overrides)), info
 
 
 # ----------------------------------------------------------------------------------- the parser

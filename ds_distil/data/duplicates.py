@@ -1,0 +1,121 @@
+"""Exact duplicates and leakage between splits, on normalised text.
+
+Two examples are copies when their text (and, for pairs, their second text) are equal after
+normalising: Unicode NFKC, case folded, runs of white space made one space, ends stripped. Token
+tasks compare their words joined by spaces. Nothing fuzzier: "word for word, up to case and spacing".
+
+`report(task)` counts, per split, the rows, the distinct texts, the rows that repeat an earlier one
+and the texts that carry more than one label; across splits, the validation and test rows whose text
+also occurs in training (leakage: a held-out score that rewards memorising) and the test rows whose
+text occurs in validation. `warnings(report)` says so in one line per leak. `drop(task)`
+(`task.dedup=drop`) keeps one copy of each text in training and removes from training every text that
+occurs in validation or test; validation and test are left as they are, so their scores stay
+comparable with other runs on the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections import Counter, defaultdict
+
+from ds_distil.data.examples import Example, Task
+
+NORMALISATION = "Unicode NFKC, case folded, white space collapsed"
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def text_key(example: Example) -> tuple[str, ...]:
+    """What makes two examples copies: the normalised text (and second text of a pair)."""
+    text = " ".join(example.text) if isinstance(example.text, list) else example.text
+    return (normalise(text),) if example.text_pair is None else (normalise(text), normalise(example.text_pair))
+
+
+def _label(example: Example):
+    return tuple(example.label) if isinstance(example.label, list) else example.label
+
+
+def _within(examples: list[Example]) -> dict:
+    keys = [text_key(e) for e in examples]
+    labels: dict[tuple, set] = defaultdict(set)
+    for k, e in zip(keys, examples):
+        labels[k].add(_label(e))
+    distinct = len(labels)
+    copies = Counter(keys)
+    return {"rows": len(examples), "distinct": distinct, "duplicate_rows": len(examples) - distinct,
+            "duplicate_share": (len(examples) - distinct) / max(len(examples), 1),
+            "most_copies": max(copies.values(), default=0),
+            "conflicting_labels": sum(len(v) > 1 for v in labels.values())}
+
+
+def _overlap(held: list[Example], seen: set, key=text_key) -> dict:
+    keys = [key(e) for e in held]
+    rows = sum(k in seen for k in keys)
+    return {"rows": rows, "share": rows / max(len(held), 1), "distinct": len({k for k in keys if k in seen})}
+
+
+PAIRS = (("valid_in_train", "valid", "train"), ("test_in_train", "test", "train"), ("test_in_valid", "test", "valid"))
+
+
+def _across(task: Task, key) -> dict:
+    seen = {s: {key(e) for e in task.splits[s]} - {None} for s in ("train", "valid")}
+    return {name: _overlap(task.splits[held], seen[other], key) for name, held, other in PAIRS}
+
+
+def report(task: Task) -> dict:
+    """Duplicates within each split and texts shared across splits (see the module's docstring); with a group
+    column (task.group_column), the rows whose group also occurs in another split."""
+    out = {"normalisation": NORMALISATION,
+           "splits": {s: _within(task.splits[s]) for s in ("train", "valid", "test")},
+           "across": _across(task, text_key)}
+    if any(e.group is not None for e in task.splits["train"]):
+        out["groups_across"] = _across(task, lambda e: e.group)
+    if "dedup_dropped" in task.provenance:
+        out["dropped"] = task.provenance["dedup_dropped"]
+    return out
+
+
+NAMES = {"train": "training", "valid": "validation", "test": "test"}
+
+
+def warnings(rep: dict) -> list[str]:
+    """One line per held-out split that shares texts (or groups) with training, or test with validation."""
+    out = []
+    for name, held, other in PAIRS:
+        o = rep["across"][name]
+        n = rep["splits"][held]["rows"]
+        if o["rows"]:
+            why = (f"the {NAMES[held]} score rewards memorising them and overstates what the model does on new text; "
+                   "task.dedup=drop removes them from training" if other == "train" else
+                   "the validation score is no independent estimate of the test score, and what is chosen on validation "
+                   "(the bag of words' model) was chosen on them")
+            out.append(f"{o['rows']:,} of the {n:,} {NAMES[held]} rows ({o['share']:.1%}; {o['distinct']:,} distinct texts) also occur in "
+                       f"{NAMES[other]} ({NORMALISATION}): {why}")
+        g = rep.get("groups_across", {}).get(name)
+        if g and g["rows"]:
+            out.append(f"{g['rows']:,} of the {n:,} {NAMES[held]} rows ({g['share']:.1%}) belong to {g['distinct']:,} groups "
+                       f"(task.group_column) that also occur in {NAMES[other]}: split the files by group, or give only a training "
+                       "file and let task.valid_fraction / task.test_fraction split it by group")
+    return out
+
+
+def drop(task: Task) -> Task:
+    """`task.dedup=drop`: training keeps the first copy of each text and none of the texts in validation or test."""
+    held = {text_key(e) for s in ("valid", "test") for e in task.splits[s]}
+    seen, kept, repeats, leaked = set(), [], 0, 0
+    for e in task.splits["train"]:
+        k = text_key(e)
+        if k in held:
+            leaked += 1
+        elif k in seen:
+            repeats += 1
+        else:
+            seen.add(k)
+            kept.append(e)
+    dropped = {"train_duplicates": repeats, "train_in_valid_or_test": leaked, "train_rows_left": len(kept)}
+    return dataclasses.replace(task, splits={**task.splits, "train": kept}, provenance={**task.provenance, "dedup_dropped": dropped})
