@@ -379,13 +379,14 @@ def render(result: dict) -> str:
 def _build_section(result: dict, by_key: dict) -> str:
     """The cache's build against live distillation, per sample: the build's teacher work for one mask copy of an epoch
     against one live epoch of each student (both scale with the epoch's samples, so the ratio is the epochs')."""
-    builds = [r for r in result["rows"] if r["method"] == "cache-build" and "error" not in r]
+    builds = list({r["seq_len"]: r for r in result["rows"] if r["method"] == "cache-build" and "error" not in r}.values())
     if not builds:
         return ""
     md = ("\ncache-build: what `ds-distil teacher-cache` does per batch (ds_distil/distill/cache_build.targets: the teacher's "
           "forward at the masked slots, then the draws; no file writing), timed as a step at its default batch "
           f"(cache.batch_size {CACHE_BATCH}). Building one mask copy of an epoch costs, against one live distillation epoch "
-          "of the same samples:\n\n| seq | build s per sample | build samples/s | student | live s per sample | build / live epoch |\n"
+          "of the same samples (the build drawing over the full vocabulary; a trimmed cache's draws, over its kept tokens, "
+          "cost a little less):\n\n| seq | build s per sample | build samples/s | student | live s per sample | build / live epoch |\n"
           "|---:|---:|---:|---|---:|---:|\n")
     for b in builds:
         per = b["step_s"] / b["batch"]
@@ -554,14 +555,15 @@ def main() -> None:
                 if args.vocab:
                     specs.append({**base, "method": "ours-trimmed", "vocab": str(Path(args.vocab).resolve())})
                 if args.vocab and args.cached:
-                    specs.append({**base, "method": "ours-trimmed-cached", "vocab": str(Path(args.vocab).resolve()), "cache_k": CACHE_K})
-        if args.cached:  # the cache's build: the teacher alone, at the builder's default batch (cache.batch_size)
-            for L in seq_lens:
-                specs.append({"student": "teacher", "seq_len": L, "batch": CACHE_BATCH, "steps": steps, "warmup": warmup,
-                              "inputs": args.inputs, "precision": precision, "method": "cache-build", "cache_k": CACHE_K})
+                    specs.append({**base, "method": "ours-trimmed-cached", "vocab": str(Path(args.vocab).resolve()), "cache_k": CACHE_K,
+                                  "profile": args.profile})
                 if args.levers:
                     specs += [{**base, "method": "ours", "lever": name, **change} for name, change in LEVERS.items()
                               if {**base, **change} != base and not (name == "fp16" and not cuda)]
+    if args.cached:  # the cache's build: the teacher alone, at the builder's default batch (cache.batch_size)
+        for L in seq_lens:
+            specs.append({"student": "teacher", "seq_len": L, "batch": CACHE_BATCH, "steps": steps, "warmup": warmup,
+                          "inputs": args.inputs, "precision": precision, "method": "cache-build", "cache_k": CACHE_K})
     runs: list[list[dict]] = [[] for _ in specs]
     for repeat in range(args.repeats):  # round-robin: a change in the machine's load falls on every configuration alike
         for spec, done in zip(specs, runs):
