@@ -227,9 +227,18 @@ def test_sigint_stops_at_once_and_lets_go_of_the_data_loader(tmp_path, keep_sign
     abandoned = []
     c.stream.abandon = lambda: abandoned.append(True)
     c.batches = slow_batches(1, delay_s=60)
-    timer = signal_later(0.3, signal.SIGINT)
+    # Python's own SIGINT handler, as a command has it (a test process's disposition may have been changed by another
+    # test or a library), and the signal delivered to the main thread, where Python runs it (os.kill may hand it to
+    # the timer's thread, which would leave the main thread asleep in its wait)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT))
+    timer.start()
     start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        fit(c)
-    timer.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(c)
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - start < 30 and abandoned == [True] and c.state.step == 1

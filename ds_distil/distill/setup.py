@@ -154,9 +154,13 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     # from a cache: against its held-out copy, or, where it has none, the MLM terms only (the KL needs the teacher)
     # or, with teacher.cache_validation=live, against the teacher named beside the cache, as a live run validates
     val_cache = cache if cache is not None and not live_validation and "val" in cache.data["splits"] else None
-    val_teacher = step.teacher if cache is None or val_cache else LiveTeacher(
-        teacher, s_vocab, objective.teacher, cfg.loss.temperature, full_head=trimmed.full_head if trimmed else None,
-        kept=trimmed.kept if trimmed else None) if live_validation else None
+    if cache is None or val_cache:
+        val_teacher = step.teacher
+    elif live_validation:
+        val_teacher = LiveTeacher(teacher, s_vocab, objective.teacher, cfg.loss.temperature,
+                                  full_head=trimmed.full_head if trimmed else None, kept=trimmed.kept if trimmed else None)
+    else:  # a cache without a held-out copy: the MLM terms only
+        val_teacher = None
     validator = evaluate.build(manifest, cfg.data, cfg.log.eval_max_samples, cfg.train.micro_batch_size, d.device,
                                objective if val_teacher is not None else objectives.MLM(), d.rank, d.world_size,
                                keep_ids=stream.keep_ids, teacher=val_teacher, translation=step.translation, cache=val_cache)
@@ -194,8 +198,10 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
              "on" if ds_config["optimizer"]["params"].get("fused") else "off")
     if cfg.teacher.cache:
         cached = c.stream.cache.data  # read once, at set-up
-        log.info("teacher: not loaded; its sampled targets come from the cache %s (K = %d draws per masked token at T = %g, "
-                 "%d mask copies); validation: %s", cfg.teacher.cache, cached["k"], cached["made_for"]["temperature"],
+        top_k = cached["made_for"].get("method") == "top_k"
+        log.info("teacher: not loaded; its %s come from the cache %s (K = %d per masked token at T = %g, %d mask copies); "
+                 "validation: %s", "top-k targets" if top_k else "sampled targets", cfg.teacher.cache, cached["k"],
+                 cached["made_for"]["temperature"],
                  cached["masking"]["copies"], "against the live teacher (kept in memory for validation only)"
                  if cfg.teacher.cache_validation == "live" else "against the cache's held-out copy (the KL its sampled "
                  "estimate; no top-1 agreement)" if "val" in cached["splits"] else "MLM terms only (the cache has no held-out copy)")
