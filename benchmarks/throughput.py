@@ -33,7 +33,10 @@ With `--cached`, ours-cached: our step distilling from a teacher cache (teacher.
 the batches carrying K = 16 sampled targets per masked slot as the stream delivers them (drawn here from random
 logits over the vocabulary: the step's cost does not depend on their values), KD's KL the sampled estimate. The
 report sets it against ours with the live teacher (step time, tokens/s, peak memory) and gives the cache's bytes per
-sample and per masked slot (its record layout, ds_distil/data/teacher_cache.py).
+sample and per masked slot (its record layout, ds_distil/data/teacher_cache.py). With `--vocab` too, ours-trimmed-cached
+(the same over the target-language vocabulary, against ours-trimmed). And cache-build: the builder's own work per batch
+(ds_distil/distill/cache_build.targets: the teacher's forward at the masked slots and the draws) timed as a step at
+cache.batch_size, set against a live distillation epoch of each student (both per sample).
 
 With `--vocab VOCAB_DIR`, a fourth, ours-trimmed: our step with the student over that
 target-language vocabulary (teacher head and KL over its tokens; inputs drawn from its tokens).
