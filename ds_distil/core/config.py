@@ -275,6 +275,17 @@ def _yaml_scalar(value: Any) -> str:
     return str(value)
 
 
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"masking": {"seed": 0}} -> {"masking.seed": 0}: nested sections as dotted keys, as overrides name them."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def flat_fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
     """Every leaf field of a config class by its dotted key (sections walked into)."""
     hints = typing.get_type_hints(cls)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ds_distil.core.config import flatten
 from ds_distil.core.errors import CorruptShardError, UserError
 from ds_distil.data.manifest import read_format_json, sha256_file
 
@@ -184,24 +185,13 @@ class TeacherCache:
                                                                "with the live teacher (no teacher.cache)") -> None:
         """Refuse a run whose settings differ from what the cache was made for: `expected` holds the run's values of the
         manifest's `made_for` entries (a subset is enough); the first difference is named, then `advice`."""
-        made = _flat(self.data["made_for"])
-        for key, value in _flat(expected).items():
+        made = flatten(self.data["made_for"])
+        for key, value in flatten(expected).items():
             if key not in made:
                 raise UserError(f"teacher cache {self.directory} does not record {key}; rebuild it with this ds-distil")
             if made[key] != value:
                 raise UserError(f"teacher cache {self.directory} was made for {key} = {_short(made[key])}, but this run has "
                                 f"{_short(value)}; {advice}")
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"masking": {"seed": 0}} -> {"masking.seed": 0}: a difference is named by its own key."""
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def _short(value: Any) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ds_distil.core.config import flat_fields, to_dict
+from ds_distil.core.config import flat_fields, flatten, to_dict
 from ds_distil.core.errors import UserError
 from ds_distil.schema.distill import DistillConfig
 
@@ -35,20 +35,10 @@ def changeable_text() -> str:
     return ", ".join([f"{s}.*" for s in sorted(whole)] + [k for k in keys if k.rsplit(".", 1)[0] not in whole])
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def fingerprint(cfg: DistillConfig, manifest, world_size: int, ds_config: dict, masking_rule: str) -> dict:
     """The flat {setting: value} a resumed run must match."""
     may_change = set(changeable())
-    fp = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in may_change}
+    fp = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in may_change}
     shards = manifest.shards("train")
     fp["world_size"] = world_size
     fp["shards.content_sha256"] = hashlib.sha256("".join(s.sha256 for s in shards).encode()).hexdigest()
@@ -64,7 +54,7 @@ def saved_fingerprint(trainer_state: dict) -> dict:
     """A checkpoint's fingerprint; for one written before fingerprints, its resolved config."""
     if "resume" in trainer_state:
         return trainer_state["resume"]
-    return _flatten(trainer_state.get("config", {}))
+    return flatten(trainer_state.get("config", {}))
 
 
 def check(saved: dict, now: dict, checkpoint: str, derived: bool) -> None:

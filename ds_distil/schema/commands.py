@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Mapping
 
 from ds_distil import __version__
-from ds_distil.core.config import ConfigError, from_dict, keys_help, literal_value, load, load_dict
+from ds_distil.core.config import ConfigError, flatten, from_dict, keys_help, literal_value, load, load_dict
 from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.distill import DataConfig, DistillConfig
 from ds_distil.schema.finetune import FT_PRESETS, RECIPES, TASK_NAMES, FinetuneConfig, random_weights
@@ -90,13 +90,6 @@ def stage_config(args: argparse.Namespace):
     return None
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in data.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, dict]:
     """`ds-distil finetune`'s config and the recipe beneath it (the `recipe` key): chosen from --model before anything
     is built; the user's --config files and key=value settings are merged over it, so each of their keys wins."""
@@ -112,7 +105,7 @@ def finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, dict]:
         if choice != "auto":
             raise ConfigError(f"recipe={name}: {path} does not exist; pass the recipe with --config FILE, or set recipe=none")
         return from_dict(FinetuneConfig, user), {"name": "none", "choice": choice, "missing": str(path)}
-    recipe, mine = _flat(load_dict([path])), _flat(user)
+    recipe, mine = flatten(load_dict([path])), flatten(user)
     info = {"name": name, "choice": choice, "file": str(path), "why": why,
             "applied": {k: v for k, v in recipe.items() if k not in mine}, "yours": {k: mine[k] for k in recipe if k in mine}}
     return from_dict(FinetuneConfig, load_dict([path, *args.config], args.overrides)), info
