@@ -10,13 +10,17 @@ Filipino), token classification (UD Tagalog POS) and sentence pairs (NewsPH-NLI-
 from the Filipino news articles). Two methods on identical batches (padded to the maximum length):
 
 * ours: the training step of `ds-distil finetune` (its DeepSpeed engine and config: precision
-  auto, fused AdamW);
+  auto, fused AdamW, ZeRO stage auto: none for one rank in fp32); `--methods ...,ours-zero2` adds
+  it under ZeRO-2, the one-rank default before;
 * reference: `benchmarks.reference.ReferenceFinetune`, plain PyTorch, fused AdamW, autocast, and
   on CUDA the whole step captured in a CUDA graph.
 
 Speedup = time(mBERT) / time(model) for ours, per task and averaged; ours/reference per cell.
 Warm-up steps excluded, device synchronised, median step time. One fresh process per model (all
-its tasks and both methods), which keeps `--full` within minutes.
+its tasks and methods), which keeps `--full` within minutes; in it the methods' models sit side by
+side and their timed steps run in `--repeats` rounds, each method in turn, so that a change in the
+machine's load falls on every method alike: ours/reference is the median of the rounds' ratios,
+with their range.
 """
 
 from __future__ import annotations
@@ -93,49 +97,64 @@ def measure(spec: dict) -> dict:
 
     def timed(step, batches) -> list[float]:
         times = []
-        for i, b in enumerate(batches):
-            b = {k: v.to(dev, non_blocking=True) for k, v in b.items()}
+        for b in batches:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
             step(b)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            if i >= spec["warmup"]:
-                times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)
         return times
+
+    def stepper(method: str, model):
+        """(step function, precision) of one method on `model`."""
+        if method in ("ours", "ours-zero2"):
+            train = TrainConfig(micro_batch_size=spec["batch"], max_steps=n, lr=5e-5)
+            ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", dev), 1, n, fused=eng.fused_adamw("auto", dev),
+                                    stage=2 if method == "ours-zero2" else "auto")
+            engine = eng.initialize(model, ds, 0.01)
+
+            def step(b):
+                loss = engine(**b).loss
+                engine.backward(loss)
+                engine.step()
+            return step, eng.precision(ds)
+        precision = "fp32" if dev.type != "cuda" else "bf16" if eng.bf16_capable(dev) else "fp16"
+        ref = ReferenceFinetune(model, precision, dev)
+        return ref.step, "fp32" if ref.amp is None else str(ref.amp).removeprefix("torch.")
 
     for task_name, data_dir in spec["tasks"].items():
         task = load_task(task_name, data_dir)
         feats = featurise(task, "train", tok, spec["max_length"], limit=spec["batch"] * n)
-        batches = _fixed_batches(feats, spec["batch"], spec["max_length"], tok.pad_token_id, n)
-        for method in spec["methods"]:
+        batches = [{k: v.to(dev) for k, v in b.items()} for b in _fixed_batches(feats, spec["batch"], spec["max_length"], tok.pad_token_id, n)]
+        cells = {}
+        for method in spec["methods"]:  # every method's model and optimizer side by side, so that their rounds interleave
             torch.manual_seed(0)
             model = build_model(spec["model"].removesuffix(TRIMMED), task, tok)  # the embedding table: len(tok) rows
             row = {"model": spec["model"], "task": task_name, "method": method, "params": sum(p.numel() for p in model.parameters())}
             try:
-                if method == "ours":
-                    train = TrainConfig(micro_batch_size=spec["batch"], max_steps=n, lr=5e-5)
-                    ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", dev), 1, n, fused=eng.fused_adamw("auto", dev))
-                    engine = eng.initialize(model, ds, 0.01)
-                    row["precision"] = eng.precision(ds)
-
-                    def step(b, engine=engine):
-                        loss = engine(**b).loss
-                        engine.backward(loss)
-                        engine.step()
-                else:
-                    precision = "fp32" if dev.type != "cuda" else "bf16" if eng.bf16_capable(dev) else "fp16"
-                    ref = ReferenceFinetune(model, precision, dev)
-                    row["precision"] = "fp32" if ref.amp is None else str(ref.amp).removeprefix("torch.")
-                    step = ref.step
-                times = timed(step, batches)
-                row.update(step_s=statistics.median(times), timed_steps=len(times),
-                           tokens_per_step=statistics.fmean(int(b["attention_mask"].sum()) for b in batches))
+                step, row["precision"] = stepper(method, model)
+                timed(step, batches[: spec["warmup"]])
+                cells[method] = (row, step, [])
             except Exception as e:  # one failed cell must not hide the others
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                cells[method] = (row, None, [])
+        # rounds: each method's timed steps in turn, so a change in the machine's load falls on every method alike
+        for _ in range(spec["repeats"]):
+            for method, (row, step, rounds) in cells.items():
+                if step is None or "error" in row:
+                    continue
+                try:
+                    rounds.append(timed(step, batches[spec["warmup"]:]))
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        for row, step, rounds in cells.values():
+            if "error" not in row:
+                row.update(step_s=statistics.median(t for r in rounds for t in r), round_step_s=[statistics.median(r) for r in rounds],
+                           timed_steps=sum(len(r) for r in rounds), tokens_per_step=statistics.fmean(int(b["attention_mask"].sum()) for b in batches))
             rows.append(row)
-            del model
+        del cells
     return {"rows": rows}
 
 
@@ -162,6 +181,13 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def round_ratio(a: dict, b: dict) -> str:
+    """a's step time over b's: the median of the rounds' ratios, with their range."""
+    ratios = sorted(x / y for x, y in zip(a.get("round_step_s", [a["step_s"]]), b.get("round_step_s", [b["step_s"]])))
+    spread = f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.2f}x{spread}"
+
+
 def render(result: dict) -> str:
     c = result["config"]
     md = header("Finetuning speed against mBERT, and ours against the reference", result, result["command"])
@@ -185,17 +211,25 @@ def render(result: dict) -> str:
         avg = result["speedups"].get(m, {}).get("average")
         md += f"| {m} | {params / 1e6:.1f} | " + " | ".join(cells) + f" | {f'{avg:.2f}x' if avg else '-'} |\n" if params else f"| {m} | failed |\n"
     if "reference" in c.get("methods", []):
-        md += "\nOurs against the reference (plain PyTorch step, CUDA graph on a GPU), seconds per step; ours/reference above 1 means slower:\n\n"
-        md += "| model | " + " | ".join(f"{t} ours | {t} reference | {t} ours/ref" for t in c["tasks"]) + " |\n"
-        md += "|---|" + "---:|---:|---:|" * len(c["tasks"]) + "\n"
+        zero2 = "ours-zero2" in c["methods"]
+        md += ("\nOurs against the reference (plain PyTorch step, CUDA graph on a GPU), seconds per step (median of every timed step); "
+               f"ours/ref above 1 means slower: the median of the {c.get('repeats', 1)} rounds' ratios, their range in brackets (each "
+               "round times every method in turn on the same batches, in one process)"
+               + ("; ours-zero2: our step under ZeRO-2, the one-rank default before deepspeed.zero_stage=auto" if zero2 else "") + ":\n\n")
+        cols = ["ours", "reference", "ours/ref"] + (["ours-zero2", "zero2/ref"] if zero2 else [])
+        md += "| model | task | " + " | ".join(cols) + " |\n|---|---|" + "---:|" * len(cols) + "\n"
         for m in c["models"]:
-            cells = []
             for t in c["tasks"]:
-                o, r = by.get((m, t, "ours")), by.get((m, t, "reference"))
-                ok_o, ok_r = o and "error" not in o, r and "error" not in r
-                cells += [f"{o['step_s']:.4f}" if ok_o else "failed", f"{r['step_s']:.4f}" if ok_r else (f"failed: {r['error']}" if r else "-"),
-                          f"{o['step_s'] / r['step_s']:.2f}x" if ok_o and ok_r else ""]
-            md += f"| {m} | " + " | ".join(cells) + " |\n"
+                r = by.get((m, t, "reference"))
+                cells = []
+                for method in ["ours"] + (["ours-zero2"] if zero2 else []):
+                    o = by.get((m, t, method))
+                    ok_o, ok_r = o and "error" not in o, r and "error" not in r
+                    cells += [f"{o['step_s']:.4f}" if ok_o else "failed"]
+                    if method == "ours":
+                        cells += [f"{r['step_s']:.4f}" if ok_r else (f"failed: {r['error']}" if r else "-")]
+                    cells += [round_ratio(o, r) if ok_o and ok_r else ""]
+                md += f"| {m} | {t} | " + " | ".join(cells) + " |\n"
     md += "\n" + "".join(f"- {m}: {note}\n" for m, note in NOTES.items() if m in c["models"])
     md += "\nThe paper reports finetuning speedups over mBERT of 1.97x (dBERT Base), 5.23x (dBERT Tiny) and 1.68x (DistilmBERT) on GPU.\n"
     if not result["device"]["gpu"]:
@@ -208,7 +242,9 @@ def main() -> None:
     p.add_argument("--full", action="store_true")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--methods", default="ours,reference")
+    p.add_argument("--methods", default="ours,reference", help="ours, reference, and ours-zero2 (our step under ZeRO-2, "
+                   "the one-rank default before deepspeed.zero_stage=auto)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds: each method's timed steps in turn, this many times")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -235,7 +271,7 @@ def main() -> None:
             dirs["nli"] = str(nli_dir(Path(tmp)))
         for m in models:
             spec = {"model": m, "tasks": {t: dirs[t] for t in tasks}, "methods": methods, "batch": batch, "max_length": max_length,
-                    "steps": steps, "warmup": warmup, "vocab": args.vocab}
+                    "steps": steps, "warmup": warmup, "vocab": args.vocab, "repeats": args.repeats}
             got = run_isolated("benchmarks.finetune_speed", spec)
             got_rows = got.get("rows") or [{"model": m, "task": t, "method": me, "error": got.get("error", "?")} for t in tasks for me in methods]
             rows += got_rows
@@ -255,7 +291,7 @@ def main() -> None:
     result = {"what": "finetune_speed", "mode": mode, "date": datetime.date.today().isoformat(), "device": device_info(),
               "versions": versions(), "command": command_line("benchmarks.finetune_speed"),
               "config": {"models": models, "tasks": tasks, "methods": methods, "batch": batch, "max_length": max_length, "steps": steps,
-                         "warmup": warmup, "vocab": args.vocab}, "rows": rows, "speedups": speedups}
+                         "warmup": warmup, "vocab": args.vocab, "repeats": args.repeats}, "rows": rows, "speedups": speedups}
     md = render(result)
     paths = write_report(f"finetune_speed-{mode}", result, md, Path(args.out))
     png = paths[0].with_suffix(".png")

@@ -116,7 +116,9 @@ class ReferenceFinetune:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         self.opt.step()
-        self.opt.zero_grad(set_to_none=False)  # graph capture: gradients keep their buffers
+        # a captured graph needs the gradients' buffers kept; eager, the next backward writes fresh ones (no zero fill,
+        # no accumulate: 0.02 s of dBERT Tiny's 0.32 s CPU step)
+        self.opt.zero_grad(set_to_none=not self.graph)
         return loss.detach()
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

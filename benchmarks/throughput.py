@@ -12,9 +12,10 @@ depend on them). Students: dBERT Tiny and dBERT Base. Three methods:
 
 * ours: `ds_distil.distill.step.DistillStep` (built by `distill.setup.build_step` with the KD objective
   and the live teacher), the loop's own micro step, under a single-rank
-  DeepSpeed ZeRO-2 engine with the run defaults (precision auto, padded vocabulary, fused AdamW,
-  torch.compile where `perf.compile` auto turns it on), reading its statistics once per step as the
-  trainer does.
+  DeepSpeed engine with the run defaults (ZeRO stage auto: none on one rank in fp32, ZeRO-2
+  otherwise; precision auto, padded vocabulary, fused AdamW, torch.compile where `perf.compile`
+  auto turns it on), reading its statistics once per step as the trainer does. `--levers` adds it
+  under ZeRO-2 ("ZeRO-2 on one rank", the one-rank default before).
 * reference: `benchmarks.reference.ReferenceDistill`, plain PyTorch with every lever (autocast,
   padded vocabulary, masked-only heads, fused AdamW, no host sync, torch.compile on the same
   devices as ours): what we must come close to.
@@ -55,6 +56,7 @@ import datetime
 import math
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,7 +66,7 @@ from benchmarks.common import command_line, device_info, header, parse_or_measur
 VOCAB = 119547
 # --levers: ours with one lever turned off (or changed) at a time
 LEVERS = {"no padding": {"pad": 1}, "no compile": {"compile": False}, "unfused AdamW": {"fused": False},
-          "fp16": {"precision": "fp16"}}
+          "fp16": {"precision": "fp16"}, "ZeRO-2 on one rank": {"zero_stage": 2}}
 # --objectives: what each objective changes from LossConfig's defaults for these students (12 divides 312 and 768)
 OBJECTIVE_LOSS = {"minilmv2": {"relation_heads": 12}}
 OURS_AND_REFERENCE = ("ours", "reference")  # the methods every objective runs; the others run with kd only
@@ -183,7 +185,8 @@ def measure(spec: dict) -> dict:
 
     def engine():
         train = TrainConfig(micro_batch_size=spec["batch"], max_steps=spec["steps"] + spec["warmup"], lr=1e-4)
-        ds = ds_config_from(train, str(DS_CONFIGS / f"zero2-{precision}.json"), 1, train.max_steps, fused=spec["fused"])
+        ds = ds_config_from(train, str(DS_CONFIGS / f"zero2-{precision}.json"), 1, train.max_steps, fused=spec["fused"],
+                            stage=spec.get("zero_stage", "auto"))
         if method != "baseline" and objective.module is not None:  # as setup.py: the engine trains the objective's parameters
             return initialize(StudentWithObjective(student, s_vocab, objective.module), ds, 0.01)
         return initialize(MaskedLM(student, None if method == "baseline" else s_vocab), ds, 0.01)
@@ -308,7 +311,7 @@ def render(result: dict) -> str:
            f"back after {c['warmup']} warm-up steps, {c['inputs']} input sets. Memory: {result['rows'][0].get('memory_kind', '?')}."
            + (f" Each configuration ran {c['repeats']} times, round-robin, each time in a fresh process; the run of median step "
               "time is reported." if c.get("repeats", 1) > 1 else "") + "\n\n"
-           "- ours: the trainer's micro step (DeepSpeed ZeRO-2, run defaults); reference: plain PyTorch with every lever "
+           "- ours: the trainer's micro step (DeepSpeed, run defaults: ZeRO stage auto, i.e. none on one rank in fp32); reference: plain PyTorch with every lever "
            "(benchmarks/reference.py); baseline: fp32 teacher, unpadded vocabulary, full logits at every position.\n\n")
     md += _load_note(result)
     objectives = c.get("objectives", ["kd"])
@@ -320,8 +323,14 @@ def render(result: dict) -> str:
     by_key = {(r["student"], r["seq_len"], r["batch"], r["method"]): r for r in kd_rows if not r.get("lever")}
 
     def ratio(r, other):
+        """r's tokens/s over other's; with repeats, the median of the runs' ratios (paired by round) and their range."""
         o = by_key.get((r["student"], r["seq_len"], r["batch"], other))
-        return f"{r['tokens_per_s'] / o['tokens_per_s']:.2f}x" if o and "error" not in o else ""
+        if not o or "error" in o:
+            return ""
+        if "step_s_runs" not in r or "step_s_runs" not in o:
+            return f"{r['tokens_per_s'] / o['tokens_per_s']:.2f}x"
+        ratios = sorted(b / a for a, b in zip(r["step_s_runs"], o["step_s_runs"]))  # same batch: tokens/s ratio = inverse time ratio
+        return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
     for r in kd_rows:
         name = r["method"] + (f" ({r['lever']})" if r.get("lever") else "")

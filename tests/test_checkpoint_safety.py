@@ -107,8 +107,8 @@ def _plant(tag_dir: Path, name: str, trap: Path) -> None:
 def test_crafted_checkpoint_is_refused_on_resume_and_export_without_running(run_copy, small_shards, tmp_path):
     trap = tmp_path / "code-ran"
     tag_dir = run_copy / "checkpoints" / "step00000006"
-    _plant(tag_dir, "mp_rank_00_model_states.pt", trap)
-    _plant(tag_dir, "zero_pp_rank_0_mp_rank_00_optim_states.pt", trap)
+    for f in tag_dir.glob("*_states.pt"):  # DeepSpeed's files: the model states (with the optimizer's without ZeRO), ZeRO's partitions
+        _plant(tag_dir, f.name, trap)
     torch.load(tag_dir / "mp_rank_00_model_states.pt", weights_only=False)  # the trap works when unpickled
     assert trap.exists()
     trap.unlink()
@@ -136,7 +136,7 @@ def test_changed_sampling_or_masking_on_resume_is_refused(run_copy, small_shards
 
 def test_truncated_newest_checkpoint_falls_back_and_the_run_ends_bit_identical(finished, run_copy, small_shards):
     shutil.rmtree(run_copy / "student")
-    victim = run_copy / "checkpoints" / "step00000006" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    victim = run_copy / "checkpoints" / "step00000006" / "mp_rank_00_model_states.pt"
     victim.write_bytes(victim.read_bytes()[:4096])
     with open(run_copy / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "loss/to')  # a line torn by a kill mid-write
@@ -152,7 +152,7 @@ def test_truncated_newest_checkpoint_falls_back_and_the_run_ends_bit_identical(f
     # safe changes (logging and validation intervals, checkpoints kept) are accepted
     proc = distill(run_copy, small_shards, "--resume", **{"log.every_steps": 2, "log.eval_every_steps": 3, "checkpoint.keep": 4})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "checkpoint step00000006 is damaged: zero_pp_rank_0_mp_rank_00_optim_states.pt has 4096 bytes" in proc.stderr
+    assert "checkpoint step00000006 is damaged: mp_rank_00_model_states.pt has 4096 bytes" in proc.stderr
     assert "continuing from step00000004" in proc.stderr and "resumed from step 4" in proc.stderr
     assert "metrics.jsonl: dropped 1 unreadable line" in proc.stderr
     assert (run_copy / "checkpoints" / "step00000006.damaged").is_dir() and latest_tag(run_copy / "checkpoints") == "step00000006"

@@ -97,8 +97,10 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     proc = subprocess.run(finetune_cmd(tmp_path / "out", str(model), "csv", f"task.data_dir={d}", "task.valid_fraction=0.2",
                                        "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=auto",
                                        "eval_every_steps=2"),
-                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, env={**ENV, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # one process builds no DeepSpeed op, nor waits on another process's build lock
+    assert not (tmp_path / "ext").exists() and "building DeepSpeed" not in proc.stderr
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert FIELDS <= set(res) and res["config"]["train"]["lr"] == 5e-5
     # TensorBoard: the validation curve (step 2 and the end), test scores at the end, the hyper-parameters beside them

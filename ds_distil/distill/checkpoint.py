@@ -69,6 +69,12 @@ def _file_table(tag_dir: Path) -> dict:
             for f in sorted(tag_dir.rglob("*")) if f.is_file() and f.name != MARKER}
 
 
+def zero_stage(tag_dir: Path) -> int:
+    """The ZeRO stage a complete checkpoint was written under (2 for one written before COMPLETE named it)."""
+    stage = json.loads((tag_dir / MARKER).read_text()).get("zero_stage", 2)
+    return stage if stage in (0, 1, 2) else 2
+
+
 def verify(tag_dir: Path, world_size: int | None = None) -> str | None:
     """What is wrong with a complete checkpoint (its files against COMPLETE), or None if nothing."""
     try:
@@ -79,11 +85,12 @@ def verify(tag_dir: Path, world_size: int | None = None) -> str | None:
         return f"its {MARKER} is not a record"
     ranks = marker.get("world_size", 1)
     ranks = ranks if isinstance(ranks, int) and ranks >= 1 else 1
-    # what every checkpoint must hold, whatever COMPLETE lists: the trainer state, each rank's RNG and optimizer
-    # partition, the model states (DeepSpeed's file names)
+    partitioned = marker.get("zero_stage", 2) != 0  # written before COMPLETE named its stage: ZeRO-2
+    # what every checkpoint must hold, whatever COMPLETE lists: the trainer state, each rank's RNG and (under ZeRO)
+    # optimizer partition, the model states (DeepSpeed's file names; without ZeRO they hold the optimizer state)
     needed = ["trainer_state.json", "mp_rank_00_model_states.pt", *(f"rng_rank{r}.pt" for r in range(ranks))]
     missing = [n for n in needed if not (tag_dir / n).is_file()]
-    missing += [f"rank {r}'s optimizer states" for r in range(ranks) if not any(tag_dir.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))]
+    missing += [f"rank {r}'s optimizer states" for r in range(ranks) if partitioned and not any(tag_dir.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))]
     if missing:
         return f"{missing[0]} is missing"
     files = marker.get("files")
@@ -178,7 +185,8 @@ def save(engine, run_dir: Path, step: int, trainer_state: dict, keep: int) -> Pa
     dist.barrier()
     if rank == 0:
         _fsync_tree(tag_dir)
-        marker = {"step": step, "world_size": dist.get_world_size(), "files": _file_table(tag_dir)}
+        marker = {"step": step, "world_size": dist.get_world_size(), "zero_stage": engine.zero_optimization_stage(),
+                  "files": _file_table(tag_dir)}
         atomic_write_json(tag_dir / MARKER, marker, fsync=True)
         atomic_write(ckpt_dir / "latest", tag)
         _prune(ckpt_dir, keep)

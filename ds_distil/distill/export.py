@@ -17,7 +17,7 @@ from ds_distil.core.errors import UserError, os_errors_at
 from ds_distil.core.rundir import claim
 from ds_distil.core.safe_load import weights_only_loads
 from ds_distil.distill.card import write_card
-from ds_distil.distill.checkpoint import MARKER, choose_tag, complete_tags, verify
+from ds_distil.distill.checkpoint import MARKER, choose_tag, complete_tags, verify, zero_stage
 from ds_distil.model.surgery import unpad_vocab
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ PREFIX = "model."  # the student's weights in the engine's state dict (model.for
 
 def export_student(run_dir: Path, out: Path | None = None, tag: str | None = None, overwrite: bool = False) -> Path:
     """Consolidate checkpoint `tag` (default: the newest complete, intact one) into `out` (default RUN/student)."""
+    import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
@@ -46,7 +47,10 @@ def export_student(run_dir: Path, out: Path | None = None, tag: str | None = Non
             raise UserError(f"checkpoint {ckpt_dir / tag} is damaged: {problem}; pick another tag")
     out = Path(out) if out else run_dir / "student"
     with weights_only_loads(ckpt_dir / tag):
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        if zero_stage(ckpt_dir / tag) == 0:  # no ZeRO: the fp32 weights are the model states' module
+            state = torch.load(ckpt_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+        else:
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     beside = sorted({k.split(".")[0] for k in state if not k.startswith(PREFIX)})
     if beside:
         log.info("export: leaving out what the objective trained beside the student (%s)", ", ".join(beside))

@@ -21,6 +21,9 @@ DS_UNCOMPARED = ("steps_per_print", "wall_clock_breakdown")
 DERIVED = ("world_size", "shards.content_sha256", "shards.seq_len", "shards.vocab_sha256", "data.masking_rule",
            "deepspeed.resolved_json_sha256", "student.vocab_kept_sha256")  # not typed by the user: follow from the data, ranks, JSON
 
+HINTS = {"deepspeed.resolved_json_sha256": " (the JSON, its precision or its ZeRO stage differ: a one-rank fp32 checkpoint made "
+                                          "before deepspeed.zero_stage=auto ran ZeRO-2; pass deepspeed.zero_stage=2)"}
+
 
 def changeable() -> list[str]:
     """The config keys a resumed run may change (the schema's resume=True fields)."""
@@ -68,9 +71,10 @@ def check(saved: dict, now: dict, checkpoint: str, derived: bool) -> None:
     if not changed:
         return
     key, old, new = changed[0]
+    hint = HINTS.get(key, "")
     more = f" (and {len(changed) - 1} more: {', '.join(k for k, _, _ in changed[1:4])})" if len(changed) > 1 else ""
     raise UserError(
         f"--resume would change {key} from {old!r} to {new!r}{more} against checkpoint {checkpoint}: the run would no "
         "longer be the one it continues (other samples, masking or arithmetic); resume with the run's own settings "
-        f"(RUN/run_config.yaml), or start a new run with another --out. Changeable on resume: {changeable_text()}"
+        f"(RUN/run_config.yaml){hint}, or start a new run with another --out. Changeable on resume: {changeable_text()}"
     )

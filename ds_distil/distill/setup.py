@@ -192,7 +192,8 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
     cfg, d, stream, t = c.cfg, c.dist, c.stream, c.cfg.train
     global_batch = t.micro_batch_size * t.grad_accum_steps * d.world_size
     source = cfg.teacher.pretrained or cfg.teacher.config or (f"preset {cfg.teacher.preset}" if cfg.teacher.preset else None)
-    log.info("distill: %d rank(s), backend %s, device %s, student precision %s", d.world_size, d.backend, d.device, eng.precision(ds_config))
+    log.info("distill: %d rank(s), backend %s, device %s, student precision %s, ZeRO stage %d", d.world_size, d.backend, d.device,
+             eng.precision(ds_config), ds_config["zero_optimization"]["stage"])
     log.info("perf: vocabulary rows %d (padded to a multiple of %d), torch.compile %s, fused AdamW %s", student.config.vocab_size,
              cfg.perf.pad_vocab_multiple, "on" if eng.compile_enabled(cfg.perf, d.device) else "off",
              "on" if ds_config["optimizer"]["params"].get("fused") else "off")

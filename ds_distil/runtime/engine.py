@@ -50,6 +50,13 @@ def init_distributed() -> Dist:
 
     from ds_distil.core.quiet import third_party_stdout
 
+    if int(os.environ["WORLD_SIZE"]) == 1:
+        # DeepSpeed compiles its shared-memory all-reduce for CPU ranks on first use, and a second process waits on the
+        # build's lock in TORCH_EXTENSIONS_DIR (minutes, silently). One rank has nothing to reduce: neither build nor
+        # wait. (DeepSpeed keeps this table once per process precisely so that edits to it hold.)
+        deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+    elif not cuda:
+        say_op_build(SHM_COMM_OP, "DeepSpeed's shared-memory all-reduce for CPU ranks")
     backend = "nccl" if cuda else "gloo"
     with third_party_stdout():  # "DeepSpeed ... shm_comm_op built successfully" on CPU; shown with --verbose
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
@@ -64,6 +71,21 @@ def init_distributed() -> Dist:
     else:
         device = torch.device("cpu")
     return Dist(rank, world, local_rank, device, backend)
+
+
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def say_op_build(name: str, what: str) -> None:
+    """One console line (rank 0) before DeepSpeed JIT-compiles op `name`, which happens once per machine and Python /
+    torch version, and makes every other process starting meanwhile wait on its lock: what the wait is for."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    build = Path(_get_build_directory(name, verbose=False))
+    if os.environ.get("RANK", "0") != "0" or (build / f"{name}.so").is_file():
+        return
+    waits = " (another process is building it: waiting for its lock)" if (build / "lock").exists() else ""
+    log.info("building %s once, into %s: about a minute on 2 CPU cores%s", what, build, waits)
 
 
 def close_distributed() -> None:
@@ -115,11 +137,23 @@ def compile_enabled(perf: PerfConfig, device: torch.device) -> bool:
 def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int, device: torch.device) -> dict:
     """The DeepSpeed JSON named by cfg.deepspeed.config, completed from cfg.train and cfg.perf."""
     return ds_config_from(cfg.train, resolve_ds_json(cfg.deepspeed.config, device), world_size, num_steps,
-                          fused=fused_adamw(cfg.perf.fused_adamw, device))
+                          fused=fused_adamw(cfg.perf.fused_adamw, device), stage=cfg.deepspeed.zero_stage)
 
 
-def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: int, fused: bool = False) -> dict:
-    """A DeepSpeed JSON (ZeRO, precision) completed with batch sizes, optimizer, schedule and clipping from `t`."""
+def zero_stage(choice: int | str, ds: dict, world_size: int) -> int:
+    """`auto`: the JSON's ZeRO stage, except for one rank in fp32: no ZeRO (stage 0). One rank has nothing to partition,
+    and ZeRO's flat buffers cost copies every step (0.17 s of dBERT Tiny's 0.53 s finetuning step on 2 CPU cores,
+    benchmarks/results/README.md); fp16 and bf16 keep the JSON's stage until a GPU has measured theirs."""
+    if choice != "auto":
+        return int(choice)
+    json_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    return 0 if world_size == 1 and precision(ds) == "fp32" else json_stage
+
+
+def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: int, fused: bool = False,
+                   stage: int | str = "auto") -> dict:
+    """A DeepSpeed JSON (ZeRO, precision) completed with batch sizes, optimizer, schedule and clipping from `t`, and
+    the ZeRO stage `stage` chooses (`zero_stage`)."""
     path = Path(json_path)
     if not path.is_file():
         raise UserError(f"deepspeed.config {path} does not exist; pass one of ds_configs/*.json")
@@ -152,6 +186,7 @@ def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: i
         optimizer={"type": "AdamW", "params": adam},
         scheduler=scheduler,
     )
+    ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": zero_stage(stage, ds, world_size)}
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
     ds.setdefault("wall_clock_breakdown", False)
     if ds.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
@@ -201,7 +236,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def initialize(model: nn.Module, ds_config: dict, weight_decay: float):
+    """The DeepSpeed engine of `model` under `ds_config` (ds_config_from's). Without ZeRO in fp32 the optimizer is
+    runtime.optimizer.ClippedAdamW, built here from the config's AdamW and clipping (DeepSpeed's own would neither skip
+    a non-finite step nor clip in one pass), and one rank skips the gradient all-reduce, which has no peer to reduce
+    with: DeepSpeed's own switch for an engine without a communication backend."""
     import deepspeed
 
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, weight_decay), config=ds_config)
+    groups = param_groups(model, weight_decay)
+    if ds_config["zero_optimization"]["stage"] == 0 and precision(ds_config) == "fp32":
+        from ds_distil.runtime.optimizer import ClippedAdamW
+
+        ds_config = dict(ds_config)
+        adam = {k: v for k, v in ds_config.pop("optimizer")["params"].items() if k not in ("torch_adam", "adam_w_mode")}
+        adam["betas"] = tuple(adam["betas"])
+        optimizer = ClippedAdamW(groups, max_norm=ds_config.get("gradient_clipping", 0.0), **adam)
+        ds_config["gradient_clipping"] = 0.0  # the optimizer clips
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        if engine.dp_world_size == 1:
+            engine.enable_backward_allreduce = False
+        return engine
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     return engine

@@ -252,6 +252,14 @@ class DeepSpeedConfig:
 
     config: str = setting("DeepSpeed JSON (see ds_configs/), or auto: zero2-bf16 on a GPU with bf16 (Ampere and newer), "
                           "zero2-fp16 on older GPUs, zero2-fp32 on CPU", default="auto", resume=True)
+    zero_stage: int | Literal["auto"] = setting("ZeRO stage (0, 1 or 2) in place of the JSON's; auto: the JSON's, except one rank "
+                                                "in fp32, which runs without ZeRO (nothing to partition; measured in "
+                                                "benchmarks/results/README.md)", default="auto")
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in ("auto", 0, 1, 2):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or auto, got {self.zero_stage!r} (ZeRO-3 partitions the weights, "
+                             "which the export and the teacher-side code do not gather)")
 
 
 @dataclasses.dataclass
