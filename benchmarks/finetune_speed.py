@@ -11,7 +11,7 @@ from the Filipino news articles). Two methods on identical batches (padded to th
 
 * ours: the training step of `ds-distil finetune` (its DeepSpeed engine and config: precision
   auto, fused AdamW, ZeRO stage auto: none for one rank in fp32); `--methods ...,ours-zero2` adds
-  it under ZeRO-2, the one-rank default before;
+  it under ZeRO-2 (the one-rank default before), `ours-zero0` without ZeRO (on a GPU);
 * reference: `benchmarks.reference.ReferenceFinetune`, plain PyTorch, fused AdamW, autocast, and
   on CUDA the whole step captured in a CUDA graph.
 
@@ -109,10 +109,10 @@ def measure(spec: dict) -> dict:
 
     def stepper(method: str, model):
         """(step function, precision) of one method on `model`."""
-        if method in ("ours", "ours-zero2"):
+        if method == "ours" or method.startswith("ours-zero"):
             train = TrainConfig(micro_batch_size=spec["batch"], max_steps=n, lr=5e-5)
             ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", dev), 1, n, fused=eng.fused_adamw("auto", dev),
-                                    stage=2 if method == "ours-zero2" else "auto")
+                                    stage=int(method.removeprefix("ours-zero")) if method != "ours" else "auto")
             engine = eng.initialize(model, ds, 0.01)
 
             def step(b):
@@ -211,18 +211,19 @@ def render(result: dict) -> str:
         avg = result["speedups"].get(m, {}).get("average")
         md += f"| {m} | {params / 1e6:.1f} | " + " | ".join(cells) + f" | {f'{avg:.2f}x' if avg else '-'} |\n" if params else f"| {m} | failed |\n"
     if "reference" in c.get("methods", []):
-        zero2 = "ours-zero2" in c["methods"]
+        stages = [x for x in c["methods"] if x.startswith("ours-zero")]
         md += ("\nOurs against the reference (plain PyTorch step, CUDA graph on a GPU), seconds per step (median of every timed step); "
                f"ours/ref above 1 means slower: the median of the {c.get('repeats', 1)} rounds' ratios, their range in brackets (each "
                "round times every method in turn on the same batches, in one process)"
-               + ("; ours-zero2: our step under ZeRO-2, the one-rank default before deepspeed.zero_stage=auto" if zero2 else "") + ":\n\n")
-        cols = ["ours", "reference", "ours/ref"] + (["ours-zero2", "zero2/ref"] if zero2 else [])
+               + ("; ours-zeroN: our step under ZeRO stage N in place of deepspeed.zero_stage=auto (ZeRO-2 was the one-rank "
+                  "default before it)" if stages else "") + ":\n\n")
+        cols = ["ours", "reference", "ours/ref"] + [x for st in stages for x in (st, st.removeprefix("ours-") + "/ref")]
         md += "| model | task | " + " | ".join(cols) + " |\n|---|---|" + "---:|" * len(cols) + "\n"
         for m in c["models"]:
             for t in c["tasks"]:
                 r = by.get((m, t, "reference"))
                 cells = []
-                for method in ["ours"] + (["ours-zero2"] if zero2 else []):
+                for method in ["ours", *stages]:
                     o = by.get((m, t, method))
                     ok_o, ok_r = o and "error" not in o, r and "error" not in r
                     cells += [f"{o['step_s']:.4f}" if ok_o else "failed"]
@@ -242,8 +243,8 @@ def main() -> None:
     p.add_argument("--full", action="store_true")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--methods", default="ours,reference", help="ours, reference, and ours-zero2 (our step under ZeRO-2, "
-                   "the one-rank default before deepspeed.zero_stage=auto)")
+    p.add_argument("--methods", default="ours,reference", help="ours, reference, and ours-zeroN (our step under ZeRO stage "
+                   "N: ours-zero2 was the one-rank default before deepspeed.zero_stage=auto)")
     p.add_argument("--repeats", type=int, default=3, help="rounds: each method's timed steps in turn, this many times")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS
 
-ORDER = ("throughput", "finetune_speed", "prepare_speed", "stream_memory")
+ORDER = ("step_phases", "throughput", "finetune_speed", "eval_speed", "prepare_speed", "stream_memory")
 
 
 def latest(results: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """Where a training step's time goes, phase by phase: ours (the DeepSpeed engine as `ds-distil` builds it, one rank),
-ours under ZeRO-2 (the one-rank default before `deepspeed.zero_stage: auto`) and the plain-PyTorch reference, on
-the same model and batches, in one process.
+ours under the other ZeRO stage (on a CPU ZeRO-2, the one-rank default before `deepspeed.zero_stage: auto`; on a GPU
+none) and the plain-PyTorch reference, on the same model and batches, in one process.
 
     python -m benchmarks.step_phases                                  # finetune and distil dBERT Tiny, quick sizes
     python -m benchmarks.step_phases --models dbert-tiny,dbert-base --profile
@@ -12,8 +12,8 @@ Phases (seconds per step, median over the timed steps of every round; device syn
 * distil: teacher (the frozen teacher's forward at the masked positions), student (its forward and the loss),
   backward, step; ours runs the pieces of `ds_distil.distill.step.DistillStep` one by one here.
 
-Methods run in `--repeats` rounds, each in turn. `--profile` adds torch.profiler's operator table of ours-zero2 and
-ours (the operators by their own time over three steps): what the phases' differences are made of.
+Methods run in `--repeats` rounds, each in turn. `--profile` adds torch.profiler's operator tables of ours under
+both stages (the operators by their own time over three steps): what the phases' differences are made of.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ from pathlib import Path
 from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-METHODS = ("ours-zero2", "ours", "reference")
+
+
+def methods(device) -> tuple[str, ...]:
+    """ours (ZeRO stage auto), ours under the other stage (ZeRO-2 where auto runs none, one fp32 rank; none where auto
+    keeps ZeRO-2, a GPU in bf16 or fp16: the lever a GPU has yet to measure) and the reference."""
+    return ("ours-zero2" if device.type != "cuda" else "ours-zero0", "ours", "reference")
+
+
+def stage_of(method: str) -> int | str:
+    return int(method.removeprefix("ours-zero")) if method.startswith("ours-zero") else "auto"
 
 
 def _sync(device) -> None:
@@ -70,7 +79,7 @@ def _finetune_steppers(spec, d):
     feats = featurise(task, "train", tok, spec["seq_len"], limit=spec["batch"] * n)
     batches = [{k: v.to(d.device) for k, v in b.items()} for b in _fixed_batches(feats, spec["batch"], spec["seq_len"], tok.pad_token_id, n)]
     steppers = {}
-    for method in METHODS:
+    for method in methods(d.device):
         torch.manual_seed(0)
         model = build_model(spec["model"], task, tok)
         if method == "reference":
@@ -85,7 +94,7 @@ def _finetune_steppers(spec, d):
             continue
         train = TrainConfig(micro_batch_size=spec["batch"], max_steps=n, lr=5e-5)
         ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", d.device), 1, n, fused=eng.fused_adamw("auto", d.device),
-                                stage=2 if method == "ours-zero2" else "auto")
+                                stage=stage_of(method))
         engine = eng.initialize(model, ds, 0.01)
         phases = {"forward": lambda b, e=engine: e(**b).loss, "backward": lambda loss, e=engine: e.backward(loss),
                   "step": lambda _, e=engine: e.step()}
@@ -108,7 +117,7 @@ def _distill_steppers(spec, d):
     batches = make_batches(3, spec["batch"], spec["seq_len"], d.device)
     steppers = {}
     teacher = eng.place_teacher(build_teacher(TeacherConfig(preset="mbert"), VOCAB, 0, 128), d.device, eng.teacher_dtype("auto", d.device))
-    for method in METHODS:
+    for method in methods(d.device):
         torch.manual_seed(0)
         student = build_student(StudentConfig(preset=spec["model"], dropout=0.1), VOCAB, 0, pad_multiple=128)
         objective = bound_objective(LossConfig(), teacher, student)
@@ -138,7 +147,7 @@ def _distill_steppers(spec, d):
             continue
         train = TrainConfig(micro_batch_size=spec["batch"], max_steps=100, lr=1e-4)
         ds = eng.ds_config_from(train, str(eng.DS_CONFIGS / "zero2-fp32.json") if d.device.type != "cuda" else eng.resolve_ds_json("auto", d.device),
-                                1, 100, fused=True, stage=2 if method == "ours-zero2" else "auto")
+                                1, 100, fused=True, stage=stage_of(method))
         engine = eng.initialize(MaskedLM(student, VOCAB), ds, 0.01)
         ds_step = build_step(engine, objective, teacher, VOCAB, 2.0, d.device, 1)
 
@@ -186,7 +195,7 @@ def measure(spec: dict) -> dict:
         from torch.profiler import ProfilerActivity, profile
 
         out["profiles"] = {}
-        for m in ("ours-zero2", "ours"):
+        for m in methods(d.device)[:2]:
             step = steppers[m][0]
             with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if d.device.type == "cuda" else [])) as prof:
                 for b in batches[:3]:
@@ -198,9 +207,9 @@ def measure(spec: dict) -> dict:
 
 def render(result: dict) -> str:
     c = result["config"]
-    md = header("Where a step's time goes: ours, ours under ZeRO-2, and the reference, phase by phase", result, result["command"])
+    md = header("Where a step's time goes: ours under both ZeRO stages and the reference, phase by phase", result, result["command"])
     md += (f"Finetuning: Hatespeech batches of {c['finetune_batch']} x {c['finetune_len']}; distillation: mBERT-architecture teacher, "
-           f"batches of {c['distill_batch']} x {c['distill_len']}, KD. fp32 on CPU. {c['steps']} timed steps per round after "
+           f"batches of {c['distill_batch']} x {c['distill_len']}, KD; precision auto (fp32 on CPU). {c['steps']} timed steps per round after "
            f"{c['warmup']} warm-up, {c['repeats']} rounds (methods in turn); median seconds per step of each phase and of the "
            f"whole step. Load average at the start {result['load_avg'][0]:.2f}.\n\n")
     for cell in result["cells"]:

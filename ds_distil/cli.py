@@ -108,7 +108,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    """Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student."""
+    """Distil a student from a frozen teacher on prepared shards (DeepSpeed, ZeRO-2 on several ranks); exports DIR/student."""
     from ds_distil.distill.run import run_distill
     from ds_distil.runtime.engine import close_distributed
 

@@ -208,3 +208,25 @@ def test_the_cached_step_runs_without_a_teacher_and_its_report_compares_it_with_
     assert f"| {5 * (2 + 4 + 16 + 16 + 4)} | {2 + 4 + 16 + 16 + 4} |" in md
     build, live = rows["cache-build"]["step_s"] / 4, rows["ours"]["step_s"] / 2  # seconds per sample
     assert f"| 32 | {build:.4f} | {1 / build:.1f} | micro | {live:.4f} | {build / live:.2f} |" in md
+
+
+def test_finetune_ours_over_reference_is_the_median_of_the_rounds_with_their_range():
+    from benchmarks.finetune_speed import round_ratio
+
+    ours, ref = {"step_s": 0.3, "round_step_s": [0.30, 0.33, 0.29]}, {"step_s": 0.3, "round_step_s": [0.30, 0.30, 0.29]}
+    assert round_ratio(ours, ref) == "1.00x (1.00-1.10)"
+    assert round_ratio({"step_s": 0.6}, {"step_s": 0.3}) == "2.00x"  # one round: no range
+
+
+def test_the_evaluation_pass_predicts_what_the_old_pass_and_a_plain_loop_predict(monkeypatch, data_dir):
+    """benchmarks.eval_speed on a micro model: ours (by length, inference mode) and the pass it replaced give the plain
+    loop's classes for every validation and test row of Hatespeech."""
+    from benchmarks.common import run_isolated
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    got = run_isolated("benchmarks.eval_speed", {"model": "micro", "task": "hatespeech", "max_length": 32, "batches": [64], "repeats": 1})
+    assert "error" not in got, got.get("error")
+    assert got["same_predictions"] is True and got["examples"] > 1000
+    assert {r["method"] for r in got["rows"]} == {"before", "ours", "plain"} and all(r["rows_per_s"] > 0 for r in got["rows"])

@@ -77,7 +77,7 @@ def test_the_card_has_hub_metadata_and_says_what_the_run_recorded(small_shards, 
     train_tokens = manifest["splits"]["train"]["tokens"]
     for expected in ("# run (bert 2x64)", "2 layers, 64 hidden, 128 FFN, 2 heads, 512 positions", f"{train_tokens:,} tokens",
                      "`tl_corpus_combined.txt`", "30 optimizer steps", "61,234", "8 per rank x 1 accumulation x 2 rank(s) = 16",
-                     "`0.5 * T^2 * KL(teacher || student) + 0.5 * MLM` at temperature T = 2.0", "| precision | student bf16 (DeepSpeed ZeRO); teacher fp32 (auto, on CPU) |",
+                     "`0.5 * T^2 * KL(teacher || student) + 0.5 * MLM` at temperature T = 2.0", "| precision | student bf16 (DeepSpeed, ZeRO stage 2); teacher fp32 (auto, on CPU) |",
                      "| validation perplexity | 665.1416 |", "| validation teacher-student top-1 agreement | 20.00% |",
                      "at step 30 (the exported step)", f"ds-distil distill --config configs/smoke.yaml --out {run}",
                      "on 2 rank(s), started by torchrun", FT_START, FT_END):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from ds_distil.core.config import from_dict, load
+from ds_distil.core.config import ConfigError, from_dict, load
 from ds_distil.core.errors import UserError
 from ds_distil.runtime.engine import build_ds_config, resolve_ds_json, teacher_dtype, total_steps
 from ds_distil.schema.distill import DistillConfig
@@ -71,3 +71,88 @@ def test_fused_adamw_goes_to_torch_through_the_deepspeed_json():
     assert build_ds_config(cfg(), 1, 10, CPU)["optimizer"]["params"]["fused"] is True  # auto: on where torch has it
     off = build_ds_config(cfg(perf={"fused_adamw": False}), 1, 10, CPU)["optimizer"]["params"]
     assert "fused" not in off and off["torch_adam"] is True
+
+
+def fp32(**deepspeed):
+    return from_dict(DistillConfig, {"data": {"shards": "x"}, "teacher": {"preset": "micro"},
+                                     "deepspeed": {"config": str(ROOT / "ds_configs" / "zero2-fp32.json"), **deepspeed}})
+
+
+def test_one_fp32_rank_runs_without_zero_and_several_ranks_or_half_precision_keep_the_jsons_stage():
+    assert build_ds_config(fp32(), 1, 10, CPU)["zero_optimization"]["stage"] == 0
+    assert build_ds_config(fp32(), 2, 10, CPU)["zero_optimization"]["stage"] == 2
+    assert build_ds_config(cfg(), 1, 10, CPU)["zero_optimization"]["stage"] == 2  # fp16: the JSON's, until a GPU measures it
+    assert build_ds_config(fp32(zero_stage=2), 1, 10, CPU)["zero_optimization"]["stage"] == 2  # the user's choice wins
+    assert build_ds_config(fp32(zero_stage=0), 4, 10, CPU)["zero_optimization"]["stage"] == 0
+    with pytest.raises(ConfigError, match="deepspeed': zero_stage must be 0, 1, 2 or auto, got 3"):
+        fp32(zero_stage=3)
+
+
+def test_clipped_adamw_clips_as_torch_does_and_skips_a_step_whose_gradients_are_not_finite():
+    from ds_distil.runtime.optimizer import ClippedAdamW
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    opt = ClippedAdamW(ours.parameters(), max_norm=0.5, lr=0.1, weight_decay=0.01)
+    ref = torch.optim.AdamW(theirs.parameters(), lr=0.1, weight_decay=0.01)
+    for step in range(3):
+        for m in (ours, theirs):
+            m.zero_grad()
+            (m(torch.full((2, 4), 3.0 + step)) ** 2).sum().backward()
+        norm = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5)
+        assert norm > 0.5  # so clipping acts
+        opt.step()
+        ref.step()
+        assert not opt.overflow and float(opt._global_grad_norm) == pytest.approx(float(norm))
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(a, b)
+    before = [p.detach().clone() for p in ours.parameters()]
+    state = {k: v.clone() for k, v in opt.state[ours.weight].items()}
+    ours.zero_grad()
+    (ours(torch.tensor([[float("nan"), 1.0, 1.0, 1.0]])) ** 2).sum().backward()
+    opt.step()
+    assert opt.overflow and all(torch.equal(a, b) for a, b in zip(ours.parameters(), before))
+    assert all(torch.equal(v, opt.state[ours.weight][k]) for k, v in state.items())  # moments and step count untouched
+
+
+ENGINE_SCRIPT = """
+import os, sys
+import torch
+from ds_distil.runtime import engine as eng
+from ds_distil.schema.distill import TrainConfig
+
+d = eng.init_distributed()
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 2)
+train = TrainConfig(micro_batch_size=2, max_steps=10, lr=0.1, warmup_ratio=0.0)
+engine = eng.initialize(model, eng.ds_config_from(train, sys.argv[1], 1, 10), 0.0)
+x = torch.ones(2, 4)
+before, lr = [p.detach().clone() for p in model.parameters()], engine.get_lr()[0]
+loss = engine(x).sum() * float("nan")
+engine.backward(loss)
+engine.step()
+nan_kept = all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+nan_lr = engine.get_lr()[0]
+for _ in range(3):  # DeepSpeed's warm-up gives the first two steps a rate of 0
+    engine.backward(engine(x).sum())
+    engine.step()
+moved = not all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+print(engine.zero_optimization_stage(), engine.skipped_steps, nan_kept, nan_lr == lr, moved, engine.get_lr()[0] != lr,
+      float(engine.get_global_grad_norm()) > 0, engine.enable_backward_allreduce)
+"""
+
+
+def test_a_one_rank_fp32_engine_skips_a_non_finite_step_holds_the_schedule_and_then_trains(tmp_path):
+    """What DeepSpeed's ZeRO optimizer does, without ZeRO: the NaN step leaves the weights and the schedule, and is counted."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-c", ENGINE_SCRIPT, str(ROOT / "ds_configs" / "zero2-fp32.json")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-8:] == ["0", "1", "True", "True", "True", "True", "True", "False"]
+    assert not (tmp_path / "ext").exists()  # one process: no DeepSpeed op built, no build lock waited on

@@ -101,7 +101,8 @@ def gather(model_dir: Path, run_dir: Path, tag: str) -> dict:
 
     return {"run_dir": str(run_dir), "tag": tag, "trainer": state.get("trainer") or {}, "data_state": state.get("data") or {},
             "config": cfg, "env": env, "manifest": manifest,
-            "precision": precision(ds_config) if ds_config else None, "vocab_report": vocab_report, "model_config": config,
+            "precision": precision(ds_config) if ds_config else None,
+            "zero_stage": (ds_config or {}).get("zero_optimization", {}).get("stage"), "vocab_report": vocab_report, "model_config": config,
             "parameters": params, "embedding_parameters": emb, "name": model_name(run_dir, config),
             "objective": state.get("objective") or _objective_of(cfg)}
 
@@ -267,6 +268,7 @@ def render(info: dict) -> str:
     dev = env.get("device") or {}
     device = dev.get("gpu") or (f"CPU ({dev.get('cpu')})" if dev.get("cpu") else "?")
     vers = env.get("versions") or {}
+    zero = f", ZeRO stage {info['zero_stage']}" if info.get("zero_stage") is not None else ""
     lines += ["## Training", "", "| | |", "|---|---|",
               f"| steps | {tr.get('step', '?'):,} optimizer steps{epochs}, checkpoint `{info['tag']}` |" if isinstance(tr.get("step"), int)
               else f"| steps | ? (checkpoint `{info['tag']}`) |",
@@ -276,7 +278,7 @@ def render(info: dict) -> str:
               f"| loss | {loss_text} |",
               f"| optimizer | AdamW, peak lr {train.get('lr')}, {train.get('schedule', 'linear')} decay after "
               f"{train.get('warmup_ratio', 0):.0%} warm-up, weight decay {train.get('weight_decay')}, clipping {train.get('grad_clip')} |",
-              f"| precision | student {info['precision'] or '?'} (DeepSpeed ZeRO); teacher {_teacher_dtype(t, dev) if not mlm_only else '-'} |",
+              f"| precision | student {info['precision'] or '?'} (DeepSpeed{zero}); teacher {_teacher_dtype(t, dev) if not mlm_only else '-'} |",
               f"| hardware | {device} x {world} |",
               f"| software | ds-distil {vers.get('ds-distil')} (git {vers.get('git_commit')}), torch {vers.get('torch')}, "
               f"deepspeed {vers.get('deepspeed')}, transformers {vers.get('transformers')} |", ""]

@@ -4,8 +4,8 @@ The teacher signal gives the teacher's outputs for the batch (the frozen teacher
 student runs through its DeepSpeed engine, both LM heads at the masked positions only, over the real vocabulary
 (padding rows cut off); the objective turns them into its terms, each a mean over the masked (or real) tokens of the
 whole global batch (counts all-reduced), so any split over ranks gives the same loss. DeepSpeed does the backward,
-ZeRO-2 reduction, clipping, loss scaling, optimizer and schedule, and skips an optimizer step whose gradients are not
-finite.
+the ZeRO-2 reduction (none on one fp32 rank: runtime/engine.zero_stage), clipping, loss scaling, optimizer and
+schedule, and skips an optimizer step whose gradients are not finite.
 
 Nothing here makes the host wait for the device: the masked positions arrive from the loader as a fixed-size list
 (static shapes, no `nonzero()`), the counts are all-reduced on the device, and the statistics are returned as a

@@ -30,7 +30,7 @@ HELP = {
     "inspect": "Stream a few batches from prepared shards and show what a training rank would see.",
     "teacher-cache": "Run the teacher once over prepared shards and store its sampled targets at static masks, for students to "
                      "distil from without it (teacher.cache=DIR).",
-    "distill": "Distil a student from a frozen teacher on prepared shards (DeepSpeed ZeRO-2); exports DIR/student.",
+    "distill": "Distil a student from a frozen teacher on prepared shards (DeepSpeed, ZeRO-2 on several ranks); exports DIR/student.",
     "export": "Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer).",
     "finetune": "Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json.",
     "report": "Collect finetuning results into one table per task and dataset, baselines included (Markdown, JSON, PNG).",
