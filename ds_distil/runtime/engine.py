@@ -142,8 +142,9 @@ def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int, device:
 
 def zero_stage(choice: int | str, ds: dict, world_size: int) -> int:
     """`auto`: the JSON's ZeRO stage, except for one rank in fp32: no ZeRO (stage 0). One rank has nothing to partition,
-    and ZeRO's flat buffers cost copies every step (0.17 s of dBERT Tiny's 0.53 s finetuning step on 2 CPU cores,
-    benchmarks/results/README.md); fp16 and bf16 keep the JSON's stage until a GPU has measured theirs."""
+    and ZeRO's flat buffers cost copies every step (0.30 s of dBERT Tiny's 0.64 s finetuning step on 2 CPU cores:
+    benchmarks/results/step_phases_cpu2_2026-12-07.md); fp16 and bf16 keep the JSON's stage until a GPU has measured
+    theirs."""
     if choice != "auto":
         return int(choice)
     json_stage = int(ds.get("zero_optimization", {}).get("stage", 0))
