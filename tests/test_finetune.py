@@ -36,6 +36,7 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
             assert "step 3/6: valid accuracy " in proc.stderr
     res = json.loads((tmp_path / "micro" / "results.json").read_text())
     assert FIELDS <= set(res) and res["world_size"] == 2 and res["task"] == "hatespeech" and res["metric"] == "accuracy"
+    assert res["zero_stage"] == 2 and json.loads((tmp_path / "tiny" / "results.json").read_text())["zero_stage"] == 0  # 1 rank: none
     assert 0.0 <= res["score"] <= 1.0 and 0.0 <= res["valid_score"] <= 1.0 and res["train_runtime_s"] > 0
     assert res["steps"] == 6 and res["config"]["train"]["micro_batch_size"] == 8
     assert res["recipe"]["name"] == "blank" and res["config"]["train"]["lr"] == 5e-4  # a preset: the blank recipe, no flag

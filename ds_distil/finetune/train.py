@@ -256,15 +256,17 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe
     steps_per_epoch = math.ceil(len(train) / (d.world_size * cfg.train.micro_batch_size))
     num_steps = eng.total_steps(cfg.train, steps_per_epoch)
     ds_path = eng.resolve_ds_json(cfg.deepspeed.config, d.device)
-    ds_config = eng.ds_config_from(cfg.train, ds_path, d.world_size, num_steps, fused=eng.fused_adamw("auto", d.device))
+    ds_config = eng.ds_config_from(cfg.train, ds_path, d.world_size, num_steps, fused=eng.fused_adamw("auto", d.device),
+                                   stage=cfg.deepspeed.zero_stage)
     engine = eng.initialize(net, ds_config, cfg.train.weight_decay)
     torch.manual_seed(cfg.train.seed + d.rank)
     if d.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save(cfg, out / "finetune_config.yaml")
-        log.info("finetune %s on %s (%s, %d labels): %s train / %s valid / %s test examples; %d rank(s), %s, %s; %d steps",
-                 model, task.name, task.kind, len(task.labels), f"{len(train):,}", f"{len(feats['valid']):,}",
-                 f"{len(feats['test']):,}", d.world_size, d.device, eng.precision(ds_config), num_steps)
+        log.info("finetune %s on %s (%s, %d labels): %s train / %s valid / %s test examples; %d rank(s), %s, %s, ZeRO stage %d; "
+                 "%d steps", model, task.name, task.kind, len(task.labels), f"{len(train):,}", f"{len(feats['valid']):,}",
+                 f"{len(feats['test']):,}", d.world_size, d.device, eng.precision(ds_config),
+                 ds_config["zero_optimization"]["stage"], num_steps)
         log.info("%s", recipe_line(recipe))
         for line in summary.data_lines({"task": task.name, **data}):
             log.info("%s", line)
@@ -335,7 +337,8 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe
         "metric": "f1" if task.metric == "f1" else "accuracy", "score": test.get("score"), "valid_score": valid.get("score"),
         "macro_f1": test.get("macro_f1"), **data, **found, "train_runtime_s": runtime,
         "samples_per_s": total_samples.item() / runtime, "train_examples": len(train), "steps": num_steps,
-        "world_size": d.world_size, "precision": eng.precision(ds_config), "device": device_info(), "seed": cfg.train.seed, "recipe": recipe,
+        "world_size": d.world_size, "precision": eng.precision(ds_config), "zero_stage": ds_config["zero_optimization"]["stage"],
+        "device": device_info(), "seed": cfg.train.seed, "recipe": recipe,
         "versions": versions(), "config": to_dict(cfg),
     }
     if d.rank == 0:
