@@ -56,6 +56,33 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000
 
 
+def test_two_zero2_ranks_finetune_as_one_rank_without_zero(tmp_path, data_dir):
+    """The same global batches (DistributedSampler's shares of one permutation), no dropout: the logged training loss
+    (the global batch's mean) of 2 ZeRO-2 ranks at micro batch 4 follows 1 rank's without ZeRO at 8, step by step."""
+    import subprocess
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    arch = tmp_path / "config.json"  # random weights from an architecture file: dropout off, so the ranks' arithmetic is all
+    arch.write_text(json.dumps({"model_type": "bert", "vocab_size": 119547, "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64,
+                                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "pad_token_id": 0}))
+    common = ["train.max_steps=8", "log_every_steps=1", "task.max_length=32", "task.max_train_examples=400", "train.lr=1e-3",
+              f"task.data_dir={data_dir / 'hatespeech'}"]
+    losses, results = {}, {}
+    for ranks, batch in ((2, 4), (1, 8)):
+        out = tmp_path / f"r{ranks}"
+        proc = subprocess.run(finetune_cmd(out, str(arch), "hatespeech", *common, f"train.micro_batch_size={batch}", ranks=ranks),
+                              capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        losses[ranks] = [e.value for e in EventAccumulator(str(out / "tensorboard")).Reload().Scalars("loss/train")]
+        results[ranks] = json.loads((out / "results.json").read_text())
+    assert results[2]["zero_stage"] == 2 and results[1]["zero_stage"] == 0
+    assert len(losses[1]) == 8 and losses[2] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[1][-1] != pytest.approx(losses[1][0], rel=1e-3)  # it trained
+    assert results[2]["score"] == results[1]["score"] and results[2]["valid_score"] == results[1]["valid_score"]
+
+
 def test_finetune_refusals(tmp_path, data_dir):
     proc = run_cli("finetune", "--model", "micro", "--task", "sentiment", "--out", str(tmp_path / "x"), env=ENV)
     assert proc.returncode == 2 and "unknown task 'sentiment'" in proc.stderr

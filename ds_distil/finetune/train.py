@@ -310,7 +310,8 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe
                 step += 1
                 metrics.step(1)
                 if step % cfg.log_every_steps == 0 or step == num_steps:
-                    mean = loss_sum.item() / micro
+                    dist.all_reduce(loss_sum)  # every rank's micro batches: the global batch's mean, whatever the ranks
+                    mean = loss_sum.item() / (micro * d.world_size)
                     metrics.scalars(step, {"loss/train": mean, "lr": engine.get_lr()[0]})
                     metrics.step(0, loss=f"{mean:.4f}")  # the bar shows the last logged loss: no device sync per step
                     loss_sum.zero_()
