@@ -15,6 +15,29 @@ from ds_distil.core.env_info import device_info, versions  # noqa: F401  (re-exp
 RESULTS = Path(__file__).parent / "results"
 
 
+def init_one_process():
+    """torch.distributed for this process alone, even when started from inside a launcher's rank (a free port), on
+    DeepSpeed's CPU accelerator where there is no GPU: ds_distil.runtime.engine's Dist."""
+    import os
+
+    import torch
+
+    from ds_distil.core.env_info import free_port
+    from ds_distil.runtime.engine import init_distributed
+
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    return init_distributed()
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (a GPU's), so that a timer reads finished work."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def add_out_argument(p: argparse.ArgumentParser, *aliases: str) -> None:
     p.add_argument("--out", *aliases, dest="out", default=str(RESULTS), help="folder for the reports (default: benchmarks/results)")
 

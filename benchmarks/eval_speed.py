@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
+from benchmarks.common import command_line, device_info, header, init_one_process, parse_or_measure, run_isolated, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -75,17 +75,13 @@ def _plain(model, feats, batch_size, pad_id, device) -> dict:
 def measure(spec: dict) -> dict:
     import torch
 
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    from ds_distil.core.env_info import free_port
-
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     from ds_distil.data.tasks import load_task
     from ds_distil.data.tokenizer import load_tokenizer
     from ds_distil.finetune.train import build_model, featurise, predict
     from ds_distil.runtime import engine as eng
     from ds_distil.schema.distill import TrainConfig
 
-    d = eng.init_distributed()
+    d = init_one_process()
     tok = load_tokenizer(str(DATA / "mbert_tokenizer"))
     task = load_task(spec["task"], str(DATA / spec["task"]))
     feats = [dict(f, index=i) for i, f in enumerate(f for s in ("valid", "test") for f in featurise(task, s, tok, spec["max_length"]))]

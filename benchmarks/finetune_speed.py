@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
+from benchmarks.common import command_line, device_info, header, init_one_process, parse_or_measure, run_isolated, versions, write_report
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = ("mbert", "distilmbert", "dbert-base", "dbert-tiny", "tagalog-roberta")
@@ -73,22 +73,29 @@ def _fixed_batches(feats: list[dict], batch: int, max_length: int, pad_id: int, 
     return out
 
 
+def ours_engine(model, method: str, batch: int, steps: int, device):
+    """`ds-distil finetune`'s DeepSpeed engine for `model` (one rank, precision auto, fused AdamW); method `ours` takes
+    the ZeRO stage auto, `ours-zeroN` stage N."""
+    from ds_distil.runtime import engine as eng
+    from ds_distil.schema.distill import TrainConfig
+
+    train = TrainConfig(micro_batch_size=batch, max_steps=steps, lr=5e-5)
+    ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", device), 1, steps, fused=eng.fused_adamw("auto", device),
+                            stage=int(method.removeprefix("ours-zero")) if method != "ours" else "auto")
+    return eng.initialize(model, ds, 0.01)
+
+
 def measure(spec: dict) -> dict:
     """One model on every task of spec, both methods: {"rows": [...]}."""
     import torch
 
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     from benchmarks.reference import ReferenceFinetune
-    from ds_distil.core.env_info import free_port
     from ds_distil.data.tasks import load_task
     from ds_distil.data.tokenizer import load_tokenizer
     from ds_distil.finetune.train import build_model, featurise
     from ds_distil.runtime import engine as eng
-    from ds_distil.schema.distill import TrainConfig
 
-    # one process of its own, even when started from inside a launcher's rank
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    d = eng.init_distributed()
+    d = init_one_process()
     dev = d.device
     trimmed = spec["model"].endswith(TRIMMED)
     tok = load_tokenizer(spec["vocab"] if trimmed else str(DATA / "mbert_tokenizer"))
@@ -110,16 +117,13 @@ def measure(spec: dict) -> dict:
     def stepper(method: str, model):
         """(step function, precision) of one method on `model`."""
         if method == "ours" or method.startswith("ours-zero"):
-            train = TrainConfig(micro_batch_size=spec["batch"], max_steps=n, lr=5e-5)
-            ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", dev), 1, n, fused=eng.fused_adamw("auto", dev),
-                                    stage=int(method.removeprefix("ours-zero")) if method != "ours" else "auto")
-            engine = eng.initialize(model, ds, 0.01)
+            engine = ours_engine(model, method, spec["batch"], n, dev)
 
             def step(b):
                 loss = engine(**b).loss
                 engine.backward(loss)
                 engine.step()
-            return step, eng.precision(ds)
+            return step, eng.precision(engine.config)
         precision = "fp32" if dev.type != "cuda" else "bf16" if eng.bf16_capable(dev) else "fp16"
         ref = ReferenceFinetune(model, precision, dev)
         return ref.step, "fp32" if ref.amp is None else str(ref.amp).removeprefix("torch.")

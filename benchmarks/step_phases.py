@@ -26,7 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
+from benchmarks.common import (
+    command_line,
+    device_info,
+    header,
+    init_one_process,
+    parse_or_measure,
+    run_isolated,
+    sync,
+    versions,
+    write_report,
+)
 
 DATA = Path(os.environ.get("DS_DISTIL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -41,22 +51,15 @@ def stage_of(method: str) -> int | str:
     return int(method.removeprefix("ours-zero")) if method.startswith("ours-zero") else "auto"
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _phased(device, phases):
     """A step that runs `phases` ({name: fn(state) -> state}) in order, returning {name: seconds}."""
     def step(b):
         times, state = {}, b
         for name, fn in phases.items():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             state = fn(state)
-            _sync(device)
+            sync(device)
             times[name] = time.perf_counter() - t0
         return times
     return step
@@ -65,13 +68,11 @@ def _phased(device, phases):
 def _finetune_steppers(spec, d):
     import torch
 
-    from benchmarks.finetune_speed import _fixed_batches
+    from benchmarks.finetune_speed import _fixed_batches, ours_engine
     from benchmarks.reference import ReferenceFinetune
     from ds_distil.data.tasks import load_task
     from ds_distil.data.tokenizer import load_tokenizer
     from ds_distil.finetune.train import build_model, featurise
-    from ds_distil.runtime import engine as eng
-    from ds_distil.schema.distill import TrainConfig
 
     tok = load_tokenizer(str(DATA / "mbert_tokenizer"))
     task = load_task("hatespeech", str(DATA / "hatespeech"))
@@ -83,19 +84,12 @@ def _finetune_steppers(spec, d):
         torch.manual_seed(0)
         model = build_model(spec["model"], task, tok)
         if method == "reference":
-            ref = ReferenceFinetune(model, "fp32" if d.device.type != "cuda" else "bf16", d.device)
-
-            def step_(_, ref=ref):
-                torch.nn.utils.clip_grad_norm_(ref.params, ref.grad_clip, foreach=True)
-                ref.opt.step()
-                ref.opt.zero_grad(set_to_none=True)
-            phases = {"forward": lambda b, ref=ref: ref.model(**b).loss, "backward": lambda loss: loss.backward(), "step": step_}
+            ref = ReferenceFinetune(model, "fp32" if d.device.type != "cuda" else "bf16", d.device, cuda_graph=False)
+            phases = {"forward": ref.forward_loss, "backward": lambda loss: loss.backward(),
+                      "step": lambda _, ref=ref: ref.update()}
             steppers[method] = (_phased(d.device, phases), None)
             continue
-        train = TrainConfig(micro_batch_size=spec["batch"], max_steps=n, lr=5e-5)
-        ds = eng.ds_config_from(train, eng.resolve_ds_json("auto", d.device), 1, n, fused=eng.fused_adamw("auto", d.device),
-                                stage=stage_of(method))
-        engine = eng.initialize(model, ds, 0.01)
+        engine = ours_engine(model, method, spec["batch"], n, d.device)
         phases = {"forward": lambda b, e=engine: e(**b).loss, "backward": lambda loss, e=engine: e.backward(loss),
                   "step": lambda _, e=engine: e.step()}
         steppers[method] = (_phased(d.device, phases), engine)
@@ -107,10 +101,9 @@ def _distill_steppers(spec, d):
 
     from benchmarks.reference import ReferenceDistill, bound_objective
     from benchmarks.throughput import VOCAB, make_batches
-    from ds_distil.distill.batch import to_device
     from ds_distil.distill.setup import build_step
     from ds_distil.model.build import build_student, build_teacher
-    from ds_distil.model.forward import MaskedLM, masked_lm_forward
+    from ds_distil.model.forward import MaskedLM
     from ds_distil.runtime import engine as eng
     from ds_distil.schema.distill import LossConfig, StudentConfig, TeacherConfig, TrainConfig
 
@@ -123,26 +116,10 @@ def _distill_steppers(spec, d):
         objective = bound_objective(LossConfig(), teacher, student)
         if method == "reference":
             ref = ReferenceDistill(teacher, student, VOCAB, objective, "fp32" if d.device.type != "cuda" else "bf16", d.device, False)
-            needs = objective.teacher
-
-            def teacher_(b, ref=ref, needs=needs):
-                with torch.no_grad():
-                    return b, masked_lm_forward(ref.teacher, b["input_ids"], b["attention_mask"], b["positions"], VOCAB, needs.hidden, needs.qkv)
-
-            def student_(bt, ref=ref):
-                from ds_distil.distill.batch import Batch
-
-                b, t_out = bt
-                with torch.autocast(ref.device.type, dtype=ref.amp, enabled=ref.amp is not None):
-                    s_out = masked_lm_forward(ref.student, b["input_ids"], b["attention_mask"], b["positions"], VOCAB)
-                batch = Batch(b["input_ids"], b["input_ids"], b["attention_mask"], b["positions"], b["targets"], b["targets"], torch.zeros(0))
-                return ref.objective.loss(s_out, t_out, batch, batch.counts())[0]
-
-            def step_(_, ref=ref):
-                torch.nn.utils.clip_grad_norm_(ref.params, ref.grad_clip, foreach=True)
-                ref.opt.step()
-                ref.opt.zero_grad(set_to_none=True)
-            phases = {"teacher": teacher_, "student": student_, "backward": lambda loss: loss.backward(), "step": step_}
+            phases = {"teacher": lambda b, ref=ref: (b, ref.teacher_outputs(b["input_ids"], b["attention_mask"], b["positions"])),
+                      "student": lambda bt, ref=ref: ref.student_loss(bt[0]["input_ids"], bt[0]["attention_mask"], bt[0]["positions"],
+                                                                       bt[0]["targets"], bt[1]),
+                      "backward": lambda loss: loss.backward(), "step": lambda _, ref=ref: ref.update()}
             steppers[method] = (_phased(d.device, phases), None)
             continue
         train = TrainConfig(micro_batch_size=spec["batch"], max_steps=100, lr=1e-4)
@@ -152,31 +129,18 @@ def _distill_steppers(spec, d):
         ds_step = build_step(engine, objective, teacher, VOCAB, 2.0, d.device, 1)
 
         def teacher_(raw, s=ds_step):  # DistillStep.__call__, piece by piece
-            b = to_device(raw, s.device, s.translation)
-            return b, b.counts(), s.teacher(b)
+            b, _, counts = s.prepare(raw)
+            return b, counts, s.teacher(b)
 
-        def student_(x, s=ds_step):
-            b, counts, t_out = x
-            needs = s.objective.student
-            out = s.engine(b.student_ids, b.attention_mask, b.positions, needs.hidden, needs.qkv)
-            return s.loss(out, t_out, b, counts)[0]
-
-        phases = {"teacher": teacher_, "student": student_, "backward": lambda loss, e=engine: e.backward(loss),
+        phases = {"teacher": teacher_, "student": lambda x, s=ds_step: s.student_loss(x[0], x[2], x[1])[0],
+                  "backward": lambda loss, e=engine: e.backward(loss),
                   "step": lambda _, e=engine: e.step()}
         steppers[method] = (_phased(d.device, phases), engine)
     return steppers, batches
 
 
 def measure(spec: dict) -> dict:
-    import torch
-
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    from ds_distil.core.env_info import free_port
-
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    from ds_distil.runtime import engine as eng
-
-    d = eng.init_distributed()
+    d = init_one_process()
     steppers, batches = (_finetune_steppers if spec["step"] == "finetune" else _distill_steppers)(spec, d)
     for step, _ in steppers.values():
         for b in batches[: spec["warmup"]]:

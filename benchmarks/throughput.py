@@ -61,7 +61,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, versions, write_report
+from benchmarks.common import command_line, device_info, header, parse_or_measure, run_isolated, sync, versions, write_report
 
 VOCAB = 119547
 # --levers: ours with one lever turned off (or changed) at a time
@@ -70,13 +70,6 @@ LEVERS = {"no padding": {"pad": 1}, "no compile": {"compile": False}, "unfused A
 # --objectives: what each objective changes from LossConfig's defaults for these students (12 divides 312 and 768)
 OBJECTIVE_LOSS = {"minilmv2": {"relation_heads": 12}}
 OURS_AND_REFERENCE = ("ours", "reference")  # the methods every objective runs; the others run with kd only
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_batches(n: int, batch: int, seq_len: int, device, ordinary=None, vocab: int = VOCAB) -> list[dict]:
@@ -245,13 +238,13 @@ def _timed(step, batches: list[dict], spec: dict, device) -> tuple[float, object
 
     for i in range(spec["warmup"]):
         step(batches[i % len(batches)])
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for i in range(spec["steps"]):
         last = step(batches[i % len(batches)])
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / spec["steps"], last
 
 
@@ -298,7 +291,7 @@ def _profile(step, batches, device, steps: int = 3) -> str:
     with profile(activities=activities) as prof:
         for i in range(steps):
             step(batches[i % len(batches)])
-        _sync(device)
+        sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return f"{steps} steps\n" + prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60)
 

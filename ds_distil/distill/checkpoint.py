@@ -70,8 +70,13 @@ def _file_table(tag_dir: Path) -> dict:
 
 
 def zero_stage(tag_dir: Path) -> int:
-    """The ZeRO stage a complete checkpoint was written under (2 for one written before COMPLETE named it)."""
-    stage = json.loads((tag_dir / MARKER).read_text()).get("zero_stage", 2)
+    """The ZeRO stage a complete checkpoint was written under."""
+    return _stage(json.loads((tag_dir / MARKER).read_text()))
+
+
+def _stage(marker: dict) -> int:
+    """COMPLETE's ZeRO stage; 2 for a checkpoint written before COMPLETE named it (every one was ZeRO-2 then)."""
+    stage = marker.get("zero_stage", 2)
     return stage if stage in (0, 1, 2) else 2
 
 
@@ -85,7 +90,7 @@ def verify(tag_dir: Path, world_size: int | None = None) -> str | None:
         return f"its {MARKER} is not a record"
     ranks = marker.get("world_size", 1)
     ranks = ranks if isinstance(ranks, int) and ranks >= 1 else 1
-    partitioned = marker.get("zero_stage", 2) != 0  # written before COMPLETE named its stage: ZeRO-2
+    partitioned = _stage(marker) != 0
     # what every checkpoint must hold, whatever COMPLETE lists: the trainer state, each rank's RNG and (under ZeRO)
     # optimizer partition, the model states (DeepSpeed's file names; without ZeRO they hold the optimizer state)
     needed = ["trainer_state.json", "mp_rank_00_model_states.pt", *(f"rng_rank{r}.pt" for r in range(ranks))]

@@ -39,17 +39,25 @@ class DistillStep:
             engine.module.compile(dynamic=False)
             self.loss = torch.compile(self.loss, dynamic=False)
 
-    def __call__(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Forward, backward and (at an accumulation boundary) the optimizer step; returns the statistics on the device."""
+    def prepare(self, raw: dict[str, torch.Tensor]) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """The micro batch on the device (kept as `last`), this rank's counts and the global ones."""
         b = self.last = to_device(raw, self.device, self.translation)
         local = b.counts()
         counts = local.clone()
         if self.world_size > 1:
             dist.all_reduce(counts)  # the global counts every rank divides by
-        teacher = self.teacher(b)
+        return b, local, counts
+
+    def student_loss(self, b: Batch, teacher, counts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The student's forward through its engine and the objective's total and terms, against the teacher's outputs."""
         needs = self.objective.student
         student = self.engine(b.student_ids, b.attention_mask, b.positions, needs.hidden, needs.qkv)
-        total, means = self.loss(student, teacher, b, counts)
+        return self.loss(student, teacher, b, counts)
+
+    def __call__(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward, backward and (at an accumulation boundary) the optimizer step; returns the statistics on the device."""
+        b, local, counts = self.prepare(raw)
+        total, means = self.student_loss(b, self.teacher(b), counts)
         # DeepSpeed averages gradients over ranks; our terms are already shares of the global mean.
         # A non-finite loss gives non-finite gradients, and DeepSpeed skips that optimizer step.
         self.engine.backward(total * self.world_size)

@@ -79,10 +79,12 @@ SHM_COMM_OP = "deepspeed_shm_comm"
 def say_op_build(name: str, what: str) -> None:
     """One console line (rank 0) before DeepSpeed JIT-compiles op `name`, which happens once per machine and Python /
     torch version, and makes every other process starting meanwhile wait on its lock: what the wait is for."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     from torch.utils.cpp_extension import _get_build_directory
 
-    build = Path(_get_build_directory(name, verbose=False))
-    if os.environ.get("RANK", "0") != "0" or (build / f"{name}.so").is_file():
+    build = Path(_get_build_directory(name, verbose=False))  # (creates the directory, as the build would)
+    if (build / f"{name}.so").is_file():
         return
     waits = " (another process is building it: waiting for its lock)" if (build / "lock").exists() else ""
     log.info("building %s once, into %s: about a minute on 2 CPU cores%s", what, build, waits)
