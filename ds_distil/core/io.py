@@ -23,5 +23,16 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False, en
     return path
 
 
+def atomic_write_lines(path: str | Path, lines, *, encoding: str = "utf-8") -> Path:
+    """`atomic_write` of an iterable of lines (each written with a newline), streamed: a large file is never held whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding=encoding, newline="\n") as f:
+        for line in lines:
+            f.write(line + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 1, fsync: bool = False, **dumps: Any) -> Path:
     return atomic_write(path, json.dumps(obj, indent=indent, **dumps), fsync=fsync)

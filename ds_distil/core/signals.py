@@ -1,9 +1,9 @@
 """SLURM's warning before a time limit or preemption (SIGUSR1, or SIGTERM) and what our commands do with it.
 
-`distill` finishes its step, checkpoints and exits EXIT_PREEMPTED (`StopRequest`, read by the trainer); while it
-waits for a batch that does not come (a stuck data loader, a hung file system) it exits EXIT_PREEMPTED without a
-checkpoint after a grace period. `finetune` has no checkpoints and exits EXIT_PREEMPTED at once. slurm/*.sbatch requeue the job on
-that status, and the same command continues (distill --resume) or redoes the work (finetune).
+`distill` and `finetune` finish their step, checkpoint and exit EXIT_PREEMPTED (`StopRequest`, read by the loop); while
+distill waits for a batch that does not come (a stuck data loader, a hung file system) it exits EXIT_PREEMPTED without
+a checkpoint after a grace period. slurm/*.sbatch requeue the job on that status, and the same command continues
+(--resume).
 """
 
 from __future__ import annotations
@@ -101,18 +101,6 @@ class StopRequest:
         """The process's SIGALRM handler as it was (the stop-signal handler stays: a late signal only sets the flag)."""
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous_alarm)
-
-
-def exit_on_stop_signal(what: str) -> None:
-    """For commands without checkpoints: stop at once with EXIT_PREEMPTED."""
-
-    def stop(signum: int):
-        ignore_stop_signals()  # exit 75, not "killed" by the next signal (srun TERMs the other ranks when one exits)
-        log.warning("received %s: %s stops now without results (it has no checkpoints: the same command redoes it); exit %d",
-                    signal_name(signum), what, EXIT_PREEMPTED)
-        raise SystemExit(EXIT_PREEMPTED)
-
-    on_stop_signal(stop)
 
 
 def ignore_stop_signals() -> None:
