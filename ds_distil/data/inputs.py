@@ -66,7 +66,8 @@ def read_input(path: Path, m: ModelInput) -> tuple[list[Example], dict]:
     for e in examples:
         unknown = sorted({t for t in e.label or [] if t not in m.labels})
         if unknown and not m.skip_bad_rows:
-            raise UserError(f"{e.id}: tag '{unknown[0]}' is not one of the model's labels ({', '.join(m.labels[:12])}); the file "
+            where = path.with_name(e.id) if e.id and e.id.startswith(path.name + ":") else f"{path} ({e.id})"
+            raise UserError(f"{where}: tag '{unknown[0]}' is not one of the model's labels ({', '.join(m.labels[:12])}); the file "
                             "is not for this model, or fix the tag (or set skip_bad_rows=true to skip such sentences and count them)")
         if unknown:
             skipped["tag not in the model"] += 1

@@ -133,7 +133,9 @@ def summary_lines(found: dict) -> list[str]:
         lines.append(f"  {found['truncated']:,} rows cut at max_length {found['max_length']} (marked \"truncated\" in the output)")
     if "gold" in found:
         g = found["gold"]
+        accuracy = f" | accuracy {g['accuracy']:.4f}" if g["metric"] != "accuracy" else ""
         lines.append(f"  against the file's gold labels: {g['metric']} {g['score']:.4f} (95% interval {g['interval95'][0]:.4f} to "
-                     f"{g['interval95'][1]:.4f}) | accuracy {g['accuracy']:.4f} | macro-F1 {g['macro_f1']:.4f}")
-    lines.append(f"wrote {found['out']} (one JSON line per row: id, text, gold, predicted, probabilities, logits)")
+                     f"{g['interval95'][1]:.4f}){accuracy} | macro-F1 {g['macro_f1']:.4f}")
+    text = "words" if found["kind"] == "token" else "text"
+    lines.append(f"wrote {found['out']} (one JSON line per row: id, {text}, gold, predicted, probabilities, logits, truncated)")
     return lines

@@ -18,6 +18,7 @@ COLLAPSE_SHARE = 0.95  # one predicted class on more than this share of the test
 UNDERPREDICTED_SHARE = 0.1  # a class predicted fewer times than this share of its support (never, at worst): warn
 SMALL_SPLIT = 200  # a held-out split of fewer rows: its score's 95% interval is warned
 RESAMPLES = 1000  # of the bootstrap interval
+NAMES = {"valid": "validation", "test": "test"}
 
 
 def aligned(task: Task, preds: dict, feats: list[dict]) -> tuple[list, list]:
@@ -152,6 +153,6 @@ def small_split_warning(task: Task, evaluation: dict, split: str) -> str | None:
     lo, hi = evaluation["interval95"]
     rows = "sentences" if task.kind == "token" else "rows"
     name = "entity F1" if task.metric == "f1" else "accuracy"
-    return (f"the {split} split has {n:,} {rows}: its {name} {evaluation['score']:.4f} has a 95% interval of {lo:.4f} to {hi:.4f} "
+    return (f"the {NAMES[split]} split has {n:,} {rows}: its {name} {evaluation['score']:.4f} has a 95% interval of {lo:.4f} to {hi:.4f} "
             f"(bootstrap over its {rows}, {RESAMPLES:,} resamples); differences between models smaller than that are noise: "
             "compare on a larger split (task.valid_fraction / task.test_fraction, or bigger files) or over several seeds")

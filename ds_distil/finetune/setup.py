@@ -123,14 +123,19 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     return s
 
 
+def finished(rd: rundir.RunDir) -> bool:
+    """Whether --out holds a finished run (its results.json), which --resume leaves as it is."""
+    return not rd.staging and (rd.path / "results.json").is_file()
+
+
 def _check_out(rd: rundir.RunDir, resume: bool, rank: int) -> None:
     """What --out holds allows this run: a finished run is kept (--overwrite replaces it), a stopped one is continued
     (--resume) or replaced, never started over by accident."""
     err = None
     if rank == 0 and not rd.staging:
         if (rd.path / "results.json").is_file():
-            err = (f"--out {rd.out} holds a finished finetuning run (results.json){': nothing to resume' if resume else ''}; pass "
-                   "--overwrite to run it again, or choose another --out")
+            err = (f"--out {rd.out} holds a finished finetuning run (results.json); pass --overwrite to run it again, or choose "
+                   "another --out")
         elif checkpoint.latest_tag(rd.path / "checkpoints") is not None and not resume:
             err = (f"--out {rd.out} holds the checkpoints of a stopped finetuning run; pass --resume to continue it, --overwrite "
                    "to replace it, or choose another --out")

@@ -147,5 +147,7 @@ def result_lines(res: dict) -> list[str]:
     shown = res.get("warnings_before_training", [])  # printed once, before training; all of them are in results.json
     lines += [f"  WARNING: {w}" for w in res.get("warnings", []) if w not in shown]
     if shown:
-        lines.append(f"  ({len(shown)} warning{'s' * (len(shown) != 1)} about the data, printed before training, are in results.json too)")
+        many = len(shown) != 1
+        lines.append(f"  ({len(shown)} warning{'s' * many} about the data, printed before training, {'are' if many else 'is'} in "
+                     "results.json too)")
     return lines

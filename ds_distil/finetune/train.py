@@ -18,6 +18,7 @@ evaluation or checkpoints), over every session of a resumed run, as the paper's 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -39,7 +40,7 @@ from ds_distil.finetune import model_dir, summary
 from ds_distil.finetune.inference import argmax, infer, jsonl, records
 from ds_distil.finetune.loop import fit, snapshot_of, split_scalars
 from ds_distil.finetune.scoring import evaluate
-from ds_distil.finetune.setup import FINAL, Setup, recipe_line, setup  # noqa: F401 - recipe_line: read from here too
+from ds_distil.finetune.setup import FINAL, Setup, finished, recipe_line, setup  # noqa: F401 - recipe_line: read from here too
 from ds_distil.model.info import display_name
 from ds_distil.runtime import engine as eng
 from ds_distil.schema.finetune import FinetuneConfig
@@ -61,6 +62,8 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     try:
         rd = rundir.claim_on_rank0(d.rank, lambda: rundir.claim(out, "finetune", overwrite=overwrite, inputs=inputs, in_place=True))
         try:
+            if resume and broadcast([finished(rd) if d.rank == 0 else None])[0]:
+                return 0, _finished(rd.path, d.rank)
             s = setup(model, task_name, rd, cfg, recipe or {"name": "none", "choice": "given config"}, resume, d, stop, run_log)
             status = fit(s.trainer)
             if status != 0:
@@ -77,6 +80,14 @@ def run_finetune(model: str, task_name: str, out: str | Path, cfg: FinetuneConfi
     finally:
         run_log.close()
         stop.close()
+
+
+def _finished(out: Path, rank: int) -> dict:
+    """--resume of a run that finished: nothing to do (a requeued job or a study runner may ask); its results."""
+    if rank != 0:
+        return {"score": None}
+    log.info("--resume: %s holds a finished run (results.json): nothing to resume", out)
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
 def kept_weights(engine) -> torch.nn.Module:
