@@ -98,7 +98,7 @@ def test_a_teacher_cache_reads_a_distill_config_and_says_what_it_left(caplog):
 def test_the_cache_borrows_the_students_vocabulary_and_seed_unless_its_own_are_set():
     data = {"data": {"shards": "s"}, "teacher": {"preset": "tiny"}, "student": {"vocab": "runs/v"}, "train": {"seed": 7},
             "loss": {"temperature": 3.0}}
-    kept, line = commands.own_sections("teacher-cache", data)
+    kept, _ = commands.own_sections("teacher-cache", data)
     assert kept["vocab"] == "runs/v" and kept["seed"] == 7 and kept["cache"]["temperature"] == 3.0
     kept, _ = commands.own_sections("teacher-cache", {**data, "vocab": "mine", "cache": {"temperature": 2.0}})
     assert kept["vocab"] == "mine" and kept["cache"]["temperature"] == 2.0  # the cache's own keys win

@@ -8,9 +8,9 @@ import logging
 import pytest
 import torch
 
+from ds_distil.core.config import from_dict
 from ds_distil.core.errors import UserError
 from ds_distil.runtime import precision
-from ds_distil.core.config import from_dict
 from ds_distil.runtime.engine import DS_CONFIGS, build_ds_config, resolve_ds_json, teacher_dtype
 from ds_distil.schema.distill import DistillConfig
 

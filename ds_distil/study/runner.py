@@ -349,7 +349,7 @@ class Runner:
         return f"# resolved from {self.study_path}\n" + yaml.safe_dump(to_dict(self.study), sort_keys=False)
 
     # --- one stage
-    def _start(self, stage: Stage, index: int) -> "_Running":
+    def _start(self, stage: Stage, index: int) -> _Running:
         st = self.status(stage)
         resume = st == "retry" and stage.resumable
         if not resume and stage.out.exists():
@@ -385,7 +385,7 @@ class Runner:
             r.signal()
         return r
 
-    def _finish(self, r: "_Running") -> int:
+    def _finish(self, r: _Running) -> int:
         self.running.remove(r)
         r.log.close()
         code = next((c for c in r.codes() if c != 0), 0)
