@@ -95,6 +95,7 @@ def measure(spec: dict) -> dict:
     from ds_distil.finetune.features import featurise
     from ds_distil.finetune.model import build_model
     from ds_distil.runtime import engine as eng
+    from ds_distil.runtime.precision import auto_precision
 
     d = init_one_process()
     dev = d.device
@@ -125,8 +126,8 @@ def measure(spec: dict) -> dict:
                 engine.backward(loss)
                 engine.step()
             return step, eng.precision(engine.config)
-        precision = "fp32" if dev.type != "cuda" else "bf16" if eng.bf16_capable(dev) else "fp16"
-        ref = ReferenceFinetune(model, precision, dev)
+        ref = ReferenceFinetune(model, auto_precision(dev), dev)  # what `ours` resolves `auto` to
+
         return ref.step, "fp32" if ref.amp is None else str(ref.amp).removeprefix("torch.")
 
     for task_name, data_dir in spec["tasks"].items():

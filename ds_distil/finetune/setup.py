@@ -113,7 +113,7 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
         save(cfg, out / "finetune_config.yaml")
         run_log.open(out / "finetune.log")
     eval_every, ckpt_every = cfg.eval_every(num_steps), cfg.checkpoint_every(num_steps)
-    metrics = Metrics(out, d.rank == 0, True, num_steps, state.step, desc="finetune", log_every_s=60.0)
+    metrics = Metrics(out, d.rank == 0, True, num_steps, state.step, desc="finetune")
     checkpoints = checkpoint.Checkpoints(engine, rd, d.rank, cfg.checkpoint.keep, {"config": to_dict(cfg), "resume": settings})
     t = Trainer(cfg, d, task, engine, tokenizer.pad_token_id, feats, num_steps, eval_every, ckpt_every, checkpoints, metrics, state, stop)
     s = Setup(t, task, tokenizer, max_length, data, data_warnings, ds_config)
