@@ -82,10 +82,30 @@ class Trainer:
     metrics: Metrics
     state: FinetuneState
     stop: StopRequest
+    eval_model: torch.nn.Module  # what every evaluation scores and DIR/model holds: the model in fp32 (fp32_model)
 
     @property
     def best_dir(self) -> Path:
         return self.checkpoints.run_dir / "checkpoints" / BEST
+
+
+def fp32_model(engine) -> torch.nn.Module:
+    """The model in fp32: the engine's own module when it trains in fp32; else a copy in fp32 (refreshed from the
+    engine's weights before each use, `current`), so that validation, train.keep=best's choice, the final scores and
+    DIR/model all see the same numbers, whatever precision the run trains in."""
+    module = engine.module
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module
+    device = next(module.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # its random init draws nothing of the run's
+        return type(module)(module.config).to(device)
+
+
+def current(t: Trainer) -> torch.nn.Module:
+    """t.eval_model holding the engine's weights now."""
+    if t.eval_model is not t.engine.module:
+        t.eval_model.load_state_dict(t.engine.module.state_dict())  # copied into the fp32 parameters
+    return t.eval_model
 
 
 class Clock:
@@ -182,7 +202,8 @@ def validate(t: Trainer) -> None:
     """Score the validation split mid-training: console, TensorBoard valid/*, metrics.jsonl, the curve; with
     train.keep=best, a better model than the best so far is kept (a snapshot of its weights)."""
     st, d = t.state, t.d
-    logits = infer(t.engine.module, t.feats["valid"], t.cfg.eval_batch_size, t.pad_id, d.rank, d.world_size, d.device, "evaluate valid")
+    model = current(t)
+    logits = infer(model, t.feats["valid"], t.cfg.eval_batch_size, t.pad_id, d.rank, d.world_size, d.device, "evaluate valid")
     if d.rank != 0:
         return
     ev = evaluate(t.task, argmax(logits), t.feats["valid"])
@@ -191,7 +212,7 @@ def validate(t: Trainer) -> None:
     t.metrics.scalars(st.step, split_scalars("valid", ev))
     better = t.cfg.train.keep == "best" and (not st.best or ev["score"] > st.best["score"])
     if better:
-        save_snapshot(t.engine.module, t.best_dir / f"{tag_for(st.step)}.safetensors")
+        save_snapshot(model, t.best_dir / f"{tag_for(st.step)}.safetensors")
         st.best = point
     log.info("step %d/%d: valid %s %.4f | macro-F1 %.4f%s", st.step, t.num_steps, t.task.metric, ev["score"], ev["macro_f1"],
              " | best so far: kept (train.keep=best)" if better else "")
@@ -213,12 +234,12 @@ def save(t: Trainer, loss_sum: torch.Tensor, micro: int, train_s: float) -> None
 
 
 def save_snapshot(model: torch.nn.Module, path: Path) -> None:
-    """The model's weights in fp32 (whatever precision it trains in), written whole (safetensors, then renamed)."""
+    """The (fp32) model's weights, written whole (safetensors, then renamed)."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"format": "pt"})
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"format": "pt"})
     tmp.replace(path)
 
 

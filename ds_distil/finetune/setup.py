@@ -32,7 +32,7 @@ from ds_distil.data.readers import read_options
 from ds_distil.data.tasks import load_task
 from ds_distil.finetune import lengths, summary
 from ds_distil.finetune.features import featurise
-from ds_distil.finetune.loop import FinetuneState, Trainer, banner_line, snapshot_of
+from ds_distil.finetune.loop import FinetuneState, Trainer, banner_line, fp32_model, snapshot_of
 from ds_distil.finetune.model import build_model, tokenizer_for
 from ds_distil.model.validate import check_max_length, max_positions
 from ds_distil.runtime import checkpoint
@@ -115,7 +115,8 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     eval_every, ckpt_every = cfg.eval_every(num_steps), cfg.checkpoint_every(num_steps)
     metrics = Metrics(out, d.rank == 0, True, num_steps, state.step, desc="finetune")
     checkpoints = checkpoint.Checkpoints(engine, rd, d.rank, cfg.checkpoint.keep, {"config": to_dict(cfg), "resume": settings})
-    t = Trainer(cfg, d, task, engine, tokenizer.pad_token_id, feats, num_steps, eval_every, ckpt_every, checkpoints, metrics, state, stop)
+    t = Trainer(cfg, d, task, engine, tokenizer.pad_token_id, feats, num_steps, eval_every, ckpt_every, checkpoints, metrics, state, stop,
+                fp32_model(engine))
     s = Setup(t, task, tokenizer, max_length, data, data_warnings, ds_config)
     if d.rank == 0:
         _banner(s, model, recipe)

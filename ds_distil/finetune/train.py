@@ -38,7 +38,7 @@ from ds_distil.data.readers import read_options
 from ds_distil.data.tasks import default_data_dir
 from ds_distil.finetune import model_dir, summary
 from ds_distil.finetune.inference import argmax, infer, jsonl, records
-from ds_distil.finetune.loop import fit, snapshot_of, split_scalars
+from ds_distil.finetune.loop import current, fit, snapshot_of, split_scalars
 from ds_distil.finetune.scoring import evaluate
 from ds_distil.finetune.setup import FINAL, Setup, finished, recipe_line, setup  # noqa: F401 - recipe_line: read from here too
 from ds_distil.model.info import display_name
@@ -90,23 +90,12 @@ def _finished(out: Path, rank: int) -> dict:
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
-def kept_weights(engine) -> torch.nn.Module:
-    """The trained model in fp32: the engine's own module when it trains in fp32, else a copy cast to fp32 (what DIR/model
-    holds and the final predictions come from, so that the directory predicts what predictions/*.jsonl say)."""
-    module = engine.module
-    if eng.precision(engine.config) == "fp32":
-        return module
-    copy = type(module)(module.config).to(module.device)
-    copy.load_state_dict({k: v.float() for k, v in module.state_dict().items()})
-    return copy
-
-
 def finish(s: Setup, model_arg: str, cfg: FinetuneConfig, recipe: dict) -> dict:
     """The kept model (train.keep), its predictions on validation and test, their scores, baselines and warnings; on
     rank 0: DIR/model, DIR/predictions, DIR/results.json, swapped in whole, and the checkpoints deleted."""
     t, task, d = s.trainer, s.task, s.trainer.d
     st, pad = t.state, s.tokenizer.pad_token_id
-    model = kept_weights(t.engine)
+    model = current(t)  # fp32, whatever the run trained in: what DIR/model holds and predictions/*.jsonl come from
 
     def run(split: str) -> dict:
         return infer(model, t.feats[split], cfg.eval_batch_size, pad, d.rank, d.world_size, d.device, f"evaluate {split}")

@@ -122,7 +122,9 @@ def _own(command: str, data: dict) -> dict:
 
 
 def config_from_args(args: argparse.Namespace, cls: type):
-    data = _own(args.command, load_dict(args.config, args.overrides))
+    data = load_dict(args.config, args.overrides)
+    if args.command in CONFIGS:  # a config file shared by the pipeline's commands (predict's keys are its own)
+        data = _own(args.command, data)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in vars(args):
