@@ -42,6 +42,15 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
     assert res["steps"] == 6 and res["config"]["train"]["micro_batch_size"] == 8
     assert res["recipe"]["name"] == "blank" and res["config"]["train"]["lr"] == 5e-4  # a preset: the blank recipe, no flag
     assert (tmp_path / "micro" / "finetune_config.yaml").exists() and list((tmp_path / "micro" / "tensorboard").glob("events.*"))
+    # `ds-distil predict` on 2 ranks (each a share of the rows, batched by length, gathered): the run's own test predictions
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), "-m",
+                           "ds_distil", "predict", "--model", str(tmp_path / "micro" / "model"), "--input",
+                           str(data_dir / "hatespeech" / "test.csv"), "--out", str(tmp_path / "p.jsonl"), "batch_size=256"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mine, run = ([json.loads(line) for line in f.read_text().splitlines()] for f in (tmp_path / "p.jsonl", tmp_path / "micro" / "predictions" / "test.jsonl"))
+    assert len(mine) == 4232 and [(p["id"], p["predicted"]) for p in mine] == [(p["id"], p["predicted"]) for p in run]
+    assert max(abs(a - b) for p, q in zip(mine, run) for a, b in zip(p["logits"], q["logits"])) < 1e-5  # batched otherwise
 
     # the table: rows per model, score and runtime per task, speedup against a chosen baseline row
     rep = run_cli("report", "--runs", str(tmp_path / "micro"), str(tmp_path / "tiny"), "--out", str(tmp_path / "report"),

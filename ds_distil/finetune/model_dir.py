@@ -53,6 +53,11 @@ def _score(ev: dict, metric: str) -> str:
     return f"{ev['score']:.4f} |{accuracy} {ev['macro_f1']:.4f} | {interval}"
 
 
+def _device(info: dict) -> str:
+    """env_info.device_info() in words: the GPU, or the CPU and its cores."""
+    return info["gpu"] if info.get("gpu") else f"{info.get('cpu', 'a CPU')} ({info.get('cpu_cores', '?')} cores)"
+
+
 def card(res: dict, task_spec: dict) -> str:
     """README.md of the model directory, from the run's results (results.json's content)."""
     kind, metric, ev = task_spec["kind"], res["metric"], res["evaluation"]
@@ -98,7 +103,7 @@ def card(res: dict, task_spec: dict) -> str:
         f"{res['steps']:,} optimizer steps, micro batch {tr['micro_batch_size']} x {tr['grad_accum_steps']} accumulation x "
         f"{res['world_size']} rank(s), lr {tr['lr']:g} ({tr['schedule']}, warm-up {tr['warmup_ratio']:g}), weight decay "
         f"{tr['weight_decay']:g}, seed {res['seed']}, {res['precision']}; {res['train_runtime_s']:.0f} s of training on "
-        f"{res['device'].get('name', res['device']) if isinstance(res['device'], dict) else res['device']}.",
+        f"{_device(res['device'])}.",
         f"Kept: the model {'at the end of training' if keep['chosen'] == 'last' else 'of the best validation score'} "
         f"(train.keep={keep['setting']}, step {keep['step']:,} of {res['steps']:,}).", ""]
     if res.get("warnings"):
