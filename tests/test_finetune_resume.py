@@ -43,7 +43,8 @@ def test_a_finetune_killed_and_resumed_equals_an_uninterrupted_one(tweets, tmp_p
               "train.max_steps=12", "train.micro_batch_size=8", "train.lr=0.002", "train.keep=best", "checkpoint.every_steps=4",
               "eval_every_steps=3", "log_every_steps=5"]
     cmd = [sys.executable, "-m", "ds_distil", "finetune"]
-    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole"), *common], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole"), *common], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                           timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     out = tmp_path / "killed"

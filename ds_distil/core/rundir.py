@@ -50,7 +50,7 @@ LOCK = ".ds-distil.lock"
 STAGING_INFIX = ".ds-distil-new-"
 
 # What to do with an existing output of the same command:
-#   keep:       refused without --overwrite (expensive to make: shards, finetuning results)
+#   keep:       refused without --overwrite (expensive to make: shards, vocabularies)
 #   replace:    replaced without asking (derived from other outputs, cheap to make again)
 #   accumulate: the command adds its files to the folder (benchmark results)
 #   resume:     distill, finetune: continued with --resume, replaced with --overwrite (the command refuses the rest)

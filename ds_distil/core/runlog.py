@@ -19,7 +19,7 @@ class _Held(logging.Handler):
 
 class RunLog:
     def __init__(self, enabled: bool = True):
-        self.enabled, self.file = enabled, None
+        self.file = None
         self.held = _Held() if enabled else None
         if self.held is not None:
             logging.getLogger().addHandler(self.held)

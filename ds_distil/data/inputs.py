@@ -109,6 +109,7 @@ def _word_records(path: Path, m: ModelInput) -> tuple[list[Example], Counter]:
             examples.append(Example(words, [str(t) for t in tags] if tags is not None else None, id=row_id))
         except BadRow as bad:
             if not m.skip_bad_rows:
-                raise UserError(f"{path}:{line}: {bad.detail}; {bad.fix}, or set skip_bad_rows=true to skip such rows and count them") from None
+                raise UserError(f"{path}:{line}: {bad.detail}; {bad.fix}, or set skip_bad_rows=true to skip such rows and count "
+                                "them") from None
             skipped[bad.reason] += 1
     return examples, skipped

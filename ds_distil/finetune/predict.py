@@ -63,8 +63,8 @@ def model_input(model_dir: Path, cfg: PredictConfig) -> tuple[ModelInput, dict]:
         raise UserError(f"text_pair_column={cfg.text_pair_column}: the model {model_dir} was finetuned on single texts, not pairs")
     text = cfg.text_column or spec.get("text_column") or ("tokens" if kind == "token" else "text")
     pair = cfg.text_pair_column or spec.get("text_pair_column")
-    m = ModelInput(kind, tuple(labels), text, pair, cfg.label_column or spec.get("label_column") or ("tags" if kind == "token" else "label"),
-                   cfg.id_column or spec.get("id_column"), cfg.encoding, cfg.skip_bad_rows)
+    label = cfg.label_column or spec.get("label_column") or ("tags" if kind == "token" else "label")
+    m = ModelInput(kind, tuple(labels), text, pair, label, cfg.id_column or spec.get("id_column"), cfg.encoding, cfg.skip_bad_rows)
     return m, spec
 
 

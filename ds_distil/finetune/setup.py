@@ -99,8 +99,9 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
         if d.rank == 0:
             log.info("resumed from step %d (%s; epoch %d, micro batch %d of it)", state.step, tag, state.epoch, state.batch)
         if cfg.train.keep == "best" and state.best and snapshot_of(rd.path, state.best) is None:
-            log.warning("train.keep=best: the snapshot of the best model so far (step %d) is missing; the best model is chosen "
-                        "among the validations from step %d on", state.best["step"], state.step)
+            if d.rank == 0:
+                log.warning("train.keep=best: the snapshot of the best model so far (step %d) is missing; the best model is "
+                            "chosen among the validations from step %d on", state.best["step"], state.step)
             state.best = {}
     elif resume and d.rank == 0:
         log.info("--resume: no complete checkpoint in %s yet; starting from the beginning", rd.out)

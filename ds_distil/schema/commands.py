@@ -14,7 +14,8 @@ import typing
 from collections.abc import Callable, Mapping
 
 from ds_distil import __version__
-from ds_distil.core.config import ConfigError, flatten, from_dict, keys_help, literal_value, load_dict, merge as _merge_over
+from ds_distil.core.config import ConfigError, flatten, from_dict, keys_help, literal_value, load_dict
+from ds_distil.core.config import merge as _merge_over
 from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.distill import DataConfig, DistillConfig
 from ds_distil.schema.finetune import FT_PRESETS, RECIPES, TASK_NAMES, FinetuneConfig, PredictConfig, random_weights
