@@ -14,6 +14,8 @@
 #
 # DIR/shared   is seen by every host (so is the rest of the machine's file tree, e.g. this checkout);
 # DIR/local    is node-local: each host sees its own DIR/nodes/HOST/local there (like /tmp or /scratch on a node);
+# DIR/bin      sbatch, srun, squeue, scontrol, scancel, sinfo that run on the first host (the "login node"): put it first
+#              on PATH, with SLURM_CONF=DIR/slurm.conf, to use the cluster from this machine's own namespace;
 # DIR/hosts.env  HOSTS, ADDRS, BRIDGE of the running test bed; DIR/log  the daemons' logs (kept by stop).
 set -euo pipefail
 cmd=${1:?start|exec|stop}
@@ -25,18 +27,18 @@ holder() { cat "$dir/run/host-$1.pid" 2>/dev/null; }
 
 on_host() {  # on_host HOST CMD...: CMD inside HOST's namespaces, in the current directory
   local pid
-  pid=$(holder "$1") && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || { echo "hosts.sh: no host $1 running under $dir" >&2; return 3; }
+  pid=$(holder "$1")
+  if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then echo "hosts.sh: no host $1 running under $dir" >&2; return 3; fi
   shift
   nsenter --target "$pid" --net --uts --mount --wd="$PWD" -- "$@"
 }
 
 stop() {
-  local name pid f ns p link
+  local pid f ns p link alive killed=()
   # the daemons first (so that slurmd starts no new step), then whatever still runs on a host (job steps, ranks,
   # a torchrun agent a test started), found by the network namespace it is in, then the namespaces' holders
-  for name in slurmctld $(cd "$dir/run" 2>/dev/null && ls slurmd-*.pid 2>/dev/null | sed 's/\.pid$//'); do
-    f=$dir/run/$name.pid
-    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+  for f in "$dir/run/slurmctld.pid" "$dir"/run/slurmd-*.pid; do
+    if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
   done
   for f in "$dir"/run/host-*.pid; do
     [ -f "$f" ] || continue
@@ -44,13 +46,25 @@ stop() {
     if ns=$(readlink "/proc/$pid/ns/net" 2>/dev/null); then
       for p in /proc/[0-9]*; do
         p=${p#/proc/}
-        [ "$p" != "$pid" ] && [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$ns" ] && kill -KILL "$p" 2>/dev/null || true
+        if [ "$p" != "$pid" ] && [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$ns" ]; then
+          if kill -KILL "$p" 2>/dev/null; then killed+=("$p"); fi
+        fi
       done
-      kill -KILL "$pid" 2>/dev/null || true   # the last process of the namespaces: they go, with their veth ends
+      # the last process of the namespaces: they go, with their veth ends
+      if kill -KILL "$pid" 2>/dev/null; then killed+=("$pid"); fi
     fi
     rm -f "$f"
   done
-  [ -f "$dir/run/munged.pid" ] && kill "$(cat "$dir/run/munged.pid")" 2>/dev/null || true
+  if [ -f "$dir/run/munged.pid" ]; then
+    pid=$(cat "$dir/run/munged.pid")
+    if kill "$pid" 2>/dev/null; then killed+=("$pid"); fi
+  fi
+  for _ in $(seq 1 100); do  # gone (and reaped), not only signalled, when stop returns
+    alive=
+    for p in "${killed[@]}"; do if [ -e "/proc/$p" ]; then alive=$p; fi; done
+    if [ -z "$alive" ]; then break; fi
+    sleep 0.1
+  done
   if [ -f "$dir/hosts.env" ]; then
     # shellcheck source=/dev/null
     BRIDGE=$(source "$dir/hosts.env" && echo "$BRIDGE")
@@ -59,8 +73,8 @@ stop() {
     done
     ip link del "$BRIDGE" 2>/dev/null || true
   fi
-  rm -rf "$dir/run" "$dir/state" "$dir/spool" "$dir/munge" "$dir/munge.key" "$dir/nodes" "$dir/local" "$dir/hosts.env" \
-    "$dir/slurm.conf"
+  rm -rf "${dir:?}/bin" "$dir/run" "$dir/state" "$dir/spool" "$dir/munge" "$dir/munge.key" "$dir/nodes" "$dir/local" \
+    "$dir/hosts.env" "$dir/slurm.conf"
 }
 
 case $cmd in
@@ -93,7 +107,8 @@ ENV
 
 ip link add "$BRIDGE" type bridge
 ip link set "$BRIDGE" up
-cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+# CPUs each node offers SLURM (HOSTS_CPUS; default: the machine's cores, which every node shares)
+cpus=${HOSTS_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 mem=$(( ($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048) / n ))
 nodes=""
 for i in "${!HOSTS[@]}"; do
@@ -102,6 +117,7 @@ for i in "${!HOSTS[@]}"; do
   { echo "127.0.0.1 localhost"; echo "::1 localhost ip6-localhost ip6-loopback"
     for j in "${!HOSTS[@]}"; do echo "${ADDRS[$j]} ${HOSTS[$j]}"; done; } > "$dir/nodes/$h/hosts"
   # the namespaces' holder: sets the host up from inside, then sleeps until stop kills it
+  # shellcheck disable=SC2016  # $1 and $2 expand inside the holder
   setsid unshare --net --uts --mount --propagation private -- bash -c '
     set -e
     hostname "$1"
@@ -152,8 +168,17 @@ SchedulerParameters=bf_interval=1,sched_interval=2
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
+# the nodes offer HOSTS_CPUS, which may be more than the cores they share
+SlurmdParameters=config_overrides
 ${nodes}PartitionName=debug Nodes=$(IFS=,; echo "${HOSTS[*]}") Default=YES MaxTime=INFINITE State=UP
 CONF
+
+mkdir -p "$dir/bin"
+for tool in sbatch srun squeue scontrol scancel sinfo; do
+  printf '#!/bin/sh\n# %s on the first host of the test bed %s\nexec bash %q exec %q %s %q "$@"\n' \
+    "$tool" "$dir" "$(cd "$(dirname "$0")" && pwd)/$(basename "$0")" "$dir" "${HOSTS[0]}" "$(command -v "$tool")" > "$dir/bin/$tool"
+  chmod 755 "$dir/bin/$tool"
+done
 
 export SLURM_CONF="$dir/slurm.conf"
 spawn() {  # spawn HOST NAME CMD...: a daemon on HOST in a session of its own; its pid in DIR/run/NAME.pid
