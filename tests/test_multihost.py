@@ -61,7 +61,7 @@ class Bed:
         self.dir, self.n = directory, n
         self.hosts = [f"node{i}" for i in range(1, n + 1)]
         proc = subprocess.run(["bash", str(HOSTS_SH), "start", str(directory), str(n)], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "HOSTS_CPUS": "4"})
+                              env={**os.environ, "HOSTS_CPUS": "6"})
         assert proc.returncode == 0, proc.stderr
         self.env = {**os.environ, "SLURM_CONF": str(directory / "slurm.conf"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
                     "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
@@ -191,8 +191,9 @@ TWO_BY_TWO = {0: ("node1", "192.168.213.1", "eth0"), 1: ("node1", "192.168.213.1
 
 def test_gloo_alone_fails_across_hosts_where_a_name_is_loopback_ours_does_not_and_a_local_out_is_refused(bed, small_shards, tmp_path):
     """node1's name is 127.0.1.1 on node1. Left to itself gloo binds there and tells node2 that address (connection
-    refused); ds-distil's ranks take the interface that reaches MASTER_ADDR, under DeepSpeed's own multi-node launcher
-    too (one per host, --no_ssh). A --out on node1's local disk is refused on every rank, naming node2, before training."""
+    refused); ds-distil's ranks take the interface that reaches MASTER_ADDR, started by torchrun's agents or DeepSpeed's
+    launcher on each host as well as by srun. A --out on node1's local disk is refused on every rank, naming node2,
+    before training."""
     job = bed.sbatch("distill.sbatch", tmp_path / "local.log", "--nodes=2", "--ntasks-per-node=1", CONFIG=SMOKE,
                      RUN_DIR=str(bed.dir / "local" / "run"), EXTRA=" ".join(distill_overrides(small_shards, 4)))
     plain = ("import datetime, os, torch.distributed as dist\n"
@@ -202,17 +203,24 @@ def test_gloo_alone_fails_across_hosts_where_a_name_is_loopback_ours_does_not_an
                    "MASTER_PORT=29500", sys.executable, "-c", plain)
     assert proc.returncode != 0 and "Connection refused, remote=[127.0.1.1]" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
+    # torchrun's agent on each host (c10d rendezvous on node1), 2 ranks each; DeepSpeed's launcher on each host with
+    # the hostfile (--no_ssh: what its pdsh mode would start there over ssh), 1 rank each
+    claim = ROOT / "tests" / "helpers" / "claim_ranks.py"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node1 slots=1\nnode2 slots=1\n")
-    launchers = [bed.popen(h, Path(sys.executable).parent / "deepspeed", "--hostfile", hostfile, "--no_ssh", f"--node_rank={i}",
-                           "--master_addr=node1", "--master_port=29501", "--no_local_rank", ROOT / "tests" / "helpers" / "claim_ranks.py",
-                           tmp_path / "ds", log=tmp_path / f"ds-{h}.log") for i, h in enumerate(bed.hosts)]
-    codes = [p.wait(timeout=300) for p in launchers]
-    logs = "".join((tmp_path / f"ds-{h}.log").read_text() for h in bed.hosts)
-    assert codes == [0, 0], logs[-3000:]
-    assert f"rank 0 writes {tmp_path / 'ds'}" in logs and f"rank 1 writes {tmp_path / 'ds'}" in logs
-    assert placement(logs) == {0: ("node1", "192.168.213.1", "eth0"), 1: ("node2", "192.168.213.2", "eth0")}, logs[-3000:]
-    assert "MASTER_ADDR node1 is 127.0.1.1 here" in logs
+    launches = {"torchrun": ([Path(sys.executable).parent / "torchrun", "--nnodes=2", "--nproc_per_node=2", "--rdzv_backend=c10d",
+                              "--rdzv_endpoint=node1:29501", "--rdzv_id=claim", claim, tmp_path / "torchrun"], TWO_BY_TWO),
+                "deepspeed": ([Path(sys.executable).parent / "deepspeed", "--hostfile", hostfile, "--no_ssh", "--node_rank={i}",
+                               "--master_addr=node1", "--master_port=29502", "--no_local_rank", claim, tmp_path / "deepspeed"],
+                              {0: TWO_BY_TWO[0], 1: TWO_BY_TWO[2]})}
+    for name, (cmd, where) in launches.items():
+        agents = [bed.popen(h, *[str(a).format(i=i) for a in cmd], log=tmp_path / f"{name}-{h}.log") for i, h in enumerate(bed.hosts)]
+        codes = [p.wait(timeout=300) for p in agents]
+        logs = "".join((tmp_path / f"{name}-{h}.log").read_text() for h in bed.hosts)
+        assert codes == [0, 0], logs[-3000:]
+        assert sorted(re.findall(r"^rank \d+ writes .*$", logs, re.M)) == [f"rank {r} writes {tmp_path / name}" for r in where]
+        assert placement(logs) == where, logs[-3000:]
+        assert "MASTER_ADDR node1 is 127.0.1.1 here" in logs
 
     assert wait_done(bed.client, job, timeout=300) == "FAILED"
     text = (tmp_path / "local.log").read_text()
@@ -225,49 +233,39 @@ def test_gloo_alone_fails_across_hosts_where_a_name_is_loopback_ours_does_not_an
 
 
 def test_two_hosts_train_as_one_host_and_resume_bit_identically_after_a_requeue(bed, small_shards, tmp_path):
-    """The same 4 ranks and global batches (4 x 4 samples): sbatch on one host (1 x 4), torchrun on two hosts (2 x 2,
-    c10d rendezvous on node1), sbatch on two hosts (2 x 2) signalled with USR1, checkpointed, requeued and resumed on
-    the same hosts. Losses agree as 2 ranks agree with 1 elsewhere; the two 2 x 2 runs are bit-identical; the gradients
-    crossed the bridge (node2's link carried at least one copy of the student per step)."""
+    """The same 4 ranks and global batches (4 x 4 samples): sbatch on one host (1 x 4) and on two hosts (2 x 2),
+    the latter signalled with USR1, checkpointed, requeued and resumed on the same hosts. The losses agree (to the
+    tolerance of 2 ranks against 1 elsewhere); in fact 4 gloo ranks add the same numbers in the same order wherever they
+    run, so the requeued run must equal the uninterrupted one bit for bit. The gradients crossed the bridge: node2's
+    link carried at least one copy of the student each way per step."""
     from safetensors.torch import load_file
 
     steps = 8
     rx0, tx0 = bed.eth0_bytes("node2")
-    one = bed.sbatch("distill.sbatch", tmp_path / "one.log", "--nodes=1", "--ntasks=4", CONFIG=SMOKE, RUN_DIR=str(tmp_path / "one"),
-                     EXTRA=" ".join(distill_overrides(small_shards, steps)))
-    torchrun = [bed.popen(h, Path(sys.executable).parent / "torchrun", "--nnodes=2", "--nproc_per_node=2", "--rdzv_backend=c10d",
-                          "--rdzv_endpoint=node1:29502", "--rdzv_id=two", "-m", "ds_distil", "distill", "--config", SMOKE,
-                          "--out", tmp_path / "torchrun", *distill_overrides(small_shards, steps), log=tmp_path / f"torchrun-{h}.log")
-                for h in bed.hosts]
-    assert [p.wait(timeout=600) for p in torchrun] == [0, 0], (tmp_path / "torchrun-node1.log").read_text()[-3000:]
-    rx1, tx1 = bed.eth0_bytes("node2")
-    assert wait_done(bed.client, one, timeout=600) == "COMPLETED", (tmp_path / "one.log").read_text()[-3000:]
-
-    run_dir, log = tmp_path / "slurm", tmp_path / "slurm.log"
+    run_dir, log = tmp_path / "two", tmp_path / "two.log"
     job = bed.sbatch("distill.sbatch", log, "--nodes=2", "--ntasks-per-node=2", CONFIG=SMOKE, RUN_DIR=str(run_dir),
+                     EXTRA=" ".join(distill_overrides(small_shards, steps)))
+    one = bed.sbatch("distill.sbatch", tmp_path / "one.log", "--nodes=1", "--ntasks=4", CONFIG=SMOKE, RUN_DIR=str(tmp_path / "one"),
                      EXTRA=" ".join(distill_overrides(small_shards, steps)))
     wait_for(lambda: len(losses(run_dir)) >= 3, bed.client, job, log)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, env=bed.client)
     assert wait_done(bed.client, job, timeout=600) == "COMPLETED", log.read_text()[-3000:]
+    rx1, tx1 = bed.eth0_bytes("node2")
+    assert wait_done(bed.client, one, timeout=600) == "COMPLETED", (tmp_path / "one.log").read_text()[-3000:]
     text = log.read_text()
     assert job_field(bed.client, job, "Restarts") == "1" and "requeueing" in text, text[-3000:]
     stopped_at = int(text.split("stop requested by signal: checkpoint step")[1][:8])
     assert 3 <= stopped_at < steps and f"resumed from step {stopped_at}" in text
 
-    # where the ranks ran: each rank's own line, in both runs, before and after the requeue
+    # where the ranks ran: each rank's own line, before and after the requeue
     assert placement(text) == TWO_BY_TWO and text.count("rank 3 of 4 (local rank 1) on host node2") == 2, text[-3000:]
-    torchrun_logs = "".join((tmp_path / f"torchrun-{h}.log").read_text() for h in bed.hosts)
-    assert placement(torchrun_logs) == TWO_BY_TWO, torchrun_logs[-3000:]
-    assert {h for h, _, _ in placement((tmp_path / "one.log").read_text()).values()} in ({"node1"}, {"node2"})
+    assert len({h for h, _, _ in placement((tmp_path / "one.log").read_text()).values()}) == 1
 
-    two, requeued, single = losses(tmp_path / "torchrun"), losses(run_dir), losses(tmp_path / "one")
+    two, single = losses(run_dir), losses(tmp_path / "one")
     assert len(single) == steps and two == pytest.approx(single, rel=1e-5)
-    assert requeued == two  # bit for bit, the steps before the stop and those after the resume
-    a, b = load_file(tmp_path / "torchrun" / "student" / "model.safetensors"), load_file(run_dir / "student" / "model.safetensors")
+    assert two == single  # bit for bit: the steps before the stop and those after the resume
+    a, b = load_file(tmp_path / "one" / "student" / "model.safetensors"), load_file(run_dir / "student" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    c = load_file(tmp_path / "one" / "student" / "model.safetensors")
-    for k in a:
-        assert torch.allclose(a[k], c[k], rtol=1e-4, atol=1e-6), k
     # ZeRO-2 over 2 hosts: every step node2's ranks sent node1's half of their gradients and received their half of
     # the updated parameters: at least one fp32 copy of the student each way per step, over node2's only link
     params = sum(t.numel() for t in a.values())
