@@ -213,9 +213,10 @@ def test_gloo_alone_fails_across_hosts_where_a_name_is_loopback_ours_does_not_an
                 "deepspeed": ([Path(sys.executable).parent / "deepspeed", "--hostfile", hostfile, "--no_ssh", "--node_rank={i}",
                                "--master_addr=node1", "--master_port=29502", "--no_local_rank", claim, tmp_path / "deepspeed"],
                               {0: TWO_BY_TWO[0], 1: TWO_BY_TWO[2]})}
-    for name, (cmd, where) in launches.items():
-        agents = [bed.popen(h, *[str(a).format(i=i) for a in cmd], log=tmp_path / f"{name}-{h}.log") for i, h in enumerate(bed.hosts)]
-        codes = [p.wait(timeout=300) for p in agents]
+    agents = {name: [bed.popen(h, *[str(a).format(i=i) for a in cmd], log=tmp_path / f"{name}-{h}.log") for i, h in enumerate(bed.hosts)]
+              for name, (cmd, _) in launches.items()}
+    for name, (_, where) in launches.items():
+        codes = [p.wait(timeout=300) for p in agents[name]]
         logs = "".join((tmp_path / f"{name}-{h}.log").read_text() for h in bed.hosts)
         assert codes == [0, 0], logs[-3000:]
         assert sorted(re.findall(r"^rank \d+ writes .*$", logs, re.M)) == [f"rank {r} writes {tmp_path / name}" for r in where]
