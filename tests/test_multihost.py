@@ -194,8 +194,11 @@ def test_gloo_alone_fails_across_hosts_where_a_name_is_loopback_ours_does_not_an
     refused); ds-distil's ranks take the interface that reaches MASTER_ADDR, started by torchrun's agents or DeepSpeed's
     launcher on each host as well as by srun. A --out on node1's local disk is refused on every rank, naming node2,
     before training."""
-    job = bed.sbatch("distill.sbatch", tmp_path / "local.log", "--nodes=2", "--ntasks-per-node=1", CONFIG=SMOKE,
-                     RUN_DIR=str(bed.dir / "local" / "run"), EXTRA=" ".join(distill_overrides(small_shards, 4)))
+    local = bed.dir / "local"  # the same path on every host, a different directory on each
+    jobs = {"distill": bed.sbatch("distill.sbatch", tmp_path / "distill.log", "--nodes=2", "--ntasks-per-node=1", CONFIG=SMOKE,
+                                  RUN_DIR=str(local / "run"), EXTRA=" ".join(distill_overrides(small_shards, 4))),
+            "finetune": bed.sbatch("finetune.sbatch", tmp_path / "finetune.log", "--nodes=2", "--ntasks-per-node=1", MODEL="micro",
+                                   TASKS="hatespeech", RUN_DIR=str(local / "ft"))}
     plain = ("import datetime, os, torch.distributed as dist\n"
              "os.environ.update(RANK=os.environ['SLURM_PROCID'], WORLD_SIZE=os.environ['SLURM_NTASKS'])\n"
              "dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=60))\n")
@@ -223,15 +226,17 @@ def test_gloo_alone_fails_across_hosts_where_a_name_is_loopback_ours_does_not_an
         assert placement(logs) == where, logs[-3000:]
         assert "MASTER_ADDR node1 is 127.0.1.1 here" in logs
 
-    assert wait_done(bed.client, job, timeout=300) == "FAILED"
-    text = (tmp_path / "local.log").read_text()
-    refusals = [line for line in text.splitlines() if "ds-distil distill: error:" in line]
-    assert len(refusals) == 2 and len(set(refusals)) == 1, text[-3000:]  # the same one line from each rank
-    assert (f"--out {bed.dir / 'local' / 'run'} is not visible from host node2 (rank 1): rank 0 made it on host node1"
-            in refusals[0]), refusals[0]
-    assert "step 1/" not in text and job_field(bed.client, job, "Restarts") == "0"
+    for command, job in jobs.items():
+        assert wait_done(bed.client, job, timeout=300) == "FAILED"
+        text = (tmp_path / f"{command}.log").read_text()
+        refusals = [line for line in text.splitlines() if f"ds-distil {command}: error:" in line]
+        assert len(refusals) == 2 and len(set(refusals)) == 1, text[-3000:]  # the same one line from each rank
+        out = local / ("run" if command == "distill" else "ft/hatespeech/seed42")
+        assert f"--out {out} is not visible from host node2 (rank 1), only from host node1 where rank 0 made it" in refusals[0]
+        assert job_field(bed.client, job, "Restarts") == "0"
+    assert "step 1/" not in (tmp_path / "distill.log").read_text()
     assert not (bed.dir / "nodes" / "node1" / "local" / "run" / "checkpoints").exists()
-
+    assert not list((bed.dir / "nodes" / "node1" / "local" / "ft").rglob("*.ds-distil-new-*"))  # the claim made nothing
 
 def test_two_hosts_train_as_one_host_and_resume_bit_identically_after_a_requeue(bed, small_shards, tmp_path):
     """The same 4 ranks and global batches (4 x 4 samples): sbatch on one host (1 x 4) and on two hosts (2 x 2),

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_distil import __version__
-from ds_distil.core.dist import broadcast
+from ds_distil.core.dist import barrier, broadcast
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write
 from ds_distil.core.storage import TOKEN_PREFIX, check_visible_to_all_ranks
@@ -468,11 +468,12 @@ def claim_on_rank0(rank: int, make) -> RunDir:
         out, path, state = box[0]
         rd = RunDir(Path(out), Path(path), "", False, state)
     try:
-        check_visible_to_all_ranks(rd.path, rank)
+        check_visible_to_all_ranks(rd.path, rank, shown=rd.out)
     except UserError:
         if rank == 0:  # as it was: a directory the claim made goes again
             rd.abort()
             rd.release()
+        barrier()  # before any rank exits: a launcher then stops the others (srun --kill-on-bad-exit), rank 0 mid-way
         raise
     return rd
 

@@ -36,9 +36,10 @@ def _sees(path: Path, token: str) -> bool:
         time.sleep(0.2)
 
 
-def check_visible_to_all_ranks(path: Path, rank: int, what: str = "--out") -> None:
+def check_visible_to_all_ranks(path: Path, rank: int, shown: Path | None = None, what: str = "--out") -> None:
     """Every rank sees the directory `path` that rank 0 made, or every rank raises the same one-line UserError naming
-    the host(s) that do not. Nothing to do in a single process. Called by every rank."""
+    the host(s) that do not (and `shown`, the user's name for it: --out where `path` is its staging sibling). Nothing
+    to do in a single process. Called by every rank."""
     if not initialized():
         return
     import torch.distributed as dist
@@ -64,8 +65,8 @@ def check_visible_to_all_ranks(path: Path, rank: int, what: str = "--out") -> No
             blind.setdefault(host, []).append(r)
     if blind:
         hosts = "; ".join(f"host {h} (rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))})" for h, rs in blind.items())
-        raise UserError(f"{what} {path} is not visible from {hosts}: rank 0 made it on host {seen[0][0]}, so it is on a disk "
-                        "of that node only (like /tmp or a node's scratch), and each node would keep its own part of every "
-                        f"checkpoint; put {what} on a file system every node mounts at the same path (e.g. the cluster's "
-                        "shared home or project space)")
+        raise UserError(f"{what} {shown or path} is not visible from {hosts}, only from host {seen[0][0]} where rank 0 made "
+                        "it: it is on a disk of that node alone (like /tmp or a node's scratch), where each node would keep "
+                        f"its own part of the output; put {what} on a file system every node mounts at the same path (e.g. "
+                        "the cluster's shared home or project space)")
 
