@@ -280,27 +280,28 @@ def test_two_hosts_train_as_one_host_and_resume_bit_identically_after_a_requeue(
 
 def test_a_host_whose_ranks_die_ends_the_job_on_every_host_and_the_last_checkpoint_stays_whole(bed, small_shards, tmp_path):
     """kill -9 of node2's ranks (every process of the job there but SLURM's own step daemon) while the run trains: the
-    ranks on node1 see their peers' connections close and exit, srun ends the step, the job fails (no requeue: not a
-    preemption), nothing of the job runs on either host, and the newest complete checkpoint verifies."""
+    rank on node1 sees its peer's connection close and exits, srun ends the step, the job fails (no requeue: not a
+    preemption), nothing of the job runs on either host, and the newest complete checkpoint verifies. (One rank per
+    host: what a second one per host would add is covered by the 2 x 2 runs above.)"""
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    job = bed.sbatch("distill.sbatch", log, "--nodes=2", "--ntasks-per-node=2", CONFIG=SMOKE, RUN_DIR=str(run_dir),
+    job = bed.sbatch("distill.sbatch", log, "--nodes=2", "--ntasks-per-node=1", CONFIG=SMOKE, RUN_DIR=str(run_dir),
                      EXTRA=" ".join(distill_overrides(small_shards, 200, **{"checkpoint.every_steps": 2})))
     wait_for(lambda: latest_tag(run_dir / "checkpoints") is not None and len(losses(run_dir)) >= 3, bed.client, job, log)
     daemons = {bed.holder("node2"), int((bed.dir / "run" / "slurmd-node2.pid").read_text())}
     ranks = {p: cmd for p, cmd in bed.processes("node2").items() if p not in daemons and not cmd.startswith("slurmstepd")}
-    assert sum("ds_distil distill" in cmd for cmd in ranks.values()) == 2, ranks
+    assert sum("ds_distil distill" in cmd for cmd in ranks.values()) == 1, ranks
     for pid in ranks:
         os.kill(pid, signal.SIGKILL)
     assert wait_done(bed.client, job, timeout=180) == "FAILED", log.read_text()[-3000:]
     text = log.read_text()
     assert job_field(bed.client, job, "Restarts") == "0" and "requeueing" not in text
-    assert re.search(r"node2: tasks? 2-3: Killed", text) and "Connection closed by peer" in text, text[-3000:]
+    assert "node2: task 1: Killed" in text and "Connection closed by peer [192.168.213.2]" in text, text[-3000:]
     assert "ranks exited with status 0" not in text
     for h in bed.hosts:
         assert not [cmd for cmd in bed.processes(h).values() if "ds_distil" in cmd], h
     tag = latest_tag(run_dir / "checkpoints")
-    assert verify(run_dir / "checkpoints" / tag, world_size=4) is None
-    assert len(list((run_dir / "checkpoints" / tag).glob("*optim_states.pt"))) == 4
+    assert verify(run_dir / "checkpoints" / tag, world_size=2) is None
+    assert len(list((run_dir / "checkpoints" / tag).glob("*optim_states.pt"))) == 2
 
 
 STUDY = """
