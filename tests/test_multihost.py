@@ -43,6 +43,11 @@ def missing_requirement() -> str | None:
     probe = subprocess.run(["unshare", "--net", "--uts", "--mount", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"namespaces cannot be made here: {probe.stderr.strip()[:200]}"
+    bridge = f"dsdprobe{os.getpid() % 10**6}"
+    probe = subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"a bridge cannot be made here: {probe.stderr.strip()[:200]}"
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     return None
 
 
@@ -232,7 +237,7 @@ def test_gloo_alone_fails_across_hosts_where_a_name_is_loopback_ours_does_not_an
         refusals = [line for line in text.splitlines() if f"ds-distil {command}: error:" in line]
         assert len(refusals) == 2 and len(set(refusals)) == 1, text[-3000:]  # the same one line from each rank
         out = local / ("run" if command == "distill" else "ft/hatespeech/seed42")
-        assert f"--out {out} is not visible from host node2 (rank 1), only from host node1 where rank 0 made it" in refusals[0]
+        assert f"--out {out} is not visible from host node2 (rank 1), but rank 0 made it on host node1" in refusals[0]
         assert job_field(bed.client, job, "Restarts") == "0"
     assert "step 1/" not in (tmp_path / "distill.log").read_text()
     assert not (bed.dir / "nodes" / "node1" / "local" / "run" / "checkpoints").exists()

@@ -198,6 +198,7 @@ for _ in $(seq 1 150); do
   fi
   sleep 0.2
 done
-echo "hosts.sh: the $n nodes did not all become idle; see $dir/log" >&2
+echo "hosts.sh: the $n nodes did not all become idle; see $dir/log (if they cannot reach node1: is bridged traffic" \
+  "filtered by iptables? /proc/sys/net/bridge/bridge-nf-call-iptables = 1 with a FORWARD policy of DROP, as Docker sets it)" >&2
 stop
 exit 1
