@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -63,8 +62,9 @@ class Bed:
     """A running test bed: commands on its hosts, its SLURM, the processes in each host's network namespace."""
 
     def __init__(self, directory: Path, n: int):
-        self.dir, self.n = directory, n
+        self.dir = directory
         self.hosts = [f"node{i}" for i in range(1, n + 1)]
+        # 6 CPUs a node to SLURM: room for a 4-rank job on one host beside a 2 x 2 one (the machine's cores are shared)
         proc = subprocess.run(["bash", str(HOSTS_SH), "start", str(directory), str(n)], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "HOSTS_CPUS": "6"})
         assert proc.returncode == 0, proc.stderr
@@ -143,7 +143,8 @@ def test_each_host_has_its_name_address_and_local_disk_and_stop_leaves_nothing(t
     try:
         holders = [b.holder(h) for h in b.hosts]
         bridge = re.search(r"BRIDGE=(\S+)", (b.dir / "hosts.env").read_text())[1]
-        script = f'echo "$SLURM_PROCID $(hostname) $(hostname -i)"; echo $(hostname) > {b.dir}/local/me; cat {b.dir}/local/me; touch {b.dir}/shared/$(hostname)'
+        script = (f'echo "$SLURM_PROCID $(hostname) $(hostname -i)"; echo $(hostname) > {b.dir}/local/me; '
+                  f'touch {b.dir}/shared/$(hostname)')
         proc = b.run("node1", "srun", "--nodes=3", "--ntasks-per-node=1", "bash", "-c", script)
         assert proc.returncode == 0, proc.stderr
         lines = sorted(proc.stdout.split("\n"))
@@ -300,7 +301,9 @@ def test_a_host_whose_ranks_die_ends_the_job_on_every_host_and_the_last_checkpoi
     assert wait_done(bed.client, job, timeout=180) == "FAILED", log.read_text()[-3000:]
     text = log.read_text()
     assert job_field(bed.client, job, "Restarts") == "0" and "requeueing" not in text
-    assert "node2: task 1: Killed" in text and "Connection closed by peer [192.168.213.2]" in text, text[-3000:]
+    assert "node2: task 1: Killed" in text, text[-3000:]
+    # node1's rank: gloo's error at its next collective, or srun's kill if that came first
+    assert re.search(r"Connection (closed|reset) by peer \[192\.168\.213\.2\]|node1: task 0: (Terminated|Killed)", text), text[-3000:]
     assert "ranks exited with status 0" not in text
     for h in bed.hosts:
         assert not [cmd for cmd in bed.processes(h).values() if "ds_distil" in cmd], h
