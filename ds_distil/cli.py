@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ds_distil.core.errors import UserError, os_error_line
+from ds_distil.core.errors import UserError, os_error_line, printable
 from ds_distil.schema import commands
 
 log = logging.getLogger("ds_distil")
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", False))
     try:
         return args.func(args)
-    except UserError as e:
-        print(f"ds-distil {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:  # control characters escaped: a value from a user's file (a NUL, a newline) keeps it one line
+        print(f"ds-distil {args.command}: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # the disk, the file system, the limits: one line, whatever command met it
         print(f"ds-distil {args.command}: error: {os_error_line(e)}", file=sys.stderr)

@@ -12,6 +12,7 @@ refused): pydantic is what DeepSpeed validates its own config with. They check; 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -66,11 +67,13 @@ def first_problem(model: type[BaseModel], data: Any) -> str | None:
         more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         if err["type"] == "missing":
             return f"no '{_loc(err['loc'])}'{more}"
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = re.sub(r"a valid dictionary or instance of \w+", "an object (a mapping of names to values)",
+                     err["msg"].removeprefix("Value error, "))
         msg = msg[:1].lower() + msg[1:]
-        if err["type"] == "value_error" and isinstance(err["input"], dict):  # a check across fields: the message says it
-            return f"{_loc(err['loc']) + ': ' if err['loc'] else ''}{msg}{more}"
-        return f"{_loc(err['loc'])}: {msg} (found {_shown(err['input'])}){more}"
+        where = f"{_loc(err['loc'])}: " if err["loc"] else ""
+        if err["type"] == "value_error" and (isinstance(err["input"], dict) or not err["loc"]):  # our own check: it says what
+            return f"{where}{msg}{more}"
+        return f"{where}{msg} (found {_shown(err['input'])}){more}"
     return None
 
 

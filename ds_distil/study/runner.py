@@ -60,6 +60,10 @@ from ds_distil.study.plan import Stage, build_plan, plan_document, validate
 
 STATE = ".experiment"
 RANK_COMMANDS = ("distill", "finetune", "teacher-cache")  # the commands that run as ranks (srun steps under SLURM)
+# The file each command writes last into its --out: a stage marked done whose file is gone (deleted by hand, a disk
+# restored in part) is redone, not skipped.
+FINISHED = {"prepare": "manifest.json", "vocab": "vocab_map.json", "teacher-cache": "manifest.json",
+            "distill": "student/model.safetensors", "finetune": "results.json", "report": "tables.md", "tasks": "test.csv"}
 
 
 # ---------------------------------------------------------------------------------- scheduling
@@ -165,9 +169,15 @@ class Runner:
     def marker(self, stage: Stage) -> dict | None:
         p = self.marker_path(stage)
         try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            m = json.loads(p.read_text())
+        except (OSError, ValueError):
             return None
+        return m if isinstance(m, dict) else None
+
+    def output_missing(self, stage: Stage) -> Path | None:
+        """The file of a stage's output that says it finished (FINISHED), if it is not there."""
+        path = stage.out / FINISHED[stage.command] if stage.command in FINISHED else stage.out
+        return None if path.exists() else path
 
     def write_marker(self, stage: Stage, **fields) -> None:
         p = self.marker_path(stage)
@@ -175,12 +185,15 @@ class Runner:
         atomic_write_json(p, {"name": stage.name, "key": stage.key, "command": shown(stage, self.launcher, False), **fields})
 
     def status(self, stage: Stage) -> str:
-        """done | stale (done with other settings) | retry (started, not finished, same settings) | changed | new."""
+        """done | stale (done with other settings) | lost (done, but its output is gone) | retry (started, not finished,
+        same settings) | changed | new."""
         m = self.marker(stage)
         if m is None:
             return "new"
         if m.get("state") == "done":
-            return "done" if m.get("key") == stage.key else "stale"
+            if m.get("key") != stage.key:
+                return "stale"
+            return "lost" if self.output_missing(stage) else "done"
         return "retry" if m.get("key") == stage.key else "changed"
 
     def log_path(self, stage: Stage) -> Path:
@@ -197,7 +210,8 @@ class Runner:
             st = self.status(s)
             est = estimate_minutes(self.study, s.name)
             what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": "started earlier: "
-                    + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run"}[st]
+                    + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run",
+                    "lost": f"done, but {self.output_missing(s)} is gone: redo"}[st]
             print(f"[{i}/{len(self.stages)}] {s.name} ({what}{f'; ~{est:g} min' if est is not None and st != 'done' else ''})")
             print(f"    {shown(s, self.launcher, st == 'retry' and s.resumable)}")
         todo = [s for s in self.stages if self.status(s) != "done"]
@@ -240,6 +254,11 @@ class Runner:
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         todo = [s for s in self.stages if self.status(s) != "done"]
+        lost = [s for s in todo if self.status(s) == "lost"]
+        if lost:
+            print(f"experiment: {len(lost)} stage(s) marked done have lost their output, redone from scratch: "
+                  + ", ".join(f"{s.name} ({self.output_missing(s)} is gone)" for s in lost[:6]) + (" ..." if len(lost) > 6 else ""),
+                  flush=True)
         stale = [s.name for s in todo if self.status(s) in ("stale", "changed")]
         if stale:
             print(f"experiment: settings changed for {len(stale)} stage(s) (and what depends on them), redone from scratch: "
