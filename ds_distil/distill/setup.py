@@ -130,11 +130,11 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
         resume_settings.check(saved, settings, tag, derived=False)
         checkpoint.check_world_size(run_dir, tag, d.world_size)  # with its own way out (export, resize)
         resume_settings.check(saved, settings, tag, derived=True)
-    _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config)
+    t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
+    _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config, t_dtype)
     t_params, s_params = count_parameters(teacher), count_parameters(student)
     trained = (MaskedLM(student, s_vocab) if objective.module is None else StudentWithObjective(student, s_vocab, objective.module))
     model_engine = eng.initialize(trained, ds_config, cfg.train.weight_decay)
-    t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
     teacher = eng.place_teacher(teacher, d.device, t_dtype)
     if trimmed is not None and trimmed.full_head is not None:
         trimmed.full_head.to(device=d.device, dtype=t_dtype)
@@ -227,7 +227,8 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
                  f"{c.validator.stream.n_samples:,}", f"every {every} steps and at the end" if every else "at the end")
 
 
-def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, tokenizer_dir: Path, ds_config: dict) -> None:
+def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, tokenizer_dir: Path, ds_config: dict,
+                     t_dtype: torch.dtype) -> None:
     if checkpoint.latest_tag(run_dir / "checkpoints") is not None and not resume:
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it, --overwrite to replace it "
                         "(swapped in at the new run's first checkpoint), or choose another --out")
@@ -235,7 +236,8 @@ def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dis
         save(cfg, run_dir / "run_config.yaml")
         atomic_write_json(run_dir / "ds_config.json", ds_config)
         atomic_write_json(run_dir / "environment.json", {"versions": versions(), "device": device_info(), "world_size": d.world_size,
-                                                         "backend": d.backend, "started_by": command_line()})
+                                                         "backend": d.backend, "started_by": command_line(),
+                                                         "teacher_dtype": str(t_dtype).removeprefix("torch.")})
         student.config.save_pretrained(str(run_dir / "student_config"))
         from transformers import AutoTokenizer
 
