@@ -60,10 +60,10 @@ from ds_distil.study.relay import Relay
 
 STATE = ".experiment"
 RANK_COMMANDS = ("distill", "finetune", "teacher-cache")  # the commands that run as ranks (srun steps under SLURM)
-# The file each command writes last into its --out: a stage marked done whose file is gone (deleted by hand, a disk
-# restored in part) is redone, not skipped.
+# A file of each command's finished output (outputs appear whole: a staging directory swapped in, or a manifest written
+# last): a stage marked done whose file is gone (deleted by hand, a disk restored in part) is redone, not skipped.
 FINISHED = {"prepare": "manifest.json", "vocab": "vocab_map.json", "teacher-cache": "manifest.json",
-            "distill": "student/model.safetensors", "finetune": "results.json", "report": "tables.md", "tasks": "test.csv"}
+            "distill": "student/config.json", "finetune": "results.json", "report": "tables.md", "tasks": "test.csv"}
 
 
 # ---------------------------------------------------------------------------------- scheduling
