@@ -1,9 +1,10 @@
 """Reading back what ds-distil wrote: every manifest is untrusted once it is on disk.
 
-A file another process, a crash or a user may have changed (a shard directory's manifest.json, a teacher cache's, a
-vocabulary's map, a DeepSpeed JSON) is read by `read_checked`: JSON of our format, then checked against a schema of
-the fields its readers rely on (types, ranges, required fields, and file names that stay inside their directory)
-before any file it names is opened. The first problem is one line naming the file, the field and the value found.
+A manifest another process, a crash or a user may have changed (a shard directory's manifest.json, a teacher cache's, a
+vocabulary's map) is read by `read_checked`: JSON of our format, then checked against a schema of the fields its readers
+rely on (types, ranges, required fields, and file names that stay inside their directory) before any file it names is
+opened. A JSON file of another format (a DeepSpeed JSON) goes through `read_json` and `check`, the same checks. The first
+problem is one line naming the file, the field and the value found.
 
 The schemas are pydantic models in strict mode (no "5" for 5, no 5.0 for an int, no true for 1; NaN and infinities
 refused): pydantic is what DeepSpeed validates its own config with. They check; the readers keep the plain dict.
