@@ -287,6 +287,7 @@ BAD_MANIFESTS = [  # (field, value, what the one line says)
     ("max_masked", 10**12, "max_masked: input should be less than or equal to 32767"),
     ("max_masked", -1, "max_masked: input should be greater than or equal to 1"),
     ("max_masked", 129, "max_masked 129 is more than the sequence length 128"),
+    ("k,made_for.k,made_for.seq_len,max_masked", (1 << 20, 1 << 20, 1000, 500), "k 1048576 x max_masked 500 make records of 4,194,"),
     ("masking.copies", DELETE, "no 'masking.copies'"),
     ("made_for.k", 9, "k 8 and masking.copies 2 differ from made_for's (9, 2)"),
     ("made_for.vocab.size", "many", "made_for.vocab.size: input should be a valid integer"),
@@ -323,7 +324,8 @@ def test_a_damaged_cache_manifest_is_one_line_before_any_file_it_names_is_opened
     copy = tmp_path / "cache"
     shutil.copytree(built, copy)
     data = json.loads((copy / "manifest.json").read_text())
-    _edit(data, field, value)
+    for f, v in zip(field.split(","), value if "," in field else [value]):  # several fields: consistent but too big
+        _edit(data, f, v)
     (copy / "manifest.json").write_text(json.dumps(data))
     opened = []
     monkeypatch.setattr(teacher_cache, "sha256_file", lambda p: opened.append(p))

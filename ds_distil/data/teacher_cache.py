@@ -163,6 +163,8 @@ class CacheManifest(Checked):
             problem = f"k {self.k} and masking.copies {self.masking.copies} differ from made_for's ({made.k}, {made.masking.copies})"
         elif self.max_masked > made.seq_len:
             problem = f"max_masked {self.max_masked} is more than the sequence length {made.seq_len}"
+        elif record_bytes(self.max_masked, self.k) >= 2**31:  # numpy's limit on one record's layout
+            problem = f"k {self.k} x max_masked {self.max_masked} make records of {record_bytes(self.max_masked, self.k):,} bytes"
         elif len(train.copies) != self.masking.copies:
             problem = f"splits.train has {len(train.copies)} mask copies, masking.copies says {self.masking.copies}"
         elif "val" in self.splits and len(self.splits["val"].copies) != 1:
