@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ds_distil.core.dist import all_gather_objects, broadcast, initialized
-from ds_distil.core.errors import UserError
+from ds_distil.core.errors import UserError, shown_path
 from ds_distil.core.net import host_name
 
 TOKEN_PREFIX = ".ds-distil-visible-"
@@ -65,7 +65,7 @@ def check_visible_to_all_ranks(path: Path, rank: int, shown: Path | None = None,
             blind.setdefault(host, []).append(r)
     if blind:
         hosts = "; ".join(f"host {h} (rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))})" for h, rs in blind.items())
-        raise UserError(f"{what} {shown or path} is not visible from {hosts}, but rank 0 made it on host {seen[0][0]}: it is on "
+        raise UserError(f"{what} {shown_path(shown or path)} is not visible from {hosts}, but rank 0 made it on host {seen[0][0]}: it is on "
                         "a disk that not every node mounts (like /tmp or a node's scratch), where each node would keep its "
                         f"own part of the output; put {what} on a file system every node mounts at the same path (e.g. the "
                         "cluster's shared home or project space)")
