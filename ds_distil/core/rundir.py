@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_distil import __version__
-from ds_distil.core.dist import broadcast
+from ds_distil.core.dist import barrier, broadcast
 from ds_distil.core.errors import UserError, shown_path
 from ds_distil.core.io import atomic_write
+from ds_distil.core.storage import TOKEN_PREFIX, check_visible_to_all_ranks
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ def _write_marker(directory: Path, command: str) -> None:
 
 
 def _entries(directory: Path, ignore=()) -> list[str]:
-    return sorted(e.name for e in directory.iterdir() if e.name not in (LOCK, *ignore))
+    # (a visibility token of core.storage is there for a moment only, unless its run was killed)
+    return sorted(e.name for e in directory.iterdir() if e.name not in (LOCK, *ignore) and not e.name.startswith(TOKEN_PREFIX))
 
 
 def staging_siblings(out: Path) -> list[Path]:
@@ -476,7 +478,8 @@ def _refuse_if_not_ours(out: Path, command: str, overwrite: bool, ignore) -> str
 
 
 def claim_on_rank0(rank: int, make) -> RunDir:
-    """Rank 0 claims (`make()`); every rank learns where to write, or raises the same one-line error."""
+    """Rank 0 claims (`make()`); every rank learns where to write, or raises the same one-line error: also where a
+    rank on another host does not see the directory (core.storage), before anything is written there."""
     rd, err = None, None
     if rank == 0:
         try:
@@ -489,6 +492,14 @@ def claim_on_rank0(rank: int, make) -> RunDir:
     if rank != 0:  # a view of rank 0's claim: no lock, nothing to commit
         out, path, state = box[0]
         rd = RunDir(Path(out), Path(path), "", False, state)
+    try:
+        check_visible_to_all_ranks(rd.path, rank, shown=rd.out)
+    except UserError:
+        if rank == 0:  # as it was: a directory the claim made goes again
+            rd.abort()
+            rd.release()
+        barrier()  # before any rank exits: a launcher then stops the others (srun --kill-on-bad-exit), rank 0 mid-way
+        raise
     return rd
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from pydantic import Field, model_validator
 
+from ds_distil.core import net
 from ds_distil.core.checked import Checked, check, read_json
 from ds_distil.core.env_info import free_port
 from ds_distil.core.errors import UserError
@@ -62,6 +63,8 @@ def init_distributed() -> Dist:
     elif not cuda:
         say_op_build(SHM_COMM_OP, "DeepSpeed's shared-memory all-reduce for CPU ranks")
     backend = "nccl" if cuda else "gloo"
+    fresh = not torch.distributed.is_initialized()  # (finetune calls this twice)
+    iface, why = net.choose_gloo_interface()  # before the process group binds its sockets
     with third_party_stdout():  # "DeepSpeed ... shm_comm_op built successfully" on CPU; shown with --verbose
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -74,6 +77,10 @@ def init_distributed() -> Dist:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if world > 1 and fresh:  # what runs where, from every rank: the ranks of a multi-node job name their hosts
+        nccl = os.environ.get("NCCL_SOCKET_IFNAME") or "NCCL's own choice (NCCL_SOCKET_IFNAME chooses)"
+        log.info("rank %d of %d (local rank %d) on %s; %s", rank, world, local_rank, net.where(iface),
+                 (f"gloo over {iface}: {why}" if iface else f"gloo: {why}") if backend == "gloo" else f"NCCL over {nccl}")
     return Dist(rank, world, local_rank, device, backend)
 
 
