@@ -2,7 +2,8 @@
 
 `distill` and `finetune` finish their step, checkpoint and exit EXIT_PREEMPTED (`StopRequest`, read by the loop); while
 distill waits for a batch that does not come (a stuck data loader, a hung file system) it exits EXIT_PREEMPTED without
-a checkpoint after a grace period. slurm/*.sbatch requeue the job on that status, and the same command continues
+a checkpoint after a grace period. `teacher-cache` exits EXIT_PREEMPTED at once: its finished files are its
+checkpoints (its --resume keeps them). slurm/*.sbatch requeue the job on that status, and the same command continues
 (--resume).
 """
 
@@ -101,6 +102,18 @@ class StopRequest:
         """The process's SIGALRM handler as it was (the stop-signal handler stays: a late signal only sets the flag)."""
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous_alarm)
+
+
+def exit_on_stop_signal(what: str, kept: str = "without results (it has no checkpoints: the same command redoes it)") -> None:
+    """For commands without checkpoints: stop at once with EXIT_PREEMPTED, saying what is `kept` and how to go on. The
+    SystemExit unwinds the command (a file being written is removed, not left half-written: core.io.atomic_file)."""
+
+    def stop(signum: int):
+        ignore_stop_signals()  # exit 75, not "killed" by the next signal (srun TERMs the other ranks when one exits)
+        log.warning("received %s: %s stops now %s; exit %d", signal_name(signum), what, kept, EXIT_PREEMPTED)
+        raise SystemExit(EXIT_PREEMPTED)
+
+    on_stop_signal(stop)
 
 
 def ignore_stop_signals() -> None:

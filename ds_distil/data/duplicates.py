@@ -21,6 +21,7 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 
+from ds_distil.core.errors import UserError
 from ds_distil.data.examples import Example, Task
 from ds_distil.schema.finetune import REPEAT_WARN_SHARE
 
@@ -153,6 +154,10 @@ def drop(task: Task) -> Task:
     validation keeps the first copy of each text; test stays as it is."""
     held = {text_key(e) for s in ("valid", "test") for e in task.splits[s]}
     train, repeats, leaked = _first_copies(task.splits["train"], held)
+    if not train:  # said here: Task would only see an empty training split
+        raise UserError(f"task.dedup=drop removed every one of the {len(task.splits['train']):,} training rows of {task.source or task.name} "
+                        f"({leaked:,} also in validation or test, {repeats:,} repeats): the training file holds the held-out texts; "
+                        "give training data of its own, or set task.dedup=keep")
     valid, valid_repeats, _ = _first_copies(task.splits["valid"])
     dropped = {"train_duplicates": repeats, "train_in_valid_or_test": leaked, "train_rows_left": len(train),
                "valid_duplicates": valid_repeats, "valid_rows_left": len(valid), "test": "kept as it is"}
