@@ -28,7 +28,7 @@ from ds_distil.data.masking import MASKING_RULE
 from ds_distil.data.stream import MLMStream
 from ds_distil.data.teacher_cache import REBUILD, TeacherCache, load_cache, vocab_made_for
 from ds_distil.data.vocab import load_vocab_map
-from ds_distil.distill import checkpoint, evaluate, objectives
+from ds_distil.distill import evaluate, objectives
 from ds_distil.distill import resume as resume_settings
 from ds_distil.distill.batch import Translation
 from ds_distil.distill.loop import Components, TrainerState
@@ -39,6 +39,7 @@ from ds_distil.model.build import build_student, build_teacher, count_parameters
 from ds_distil.model.forward import MaskedLM
 from ds_distil.model.surgery import TrimmedRun, prepare_trimmed_run
 from ds_distil.model.validate import check_seq_len
+from ds_distil.runtime import checkpoint
 from ds_distil.runtime import engine as eng
 from ds_distil.runtime.flops import Arch, peak_flops
 from ds_distil.runtime.memory import check_micro_batch
@@ -128,7 +129,8 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     if tag is not None:  # refused before anything is written or loaded
         saved = resume_settings.saved_fingerprint(json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()))
         resume_settings.check(saved, settings, tag, derived=False)
-        checkpoint.check_world_size(run_dir, tag, d.world_size)  # with its own way out (export, resize)
+        checkpoint.check_world_size(run_dir, tag, d.world_size, f", or to change size, `ds-distil export --run {run_dir}` and "
+                                    f"start a new run with student.pretrained={run_dir}/student")  # its own way out (export, resize)
         resume_settings.check(saved, settings, tag, derived=True)
     t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
     _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config, t_dtype)

@@ -6,8 +6,8 @@ the stages it depends on are done (up to the study's `parallel` at a time), and 
 
 * a **marker** per stage, DIR/.experiment/stages/NAME.json: written as `running` before the command starts and
   as `done` (with its key and duration) only after it exited 0. On a rerun a `done` stage with the
-  same key is skipped; a `running` one (interrupted, failed) is redone: distill with `--resume`
-  from its newest complete checkpoint, teacher-cache with `--resume` keeping its finished files, the others from their start after their partial output is
+  same key is skipped; a `running` one (interrupted, failed) is redone: distill and finetune with `--resume`
+  from their newest complete checkpoint, teacher-cache with `--resume` keeping its finished files, the others from their start after their partial output is
   removed; a `done` one whose key changed is redone from scratch (its output is removed first:
   it was made by this study, as its marker proves, for settings that no longer hold).
 * a **log** per stage, DIR/logs/NAME.log (appended per attempt). A failing stage stops the study with one
@@ -15,8 +15,8 @@ the stages it depends on are done (up to the study's `parallel` at a time), and 
 * a **lock**, DIR/.experiment/lock (ds_distil/core/rundir.py's `Lock`), held while the study runs: one
   runner per DIR at a time. `--dry-run` takes no lock and writes nothing.
 
-Signals: SIGUSR1, SIGTERM or Ctrl-C ask the running stage to stop at a safe point (distill
-checkpoints, finetune stops at once) and the runner exits 75; the same command continues. Under
+Signals: SIGUSR1, SIGTERM or Ctrl-C ask the running stage to stop at a safe point (distill and
+finetune checkpoint) and the runner exits 75; the same command continues. Under
 SLURM (`--launcher srun`, slurm/experiment.sbatch) rank stages run as `srun` steps and the batch
 script requeues the job on 75 (one job that requeues, not one job per stage).
 
@@ -132,7 +132,7 @@ class _Running:
         for p in self.procs:
             if p.poll() is None:
                 try:
-                    os.killpg(p.pid, signal.SIGUSR1)  # distill: checkpoint and exit 75; finetune: exit 75
+                    os.killpg(p.pid, signal.SIGUSR1)  # distill, finetune: checkpoint and exit 75
                 except ProcessLookupError:
                     pass
 

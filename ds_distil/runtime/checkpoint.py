@@ -1,10 +1,11 @@
-"""Checkpoints: DeepSpeed's ZeRO checkpoint plus our trainer state, committed only when complete (the export of a
-checkpoint to a Hugging Face directory is ds_distil/distill/export.py).
+"""Checkpoints of a training run (distillation and finetuning alike): DeepSpeed's ZeRO checkpoint plus the trainer's
+state, committed only when complete (distillation's export of a checkpoint to a Hugging Face directory is
+ds_distil/distill/export.py).
 
 Layout under RUN/checkpoints/:
     step00000100/            DeepSpeed's files (model states, each rank's optimizer partition)
-        trainer_state.json   step, tokens, data-stream position, resolved config, resume fingerprint, the
-                             objective's declaration (rank 0)
+        trainer_state.json   the trainer's state (step, data position, ...), resolved config, resume fingerprint,
+                             what else the command records (distill: the objective's declaration) (rank 0)
         rng_rank{R}.pt       each rank's RNG states (dropout must resume exactly on every rank)
         COMPLETE             written last (atomically), after every rank has finished and files are
                              synced: step, world size, and the size and sha256 of every file
@@ -211,13 +212,13 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
         shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
 
 
-def check_world_size(run_dir: Path, tag: str, world_size: int) -> None:
+def check_world_size(run_dir: Path, tag: str, world_size: int, way_out: str = "") -> None:
+    """Refuse a checkpoint of another world size; `way_out`: the command's own advice for changing it."""
     marker = json.loads((run_dir / "checkpoints" / tag / MARKER).read_text())
     if marker["world_size"] != world_size:
         raise UserError(
             f"{run_dir / 'checkpoints' / tag} was written by {marker['world_size']} ranks, this run has {world_size}; "
-            "resume with the same number of ranks (ZeRO partitions optimizer state per rank), or to change size, "
-            f"`ds-distil export --run {run_dir}` and start a new run with student.pretrained={run_dir}/student"
+            f"resume with the same number of ranks (ZeRO partitions optimizer state per rank){way_out}"
         )
 
 
@@ -241,8 +242,8 @@ def load(engine, run_dir: Path, tag: str) -> dict:
 class Checkpoints:
     """The loop's checkpoints of one run. `save(step, trainer=..., data=...)`, called on every rank, writes a complete
     checkpoint of the engine, the loop's state and the data position, with what every checkpoint of the run records
-    beside them (`record`: the resolved config, the resume fingerprint, the objective's declaration). The first
-    save of an --overwrite run swaps the new run in for the old one (core.rundir)."""
+    beside them (`record`: the resolved config, the resume fingerprint, distill's objective declaration). The first
+    save of a run still in its staging directory (distill --overwrite) swaps the new run in for the old one (core.rundir)."""
 
     def __init__(self, engine, run: RunDir, rank: int, keep: int, record: dict):
         self.engine, self.run, self.rank, self.keep, self.record = engine, run, rank, keep, record
