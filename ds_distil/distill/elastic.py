@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 
+from ds_distil.core.dist import keep_global_batch
 from ds_distil.core.errors import UserError
 from ds_distil.schema.distill import DistillConfig
 
@@ -69,9 +70,8 @@ def choose(saved: Split, cfg: DistillConfig, world: int, checkpoint: str) -> Spl
             f"{g} is not a multiple of {world}; the nearest global batches {world} rank(s) can run are {nearest}: set "
             f"train.allow_global_batch_change=true with train.micro_batch_size x train.grad_accum_steps x {world} equal to "
             f"one of them (the LR schedule then continues by samples), or resume on a number of ranks dividing {g} ({ranks})")
-    per_rank = g // world
-    micro = max(m for m in range(1, min(t.micro_batch_size, per_rank) + 1) if per_rank % m == 0)
-    return Split(micro, per_rank // micro, world)
+    micro, accum = keep_global_batch(g, t.micro_batch_size, world)
+    return Split(micro, accum, world)
 
 
 def apply(cfg: DistillConfig, split: Split) -> DistillConfig:
@@ -115,6 +115,6 @@ def warmup_steps(cfg: DistillConfig, total_steps: int) -> int:
     return max(1, round(cfg.train.warmup_ratio * total_steps))  # as runtime.engine.ds_config_from
 
 
-def epoch_micro_steps(n_samples: int, split: Split, workers: int) -> int:
+def epoch_micro_steps(n_samples: int, split: Split) -> int:
     """Micro batches per epoch per rank under `split` (data.stream.plan_rank's T)."""
     return math.ceil(n_samples / (split.world * split.micro))

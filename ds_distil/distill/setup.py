@@ -216,7 +216,7 @@ def _schedule(cfg: DistillConfig, stream: MLMStream, saved_state: dict | None, s
         schedule, num_steps = elastic.Schedule(**saved_state["schedule"]), int(saved_state["num_steps"])
     else:  # a checkpoint from before: the schedule its run computed, on its own layout
         train = dataclasses.replace(cfg.train, grad_accum_steps=saved_split.accum)
-        total = eng.total_steps(train, elastic.epoch_micro_steps(stream.n_samples, saved_split, stream.workers))
+        total = eng.total_steps(train, elastic.epoch_micro_steps(stream.n_samples, saved_split))
         schedule, num_steps = elastic.Schedule(total, elastic.warmup_steps(cfg, total), saved_split.global_batch), total
     if schedule.global_batch != split.global_batch:
         schedule = schedule.rescaled(split.global_batch)
