@@ -94,6 +94,7 @@ def measure(spec: dict) -> dict:
     from ds_distil.data.tokenizer import load_tokenizer
     from ds_distil.finetune.train import build_model, featurise
     from ds_distil.runtime import engine as eng
+    from ds_distil.runtime.precision import auto_precision
 
     d = init_one_process()
     dev = d.device
@@ -124,8 +125,8 @@ def measure(spec: dict) -> dict:
                 engine.backward(loss)
                 engine.step()
             return step, eng.precision(engine.config)
-        precision = "fp32" if dev.type != "cuda" else "bf16" if eng.bf16_capable(dev) else "fp16"
-        ref = ReferenceFinetune(model, precision, dev)
+        ref = ReferenceFinetune(model, auto_precision(dev), dev)  # what `ours` resolves `auto` to
+
         return ref.step, "fp32" if ref.amp is None else str(ref.amp).removeprefix("torch.")
 
     for task_name, data_dir in spec["tasks"].items():

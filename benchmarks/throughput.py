@@ -507,7 +507,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--inputs", type=int, default=3)
-    p.add_argument("--precision", default="auto", help="auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where the device has it natively, else fp16 on a GPU, fp32 on a CPU), bf16, fp16, fp32")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile for ours and the reference "
                    "(auto: on for CUDA, as perf.compile)")
     p.add_argument("--levers", action="store_true", help="also run ours with each speed lever turned off in turn")
@@ -527,7 +527,7 @@ def main() -> None:
     import torch
 
     from ds_distil.distill.objectives import OBJECTIVES
-    from ds_distil.runtime.engine import bf16_capable
+    from ds_distil.runtime.precision import auto_precision
 
     objective_names = args.objectives.split(",")
     unknown = [o for o in objective_names if o not in OBJECTIVES]
@@ -541,7 +541,7 @@ def main() -> None:
     batches = [int(x) for x in (args.batches or ("128,256" if args.full else "8")).split(",")]
     steps = args.steps or (20 if args.full else 3)
     warmup = args.warmup or (5 if args.full else 1)
-    precision = args.precision if args.precision != "auto" else ("fp32" if not cuda else "bf16" if bf16_capable(device) else "fp16")
+    precision = args.precision if args.precision != "auto" else auto_precision(device)
     compile_ = args.compile == "on" or (args.compile == "auto" and cuda)
     methods = args.methods.split(",")
     specs = []

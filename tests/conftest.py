@@ -22,6 +22,12 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
+# `auto` precision follows the CPU (bf16 where it is native: runtime/precision.py). The suite pins the CPU's answer to
+# "no native bf16" so that what it runs, and the figures it compares, are the same on every CPU kind; the tests of the
+# rule itself force either answer. A value of the caller's own wins.
+os.environ.setdefault("DS_DISTIL_CPU_BF16", "0")
+
+
 def shared_data_dir() -> Path | None:
     path = Path(os.environ.get("DS_DISTIL_DATA", ROOT.parent / "shared" / "data"))
     return path if (path / "corpus").is_dir() and (path / "mbert_tokenizer").is_dir() else None

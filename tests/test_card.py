@@ -47,7 +47,7 @@ def fake_run(tmp_path, shards, overrides=(), val=VAL, name="run", objective=None
     (run / "ds_config.json").write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}))
     (run / "environment.json").write_text(json.dumps({
         "versions": {"torch": "2.13.0", "deepspeed": "0.19.8", "transformers": "5.23.0", "ds-distil": "0.1.0", "git_commit": "abc1234"},
-        "device": {"cpu": "Some CPU", "gpu": None}, "world_size": 2, "backend": "gloo",
+        "device": {"cpu": "Some CPU", "gpu": None}, "world_size": 2, "backend": "gloo", "teacher_dtype": "float32",
         "started_by": {"command": f"ds-distil distill --config configs/smoke.yaml --out {run}", "launcher": "torchrun", "world_size": 2}}))
     student = run / "student"
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def test_the_card_has_hub_metadata_and_says_what_the_run_recorded(small_shards, 
     train_tokens = manifest["splits"]["train"]["tokens"]
     for expected in ("# run (bert 2x64)", "2 layers, 64 hidden, 128 FFN, 2 heads, 512 positions", f"{train_tokens:,} tokens",
                      "`tl_corpus_combined.txt`", "30 optimizer steps", "61,234", "8 per rank x 1 accumulation x 2 rank(s) = 16",
-                     "`0.5 * T^2 * KL(teacher || student) + 0.5 * MLM` at temperature T = 2.0", "| precision | student bf16 (DeepSpeed, ZeRO stage 2); teacher fp32 (auto, on CPU) |",
+                     "`0.5 * T^2 * KL(teacher || student) + 0.5 * MLM` at temperature T = 2.0", "| precision | student bf16 (DeepSpeed, ZeRO stage 2); teacher fp32 (auto) |",
                      "| validation perplexity | 665.1416 |", "| validation teacher-student top-1 agreement | 20.00% |",
                      "at step 30 (the exported step)", f"ds-distil distill --config configs/smoke.yaml --out {run}",
                      "on 2 rank(s), started by torchrun", FT_START, FT_END):

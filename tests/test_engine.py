@@ -57,11 +57,12 @@ def test_every_shipped_config_loads():
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, "zero2-bf16.json"), (False, "zero2-fp16.json")])
-def test_auto_precision_is_bf16_on_gpus_that_have_it_fp16_on_older_ones_fp32_on_cpu(monkeypatch, bf16, expected):
+def test_auto_precision_is_bf16_on_gpus_that_have_it_fp16_on_older_ones_fp32_on_a_cpu_without_bf16(monkeypatch, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
     gpu = torch.device("cuda", 0)
     assert resolve_ds_json("auto", gpu).endswith(expected)
     assert teacher_dtype("auto", gpu) == (torch.bfloat16 if bf16 else torch.float16)
+    monkeypatch.setenv("DS_DISTIL_CPU_BF16", "0")  # a CPU without native bf16 (tests/test_precision.py: the CPU rule)
     assert resolve_ds_json("auto", CPU).endswith("zero2-fp32.json") and teacher_dtype("auto", CPU) == torch.float32
     assert Path(resolve_ds_json("auto", gpu)).is_file() and Path(resolve_ds_json("auto", CPU)).is_file()  # the shipped JSONs
     assert resolve_ds_json("my.json", gpu) == "my.json"  # an explicit choice is kept

@@ -255,6 +255,21 @@ def test_a_pair_the_objective_cannot_distil_is_refused_in_one_line(objective, se
         obj.bind(None, student.config)
 
 
+def test_minilmv2_relation_heads_default_to_the_most_up_to_12_that_divide_both_widths():
+    teacher, student = models("post")  # widths 48 and 24: 12 divides both
+    obj = MiniLMv2(LossConfig(objective="minilmv2"))
+    obj.bind(teacher.config, student.config)
+    assert obj.heads == 12 and "12 relation heads (auto" in obj.formula()
+    from types import SimpleNamespace
+
+    obj = MiniLMv2(LossConfig(objective="minilmv2"))
+    obj.bind(SimpleNamespace(**{**vars(teacher.config), "hidden_size": 128}), SimpleNamespace(**{**vars(student.config), "hidden_size": 64}))
+    assert obj.heads == 8 and "over 8 relation heads" in obj.terms[-1].description  # the smoke teacher and student
+    obj = MiniLMv2(LossConfig(objective="minilmv2", relation_heads=4))
+    obj.bind(teacher.config, student.config)
+    assert obj.heads == 4 and "(auto" not in obj.formula()  # a count the user sets is kept
+
+
 def test_tinybert_without_attention_allows_unequal_heads_and_equal_widths_need_no_projection():
     teacher, student = models("post", student_heads=2)
     obj = TinyBERT(LossConfig(objective="tinybert", a_attention=0.0))

@@ -11,7 +11,7 @@ import webdataset as wds
 from conftest import run_prepare
 
 from ds_distil.data.manifest import load_manifest
-from ds_distil.data.shards import BLOCK, BlockSelector
+from ds_distil.data.documents import BLOCK, BlockSelector
 from ds_distil.data.tokenizer import load_tokenizer
 
 

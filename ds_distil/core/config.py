@@ -237,6 +237,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, section by section (a key of `extra` wins; sections are merged, not replaced)."""
+    return _merge(base, extra)
+
+
 def load_dict(paths: list[str | Path] = (), overrides: list[str] = ()) -> dict[str, Any]:
     """Merge YAML files (a file may name `base: other.yaml`, relative to itself) and overrides."""
     data: dict[str, Any] = {}

@@ -1,7 +1,8 @@
 """Progress of long work, on rank 0 only: a tqdm bar (rate, ETA, and figures such as the loss) when
 stderr is a terminal; otherwise, in log files and SLURM jobs where a bar would be a wall of carriage
-returns, a log line with the same figures every `log_every_s` seconds (or none, where the caller
-logs its own lines, as distillation does).
+returns, a log line with the same figures every `log_every_s` seconds (EVERY_S, 30 s, by default: long work speaks at
+least that often in a log file); a caller that logs lines of its own (distillation every log.every_steps) calls
+`said()` after each, so that the progress line fills only the silences.
 
 Every long loop (prepare, distill, finetune, evaluation) goes through this one class, so they look alike.
 """
@@ -14,6 +15,8 @@ import time
 
 log = logging.getLogger("ds_distil.core.progress")
 
+EVERY_S = 30.0  # the longest silence of long work without a terminal
+
 
 def _clock(seconds: float) -> str:
     s = int(seconds)
@@ -22,7 +25,7 @@ def _clock(seconds: float) -> str:
 
 class Progress:
     def __init__(self, total: int | None, desc: str, unit: str = "step", enabled: bool = True, initial: int = 0,
-                 log_every_s: float | None = 60.0, leave: bool = True, unit_scale: bool = False):
+                 log_every_s: float | None = EVERY_S, leave: bool = True, unit_scale: bool = False):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.enabled = enabled
         self.bar = None
@@ -49,6 +52,10 @@ class Progress:
             self.bar.update(n)
         elif self.log_every_s is not None and time.perf_counter() - self.last_log >= self.log_every_s:
             self._log_line()
+
+    def said(self) -> None:
+        """The caller logged a line of its own with the same news: the next progress line waits a full interval."""
+        self.last_log = time.perf_counter()
 
     def _log_line(self) -> None:
         from tqdm import tqdm

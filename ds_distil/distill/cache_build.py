@@ -107,9 +107,10 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
         for copy, i in mine:
             name = file_name(split, copy, i)
             done[name] = _done_record(directory, name) if resume else None
-            if done[name] is None:
-                done[name] = _write_file(directory, name, shards[i], copy, stream, lm, s, d.device, data_cfg)
-            bar.update(shards[i].samples)
+            if done[name] is None:  # the bar moves per batch: a file of 4,096 samples is minutes of teacher passes
+                done[name] = _write_file(directory, name, shards[i], copy, stream, lm, s, d.device, data_cfg, bar)
+            else:
+                bar.update(shards[i].samples)
         bar.close()
         if d.rank == 0:
             log.info("teacher-cache %s: %d files in %.0f s", split, len(mine), time.perf_counter() - t0)
@@ -166,7 +167,8 @@ def targets(lm: MaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 @torch.no_grad()
-def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream, lm: MaskedLM, s, device, data_cfg) -> str:
+def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream, lm: MaskedLM, s, device, data_cfg,
+                bar: Progress) -> str:
     m = stream.max_masked
     records = np.zeros(shard.samples, dtype=record_dtype(m, s.k))
     records["positions"] = -1
@@ -196,6 +198,7 @@ def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream,
             rec["ids"][:n], rec["weights"][:n], rec["entropy"][:n] = t_ids[slot:slot + n], t_weights[slot:slot + n], t_entropy[slot:slot + n]
             slot += n
         row += len(chunk)
+        bar.update(len(chunk))
     path = directory / name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

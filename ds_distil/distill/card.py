@@ -157,11 +157,12 @@ def _teacher(cfg: dict) -> tuple[str, str | None]:
     return f"the `{t.get('preset')}` preset, randomly initialised (no pretrained weights: a test or smoke teacher), frozen", None
 
 
-def _teacher_dtype(t: dict, device: dict) -> str:
+def _teacher_dtype(t: dict, env: dict) -> str:
     choice = t.get("dtype", "auto")
     if choice != "auto":
         return choice
-    return "fp32 (auto, on CPU)" if not device.get("gpu") else "auto (bf16 where the GPU has it, else fp16)"
+    resolved = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(env.get("teacher_dtype"))
+    return f"{resolved} (auto)" if resolved else "auto (bf16 where the device has it natively, else fp16 on a GPU, fp32 on a CPU)"
 
 
 def _corpus(manifest: dict | None, shards: str) -> tuple[str, list[str]]:
@@ -278,7 +279,7 @@ def render(info: dict) -> str:
               f"| loss | {loss_text} |",
               f"| optimizer | AdamW, peak lr {train.get('lr')}, {train.get('schedule', 'linear')} decay after "
               f"{train.get('warmup_ratio', 0):.0%} warm-up, weight decay {train.get('weight_decay')}, clipping {train.get('grad_clip')} |",
-              f"| precision | student {info['precision'] or '?'} (DeepSpeed{zero}); teacher {_teacher_dtype(t, dev) if not mlm_only else '-'} |",
+              f"| precision | student {info['precision'] or '?'} (DeepSpeed{zero}); teacher {_teacher_dtype(t, info['env']) if not mlm_only else '-'} |",
               f"| hardware | {device} x {world} |",
               f"| software | ds-distil {vers.get('ds-distil')} (git {vers.get('git_commit')}), torch {vers.get('torch')}, "
               f"deepspeed {vers.get('deepspeed')}, transformers {vers.get('transformers')} |", ""]

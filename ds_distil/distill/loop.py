@@ -190,6 +190,7 @@ def log_window(c: Components, acc: torch.Tensor, micro: int, elapsed: float) -> 
         terms = "".join(f"{t.label or t.name} {values[t.log_key]:.4f} | " for t in c.objective.terms)
         log.info("step %d/%d | loss %.4f | %slr %.2e | %.0f tokens/s%s", st.step, c.num_steps, values["loss/total"], terms,
                  values["lr"], values["throughput/tokens_per_s"], f" | MFU {values['throughput/mfu']:.1%}" if "throughput/mfu" in values else "")
+        c.metrics.said()
 
 
 def validation_due(c: Components) -> bool:

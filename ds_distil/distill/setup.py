@@ -141,7 +141,8 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
         resume_settings.check(saved, settings, tag, derived=False)
         resume_settings.check(saved, settings, tag, derived=True)
         universal = checkpoint.needs_universal(run_dir, tag, d.world_size, ds_config["zero_optimization"]["stage"])
-    _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config)
+    t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
+    _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config, t_dtype)
     t_params, s_params = count_parameters(teacher), count_parameters(student)
     trained = (MaskedLM(student, s_vocab) if objective.module is None else StudentWithObjective(student, s_vocab, objective.module))
     group_names = eng.param_group_names(trained, cfg.train.weight_decay)
@@ -149,7 +150,6 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
     if universal and ds_config["zero_optimization"]["stage"] > 0:  # DeepSpeed cuts this engine's partitions from it
         engine_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     model_engine = eng.initialize(trained, engine_config, cfg.train.weight_decay)
-    t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
     teacher = eng.place_teacher(teacher, d.device, t_dtype)
     if trimmed is not None and trimmed.full_head is not None:
         trimmed.full_head.to(device=d.device, dtype=t_dtype)
@@ -290,7 +290,8 @@ def _banner(c: Components, manifest, ds_config: dict, vmap, vocab: int, t_params
                  f"{c.validator.stream.n_samples:,}", f"every {every} steps and at the end" if every else "at the end")
 
 
-def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, tokenizer_dir: Path, ds_config: dict) -> None:
+def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dist, student, tokenizer_dir: Path, ds_config: dict,
+                     t_dtype: torch.dtype) -> None:
     if checkpoint.latest_tag(run_dir / "checkpoints") is not None and not resume:
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it, --overwrite to replace it "
                         "(swapped in at the new run's first checkpoint), or choose another --out")
@@ -298,7 +299,8 @@ def _prepare_run_dir(cfg: DistillConfig, run_dir: Path, resume: bool, d: eng.Dis
         save(cfg, run_dir / "run_config.yaml")
         atomic_write_json(run_dir / "ds_config.json", ds_config)
         atomic_write_json(run_dir / "environment.json", {"versions": versions(), "device": device_info(), "world_size": d.world_size,
-                                                         "backend": d.backend, "started_by": command_line()})
+                                                         "backend": d.backend, "started_by": command_line(),
+                                                         "teacher_dtype": str(t_dtype).removeprefix("torch.")})
         student.config.save_pretrained(str(run_dir / "student_config"))
         from transformers import AutoTokenizer
 

@@ -277,7 +277,7 @@ def _finetune(model: str, task_name: str, out: Path, cfg: FinetuneConfig, recipe
     sampler = DistributedSampler(train, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.train.seed)
     loader = DataLoader(train, batch_size=cfg.train.micro_batch_size, sampler=sampler, collate_fn=collate(tokenizer.pad_token_id),
                         generator=torch.Generator().manual_seed(cfg.train.seed))
-    metrics = Metrics(out, d.rank == 0, True, num_steps, 0, desc="finetune", log_every_s=60.0)
+    metrics = Metrics(out, d.rank == 0, True, num_steps, 0, desc="finetune")
     step, micro, samples, epoch = 0, 0, 0, 0
     loss_sum = torch.zeros((), device=d.device)
     eval_s = 0.0  # time spent on eval_every_steps' evaluations: not training time

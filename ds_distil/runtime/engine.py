@@ -19,6 +19,7 @@ from torch import nn
 
 from ds_distil.core.env_info import free_port
 from ds_distil.core.errors import UserError
+from ds_distil.runtime import precision as precision_rules
 from ds_distil.schema.distill import DistillConfig, PerfConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -111,18 +112,16 @@ DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"  # the checkout'
 
 
 def bf16_capable(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    """bf16 computed natively on `device` (runtime/precision.py): a GPU with it, or a CPU with AVX-512 BF16 or AMX."""
+    return precision_rules.bf16_native(device)
 
 
 def resolve_ds_json(choice: str, device: torch.device) -> str:
-    """`auto`: bf16 on GPUs that have it (Ampere and newer: no loss scaler, no overflow skips, the
-    fp16 range problems gone), fp16 on older GPUs, fp32 on CPU (bf16 there is exact but only fast
-    on CPUs with AMX; pass ds_configs/zero2-bf16.json to use it)."""
+    """`auto`: bf16 where the device has it natively (Ampere and newer GPUs: no loss scaler, no overflow skips, the fp16
+    range problems gone; CPUs with AVX-512 BF16 or AMX), fp16 on older GPUs, fp32 on a CPU that would emulate bf16."""
     if choice != "auto":
         return choice
-    if device.type != "cuda":
-        return str(DS_CONFIGS / "zero2-fp32.json")
-    return str(DS_CONFIGS / ("zero2-bf16.json" if bf16_capable(device) else "zero2-fp16.json"))
+    return str(DS_CONFIGS / f"zero2-{precision_rules.auto_precision(device)}.json")
 
 
 def fused_adamw(choice: bool | str, device: torch.device) -> bool:
@@ -195,6 +194,8 @@ def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: i
     ds.setdefault("wall_clock_breakdown", False)
     if ds.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
         log.warning("fp16 on CPU runs only where the CPU has fp16 hardware; use ds_configs/zero2-bf16.json or zero2-fp32.json otherwise")
+    if not torch.cuda.is_available():
+        precision_rules.warn_if_emulated(f"the student ({path.name})", precision(ds), torch.device("cpu"))
     return ds
 
 
@@ -212,12 +213,12 @@ def loss_scale(engine) -> float | None:
 
 
 def teacher_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on GPUs that have it, else fp16; fp32 on CPU."""
-    if choice == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if bf16_capable(device) else torch.float16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+    """`auto`: bf16 where the device has it natively, else fp16 on a GPU and fp32 on a CPU (runtime/precision.py). A
+    teacher forced into bf16 on a CPU that emulates it gets one warning with the measured cost."""
+    name = precision_rules.auto_precision(device) if choice == "auto" else choice
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+    precision_rules.warn_if_emulated("the teacher (teacher.dtype)", dtype, device)
+    return dtype
 
 
 def place_teacher(teacher: nn.Module | None, device: torch.device, dtype: torch.dtype) -> nn.Module | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ds_distil.core.io import atomic_write
-from ds_distil.core.progress import Progress
+from ds_distil.core.progress import EVERY_S, Progress
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Metrics:
     """Writes only on rank 0; other ranks get a no-op."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, start_step: int, desc: str = "distill",
-                 log_every_s: float | None = None):
+                 log_every_s: float | None = EVERY_S):
         self.enabled = enabled
         self.writer = None
         self.bar = None
@@ -86,12 +86,17 @@ class Metrics:
             kept = _lines_up_to(path, start_step)
             atomic_write(path, "".join(line + "\n" for line in kept))  # replaced whole: a kill here loses no line
         self.jsonl = open(path, "a", encoding="utf-8")
-        # log_every_s: progress lines where there is no terminal for a bar (distillation logs its own lines)
+        # log_every_s: progress lines where there is no terminal for a bar, in the silences between the caller's own lines
         self.bar = Progress(total_steps, desc, "step", initial=start_step, log_every_s=log_every_s)
 
     def step(self, n: int = 1, **postfix) -> None:
         if self.bar is not None:
             self.bar.update(n, **postfix)
+
+    def said(self) -> None:
+        """A console line of the caller's own went out (distillation's step lines): the progress line waits."""
+        if self.bar is not None:
+            self.bar.said()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Mapping
 
 from ds_distil import __version__
-from ds_distil.core.config import ConfigError, flatten, from_dict, keys_help, literal_value, load, load_dict
+from ds_distil.core.config import ConfigError, flatten, from_dict, keys_help, literal_value, load_dict, merge as _merge_over
 from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.distill import DataConfig, DistillConfig
 from ds_distil.schema.finetune import FT_PRESETS, RECIPES, TASK_NAMES, FinetuneConfig, random_weights
@@ -64,8 +64,62 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="more settings, e.g. seq_len=256")
 
 
+# ------------------------------------------------------------------ one config file across commands
+
+# The config classes of the commands that read --config files. A user keeps one file per run (a distill config has the
+# data and teacher sections a teacher cache needs): a command given it takes the sections that are its own and sets
+# aside, in one console line, those of another command; a key it does not know inside one of its own sections, or a
+# section no command has, is still refused naming the key.
+CONFIGS = {"distill": DistillConfig, "teacher-cache": TeacherCacheConfig, "finetune": FinetuneConfig, "prepare": PrepareConfig,
+           "vocab": VocabConfig}
+# keys a command reads from another command's sections where its own are not set: {own key: the other's key}
+BORROWED = {"teacher-cache": {"vocab": "student.vocab", "seed": "train.seed", "cache.temperature": "loss.temperature"}}
+
+
+def own_sections(command: str, data: dict) -> tuple[dict, str | None]:
+    """(`data` without the top-level keys that belong to other commands' configs only, one line saying what was set aside
+    and what was borrowed, or None when nothing was)."""
+    own = {f.name for f in dataclasses.fields(CONFIGS[command])}
+    owners: dict[str, str] = {}  # a top-level key of another command's config -> the first such command
+    for other, cls in CONFIGS.items():
+        if other != command:
+            for f in dataclasses.fields(cls):
+                owners.setdefault(f.name, other)
+    flat = flatten(data)
+    borrowed = {}
+    for mine, theirs in BORROWED.get(command, {}).items():
+        if mine not in flat and flat.get(theirs) is not None:
+            borrowed[mine] = flat[theirs]
+    kept = {k: v for k, v in data.items() if k in own or k not in owners}
+    left: dict[str, list[str]] = {}
+    for k in data:
+        if k not in own and k in owners:
+            left.setdefault(owners[k], []).append(k)
+    for key, value in borrowed.items():
+        node = kept
+        *sections, last = key.split(".")
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[last] = value
+    if not left and not borrowed:
+        return kept, None
+    parts = [f"left to {cmd}: {', '.join(keys)}" for cmd, keys in left.items()]
+    parts += [f"{mine} from {BORROWED[command][mine]} ({value!r})" for mine, value in borrowed.items()]
+    mine = ", ".join(k for k in kept if k in own) or "none"
+    return kept, f"{command}: reading the settings that are its own ({mine}); " + "; ".join(parts)
+
+
+def _own(command: str, data: dict) -> dict:
+    import logging
+
+    kept, line = own_sections(command, data)
+    if line:
+        logging.getLogger("ds_distil").info("%s", line)
+    return kept
+
+
 def config_from_args(args: argparse.Namespace, cls: type):
-    data = load_dict(args.config, args.overrides)
+    data = _own(args.command, load_dict(args.config, args.overrides))
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in vars(args):
@@ -83,8 +137,7 @@ def stage_config(args: argparse.Namespace):
     if command == "finetune":
         return finetune_config(args)[0]
     if command in ("distill", "teacher-cache"):
-        cls = {"distill": DistillConfig, "teacher-cache": TeacherCacheConfig}[command]
-        return load(cls, args.config, args.overrides)
+        return from_dict(CONFIGS[command], _own(command, load_dict(args.config, args.overrides)))
     if command == "inspect":
         return from_dict(DataConfig, {**load_dict(args.config, args.overrides).get("data", {}), "shards": args.shards})
     return None
@@ -93,7 +146,7 @@ def stage_config(args: argparse.Namespace):
 def finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, dict]:
     """`ds-distil finetune`'s config and the recipe beneath it (the `recipe` key): chosen from --model before anything
     is built; the user's --config files and key=value settings are merged over it, so each of their keys wins."""
-    user = load_dict(args.config, args.overrides)
+    user = _own("finetune", load_dict(args.config, args.overrides))
     choice = user.get("recipe", "auto")
     if choice not in ("blank", "pretrained", "auto"):  # "none", or a bad value that from_dict refuses with the key's name
         return from_dict(FinetuneConfig, user), {"name": "none", "choice": choice}
@@ -108,7 +161,7 @@ def finetune_config(args: argparse.Namespace) -> tuple[FinetuneConfig, dict]:
     recipe, mine = flatten(load_dict([path])), flatten(user)
     info = {"name": name, "choice": choice, "file": str(path), "why": why,
             "applied": {k: v for k, v in recipe.items() if k not in mine}, "yours": {k: mine[k] for k in recipe if k in mine}}
-    return from_dict(FinetuneConfig, load_dict([path, *args.config], args.overrides)), info
+    return from_dict(FinetuneConfig, _merge_over(load_dict([path]), user)), info
 
 
 # ----------------------------------------------------------------------------------- the parser

@@ -55,8 +55,9 @@ class TeacherConfig:
     pretrained: str | None = setting("weights: a hub name (bert-base-multilingual-cased) or a local HF directory", default=None)
     config: str | None = setting("architecture config.json for a randomly initialised teacher", default=None)
     preset: str | None = setting(f"architecture preset for a randomly initialised teacher: {', '.join(PRESETS)}", default=None)
-    dtype: Literal["auto", "fp16", "bf16", "fp32"] = setting("teacher precision; auto: bf16 on GPUs that have it, else fp16; fp32 on CPU",
-                                                             default="auto")
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = setting(
+        "teacher precision; auto: bf16 where the device has it natively (Ampere+ GPUs, CPUs with AVX-512 BF16 or AMX), else fp16 on "
+        "a GPU, fp32 on a CPU", default="auto")
     cache: str | None = setting("a teacher cache (`ds-distil teacher-cache`): distil from its sampled targets instead of running "
                                 "the teacher (needs data.masking=static); with pretrained/config/preset too, the cache must be "
                                 "that teacher's (its weights' hash is checked)", default=None, resume=True)
@@ -153,8 +154,9 @@ class LossConfig:
     a_relations: float = setting("minilmv2: weight of the self-attention relation KL", default=1.0)
     teacher_layer: int = setting("minilmv2: the teacher layer whose relations the student's last layer learns (1..teacher "
                                  "layers; -1: the last)", default=-1)
-    relation_heads: int = setting("minilmv2: relation heads the queries, keys and values are split into (must divide both "
-                                  "models' hidden sizes)", default=12)
+    relation_heads: int | Literal["auto"] = setting("minilmv2: relation heads the queries, keys and values are split into (must "
+                                                    "divide both models' hidden sizes); auto: the largest count <= 12 that divides "
+                                                    "both (12 for base-size models, as before; 8 for 128 and 64)", default="auto")
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -167,7 +169,7 @@ class LossConfig:
             raise ValueError(f"objective {self.objective} trains with {', '.join(trained)}: they must not all be 0")
         if self.layer_map is not None and (not self.layer_map or any(not isinstance(x, int) or isinstance(x, bool) for x in self.layer_map)):
             raise ValueError(f"layer_map must be a list of teacher layer numbers, one per student layer, or null; got {self.layer_map}")
-        if self.relation_heads < 1:
+        if self.relation_heads != "auto" and self.relation_heads < 1:
             raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}")
         if self.teacher_layer == 0 or self.teacher_layer < -1:
             raise ValueError(f"teacher_layer must be a layer number >= 1, or -1 for the last, got {self.teacher_layer}")
@@ -256,8 +258,9 @@ class DeepSpeedConfig:
     """Section `deepspeed`: the JSON holding ZeRO and precision settings. Batch sizes, optimizer,
     scheduler and clipping come from `train` and must not be in it."""
 
-    config: str = setting("DeepSpeed JSON (see ds_configs/), or auto: zero2-bf16 on a GPU with bf16 (Ampere and newer), "
-                          "zero2-fp16 on older GPUs, zero2-fp32 on CPU", default="auto", resume=True)
+    config: str = setting("DeepSpeed JSON (see ds_configs/), or auto: zero2-bf16 where the device has bf16 natively "
+                          "(Ampere+ GPUs, CPUs with AVX-512 BF16 or AMX), zero2-fp16 on older GPUs, zero2-fp32 on other CPUs",
+                          default="auto", resume=True)
     zero_stage: int | Literal["auto"] = setting("ZeRO stage (0, 1 or 2) in place of the JSON's; auto: the JSON's, except one rank "
                                                 "in fp32, which runs without ZeRO (nothing to partition; measured in "
                                                 "benchmarks/results/README.md)", default="auto")

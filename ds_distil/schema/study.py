@@ -34,7 +34,9 @@ Settings are mappings of dotted keys (`train.max_steps: 600`) or nested sections
 command as `key=value` overrides, after the config files and before what the study itself sets
 (shards, teacher path). Paths are relative to the directory the study is run from (the checkout),
 like every config of ours. `sized_down` says, above every table, how and why the study is smaller
-than the paper; `estimates` gives the expected minutes per stage (glob patterns), summed by `--dry-run`.
+than the paper; `estimates` gives the expected minutes per stage (glob patterns), summed by `--dry-run`, and
+`estimates_probe` the machine they were measured on and its time for a fixed probe step (ds_distil/study/estimate.py),
+by which they are scaled to the machine a study runs on.
 """
 
 from __future__ import annotations
@@ -156,6 +158,14 @@ class FinetuneStudy:
 
 
 @dataclasses.dataclass
+class EstimatesProbe:
+    machine: str = setting("the machine the estimates were measured on (CPU model, cores, bf16 native or not)")
+    precision: Literal["bf16", "fp32"] = setting("the precision the study's training stages ran in there")
+    fp32_s: float = setting("seconds of one probe step in fp32 there (ds_distil/study/estimate.py: PROBE)")
+    bf16_s: float | None = setting("seconds of one probe step in bf16 there (where bf16 was native)", default=None)
+
+
+@dataclasses.dataclass
 class Study:
     name: str = setting("the study's name")
     teacher: TeacherStudy = setting("the teacher")
@@ -168,6 +178,8 @@ class Study:
                             "finetuning runs; under SLURM the stages are srun steps run one at a time)", default=1)
     estimates: dict[str, float] = setting("expected minutes per stage, by glob pattern over stage names (first match wins)",
                                           default_factory=dict)
+    estimates_probe: EstimatesProbe | None = setting("where `estimates` were measured, and that machine's probe step times: "
+                                                     "the estimates are scaled by this machine's own probe", default=None)
     prepare: PrepareStudy = dataclasses.field(default_factory=PrepareStudy)
     vocab: VocabStudy = dataclasses.field(default_factory=VocabStudy)
     cache: CacheStudy = dataclasses.field(default_factory=CacheStudy)

@@ -309,10 +309,12 @@ def _check_unique(stages: list[Stage]) -> None:
         seen.add(s.name)
 
 
-def validate(stages: list[Stage], study_path: Path) -> None:
+def validate(stages: list[Stage], study_path: Path) -> dict[str, object]:
     """Parse every stage's command with the command line's own parser and config schemas, before anything runs:
-    an unknown key or a wrong type in a study's settings is refused here, naming the stage."""
+    an unknown key or a wrong type in a study's settings is refused here, naming the stage. Returns each stage's typed
+    config (None for commands without one)."""
     parser = commands.build_parser()
+    configs = {}
     for s in stages:
         try:
             with contextlib.redirect_stderr(io.StringIO()) as err:
@@ -320,9 +322,10 @@ def validate(stages: list[Stage], study_path: Path) -> None:
         except SystemExit:
             raise UserError(f"study {study_path}: stage {s.name}: {err.getvalue().strip().splitlines()[-1]}") from None
         try:
-            commands.stage_config(args)
+            configs[s.name] = commands.stage_config(args)
         except UserError as e:
             raise UserError(f"study {study_path}: stage {s.name}: {e}") from None
+    return configs
 
 
 def plan_document(study: Study, stages: list[Stage], rows: list[dict]) -> str:

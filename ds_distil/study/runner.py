@@ -43,7 +43,6 @@ the keys beside it (plan.py, keys.py).
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import os
 import re
@@ -65,6 +64,7 @@ from ds_distil.core.signals import EXIT_PREEMPTED
 from ds_distil.schema.study import Study, load_study
 from ds_distil.study.keys import assign_keys
 from ds_distil.study.plan import Stage, build_plan, plan_document, validate
+from ds_distil.study.relay import Relay
 
 STATE = ".experiment"
 RANK_COMMANDS = ("distill", "finetune", "teacher-cache")  # the commands that run as ranks (srun steps under SLURM)
@@ -72,13 +72,6 @@ BATCHED = ("distill", "finetune")  # the rank commands with a global batch (micr
 
 
 # ---------------------------------------------------------------------------------- scheduling
-
-
-def estimate_minutes(study: Study, name: str) -> float | None:
-    for pattern, minutes in study.estimates.items():
-        if fnmatch.fnmatchcase(name, pattern):
-            return minutes
-    return None
 
 
 def next_ready(pending: list[Stage], done: set[str]) -> Stage | None:
@@ -158,7 +151,9 @@ class Runner:
                             f"{cores} cores; lower ranks (one per GPU, or a few CPU ranks) or run it under SLURM (--launcher srun)")
         self.state = out / STATE
         self.stages, self.rows = build_plan(study, out)
-        validate(self.stages, study_path)
+        self.configs = validate(self.stages, study_path)
+        self._estimator = None
+        self.relay = Relay()
         self.plan_text = plan_document(study, self.stages, self.rows)
         assign_keys(self.stages, self.plan_text, out / "plan.json")
         self.parallel = 1 if launcher == "srun" else study.parallel  # srun steps of one allocation: one at a time
@@ -221,6 +216,43 @@ class Runner:
     def log_path(self, stage: Stage) -> Path:
         return self.out / "logs" / f"{stage.name}.log"
 
+    # --- estimates: the study's measured stage times, scaled to this machine by a probe (study/estimate.py)
+    @property
+    def estimator(self):
+        if self._estimator is None:
+            import torch
+
+            from ds_distil.study.estimate import Estimator, stage_precision, teacher_precision
+
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            local = self.launcher == "local"  # srun stages run on the allocation's nodes, which this machine cannot probe
+            self.precisions = {s.name: stage_precision(s.command, self.configs.get(s.name), device) for s in self.stages} if local else {}
+            self.teacher_precisions = ({s.name: teacher_precision(s.command, self.configs.get(s.name), device) for s in self.stages}
+                                       if local else {})
+            self._estimator = Estimator(self.study, self.precisions, device) if local else Estimator(self.study, {}, torch.device("meta"))
+        return self._estimator
+
+    def stage_note(self, stage: Stage, with_minutes: bool = True) -> str:
+        """`~3 min, bf16` (the stage's estimate here and the precision its training resolves to here)."""
+        e = self.estimator.stage(stage.name)
+        parts = [f"~{e.minutes:.1f} min"] if with_minutes and e.minutes is not None else []
+        if e.precision:
+            teacher = self.teacher_precisions.get(stage.name)
+            parts.append(e.precision + (f", teacher {teacher}" if teacher else ""))
+        return ", ".join(parts)
+
+    def say_estimate(self, todo: list[Stage]) -> None:
+        from ds_distil.study.estimate import LONG_MINUTES
+
+        minutes, known = self.makespan(todo)
+        print(f"{len(todo)} of {len(self.stages)} stages to run; estimated {minutes:.0f} min"
+              + (f" with up to {self.parallel} at a time" if self.parallel > 1 else "")
+              + ("" if known else " (some stages have no estimate)") + f" ({self.estimator.source()})", flush=True)
+        if minutes > LONG_MINUTES:
+            why = self.estimator.why_long([self.estimator.stage(s.name) for s in todo])
+            print(f"experiment: NOTE: this study is estimated at {minutes:.0f} min on this machine, over {LONG_MINUTES} min: {why}",
+                  flush=True)
+
     # --- the whole study
     def dry_run(self) -> int:
         self.check_owner()
@@ -230,22 +262,18 @@ class Runner:
             print(f"sized down: {self.study.sized_down}")
         for i, s in enumerate(self.stages, 1):
             st = self.status(s)
-            est = estimate_minutes(self.study, s.name)
             what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": "started earlier: "
                     + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run"}[st]
-            print(f"[{i}/{len(self.stages)}] {s.name} ({what}{f'; ~{est:g} min' if est is not None and st != 'done' else ''})")
+            note = self.stage_note(s, with_minutes=st != "done")
+            print(f"[{i}/{len(self.stages)}] {s.name} ({what}{'; ' + note if note else ''})")
             print(f"    {shown(self.launched(s), self.launcher, st == 'retry' and s.resumable)}")
-        todo = [s for s in self.stages if self.status(s) != "done"]
-        minutes, known = self.makespan(todo)
-        print(f"{len(todo)} of {len(self.stages)} stages to run; estimated {minutes:.0f} min"
-              + (f" with up to {self.parallel} at a time" if self.parallel > 1 else "")
-              + ("" if known else " (some stages have no estimate)") + " (the study's `estimates`; its comments say how they were made)")
+        self.say_estimate([s for s in self.stages if self.status(s) != "done"])
         return 0
 
     def makespan(self, todo: list[Stage]) -> tuple[float, bool]:
         """Minutes to run `todo` as run() does (the first stage in plan order whose dependencies are done takes a free slot
-        of `parallel`), each stage taking the study's estimate."""
-        est = {s.name: estimate_minutes(self.study, s.name) for s in todo}
+        of `parallel`), each stage taking its estimate on this machine."""
+        est = {s.name: self.estimator.stage(s.name).minutes for s in todo}
         pending, done = list(todo), {s.name for s in self.stages} - {s.name for s in todo}
         running: list[tuple[float, str]] = []
         now = 0.0
@@ -288,6 +316,7 @@ class Runner:
                   + ", ".join(stale[:6]) + (" ..." if len(stale) > 6 else ""), flush=True)
         print(f"experiment: study {self.study.name} -> {self.out}: {len(self.stages) - len(todo)} of {len(self.stages)} stages done earlier, "
               f"{len(todo)} to run" + (f", up to {self.parallel} at a time" if self.parallel > 1 else ""), flush=True)
+        self.say_estimate(todo)
         t_study = time.time()
         done = {s.name for s in self.stages if s not in todo}
         index = {s.name: i for i, s in enumerate(self.stages, 1)}
@@ -310,6 +339,7 @@ class Runner:
                     failed.append((r.stage, code))
             if not running and (self.stop_signal or failed or next_ready(todo, done) is None):
                 break
+            self.relay.poll([(r.stage.name, self.log_path(r.stage)) for r in running])
             time.sleep(0.2)
         if failed:
             return self._failed(*failed[0])
@@ -361,7 +391,7 @@ class Runner:
         return f"# resolved from {self.study_path}\n" + yaml.safe_dump(to_dict(self.study), sort_keys=False)
 
     # --- one stage
-    def _start(self, stage: Stage, index: int) -> "_Running":
+    def _start(self, stage: Stage, index: int) -> _Running:
         st = self.status(stage)
         resume = st == "retry" and stage.resumable
         if not resume and stage.out.exists():
@@ -373,9 +403,10 @@ class Runner:
         logf.parent.mkdir(parents=True, exist_ok=True)
         stage = self.launched(stage)
         cmd = shown(stage, self.launcher, resume)
-        est = estimate_minutes(self.study, stage.name)
+        note = self.stage_note(stage)
+        self.relay.newline()
         print(f"[{index}/{len(self.stages)}] {stage.name}{' (resuming)' if resume else ''}"
-              f"{f' (~{est:g} min)' if est is not None else ''}: {cmd}", flush=True)
+              f"{f' ({note})' if note else ''}: {cmd}", flush=True)
         f = open(logf, "a")
         f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {cmd}\n")
         f.flush()
@@ -397,11 +428,12 @@ class Runner:
             r.signal()
         return r
 
-    def _finish(self, r: "_Running") -> int:
+    def _finish(self, r: _Running) -> int:
         self.running.remove(r)
         r.log.close()
         code = next((c for c in r.codes() if c != 0), 0)
         seconds = time.time() - r.t0
+        self.relay.newline()
         if code == 0:
             self.write_marker(r.stage, state="done", seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             print(f"    {r.stage.name}: done in {seconds:.0f} s{self._summary(r.stage)}", flush=True)
@@ -411,6 +443,7 @@ class Runner:
         first = self.stop_signal is None
         self.stop_signal = self.stop_signal or signal.Signals(signum).name
         if first:
+            self.relay.newline()
             print(f"experiment: got {signal.Signals(signum).name}: asking the running stage(s) to stop at a safe point", flush=True)
             self.stopped_at = ", ".join(r.stage.name for r in self.running) or None
             for r in list(self.running):
