@@ -285,7 +285,8 @@ def test_what_cannot_change_is_still_refused_and_another_global_batch_needs_the_
     changed = launch(1, run, common(data, **{"train.allow_global_batch_change": True, "train.micro_batch_size": 2,
                                              "train.grad_accum_steps": 2}), "--resume", "--stop-at-step", "5", stopped=True).stderr
     assert "resumed on 1 rank(s) (was 2): accumulation 1 -> 2, micro batch 3 -> 2, global batch 6 -> 4" in changed
-    assert "global batch 6 -> 4: LR schedule continued by samples (3 steps of 6 samples = 4 steps of 4 of 45); the run now ends at step 44" in changed
+    assert ("global batch 6 -> 4: LR schedule continued by samples (3 steps of 6 samples = 4 steps of 4 of 45); the run now "
+            "ends at step 44") in changed
     lr, lr_whole = ({r["step"]: r["lr"] for r in metric_lines(r_) if "lr" in r} for r_ in (run, whole))
     # after step 5: 3 x 6 + 2 x 4 = 26 samples, where the whole run (steps of 6) is between its steps 4 and 5
     assert min(lr_whole[4], lr_whole[5]) * 0.97 <= lr[5] <= max(lr_whole[4], lr_whole[5]) * 1.03, (lr, lr_whole)

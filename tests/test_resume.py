@@ -73,7 +73,8 @@ def test_derived_facts_are_compared_after_the_settings_and_the_layout_may_change
 def ds(stage=2, micro=4, accum=1, world=2, total=100, bf16=False):
     return {"train_batch_size": micro * accum * world, "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
             "zero_optimization": {"stage": stage, "overlap_comm": False}, "bf16": {"enabled": bf16},
-            "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": total, "warmup_num_steps": total // 10, "warmup_max_lr": 1e-3}}}
+            "scheduler": {"type": "WarmupDecayLR",
+                          "params": {"total_num_steps": total, "warmup_num_steps": total // 10, "warmup_max_lr": 1e-3}}}
 
 
 def test_the_deepspeed_json_is_compared_without_what_follows_from_the_layout():

@@ -273,7 +273,8 @@ def load(engine, run_dir: Path, tag: str, group_names: list[list[str]], seed: in
         with weights_only_loads(ckpt_dir / tag):
             path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
-            raise UserError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}; it may be damaged: delete it to resume from an older one")
+            raise UserError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}; it may be damaged: delete it to resume "
+                            "from an older one")
     rng_file = ckpt_dir / tag / f"rng_rank{rank}.pt"
     if rng_file.is_file():
         with weights_only_loads(rng_file):
