@@ -456,11 +456,11 @@ class MLMStream:
         now = self._layout()
         fixed = ("seed", "shuffle", "split", "shards_sha256")
         changed = {k: (saved[k], now[k]) for k in fixed if k in saved and saved[k] != now[k]}
-        if pos.step and changed:
-            raise UserError(f"cannot resume mid-epoch (epoch {pos.epoch}, step {pos.step}) on other data {changed} (saved, now); "
-                            "resume with the run's data.seed, data.shuffle and shards")
-        epoch_layout = Layout.of(state.get("epoch_layout", saved))  # a checkpoint from before: its epoch began on its layout
         consumed = int(state.get("origin", 0)) + pos.step * Layout.of(saved).row
+        if consumed and changed:
+            raise UserError(f"cannot resume mid-epoch (epoch {pos.epoch}, {consumed} slots of it taken) on other data {changed} "
+                            "(saved, now); resume with the run's data.seed, data.shuffle and shards")
+        epoch_layout = Layout.of(state.get("epoch_layout", saved))  # a checkpoint from before: its epoch began on its layout
         if epoch_layout == self.layout and consumed % self.layout.row == 0:  # this epoch's own layout: the plain path
             self.origin, self.position = 0, StreamPosition(pos.epoch, consumed // self.layout.row)
         else:
