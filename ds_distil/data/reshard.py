@@ -66,11 +66,8 @@ class SlotSource:
     shuffle and the plan of every rank."""
 
     def __init__(self, dataset: Any, layout: Layout):
-        from ds_distil.data.stream import plan_rank
-
         self.dataset, self.layout = dataset, layout
-        self.plans = [plan_rank(dataset.n_samples, layout.world_size, layout.batch_size, layout.workers, q)[1]
-                      for q in range(layout.world_size)]
+        self.plans = [dataset.worker_plans(layout, q) for q in range(layout.world_size)]
         self.open: dict[tuple[int, int], tuple[Iterator[int | None], int]] = {}  # (rank, worker) -> (its items, next index)
 
     def position(self, slot: int) -> int | None:

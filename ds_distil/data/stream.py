@@ -177,6 +177,10 @@ class _EpochDataset(IterableDataset):
             count -= take
             start = pos
 
+    def worker_plans(self, layout: Layout, rank: int) -> list[WorkerPlan]:
+        """Each worker's share of rank `rank` of this epoch laid out as `layout`."""
+        return plan_rank(self.n_samples, layout.world_size, layout.batch_size, layout.workers, rank)[1]
+
     def positions(self, start: int, count: int) -> Iterator[int]:
         """The positions `_read_range(start, count)` reads, without reading: those of shards known to be corrupt
         (skipped) left out."""
