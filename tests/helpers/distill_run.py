@@ -21,7 +21,6 @@ import os
 import signal
 
 import torch
-import torch.distributed as dist
 
 from ds_distil.cli import setup_logging
 from ds_distil.core.config import load
@@ -30,6 +29,7 @@ from ds_distil.distill.export import export_student
 from ds_distil.distill.loop import fit
 from ds_distil.distill.setup import setup
 from ds_distil.distill.teacher import LiveTeacher
+from ds_distil.runtime.engine import close_distributed
 from ds_distil.schema.distill import DistillConfig
 
 p = argparse.ArgumentParser()
@@ -129,5 +129,5 @@ if c.dist.rank == 0 and status == 0:
             "ids": ids, "logits": logits, "engine_keys": sorted(c.engine.module.state_dict()),
             "objective": {k: v.detach().clone() for k, v in c.engine.module.state_dict().items() if k.startswith("objective.")},
         }, args.probe)
-dist.barrier()
+close_distributed()  # every rank leaves together (as `ds-distil distill` does), whatever its status
 raise SystemExit(status)
