@@ -50,7 +50,8 @@ def common(data, **extra) -> list[str]:
     TinyBERT's objective: its projection (64 -> 128) is trained state of its own that every change must carry."""
     shards, vocab = data
     values = {"data.shards": shards, "student.vocab": vocab, "loss.objective": "tinybert", "data.num_workers": 2,
-              "data.verify_checksums": False, "data.shuffle_buffer": 16, "data.masking": "static", "student.dropout": 0.0, "train.micro_batch_size": 3,
+              "data.verify_checksums": False, "data.shuffle_buffer": 16, "data.masking": "static", "student.dropout": 0.0,
+              "train.micro_batch_size": 3,
               "train.grad_accum_steps": 1, "train.epochs": 2, "train.max_steps": "null", "checkpoint.every_steps": 0,
               "checkpoint.keep": 2, "log.every_steps": 1, "log.eval_every_steps": 0, "log.eval_max_samples": 8,
               "deepspeed.config": FP32, **extra}

@@ -266,7 +266,7 @@ class Runner:
                     + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run"}[st]
             note = self.stage_note(s, with_minutes=st != "done")
             print(f"[{i}/{len(self.stages)}] {s.name} ({what}{'; ' + note if note else ''})")
-            print(f"    {shown(self.launched(s), self.launcher, st == 'retry' and s.resumable)}")
+            print(f"    {shown(s if st == 'done' else self.launched(s), self.launcher, st == 'retry' and s.resumable)}")
         self.say_estimate([s for s in self.stages if self.status(s) != "done"])
         return 0
 
