@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ds_distil.core.errors import UserError, os_error_line
+from ds_distil.core.errors import UserError, os_error_line, printable
 from ds_distil.schema import commands
 
 log = logging.getLogger("ds_distil")
@@ -120,11 +120,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_teacher_cache(args: argparse.Namespace) -> int:
     """Run the teacher once over prepared shards and store its sampled targets (ds_distil/distill/cache_build.py)."""
+    from ds_distil.core.signals import exit_on_stop_signal, ignore_stop_signals
     from ds_distil.distill.cache_build import build_cache, describe
     from ds_distil.runtime.engine import close_distributed
 
     cfg = commands.stage_config(args)
+    exit_on_stop_signal("teacher-cache", f"(the files finished so far are kept: `ds-distil teacher-cache --out {args.out} ... "
+                                         "--resume` with the same settings continues)")
     path = build_cache(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    ignore_stop_signals()  # the manifest is written: the cache is finished
     close_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}: {describe(path)}; distil from it with teacher.cache={path} data.masking=static "
@@ -217,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", False))
     try:
         return args.func(args)
-    except UserError as e:
-        print(f"ds-distil {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:  # control characters escaped: a value from a user's file (a NUL, a newline) keeps it one line
+        print(f"ds-distil {args.command}: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # the disk, the file system, the limits: one line, whatever command met it
         print(f"ds-distil {args.command}: error: {os_error_line(e)}", file=sys.stderr)

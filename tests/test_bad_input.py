@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -428,3 +429,130 @@ def test_the_micro_batch_estimate_grows_with_the_batch_as_the_step_does():
     one = micro_batch_bytes(tiny, 32, 128, 32 * 20, 119547, 4)
     assert one == pytest.approx(4 * 32 * 128 * 312 * (34 + 5 * 12 * 128 / 312) * 2 + 4 * 640 * 119547 * 4)
     assert micro_batch_bytes(tiny, 64, 128, 64 * 20, 119547, 4) == pytest.approx(2 * one)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 37: every file we read is untrusted; OS errors in one line; nothing silently accepted.
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["splits"]["train"]["shards"][0].update(name="/etc/passwd"), "splits.train.shards[0].name: names a file outside"),
+    (lambda m: m["splits"]["train"]["shards"][0].update(name="../other/train-000000.tar"), "splits.train.shards[0].name: names a file"),
+    (lambda m: m["splits"]["train"]["shards"][0].update(samples="40"), "splits.train.shards[0].samples: input should be a valid integer"),
+    (lambda m: m["splits"]["train"]["shards"][0].update(sha256="abc"), "splits.train.shards[0].sha256: string should match pattern"),
+    (lambda m: m.update(seq_len=1), "seq_len: input should be greater than or equal to 2"),
+    (lambda m: m["tokenizer"].update(pad_id=10**9), "tokenizer: a special token id is not below vocab_size 119547"),
+    (lambda m: m["tokenizer"].pop("mask_id"), "no 'tokenizer.mask_id'"),
+    (lambda m: m.pop("splits"), "no 'splits'"),
+])
+def test_a_damaged_shard_manifest_is_one_line_before_a_shard_is_opened(shards_copy, monkeypatch, edit, message):
+    from ds_distil.data import manifest as manifest_module
+
+    data = json.loads((shards_copy / "manifest.json").read_text())
+    edit(data)
+    (shards_copy / "manifest.json").write_text(json.dumps(data))
+    monkeypatch.setattr(manifest_module, "sha256_file", lambda p: pytest.fail(f"{p} was hashed"))
+    with pytest.raises(UserError) as e:
+        load_manifest(shards_copy).verify("train", checksums=True)
+    assert str(e.value).startswith(f"{shards_copy / 'manifest.json'}: {message}") and str(e.value).endswith("re-run prepare"), str(e.value)
+
+
+def test_a_write_that_fills_the_disk_is_enospc_naming_the_file_and_leaves_no_temporary(small_tmpfs):
+    """What the teacher cache writes its files with (core.io.atomic_file, the bytes np.save writes): a full disk was
+    "296 requested and 62 written; check the path and retry" and an 86 KB temporary file left on the full disk."""
+    import numpy as np
+
+    from ds_distil.core.errors import os_error_line
+    from ds_distil.core.io import atomic_file
+
+    target = small_tmpfs / "copy0" / "train-000000.npy"
+    target.parent.mkdir()
+    records = np.zeros(6 << 20, dtype=np.uint8)  # 6 MiB on a 5 MiB file system
+    with pytest.raises(OSError) as e:
+        with atomic_file(target) as f:
+            np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(records))
+            f.write(records.data)
+    line = os_error_line(e.value)
+    assert line.startswith(f"no space left on the device at {target} (ENOSPC"), line
+    assert list(target.parent.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_an_out_too_long_for_its_files_is_refused_before_any_work_and_paths_are_text(tmp_path):
+    """A 4,031-character finetune --out got as far as TensorBoard's writer thread (a traceback) and then "the path is too
+    long at b'...'": refused at the claim now, the path shown as text, shortened."""
+    import errno
+    import os
+
+    from ds_distil.core.errors import os_error_line
+    from ds_distil.core.rundir import claim
+
+    long_out = tmp_path.joinpath(*["d" * 200] * 20)
+    with pytest.raises(UserError, match=r"--out /\S{70,80}\.\.\.d{80} \(4,\d{3} characters\) is 4,\d{3} bytes long; with the files written "
+                                        r"below it \(up to 200 more\) it passes this file system's limit of 4,096 \(PATH_MAX\)"):
+        claim(long_out, "finetune")
+    assert not (tmp_path / ("d" * 200)).exists()
+    with pytest.raises(UserError, match=r"has a name of 250 bytes: the staging directory beside it"):
+        claim(tmp_path / ("n" * 250), "finetune")
+    line = os_error_line(OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), os.fsencode(str(long_out))))
+    assert "b'" not in line and f"at {str(long_out)[:80]}..." in line and "ENAMETOOLONG" in line
+
+
+def test_tensorboards_writer_thread_failing_is_one_warning_not_a_traceback(tmp_path, capfd, caplog):
+    """The event file cannot be written (here: its path passes PATH_MAX): the main thread gets the error at the start
+    (Metrics flushes), the writer thread's own report is one warning line."""
+    import os
+    import threading
+
+    from ds_distil.core.quiet import quiet_writer_threads
+    from ds_distil.runtime.metrics import Metrics
+
+    deep = tmp_path
+    while len(os.fsencode(str(deep))) < 4096 - 250:
+        deep = deep / ("t" * 200)
+    deep = deep / ("t" * (4096 - 30 - len(os.fsencode(str(deep)))))  # room for "/tensorboard", not for its event file
+    deep.mkdir(parents=True)
+    before = threading.excepthook
+    quiet_writer_threads()
+    try:
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(OSError) as e:
+                Metrics(deep, enabled=True, tensorboard=True, total_steps=1, start_step=0)
+            for t in threading.enumerate():  # the writer thread reports after it hands the error over
+                if type(t).__name__ == "_AsyncWriterThread":
+                    t.join(10)
+    finally:
+        threading.excepthook = before
+    assert e.value.errno == 36  # ENAMETOOLONG
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    warned = [r.getMessage() for r in caplog.records if "TensorBoard's event writer stopped" in r.getMessage()]
+    assert len(warned) == 1 and "the path is too long at" in warned[0] and "b'" not in warned[0], warned
+
+
+def test_an_error_line_puts_no_control_characters_on_the_terminal(monkeypatch, capsys):
+    from ds_distil import cli
+
+    def handler(args):
+        raise UserError("x.csv has no column 'text' (columns: t\0e\0x\0t\0, a\nb)")
+
+    monkeypatch.setitem(cli.HANDLERS, "inspect", handler)
+    assert cli.main(["inspect", "--shards", "/data/shards"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ds-distil inspect: error: x.csv has no column 'text' (columns: t\\x00e\\x00x\\x00t\\x00, a\\nb)\n"
+
+
+def test_a_corpus_that_is_mostly_unk_is_warned_about(tmp_path, corpus_docs, mbert_tokenizer_dir, caplog):
+    """One long 'a'-run per line (words over WordPiece's 100 characters): 296 samples of [CLS] [UNK] [SEP] were made
+    without a word; a real corpus (~0.1% [UNK] under mBERT) is not warned about."""
+    from conftest import run_prepare
+
+    src, real = tmp_path / "aaa.txt", tmp_path / "real.txt"
+    src.write_text(("a" * 4000 + "\n") * 300)
+    real.write_text("\n".join(corpus_docs[:200]))
+    with caplog.at_level(logging.WARNING):
+        run_prepare(tmp_path / "o", [src], mbert_tokenizer_dir, val_fraction=0.0, workers=1)
+        warned = [r.getMessage() for r in caplog.records if "[UNK]" in r.getMessage()]
+        assert len(warned) == 1 and re.match(r"100\.0% of the corpus's 300 tokens are \[UNK\] \(the tokenizer .* has no piece", warned[0])
+        caplog.clear()
+        run_prepare(tmp_path / "o2", [real], mbert_tokenizer_dir, val_fraction=0.0, workers=1)
+        assert not [r for r in caplog.records if "[UNK]" in r.getMessage()]

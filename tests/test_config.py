@@ -129,3 +129,51 @@ def test_finetune_max_train_examples_zero_is_refused_not_everything():
     with pytest.raises(ConfigError, match="max_train_examples must be >= 2"):
         from_dict(FinetuneConfig, {"task": {"max_train_examples": 0}})
     assert from_dict(FinetuneConfig, {"task": {"max_train_examples": 5}}).task.max_train_examples == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 37: no NaN or infinity where a number is meant; no key given twice.
+
+
+@pytest.mark.parametrize("override", ["cache.temperature=.nan", "cache.proposal_temperature=.nan", "cache.temperature=.inf",
+                                      "loss.a_kl=.nan", "loss.a_mlm=.inf", "loss.a_relations=.nan", "train.lr=-.inf",
+                                      "train.adam_betas=[0.9, .nan]", "cache.max_gib=1e400"])
+def test_nan_and_infinities_are_refused_in_every_float_key(override):
+    """The hostile pass: a NaN temperature was a multinomial traceback, an infinite one a cache every student of which
+    stopped on NaN, a NaN loss weight blamed on train.lr two steps later. Every float key of every command's config
+    refuses them, optional ones (float | None) and lists included."""
+    from ds_distil.schema.cache import TeacherCacheConfig
+    from ds_distil.schema.distill import DistillConfig
+
+    cls = TeacherCacheConfig if override.startswith("cache.") else DistillConfig
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}(\[1\])?': expected a finite number, got -?(nan|inf)"):
+        from_dict(cls, load_dict([], ["data.shards=x", "teacher.preset=tiny", override]))
+
+
+def test_a_float_field_may_allow_nan_and_infinities_explicitly():
+    from ds_distil.core.config import setting
+
+    @dataclass
+    class Limits:
+        ceiling: float = setting("no ceiling: .inf", default=float("inf"), nonfinite=True)
+        floor: float = 0.0
+
+    assert from_dict(Limits, {"ceiling": float("inf")}).ceiling == float("inf")
+    with pytest.raises(ConfigError, match="'floor': expected a finite number"):
+        from_dict(Limits, {"floor": float("-inf")})
+
+
+def test_a_yaml_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    """Two `train:` sections in a --config file (or `ranks` twice in a study): the second used to win silently."""
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 0.001\ndata:\n  shards: x\ntrain:\n  max_steps: 5\n")
+    with pytest.raises(ConfigError, match=rf"config file {re.escape(str(path))} line 5 is not valid YAML: the key 'train' is given "
+                                          r"twice, at lines 1 and 5 \(the second would silently replace the first\): keep one"):
+        load_dict([path])
+    path.write_text("data: {shards: x, shards: y}\n")
+    with pytest.raises(ConfigError, match="the key 'shards' is given twice on line 1"):
+        load_dict([path])
+    # a merge key (<<) brings defaults that the mapping may override: that is what it is for
+    path.write_text("defaults: &d {lr: 0.001, max_steps: 5}\ntrain:\n  <<: *d\n  lr: 0.002\n")
+    assert load_dict([path])["train"] == {"lr": 0.002, "max_steps": 5}

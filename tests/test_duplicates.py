@@ -148,3 +148,21 @@ def test_a_held_out_split_that_no_whole_group_fits_is_refused_in_one_line(tmp_pa
     with pytest.raises(UserError, match=r"train.csv: task.valid_fraction=0.05 held out no rows: .* raise task.valid_fraction"):
         load_task("csv", str(d), read=ReadOptions(valid_fraction=0.05))
     assert len(load_task("csv", str(d), read=ReadOptions(valid_fraction=0.3)).splits["valid"]) == 6  # 4 rows a class: 3 copies fit
+
+
+def test_dedup_drop_removing_every_training_row_says_so(tmp_path):
+    """task.dedup=drop on a training file that holds only the test texts: once "no 'train' split in DIR" (train.csv had
+    80 rows)."""
+    import pytest
+
+    from ds_distil.core.errors import UserError
+
+    rows = [(f"text {i}", "a" if i % 2 else "b") for i in range(6)]
+    d = tmp_path / "leaky"
+    _write(d, "train.csv", rows + rows[:2])
+    _write(d, "valid.csv", rows[:3])
+    _write(d, "test.csv", rows[3:])
+    task = load_task("csv", str(d))
+    with pytest.raises(UserError, match=r"task.dedup=drop removed every one of the 8 training rows of .*leaky \(8 also in validation "
+                                        r"or test, 0 repeats\): the training file holds the held-out texts; .*task.dedup=keep"):
+        duplicates.drop(task)

@@ -157,3 +157,37 @@ def test_a_one_rank_fp32_engine_skips_a_non_finite_step_holds_the_schedule_and_t
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-8:] == ["0", "1", "True", "True", "True", "True", "True", "False"]
     assert not (tmp_path / "ext").exists()  # one process: no DeepSpeed op built, no build lock waited on
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "holds a JSON list, not an object of DeepSpeed settings"),
+    ('{"fp16": [true]}', "fp16: input should be an object"),
+    ('{"fp16": {"enabled": "yes"}}', "fp16.enabled: input should be a valid boolean (found 'yes')"),
+    ('{"fp16": {"enabled": true}, "bf16": {"enabled": true}}', "enables both fp16 and bf16: enable one"),
+    ('{"zero_optimization": {"stage": 4}}', "zero_optimization.stage: input should be less than or equal to 3"),
+    ('{"bf16": {"enabled": true, "loss_scale": NaN}}', "is not valid JSON (NaN is not a JSON number)"),
+])
+def test_a_deepspeed_json_is_checked_before_deepspeed_reads_it(tmp_path, text, message):
+    """A JSON holding a list was an AttributeError traceback; the parts we read (precision, ZeRO stage) are checked."""
+    bad = tmp_path / "ds.json"
+    bad.write_text(text)
+    c = cfg()
+    c.deepspeed.config = str(bad)
+    with pytest.raises(UserError) as e:
+        build_ds_config(c, 1, 10, CPU)
+    assert message in str(e.value) and str(bad) in str(e.value) and "ds_configs/" in str(e.value), str(e.value)
+
+
+def test_a_precision_the_device_lacks_is_one_line_before_deepspeed_sees_it(monkeypatch):
+    """fp16 on a CPU without fp16 hardware (this one: AMD EPYC): DeepSpeed's own test, asked before initialize, whose
+    refusal was a ValueError traceback from inside deepspeed.initialize."""
+    from deepspeed.accelerator import get_accelerator
+
+    from ds_distil.runtime.engine import check_precision_supported, initialize
+
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: False)
+    ds = build_ds_config(cfg(), 1, 10, CPU)
+    with pytest.raises(UserError, match=r"the DeepSpeed config enables fp16, which this device \(\w+\) does not support; pass "
+                                        r"deepspeed.config=ds_configs/zero2-fp32.json \(or zero2-bf16.json\), or deepspeed.config=auto"):
+        initialize(torch.nn.Linear(2, 2), ds, 0.0)
+    check_precision_supported(build_ds_config(fp32(), 1, 10, CPU))  # fp32: nothing to support

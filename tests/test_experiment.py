@@ -70,6 +70,8 @@ BAD = [
     ("name: x\nteacher: [hub]\n", "config key 'teacher': expected a section"),
     ("name: x\nteacher: {source: hub}\nablations: {teacher_signal: true}\nfinetune: {tasks: {hatespeech: {}}}\n",
      "ablations.teacher_signal compares the cache with the live teacher: it needs cache.enabled: true"),
+    ("name: x\nranks: 1\nteacher: {source: hub}\nranks: 2\nfinetune: {tasks: {hatespeech: {}}}\n",
+     "line 4 is not valid YAML: the key 'ranks' is given twice, at lines 2 and 4"),
 ]
 
 
@@ -295,6 +297,12 @@ def test_tiny_study_runs_stops_on_a_failing_stage_is_interrupted_and_resumes(tmp
     # 4. nothing left: a rerun runs nothing; a changed student setting redoes that student and what depends on it only
     proc = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
     assert "0 of 10 stages to run" in proc.stdout, proc.stdout
+    results = out / "finetune" / "s" / "hatespeech" / "seed1" / "results.json"
+    saved = results.read_bytes()
+    results.unlink()  # an output deleted by hand: its stage is not done any more
+    proc = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert f"(done, but {results} is gone: redo" in proc.stdout and "1 of 10 stages to run" in proc.stdout, proc.stdout
+    results.write_bytes(saved)
     proc = subprocess.run(cmd + ["--dry-run", "students.s.settings.student.num_layers=2"], capture_output=True, text=True, env=ENV,
                           cwd=ROOT, timeout=300)
     redo = sorted(ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("[") and "redo" in ln)
@@ -320,3 +328,22 @@ def test_local_ranks_run_a_stage_as_several_processes(tmp_path, data_dir, corpus
     assert "distill: 2 rank(s)" in (out / "logs" / "teacher.log").read_text()
     res = json.loads((out / "finetune" / "teacher" / "hatespeech" / "seed1" / "results.json").read_text())
     assert res["world_size"] == 2 and res["model_name"] == "teacher"
+
+
+def test_a_stage_marked_done_whose_output_is_gone_is_redone_and_said(tmp_path, data_dir, capsys):
+    """A shard directory deleted by hand after its stage was marked done: it was "(done, skipped)", the study looked
+    complete with a student missing."""
+    from ds_distil.schema.study import load_study
+    from ds_distil.study.runner import Runner
+
+    path = tmp_path / "cached.yaml"
+    path.write_text(CACHED)
+    runner = Runner(load_study(path), path, tmp_path / "o")
+    prepare = next(s for s in runner.stages if s.command == "prepare")
+    runner.write_marker(prepare, state="done")
+    assert runner.status(prepare) == "lost"
+    runner.dry_run()
+    assert f"{prepare.name} (done, but {prepare.out / 'manifest.json'} is gone: redo" in capsys.readouterr().out
+    prepare.out.mkdir(parents=True)
+    (prepare.out / "manifest.json").write_text("{}")
+    assert runner.status(prepare) == "done"

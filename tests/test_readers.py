@@ -126,3 +126,17 @@ def test_cli_bad_row_is_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"ds-distil finetune: error: {d}/train.csv:3: the label ('label') is empty; "
                                                 "fill it in or delete the row, or set task.skip_bad_rows=true to skip such rows and count them"]
     assert not (tmp_path / "out").exists()
+
+
+def test_utf16_without_a_byte_order_mark_gets_an_encoding_hint_not_nul_bytes(tmp_path):
+    """Valid UTF-8 as bytes (ASCII in UTF-16 is), so it was read as a header 't\\0e\\0x\\0t\\0' and refused as having no
+    column 'text' with raw NUL bytes on the terminal."""
+    d = make(tmp_path, "text,label\nisa,a\ndalawa,b\n".encode("utf-16-le"))
+    line = refused(d, r"train\.csv looks like UTF-16-LE text without a byte-order mark \(every other byte is 0\); save it as 'CSV "
+                      r"UTF-8' \(or JSON in UTF-8\), or name its encoding with task\.encoding=utf-16-le")
+    assert "\0" not in line
+    for name in ("valid.csv", "test.csv"):  # task.encoding is every file's: as the hint says, they all read
+        (d / name).write_bytes(GOOD.encode("utf-16-le"))
+    assert len(load_task("csv", str(d), read=ReadOptions(encoding="utf-16-le")).splits["train"]) == 2
+    (d / "train.csv").write_bytes(b"text,label\nisa,a\nda\0lawa,b\n")
+    refused(d, r"train\.csv:3 holds a NUL byte: it is not a text file")

@@ -18,7 +18,8 @@ import torch
 from conftest import ROOT
 
 HAVE_SLURM = shutil.which("slurmctld") is not None and shutil.which("munged") is not None
-SCRIPTS = [*sorted((ROOT / "slurm").glob("*")), *sorted((ROOT / "tests" / "slurm").glob("*.sh")), *sorted((ROOT / "scripts").glob("*.sh")),
+SCRIPTS = [*sorted((ROOT / "slurm").glob("*")), *sorted((ROOT / "tests" / "slurm").glob("*.sh")),
+           *sorted((ROOT / "tests" / "multihost").glob("*.sh")), *sorted((ROOT / "scripts").glob("*.sh")),
            *sorted((ROOT / "benchmarks").glob("*.sh")),
            ROOT / ".ci" / "run"]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one throw-away cluster, on one worker

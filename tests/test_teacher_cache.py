@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT, run_prepare
 
-from ds_distil.core.errors import UserError
+from ds_distil.core.errors import CorruptShardError, UserError
 from ds_distil.data.manifest import load_manifest
 from ds_distil.data.stream import MLMStream
 from ds_distil.data.teacher_cache import load_cache
@@ -258,3 +259,206 @@ def test_a_build_killed_mid_way_resumes_to_the_same_cache(built, few_shards, tmp
     for n in names:
         assert (out / n).read_bytes() == (built / n).read_bytes(), n
     assert json.loads((out / "manifest.json").read_text())["splits"] == json.loads((built / "manifest.json").read_text())["splits"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 37: a cache's files are untrusted, whatever sha256 its manifest records for them.
+
+
+def _edit(d, dotted, value):
+    """d with `dotted` (a.b.0.c) set to value (a list's next index appends); the value DELETE removes the key."""
+    *path, last = [int(p) if p.isdigit() else p for p in dotted.split(".")]
+    node = d
+    for part in path:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    elif isinstance(last, int) and last == len(node):
+        node.append(value)
+    else:
+        node[last] = value
+
+
+DELETE = object()
+BAD_MANIFESTS = [  # (field, value, what the one line says)
+    ("k", "abc", "k: input should be a valid integer (found 'abc')"),
+    ("k", 0, "k: input should be greater than or equal to 1"),
+    ("k", 10**12, "k: input should be less than or equal to 1048576"),
+    ("max_masked", 10**12, "max_masked: input should be less than or equal to 32767"),
+    ("max_masked", -1, "max_masked: input should be greater than or equal to 1"),
+    ("max_masked", 129, "max_masked 129 is more than the sequence length 128"),
+    ("k,made_for.k,made_for.seq_len,max_masked", (1 << 20, 1 << 20, 1000, 500), "k 1048576 x max_masked 500 make records of 4,194,"),
+    ("masking.copies", DELETE, "no 'masking.copies'"),
+    ("made_for.k", 9, "k 8 and masking.copies 2 differ from made_for's (9, 2)"),
+    ("made_for.vocab.size", "many", "made_for.vocab.size: input should be a valid integer"),
+    ("made_for.method", "dense", "made_for.method: input should be 'sampled' or 'top_k'"),
+    ("splits.train.copies", [], "splits.train.copies: list should have at least 1 item"),
+    ("splits.train.copies", "abc", "splits.train.copies: input should be a valid list"),
+    ("splits.train.copies.0", [], "splits.train.copies[0]: list should have at least 1 item"),
+    ("splits.train.copies.1", DELETE, "splits.train has 1 mask copies, masking.copies says 2"),
+    ("splits.train.copies.1.0.samples", 39, "the mask copies of splits.train list different files or sample counts"),
+    ("splits.train.copies.0.0.samples", -1, "splits.train.copies[0][0].samples: input should be greater than or equal to 0"),
+    ("splits.train.copies.0.0.sha256", "0" * 63, "splits.train.copies[0][0].sha256: string should match pattern"),
+    ("splits.train.copies.0.0.name", "/etc/passwd", "splits.train.copies[0][0].name: names a file outside its directory"),
+    ("splits.train.copies.0.0.name", "../../s/train-000000.tar", "splits.train.copies[0][0].name: names a file outside"),
+    ("splits.val.copies.1", None, "splits.val.copies[1]: input should be a valid list"),
+    ("splits.test", {"copies": []}, "splits.test: input should be 'train' or 'val'"),
+    ("splits.train", DELETE, "no 'train' split (a cache is for training)"),
+    ("teacher.config.model_type", DELETE, "no 'teacher.config.model_type'"),
+    ("teacher.config.hidden_size", "x", "teacher.config.hidden_size: input should be a valid integer (found 'x')"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_MANIFESTS, ids=[f"{f}={v if v is not DELETE else 'missing'}"[:40]
+                                                                     for f, v, _ in BAD_MANIFESTS])
+def test_a_damaged_cache_manifest_is_one_line_before_any_file_it_names_is_opened(built, tmp_path, monkeypatch, field, value, message):
+    """Each field a reader relies on, wrong: the run's cache check (setup._open_cache: load, then hash every file) refuses
+    it naming the field, before it hashes, maps or opens any file the manifest names (the hostile pass saw /etc/passwd
+    hashed three times)."""
+    import shutil
+
+    from ds_distil.data import teacher_cache
+    from ds_distil.distill.setup import _open_cache
+    from ds_distil.schema.distill import DistillConfig
+
+    copy = tmp_path / "cache"
+    shutil.copytree(built, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    for f, v in zip(field.split(","), value if "," in field else [value]):  # several fields: consistent but too big
+        _edit(data, f, v)
+    (copy / "manifest.json").write_text(json.dumps(data))
+    opened = []
+    monkeypatch.setattr(teacher_cache, "sha256_file", lambda p: opened.append(p))
+    monkeypatch.setattr(teacher_cache, "open_records", lambda p, *a: opened.append(p))
+    cfg = DistillConfig(data=DataConfig(shards="x"), teacher=TeacherConfig(cache=str(copy)))
+    with pytest.raises(UserError) as e:
+        _open_cache(cfg, 0, 1)
+    assert str(e.value).startswith(f"{copy / 'manifest.json'}: ") and message in str(e.value), str(e.value)
+    assert "rebuild the cache" in str(e.value) and "\n" not in str(e.value) and opened == []
+
+
+def _first_train_file(cache_dir):
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    return manifest, manifest["splits"]["train"]["copies"][0][0]
+
+
+def _rewrite(cache_dir, records=None, raw: bytes | None = None):
+    """Replace the first training file of copy 0, and record its new sha256 in the manifest (as a hand edit would)."""
+    from ds_distil.data.manifest import sha256_file
+
+    manifest, entry = _first_train_file(cache_dir)
+    path = cache_dir / entry["name"]
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        np.save(path, records, allow_pickle=True)
+    entry["sha256"] = sha256_file(path)
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def _batches(cache_dir, shards):
+    cache = load_cache(cache_dir)
+    cache.verify("train")  # every sha256 matches: only the contents are wrong
+    for _ in stream_with(shards, cache, shuffle=False).epoch_batches():
+        pass
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("weights", -1.0, "a weight that is negative, NaN or infinite"),
+    ("weights", np.nan, "a weight that is negative, NaN or infinite"),
+    ("weights", 1e30, "weights that are not a distribution (each in [0, 1], summing to 1 per slot"),
+    ("weights", 0.5, "weights that are not a distribution"),
+    ("ids", 10**9, "a token id outside the cache's vocabulary of 119,547"),
+    ("ids", -5, "a token id outside the cache's vocabulary"),
+    ("entropy", np.inf, "an entropy that is negative, NaN or infinite"),
+])
+def test_cached_targets_are_checked_where_they_are_read(built, few_shards, tmp_path, field, value, message):
+    """A cache file edited after the build (its sha256 recorded again): the first batch holding a bad slot is refused,
+    naming the file and the sample, instead of training a student on it (weights of -1 once trained to a KL of -58)."""
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(built, copy)
+    _, entry = _first_train_file(copy)
+    records = np.load(copy / entry["name"], allow_pickle=False)
+    n = int((records["positions"][3] >= 0).sum())
+    records[field][3, n - 1] = value  # sample 3's last masked slot
+    path = _rewrite(copy, records)
+    with pytest.raises(CorruptShardError) as e:
+        _batches(copy, few_shards)
+    assert str(e.value).startswith(f"corrupt shard {path}: sample 3 of 'train' (copy 0) has {message}"), str(e.value)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("object", "holds records of another layout, not the manifest's 40 records"),
+    ("shape", "holds shape (39,), not the manifest's 40 records"),
+    ("truncated", "bytes, its header and the manifest make"),
+    ("not npy", "is not a .npy file of cache records"),
+])
+def test_a_cache_file_of_another_layout_or_size_is_refused_before_it_is_mapped(built, few_shards, tmp_path, damage, message):
+    """The .npy header and the file's size are checked before the file is memory-mapped (an object array, which numpy
+    cannot map, was a traceback; a truncated file one from mmap), and nothing in it is unpickled."""
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(built, copy)
+    _, entry = _first_train_file(copy)
+    good = (copy / entry["name"]).read_bytes()
+    records = np.load(copy / entry["name"], allow_pickle=False)
+    if damage == "object":
+        objects = np.empty(40, dtype=object)
+        objects[:] = [{"ids": i} for i in range(40)]
+        path = _rewrite(copy, objects)
+    elif damage == "shape":
+        path = _rewrite(copy, records[:39])
+    else:
+        path = _rewrite(copy, raw=good[: len(good) - 100] if damage == "truncated" else b"not a numpy file at all")
+    with pytest.raises(CorruptShardError) as e:
+        _batches(copy, few_shards)
+    assert str(e.value).startswith(f"corrupt shard {path}: ") and message in str(e.value), str(e.value)
+
+
+def test_a_stop_signal_ends_the_build_with_75_a_message_and_no_half_written_file(built, few_shards, tmp_path):
+    """SIGTERM (SLURM's preemption) during a build: the message says what is kept and how to go on, exit 75, no temporary
+    file left, the finished files whole (test_a_build_killed_mid_way_resumes_to_the_same_cache: --resume keeps them)."""
+    import signal
+    import time
+
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(build_args(out, few_shards), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(out.glob("copy*/*.sha256")):
+        assert proc.poll() is None and time.time() < deadline, f"the build ended before it could be stopped: {proc.stderr.read()[-2000:]}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 75, err[-2000:]
+    assert "received SIGTERM: teacher-cache stops now (the files finished so far are kept" in err and "--resume" in err
+    assert "Traceback" not in err and not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
+    kept = [p for p in out.glob("copy*/*.npy") if p.with_name(p.name + ".sha256").is_file()]
+    assert kept and all(p.read_bytes() == (built / p.relative_to(out)).read_bytes() for p in kept)  # what --resume keeps
+
+
+def test_a_cache_too_big_is_refused_with_its_size_before_anything_is_written(few_shards, tmp_path, monkeypatch):
+    """The size is estimated (and logged) before the teacher is built: a K that stores more per masked position than the
+    whole distribution, more than cache.max_gib, or more than the disk has free, is one line and nothing is written."""
+    import shutil
+
+    from ds_distil.data.teacher_cache import record_bytes, record_dtype
+    from ds_distil.distill import cache_build
+    from ds_distil.schema.cache import SamplingConfig
+
+    assert record_bytes(19, 8) == record_dtype(19, 8).itemsize
+    huge = build(tmp_path / "huge", few_shards, "cache.k=100000")
+    assert huge.returncode == 2 and "cache.k=100000 stores more per masked position (100000 ids and weights" in huge.stderr
+    assert re.search(r"teacher-cache: \d+ records \(train \d+, val \d+\) of 14843\.9 KiB \(K = 100000 draws at each of 19 masked "
+                     r"slots\): ~\d\.\d\d GiB on disk", huge.stderr), huge.stderr  # the estimate, first
+    assert not list((tmp_path / "huge").glob("copy*"))
+    d = tmp_path / "d"
+    d.mkdir()
+    with pytest.raises(UserError, match=r"this cache would take ~1\.31 GiB \(100,000 records of 13\.7 KiB.*more than cache.max_gib=1; lower"):
+        cache_build._check_size(d, {"train": 100_000}, 19, SamplingConfig(k=91, max_gib=1.0), 119547, False, 0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
+    with pytest.raises(UserError, match=rf"needs ~14\.8 MiB more, and the file system of {d} has 1\.0 MiB free"):
+        cache_build._check_size(d, {"train": 1000, "val": 10}, 19, SamplingConfig(k=100), 119547, False, 0)

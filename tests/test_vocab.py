@@ -164,6 +164,13 @@ def test_bad_vocabularies_are_refused(tmp_path, docs_shards, vocab_dir, small_sh
     (broken / "vocab_map.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"drops the special token id\(s\) \[103\]"):
         load_vocab_map(broken)
+    # ids out of order or beyond the vocabulary, a field of the wrong type: vocab_map.json's schema
+    for field, value, message in (("kept_ids", [5, 3], "kept_ids must be distinct original ids in ascending order below 119547"),
+                                  ("kept_ids", [0, 119547], "kept_ids must be distinct original ids in ascending order"),
+                                  ("trimmed_vocab_sha256", 7, "trimmed_vocab_sha256: input should be a valid string")):
+        (broken / "vocab_map.json").write_text(json.dumps({**data, field: value}))
+        with pytest.raises(UserError, match=rf"vocab_map.json: {message}.*make the vocabulary again with `ds-distil vocab`"):
+            load_vocab_map(broken)
     # not a vocabulary directory, and a damaged map
     with pytest.raises(UserError, match="not a vocabulary directory"):
         load_vocab_map(tmp_path)

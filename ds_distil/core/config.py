@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -27,9 +28,35 @@ class ConfigError(UserError):
     pass
 
 
+class _NotFinite(ConfigError):
+    """NaN or an infinity where a number is meant: refused whatever else a union type would accept."""
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML reads YAML 1.1, whose floats need a dot: `5e-5` and `1e-4` would stay strings (and be
-    refused for `train.lr`). YAML 1.2, JSON and Python read them as numbers; so do we."""
+    refused for `train.lr`). YAML 1.2, JSON and Python read them as numbers; so do we.
+
+    A key given twice in one mapping (two `train:` sections) is refused naming both lines: PyYAML would keep the last
+    silently (YAML 1.2 says keys are unique). Keys merged in with `<<: *anchor` may be overridden, as YAML means."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                    continue
+                if earlier is not key_node:
+                    a, b = earlier.start_mark.line + 1, key_node.start_mark.line + 1
+                    where = f"twice, at lines {a} and {b}" if a != b else f"twice on line {a}"
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key '{key}' is given {where} (the second would silently replace the first): keep one",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -52,13 +79,16 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; return it (converted where lossless)."""
+def _convert(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
+    """Check `value` against the annotation `tp`; return it (converted where lossless). `finite`: a float must be a
+    finite number (NaN and infinities are refused unless the field allows them: setting(..., nonfinite=True))."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         for arg in get_args(tp):
             try:
-                return _convert(value, arg, key)
+                return _convert(value, arg, key, finite)
+            except _NotFinite:
+                raise
             except ConfigError:
                 continue
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
@@ -71,13 +101,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:  # a mapping of names to values (or to sections, for dataclass values)
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return {str(k): _convert(v, get_args(tp)[1], f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _convert(v, get_args(tp)[1], f"{key}.{k}", finite) for k, v in value.items()}
     if origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single value where a list is expected
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-        return [_convert(v, get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_convert(v, get_args(tp)[0], f"{key}[{i}]", finite) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -95,6 +125,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if finite and not math.isfinite(value):
+                raise _NotFinite(f"config key '{key}': expected a finite number, got {value} (YAML's .nan and .inf are refused "
+                                 "where a number is meant)")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -125,7 +158,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
             # a section given in part keeps this field's own defaults for the rest (they may differ from the class's)
             value = {**to_dict(f.default_factory()), **value}
-        kwargs[key] = _convert(value, hints[key], prefix + key)
+        kwargs[key] = _convert(value, hints[key], prefix + key, finite=not f.metadata.get("nonfinite", False))
     missing = [
         name
         for name, f in fields.items()
@@ -339,8 +372,9 @@ def save(obj: Any, path: str | Path) -> None:
     atomic_write(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
-def setting(help: str, *, resume: bool = False, **kw: Any) -> Any:
+def setting(help: str, *, resume: bool = False, nonfinite: bool = False, **kw: Any) -> Any:
     """A config field with its help text (the CLI's help and `--help`'s key list) and, for `ds-distil distill`,
     whether it may change on `--resume` (resume=True: it changes neither the samples nor the arithmetic; the
-    resume fingerprint leaves it out). dataclasses.field's default / default_factory pass through."""
-    return dataclasses.field(metadata={"help": help, "resume": resume}, **kw)
+    resume fingerprint leaves it out). `nonfinite`: a float field that means NaN or an infinity when given one (no field
+    does yet; every other float is refused unless finite). dataclasses.field's default / default_factory pass through."""
+    return dataclasses.field(metadata={"help": help, "resume": resume, "nonfinite": nonfinite}, **kw)

@@ -34,6 +34,24 @@ _OS_ADVICE = {
 }
 
 
+def shown_path(path) -> str:
+    """A path as text for a one-line message: bytes decoded as the file system does (not b'...'), control characters
+    escaped, and a very long one shortened in the middle (its length said)."""
+    import os
+
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    text = printable(text)
+    if len(text) > 200:
+        text = f"{text[:80]}...{text[-80:]} ({len(text):,} characters)"
+    return text
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (NUL, newlines, escapes) written as Python escapes: a one-line message stays one
+    line and puts no raw bytes on the terminal."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def os_error_line(e: OSError) -> str:
     """An OSError as one line: the path, what the error means, what to do (outputs already written stay as they were)."""
     import errno as errno_names
@@ -41,7 +59,7 @@ def os_error_line(e: OSError) -> str:
 
     name = errno_names.errorcode.get(e.errno or 0, "")
     meaning, todo = _OS_ADVICE.get(name, (e.strerror or str(e), "check the path and retry"))
-    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    paths = " -> ".join(shown_path(p) for p in (e.filename, e.filename2) if p is not None)
     where = f" at {paths}" if paths else ""
     code = f" ({name}, {os.strerror(e.errno)})" if name and name in _OS_ADVICE else ""
     return f"{meaning}{where}{code}; {todo}"

@@ -6,7 +6,9 @@
 - transformers' weight-loading report (the MISSING/UNEXPECTED key table, replaced by our one-line
   summary in finetune) and its progress bars ("Loading weights", "Writing model shards");
 - datasets' progress bars and info lines;
-- Python warnings raised inside those libraries (FutureWarning/DeprecationWarning/UserWarning).
+- Python warnings raised inside those libraries (FutureWarning/DeprecationWarning/UserWarning);
+- the traceback of TensorBoard's event-writer thread when a write fails (a full disk, a path too long): the writer
+  hands the same error to the main thread's next write, which the CLI reports in one line; a warning line says it here.
 
 Errors are never hidden: the loggers stay at ERROR, and output swallowed around a call is printed
 if that call fails.
@@ -19,6 +21,7 @@ import io
 import logging
 import os
 import sys
+import threading
 import warnings
 
 VERBOSE = False
@@ -52,6 +55,22 @@ def configure(verbose: bool) -> None:
 
     tf_logging.set_verbosity_error()
     tf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"; hub downloads keep theirs
+    quiet_writer_threads()
+
+
+def quiet_writer_threads() -> None:
+    """A failed write in TensorBoard's event-writer thread as one warning line instead of the thread's traceback."""
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            from ds_distil.core.errors import os_error_line
+
+            logging.getLogger("ds_distil").warning("TensorBoard's event writer stopped: %s", os_error_line(args.exc_value))
+            return
+        default(args)
+
+    threading.excepthook = hook
 
 
 @contextlib.contextmanager

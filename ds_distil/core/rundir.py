@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ds_distil import __version__
-from ds_distil.core.dist import broadcast
-from ds_distil.core.errors import UserError
+from ds_distil.core.dist import barrier, broadcast
+from ds_distil.core.errors import UserError, shown_path
 from ds_distil.core.io import atomic_write
+from ds_distil.core.storage import TOKEN_PREFIX, check_visible_to_all_ranks
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,30 @@ def check_disjoint(out: Path, inputs, command: str, may_contain_out=()) -> None:
             raise UserError(f"--out {out} lies inside the input directory {p}; choose an --out outside it")
 
 
+# The most a command adds below --out (a TensorBoard event file names the host and pid; checkpoint files their rank).
+ROOM_BELOW = 200
+
+
+def check_path_length(out: Path) -> None:
+    """Refuse an --out too long for what is written below it (PATH_MAX) or for its staging sibling's name (NAME_MAX),
+    before any work: the failure would otherwise come at the first such file, in the middle of the run (or in a
+    library's writer thread)."""
+    path = Path(out).absolute()
+    anchor = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    try:
+        path_max, name_max = os.pathconf(anchor, "PC_PATH_MAX"), os.pathconf(anchor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        path_max, name_max = 4096, 255
+    length, longest = len(os.fsencode(path)), max((len(os.fsencode(p)) for p in path.parts), default=0)
+    if length + ROOM_BELOW > path_max:
+        raise UserError(f"--out {shown_path(path)} is {length:,} bytes long; with the files written below it (up to {ROOM_BELOW} "
+                        f"more) it passes this file system's limit of {path_max:,} (PATH_MAX): choose a shorter --out")
+    if longest + len(STAGING_INFIX) + 12 > name_max:
+        raise UserError(f"--out {shown_path(path)} has a name of {longest} bytes: the staging directory beside it (its name plus "
+                        f"{len(STAGING_INFIX) + 12} characters) would pass this file system's limit of {name_max} (NAME_MAX); "
+                        "choose a shorter name")
+
+
 # ------------------------------------------------------------------------------------- owner
 
 
@@ -108,7 +133,8 @@ def _write_marker(directory: Path, command: str) -> None:
 
 
 def _entries(directory: Path, ignore=()) -> list[str]:
-    return sorted(e.name for e in directory.iterdir() if e.name not in (LOCK, *ignore))
+    # (a visibility token of core.storage is there for a moment only, unless its run was killed)
+    return sorted(e.name for e in directory.iterdir() if e.name not in (LOCK, *ignore) and not e.name.startswith(TOKEN_PREFIX))
 
 
 def staging_siblings(out: Path) -> list[Path]:
@@ -375,6 +401,7 @@ def claim(out: str | Path, command: str, *, overwrite: bool = False, inputs=(), 
     out = Path(out)
     if out.is_symlink():  # swap the directory it points to, not the link
         out = out.resolve()
+    check_path_length(out)
     check_disjoint(out, inputs, command, may_contain_out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory")
@@ -451,7 +478,8 @@ def _refuse_if_not_ours(out: Path, command: str, overwrite: bool, ignore) -> str
 
 
 def claim_on_rank0(rank: int, make) -> RunDir:
-    """Rank 0 claims (`make()`); every rank learns where to write, or raises the same one-line error."""
+    """Rank 0 claims (`make()`); every rank learns where to write, or raises the same one-line error: also where a
+    rank on another host does not see the directory (core.storage), before anything is written there."""
     rd, err = None, None
     if rank == 0:
         try:
@@ -464,6 +492,14 @@ def claim_on_rank0(rank: int, make) -> RunDir:
     if rank != 0:  # a view of rank 0's claim: no lock, nothing to commit
         out, path, state = box[0]
         rd = RunDir(Path(out), Path(path), "", False, state)
+    try:
+        check_visible_to_all_ranks(rd.path, rank, shown=rd.out)
+    except UserError:
+        if rank == 0:  # as it was: a directory the claim made goes again
+            rd.abort()
+            rd.release()
+        barrier()  # before any rank exits: a launcher then stops the others (srun --kill-on-bad-exit), rank 0 mid-way
+        raise
     return rd
 
 

@@ -2,7 +2,8 @@
 
 `distill` finishes its step, checkpoints and exits EXIT_PREEMPTED (`StopRequest`, read by the trainer); while it
 waits for a batch that does not come (a stuck data loader, a hung file system) it exits EXIT_PREEMPTED without a
-checkpoint after a grace period. `finetune` has no checkpoints and exits EXIT_PREEMPTED at once. slurm/*.sbatch requeue the job on
+checkpoint after a grace period. `finetune` has no checkpoints and exits EXIT_PREEMPTED at once; so does
+`teacher-cache`, whose finished files are its checkpoints (its --resume keeps them). slurm/*.sbatch requeue the job on
 that status, and the same command continues (distill --resume) or redoes the work (finetune).
 """
 
@@ -103,13 +104,13 @@ class StopRequest:
         signal.signal(signal.SIGALRM, self._previous_alarm)
 
 
-def exit_on_stop_signal(what: str) -> None:
-    """For commands without checkpoints: stop at once with EXIT_PREEMPTED."""
+def exit_on_stop_signal(what: str, kept: str = "without results (it has no checkpoints: the same command redoes it)") -> None:
+    """For commands without checkpoints: stop at once with EXIT_PREEMPTED, saying what is `kept` and how to go on. The
+    SystemExit unwinds the command (a file being written is removed, not left half-written: core.io.atomic_file)."""
 
     def stop(signum: int):
         ignore_stop_signals()  # exit 75, not "killed" by the next signal (srun TERMs the other ranks when one exits)
-        log.warning("received %s: %s stops now without results (it has no checkpoints: the same command redoes it); exit %d",
-                    signal_name(signum), what, EXIT_PREEMPTED)
+        log.warning("received %s: %s stops now %s; exit %d", signal_name(signum), what, kept, EXIT_PREEMPTED)
         raise SystemExit(EXIT_PREEMPTED)
 
     on_stop_signal(stop)

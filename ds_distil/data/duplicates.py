@@ -20,6 +20,7 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 
+from ds_distil.core.errors import UserError
 from ds_distil.data.examples import Example, Task
 
 NORMALISATION = "Unicode NFKC, case folded, white space collapsed"
@@ -118,4 +119,8 @@ def drop(task: Task) -> Task:
             seen.add(k)
             kept.append(e)
     dropped = {"train_duplicates": repeats, "train_in_valid_or_test": leaked, "train_rows_left": len(kept)}
+    if not kept:  # said here: Task would only see an empty training split
+        raise UserError(f"task.dedup=drop removed every one of the {len(task.splits['train']):,} training rows of {task.source or task.name} "
+                        f"({leaked:,} also in validation or test, {repeats:,} repeats): the training file holds the held-out texts; "
+                        "give training data of its own, or set task.dedup=keep")
     return dataclasses.replace(task, splits={**task.splits, "train": kept}, provenance={**task.provenance, "dedup_dropped": dropped})

@@ -6,8 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, model_validator
+
+from ds_distil.core.checked import Checked, Count, InsideName, NonEmpty, Positive, Sha256, read_checked
 from ds_distil.core.errors import CorruptShardError, UserError
 
 FORMAT = "ds-distil-shards/1"
@@ -21,6 +24,50 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class _Shard(Checked):
+    name: InsideName
+    samples: Count
+    tokens: Count
+    bytes: Count
+    sha256: Sha256
+
+
+class _Split(Checked):
+    shards: list[_Shard]
+
+
+class _Tokenizer(Checked):
+    vocab_size: Positive
+    vocab_sha256: Sha256
+    pad_id: Count
+    mask_id: Count
+    special_ids: list[Count]
+    unk_id: Count | None = None
+    cls_id: Count | None = None
+    sep_id: Count | None = None
+
+    @model_validator(mode="after")
+    def _ids_in_vocabulary(self):
+        ids = [self.pad_id, self.mask_id, self.unk_id, self.cls_id, self.sep_id, *self.special_ids]
+        if any(i is not None and i >= self.vocab_size for i in ids):
+            raise ValueError(f"a special token id is not below vocab_size {self.vocab_size}")
+        return self
+
+
+class ShardsManifest(Checked):
+    """What the readers of a shard directory rely on (its manifest.json, written by `ds-distil prepare`)."""
+
+    seq_len: Annotated[int, Field(ge=2, le=1 << 20)]
+    tokenizer: _Tokenizer
+    splits: dict[NonEmpty, _Split]
+
+    @model_validator(mode="after")
+    def _has_train(self):
+        if "train" not in self.splits:
+            raise ValueError("no 'train' split")
+        return self
 
 
 @dataclass(frozen=True)
@@ -108,39 +155,6 @@ def load_manifest(directory: str | Path) -> Manifest:
         raise UserError(
             f"{directory} has no {MANIFEST}{partial}; it is not a finished `ds-distil prepare` output: run prepare again"
         )
-    data = read_format_json(path, FORMAT, "re-run `ds-distil prepare`")
-    _check_fields(path, data)
+    data = read_checked(path, FORMAT, ShardsManifest, "it is damaged or not written by `ds-distil prepare`: re-run prepare",
+                        "re-run `ds-distil prepare`")
     return Manifest(directory, data)
-
-
-def read_format_json(path: Path, fmt: str, remedy: str, format_remedy: str | None = None) -> dict[str, Any]:
-    """A manifest file of ours: JSON holding {"format": fmt, ...}, or a one-line refusal ending with `remedy`
-    (`format_remedy` for a file of another format)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); {remedy}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise UserError(f"{path} has format {got!r}, expected {fmt!r}; {format_remedy or remedy}")
-    return data
-
-
-def _check_fields(path: Path, data: dict) -> None:
-    """The fields every reader relies on, so that a damaged or hand-edited manifest is one line, not a KeyError later."""
-    problem = None
-    splits, tok = data.get("splits"), data.get("tokenizer")
-    if not isinstance(data.get("seq_len"), int):
-        problem = "no seq_len"
-    elif not isinstance(tok, dict) or any(k not in tok for k in ("vocab_size", "vocab_sha256", "pad_id", "mask_id", "special_ids")):
-        problem = "no complete 'tokenizer' entry"
-    elif not isinstance(splits, dict) or "train" not in splits:
-        problem = "no 'splits' with a 'train' split"
-    else:
-        for name, split in splits.items():
-            shards = split.get("shards") if isinstance(split, dict) else None
-            if not isinstance(shards, list) or any(not isinstance(s, dict) or not {"name", "samples", "tokens", "bytes", "sha256"} <= s.keys() for s in shards):
-                problem = f"split '{name}' without a complete shard list"
-                break
-    if problem:
-        raise UserError(f"{path} has {problem}; it is damaged or not written by `ds-distil prepare`: re-run prepare")

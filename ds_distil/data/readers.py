@@ -123,12 +123,26 @@ def decode(data: bytes, path: Path, encoding: str) -> tuple[str, str]:
                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             return data.decode(name), name
+    if b"\0" in data:  # valid UTF-8 (ASCII text in UTF-16 is), but no text file of rows holds NUL characters
+        raise UserError(_nul_bytes(data, path)) from None
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise UserError(f"{path}:{line} is not UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8, or name its encoding "
                         "with task.encoding=cp1252 (Excel on Windows) or task.encoding=latin-1") from None
+
+
+def _nul_bytes(data: bytes, path: Path) -> str:
+    """What a file with NUL bytes probably is: UTF-16 without a byte-order mark (every other byte 0 in ASCII text), or
+    not text at all."""
+    head = data[:4096]
+    for name, zeros in (("utf-16-le", head[1::2]), ("utf-16-be", head[0::2])):
+        if zeros.count(0) > 0.9 * len(zeros):
+            return (f"{path} looks like {name.upper()} text without a byte-order mark (every other byte is 0); save it as "
+                    f"'CSV UTF-8' (or JSON in UTF-8), or name its encoding with task.encoding={name}")
+    line = data[:data.index(b"\0")].count(b"\n") + 1
+    return f"{path}:{line} holds a NUL byte: it is not a text file (or in an encoding that needs task.encoding=NAME)"
 
 
 # ---------------------------------------------------------------------- rows: (line, fields or problem)

@@ -32,10 +32,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
+from pydantic import Field, model_validator
+
+from ds_distil.core.checked import Checked, Count, Positive, Sha256, read_checked
 from ds_distil.core.errors import UserError, os_errors_at
 from ds_distil.data.samples import read_shard
 from ds_distil.schema.vocab import VocabConfig
@@ -48,6 +52,33 @@ FORMAT = "ds-distil-vocab/1"
 
 
 # ------------------------------------------------------------------------------ the id map
+
+
+class _Source(Checked):
+    vocab_size: Positive
+    vocab_sha256: Sha256
+    special_ids: list[Count] = []
+
+
+class _CountedShards(Checked):
+    directory: str
+    train_sha256: Sha256
+
+
+class VocabMapFile(Checked):
+    """vocab_map.json, as its readers rely on it."""
+
+    kept_ids: Annotated[list[Count], Field(min_length=1)]
+    source: _Source
+    shards: _CountedShards
+    trimmed_vocab_sha256: Sha256
+
+    @model_validator(mode="after")
+    def _ascending_ids_in_the_vocabulary(self):
+        kept = self.kept_ids
+        if any(b <= a for a, b in zip(kept, kept[1:])) or kept[-1] >= self.source.vocab_size:
+            raise ValueError(f"kept_ids must be distinct original ids in ascending order below {self.source.vocab_size}")
+        return self
 
 
 @dataclasses.dataclass
@@ -102,16 +133,10 @@ def load_vocab_map(directory: str | Path) -> VocabMap:
     path = d / MAP_FILE
     if not path.is_file():
         raise UserError(f"{d} is not a vocabulary directory (no {MAP_FILE}); make one with `ds-distil vocab --shards ... --out {d}`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        kept = np.asarray(data["kept_ids"], dtype=np.int64)
-        source, shards, trimmed = data["source"], data["shards"], data["trimmed_vocab_sha256"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); make the vocabulary again with `ds-distil vocab`") from None
-    if data.get("format") != FORMAT:
-        raise UserError(f"{path} has format {data.get('format')!r}, expected {FORMAT!r}; make it again with `ds-distil vocab`")
-    if kept.ndim != 1 or len(kept) == 0 or (np.diff(kept) <= 0).any() or kept[0] < 0 or kept[-1] >= int(source["vocab_size"]):
-        raise UserError(f"{path}: kept_ids must be distinct original ids in ascending order below {source['vocab_size']}")
+    data = read_checked(path, FORMAT, VocabMapFile, "it is damaged: make the vocabulary again with `ds-distil vocab`",
+                        "make it again with `ds-distil vocab`")
+    kept = np.asarray(data["kept_ids"], dtype=np.int64)
+    source, shards, trimmed = data["source"], data["shards"], data["trimmed_vocab_sha256"]
     lost = sorted(set(source.get("special_ids", [])) - set(kept.tolist()))
     if lost:
         raise UserError(f"{path} drops the special token id(s) {lost} of the original tokenizer; every special token must be kept "

@@ -13,8 +13,8 @@ Rank 0 writes manifest.json last, after every rank's files: only then is the dir
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -22,15 +22,17 @@ import numpy as np
 import torch
 
 from ds_distil.core import rundir
-from ds_distil.core.dist import all_gather_objects, barrier
+from ds_distil.core.checked import read_json
+from ds_distil.core.dist import all_gather_objects, barrier, broadcast
 from ds_distil.core.errors import UserError
-from ds_distil.core.io import atomic_write_json
+from ds_distil.core.io import atomic_file, atomic_write, atomic_write_json
 from ds_distil.core.progress import Progress
 from ds_distil.data.manifest import load_manifest, sha256_file
 from ds_distil.data.masking import IGNORE_INDEX, static_positions
 from ds_distil.data.samples import read_shard
 from ds_distil.data.stream import MLMStream, derive_seed, static_masks, validation_masks
-from ds_distil.data.teacher_cache import FORMAT, MANIFEST, data_made_for, file_name, record_dtype, vocab_made_for
+from ds_distil.data.teacher_cache import (FORMAT, MANIFEST, TeacherCache, data_made_for, file_name, load_cache, record_bytes,
+                                          record_dtype, vocab_made_for)
 from ds_distil.data.vocab import load_vocab_map
 from ds_distil.distill import sparse_targets
 from ds_distil.model.build import build_teacher, weights_sha256
@@ -74,34 +76,36 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
     vmap = load_vocab_map(cfg.vocab) if cfg.vocab else None
     if vmap is not None:
         vmap.check_shards(manifest)
+    s = cfg.cache
+    present = [name for name in s.splits if name in manifest.data["splits"] and manifest.num_samples(name) > 0]
+    if "train" not in present:
+        raise UserError(f"cache.splits {s.splits} has no training split with samples in {manifest.directory}: a cache is for "
+                        "training; keep train in cache.splits")
+    keep_ids = vmap.is_kept() if vmap is not None else None
+    # the stream's own masking parameters (its random replacement tokens follow the vocabulary)
+    streams = {split: MLMStream(manifest, data_cfg, batch_size=s.batch_size, split=split, rank=0, world_size=1, shuffle=False,
+                                keep_ids=keep_ids) for split in present}
+    copies = {split: data_cfg.mask_copies if split == "train" else 1 for split in present}  # held-out: validation's masks, once
+    _check_size(directory, {split: manifest.num_samples(split) * copies[split] for split in present},
+                streams["train"].max_masked, s, vmap.size if vmap is not None else vocab, resume, d.rank)
     torch.manual_seed(cfg.seed)  # a randomly initialised teacher (preset, config): the one a run with train.seed = seed builds
     teacher = build_teacher(cfg.teacher, vocab, pad, 1)
     teacher_sha = weights_sha256(teacher)
-    t_vocab, keep_ids = vocab, None
+    t_vocab = vocab
     if vmap is not None:
-        trimmed = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), 1)
-        t_vocab, keep_ids = trimmed.vocab, vmap.is_kept()
+        t_vocab = prepare_trimmed_run(vmap, teacher, pad, int(tok["unk_id"]), 1).vocab
     teacher_config = teacher.config.to_dict()
     teacher = eng.place_teacher(teacher, d.device, eng.teacher_dtype(cfg.teacher.dtype, d.device))
     lm = MaskedLM(teacher, t_vocab)
-    s = cfg.cache
     made_for = {**data_made_for(manifest, data_cfg), "vocab": vocab_made_for(tok, vmap), "teacher_sha256": teacher_sha,
                 "temperature": s.temperature, "method": s.method, "k": s.k,
                 "proposal_temperature": s.proposal_temperature or s.temperature}
     _same_build(directory, {**made_for, "splits": s.splits}, resume, d.rank)
 
     splits = {}
-    present = [name for name in s.splits if name in manifest.data["splits"] and manifest.num_samples(name) > 0]
-    if "train" not in present:
-        raise UserError(f"cache.splits {s.splits} has no training split with samples in {manifest.directory}: a cache is for "
-                        "training; keep train in cache.splits")
     for split in present:
-        # the stream's own masking parameters (its random replacement tokens follow the vocabulary)
-        stream = MLMStream(manifest, data_cfg, batch_size=s.batch_size, split=split, rank=0, world_size=1, shuffle=False,
-                           keep_ids=keep_ids)
-        shards = manifest.shards(split)
-        copies = data_cfg.mask_copies if split == "train" else 1  # held-out: validation's own fixed masks, one copy
-        mine = [(copy, i) for copy in range(copies) for i in range(len(shards)) if i % d.world_size == d.rank]
+        stream, shards = streams[split], manifest.shards(split)
+        mine = [(copy, i) for copy in range(copies[split]) for i in range(len(shards)) if i % d.world_size == d.rank]
         bar = Progress(sum(shards[i].samples for _, i in mine), f"teacher-cache {split}", "sample", enabled=d.rank == 0)
         t0, done = time.perf_counter(), {}
         for copy, i in mine:
@@ -117,7 +121,7 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
         found = {k: v for part in all_gather_objects(done) for k, v in part.items()}
         splits[split] = {"copies": [[{"name": file_name(split, c, i), "samples": shards[i].samples,
                                       "sha256": found[file_name(split, c, i)]} for i in range(len(shards))]
-                                    for c in range(copies)]}
+                                    for c in range(copies[split])]}
     barrier()
     if d.rank == 0:
         atomic_write_json(directory / MANIFEST, {
@@ -130,15 +134,50 @@ def _build(cfg: TeacherCacheConfig, rd: rundir.RunDir, resume: bool, d) -> Path:
     return rd.out
 
 
+def _check_size(directory: Path, records: dict[str, int], max_masked: int, s, vocab: int, resume: bool, rank: int) -> None:
+    """Say what the cache will take before anything is written, and refuse (every rank, rank 0's verdict) a K that would
+    store more per masked position than the teacher's whole distribution, a cache larger than cache.max_gib, or one the
+    file system under --out has no room for. `records`: per split, samples x mask copies."""
+    problem = None
+    if rank == 0:
+        n = sum(records.values())
+        each = record_bytes(max_masked, s.k)
+        total = n * each
+        kept = sum(p.stat().st_size for p in directory.glob("copy*/*.npy")) if resume else 0  # what --resume keeps, at most
+        free = shutil.disk_usage(directory).free
+        log.info("teacher-cache: %s records (%s) of %.1f KiB (K = %d draws at each of %d masked slots): ~%s on disk%s",
+                 f"{n:,}", ", ".join(f"{k} {v:,}" for k, v in records.items()), each / 1024, s.k, max_masked, _gib(total),
+                 f", ~{_gib(total - kept)} of it still to write" if kept else "")
+        if 8 * s.k > 4 * vocab:
+            problem = (f"cache.k={s.k} stores more per masked position ({s.k} ids and weights, {8 * s.k:,} bytes) than the teacher's "
+                       f"whole distribution over the {vocab:,}-token vocabulary ({4 * vocab:,} bytes); a K of 16 to 128 is what "
+                       "sampled targets are for: lower cache.k")
+        elif total > s.max_gib * 2**30:
+            problem = (f"this cache would take ~{_gib(total)} ({n:,} records of {each / 1024:,.1f} KiB: K = {s.k} x {max_masked} "
+                       f"masked slots), more than cache.max_gib={s.max_gib:g}; lower cache.k or data.mask_copies, or raise "
+                       "cache.max_gib to build it")
+        elif total - kept > free:
+            problem = (f"this cache needs ~{_gib(total - kept)} more, and the file system of {directory} has {_gib(free)} free; "
+                       "free space there or choose another --out")
+    problem = broadcast([problem])[0]
+    if problem:
+        raise UserError(problem)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
 def _same_build(directory: Path, settings: dict, resume: bool, rank: int) -> None:
     """The files a --resume keeps must come from the same settings: build.json records them at the start of a build,
     and a resume with other settings (another teacher, K, T, masking, corpus, vocabulary) is refused naming the first
     difference, before anything is written."""
     record = directory / "build.json"
     if resume and record.is_file():
-        from ds_distil.data.teacher_cache import TeacherCache
-
-        TeacherCache(directory, {"made_for": json.loads(record.read_text())}).check(
+        began = read_json(record, "start again with --overwrite")
+        if not isinstance(began, dict):
+            raise UserError(f"{record} holds {type(began).__name__}, not the settings a build began with; start again with --overwrite")
+        TeacherCache(directory, {"made_for": began}).check(
             settings, advice="resume with the settings the build began with, or start again with --overwrite")
     elif rank == 0:
         atomic_write_json(record, settings, fsync=True)
@@ -201,17 +240,16 @@ def _write_file(directory: Path, name: str, shard, copy: int, stream: MLMStream,
         bar.update(len(chunk))
     path = directory / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, records, allow_pickle=False)
-    tmp.replace(path)
+    with atomic_file(path) as f:  # np.save's bytes, written by the file itself: a full disk is ENOSPC naming the file
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(records))
+        f.write(records.data)
     sha = sha256_file(path)
-    (directory / f"{name}.sha256").write_text(sha + "\n")
+    atomic_write(directory / f"{name}.sha256", sha + "\n")
     return sha
 
 
 def describe(path: Path) -> str:
-    data = json.loads((path / MANIFEST).read_text())
+    data = load_cache(path).data
     files = [f for split in data["splits"].values() for copy in split["copies"] for f in copy]
     size = sum((path / f["name"]).stat().st_size for f in files)
     samples = sum(f["samples"] for f in files)

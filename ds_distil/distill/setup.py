@@ -29,7 +29,7 @@ from ds_distil.core.io import atomic_write_json
 from ds_distil.data.manifest import load_manifest
 from ds_distil.data.masking import MASKING_RULE
 from ds_distil.data.stream import MLMStream
-from ds_distil.data.teacher_cache import TeacherCache, load_cache, vocab_made_for
+from ds_distil.data.teacher_cache import REBUILD, TeacherCache, load_cache, vocab_made_for
 from ds_distil.data.vocab import load_vocab_map
 from ds_distil.distill import checkpoint, elastic, evaluate, objectives
 from ds_distil.distill import resume as resume_settings
@@ -350,7 +350,11 @@ def _cache_teacher_config(cache: TeacherCache):
     from transformers import AutoConfig
 
     saved = dict(cache.data["teacher"]["config"])
-    return AutoConfig.for_model(saved.pop("model_type"), **saved)
+    try:
+        return AutoConfig.for_model(saved.pop("model_type"), **saved)
+    except Exception as e:  # an unknown model_type (ValueError), a field transformers' strict config refuses
+        raise UserError(f"teacher cache {cache.directory}: teacher.config in its manifest does not make a transformers config "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {REBUILD}") from None
 
 
 def _inputs(cfg: DistillConfig) -> list[Path]:

@@ -8,15 +8,19 @@ single-rank defaults. NCCL on GPUs, gloo on CPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from pydantic import Field, model_validator
+
+from ds_distil.core import net
+from ds_distil.core.checked import Checked, check, read_json
 from ds_distil.core.env_info import free_port
 from ds_distil.core.errors import UserError
 from ds_distil.runtime import precision as precision_rules
@@ -59,6 +63,8 @@ def init_distributed() -> Dist:
     elif not cuda:
         say_op_build(SHM_COMM_OP, "DeepSpeed's shared-memory all-reduce for CPU ranks")
     backend = "nccl" if cuda else "gloo"
+    fresh = not torch.distributed.is_initialized()  # (finetune calls this twice)
+    iface, why = net.choose_gloo_interface()  # before the process group binds its sockets
     with third_party_stdout():  # "DeepSpeed ... shm_comm_op built successfully" on CPU; shown with --verbose
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -71,6 +77,10 @@ def init_distributed() -> Dist:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if world > 1 and fresh:  # what runs where, from every rank: the ranks of a multi-node job name their hosts
+        nccl = os.environ.get("NCCL_SOCKET_IFNAME") or "NCCL's own choice (NCCL_SOCKET_IFNAME chooses)"
+        log.info("rank %d of %d (local rank %d) on %s; %s", rank, world, local_rank, net.where(iface),
+                 (f"gloo over {iface}: {why}" if iface else f"gloo: {why}") if backend == "gloo" else f"NCCL over {nccl}")
     return Dist(rank, world, local_rank, device, backend)
 
 
@@ -160,10 +170,9 @@ def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: i
     path = Path(json_path)
     if not path.is_file():
         raise UserError(f"deepspeed.config {path} does not exist; pass one of ds_configs/*.json")
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"deepspeed.config {path} is not valid JSON ({e})") from None
+    remedy = "fix it, or pass one of ds_configs/*.json as deepspeed.config"
+    ds = read_json(path, remedy)
+    check(DeepSpeedJSON, ds, f"deepspeed.config {path}", remedy)
     owned = [k for k in OWNED_KEYS if k in ds]
     if owned:
         raise UserError(f"{path} sets {', '.join(owned)}: these come from the run config's `train` section "
@@ -192,11 +201,54 @@ def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: i
     ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": zero_stage(stage, ds, world_size)}
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
     ds.setdefault("wall_clock_breakdown", False)
-    if ds.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
-        log.warning("fp16 on CPU runs only where the CPU has fp16 hardware; use ds_configs/zero2-bf16.json or zero2-fp32.json otherwise")
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # (fp16 the device lacks is refused before DeepSpeed sees it: check_precision_supported)
         precision_rules.warn_if_emulated(f"the student ({path.name})", precision(ds), torch.device("cpu"))
     return ds
+
+
+class _Precision(Checked):
+    enabled: bool = False
+
+
+class _Zero(Checked):
+    stage: Annotated[int, Field(ge=0, le=3)] = 0
+
+
+class DeepSpeedJSON(Checked):
+    """What of a DeepSpeed JSON we read before DeepSpeed does (precision, ZeRO stage); the rest is DeepSpeed's to check."""
+
+    fp16: _Precision | None = None
+    bf16: _Precision | None = None
+    zero_optimization: _Zero | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, data):
+        if not isinstance(data, dict):
+            raise ValueError(f"holds a JSON {type(data).__name__}, not an object of DeepSpeed settings")
+        if "bfloat16" in data:
+            raise ValueError("names its bf16 section 'bfloat16': call it 'bf16' (the name ds-distil reads)")
+        return data
+
+    @model_validator(mode="after")
+    def _one_precision(self):
+        if self.fp16 and self.fp16.enabled and self.bf16 and self.bf16.enabled:
+            raise ValueError("enables both fp16 and bf16: enable one")
+        return self
+
+
+def check_precision_supported(ds_config: dict) -> None:
+    """DeepSpeed's own test of the device's precision (its accelerator's is_fp16_supported / is_bf16_supported), made
+    before the config is handed over: deepspeed.initialize would refuse with a traceback ("Type fp16 is not supported on
+    your device"), after the models are built. fp16 on a CPU needs fp16 hardware (AVX512-FP16 / AMX-FP16)."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator, wanted = get_accelerator(), precision(ds_config)
+    supported = {"fp16": accelerator.is_fp16_supported, "bf16": accelerator.is_bf16_supported}.get(wanted)
+    if supported is not None and not supported():
+        raise UserError(f"the DeepSpeed config enables {wanted}, which this device ({accelerator.device_name()}) does not support; "
+                        f"pass deepspeed.config=ds_configs/zero2-fp32.json{'' if wanted == 'bf16' else ' (or zero2-bf16.json)'}, "
+                        "or deepspeed.config=auto")
 
 
 def precision(ds_config: dict) -> str:
@@ -254,6 +306,7 @@ def initialize(model: nn.Module, ds_config: dict, weight_decay: float):
     with: DeepSpeed's own switch for an engine without a communication backend."""
     import deepspeed
 
+    check_precision_supported(ds_config)
     groups = param_groups(model, weight_decay)
     if ds_config["zero_optimization"]["stage"] == 0 and precision(ds_config) == "fp32":
         from ds_distil.runtime.optimizer import ClippedAdamW

@@ -81,6 +81,7 @@ class Metrics:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.writer.flush()  # its thread opens the event file: an error there (a full disk) surfaces here, at the start
         path = run_dir / "metrics.jsonl"
         if path.exists():  # drop what a killed run logged after the checkpoint we continue from
             kept = _lines_up_to(path, start_step)

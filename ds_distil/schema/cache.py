@@ -10,6 +10,9 @@ from ds_distil.core.config import setting
 from ds_distil.schema.distill import DataConfig, TeacherConfig
 
 
+MAX_K = 1 << 20  # far beyond any useful K (16 to 128): a record of K draws at ~20 masked slots is then 160 MiB
+
+
 @dataclasses.dataclass
 class SamplingConfig:
     """The sparse targets stored per masked position (section `cache`; ds_distil/distill/sparse_targets.py)."""
@@ -25,13 +28,18 @@ class SamplingConfig:
     proposal_temperature: float | None = setting("draw from the teacher's softmax at this temperature (>= T, a flatter "
                                                  "proposal, with importance weights) instead of at T", default=None)
     batch_size: int = setting("samples per teacher forward pass", default=32)
+    max_gib: float = setting("refuse, before writing anything, a cache whose size (estimated from the corpus, K and the masked "
+                             "slots, and logged at the start) is more than this many GiB: raise it to build a bigger one",
+                             default=4.0)
     splits: list[str] = setting("the corpus splits to cache: train (data.mask_copies copies under the static masks) and val "
                                 "(one, under validation's masks; left out where the shards have none)",
                                 default_factory=lambda: ["train", "val"])
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 1 <= self.k <= MAX_K:
+            raise ValueError(f"k must be in [1, {MAX_K:,}], got {self.k:,}")
+        if self.max_gib <= 0:
+            raise ValueError(f"max_gib must be > 0, got {self.max_gib}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.proposal_temperature is not None and self.proposal_temperature < self.temperature:

@@ -69,6 +69,10 @@ from ds_distil.study.relay import Relay
 STATE = ".experiment"
 RANK_COMMANDS = ("distill", "finetune", "teacher-cache")  # the commands that run as ranks (srun steps under SLURM)
 BATCHED = ("distill", "finetune")  # the rank commands with a global batch (micro x accumulation x ranks)
+# A file of each command's finished output (outputs appear whole: a staging directory swapped in, or a manifest written
+# last): a stage marked done whose file is gone (deleted by hand, a disk restored in part) is redone, not skipped.
+FINISHED = {"prepare": "manifest.json", "vocab": "vocab_map.json", "teacher-cache": "manifest.json",
+            "distill": "student/config.json", "finetune": "results.json", "report": "tables.md", "tasks": "test.csv"}
 
 
 # ---------------------------------------------------------------------------------- scheduling
@@ -195,9 +199,15 @@ class Runner:
     def marker(self, stage: Stage) -> dict | None:
         p = self.marker_path(stage)
         try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            m = json.loads(p.read_text())
+        except (OSError, ValueError):
             return None
+        return m if isinstance(m, dict) else None
+
+    def output_missing(self, stage: Stage) -> Path | None:
+        """The file of a stage's output that says it finished (FINISHED), if it is not there."""
+        path = stage.out / FINISHED[stage.command] if stage.command in FINISHED else stage.out
+        return None if path.exists() else path
 
     def write_marker(self, stage: Stage, **fields) -> None:
         p = self.marker_path(stage)
@@ -205,12 +215,15 @@ class Runner:
         atomic_write_json(p, {"name": stage.name, "key": stage.key, "command": shown(stage, self.launcher, False), **fields})
 
     def status(self, stage: Stage) -> str:
-        """done | stale (done with other settings) | retry (started, not finished, same settings) | changed | new."""
+        """done | stale (done with other settings) | lost (done, but its output is gone) | retry (started, not finished,
+        same settings) | changed | new."""
         m = self.marker(stage)
         if m is None:
             return "new"
         if m.get("state") == "done":
-            return "done" if m.get("key") == stage.key else "stale"
+            if m.get("key") != stage.key:
+                return "stale"
+            return "lost" if self.output_missing(stage) else "done"
         return "retry" if m.get("key") == stage.key else "changed"
 
     def log_path(self, stage: Stage) -> Path:
@@ -263,7 +276,8 @@ class Runner:
         for i, s in enumerate(self.stages, 1):
             st = self.status(s)
             what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": "started earlier: "
-                    + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run"}[st]
+                    + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run",
+                    "lost": f"done, but {self.output_missing(s)} is gone: redo"}[st]
             note = self.stage_note(s, with_minutes=st != "done")
             print(f"[{i}/{len(self.stages)}] {s.name} ({what}{'; ' + note if note else ''})")
             print(f"    {shown(s if st == 'done' else self.launched(s), self.launcher, st == 'retry' and s.resumable)}")
@@ -310,6 +324,11 @@ class Runner:
                   "finetune stages keep their global batch (micro x accumulation x ranks)", flush=True)
         elif not (self.state / "ranks.json").exists():
             atomic_write_json(self.state / "ranks.json", {"ranks": self.study.ranks})
+        lost = [s for s in todo if self.status(s) == "lost"]
+        if lost:
+            print(f"experiment: {len(lost)} stage(s) marked done have lost their output, redone from scratch: "
+                  + ", ".join(f"{s.name} ({self.output_missing(s)} is gone)" for s in lost[:6]) + (" ..." if len(lost) > 6 else ""),
+                  flush=True)
         stale = [s.name for s in todo if self.status(s) in ("stale", "changed")]
         if stale:
             print(f"experiment: settings changed for {len(stale)} stage(s) (and what depends on them), redone from scratch: "

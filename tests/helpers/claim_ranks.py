@@ -4,10 +4,12 @@ the directory to write, or rank 0's refusal as its own one-line error."""
 import os
 import sys
 
+from ds_distil.cli import setup_logging
 from ds_distil.core.errors import UserError
 from ds_distil.core.rundir import claim, claim_on_rank0
 from ds_distil.runtime.engine import close_distributed, init_distributed
 
+setup_logging()  # each rank's line of where it runs, on stderr
 d = init_distributed()
 try:
     rd = claim_on_rank0(d.rank, lambda: claim(sys.argv[1], "distill", in_place=True))
