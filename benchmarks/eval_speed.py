@@ -9,7 +9,7 @@ max_length):
 
 * before: the prediction pass up to this benchmark's commit: rows in file order (DistributedSampler, no shuffle),
   each batch padded to its longest row, `torch.no_grad`, through the DeepSpeed engine's forward;
-* ours: `ds_distil.finetune.train.predict`: rows longest first in batches of neighbours in length, inference mode,
+* ours: `ds_distil.finetune.inference.predict`: rows longest first in batches of neighbours in length, inference mode,
   the model called directly;
 * plain: what a careful engineer writes by hand for one process: the model in eval mode under `torch.inference_mode`,
   rows sorted by length, each batch padded to its longest row, argmax, nothing else.
@@ -38,7 +38,7 @@ def _before(engine, feats, batch_size, pad_id, device) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from ds_distil.finetune.train import collate
+    from ds_distil.finetune.features import collate
 
     engine.eval()
     out = {}
@@ -57,7 +57,7 @@ def _plain(model, feats, batch_size, pad_id, device) -> dict:
     """A plain inference loop: sorted by length, inference mode, the model itself."""
     import torch
 
-    from ds_distil.finetune.train import collate
+    from ds_distil.finetune.features import collate
 
     order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
     fn, out = collate(pad_id), {}
@@ -77,7 +77,9 @@ def measure(spec: dict) -> dict:
 
     from ds_distil.data.tasks import load_task
     from ds_distil.data.tokenizer import load_tokenizer
-    from ds_distil.finetune.train import build_model, featurise, predict
+    from ds_distil.finetune.features import featurise
+    from ds_distil.finetune.inference import predict
+    from ds_distil.finetune.model import build_model
     from ds_distil.runtime import engine as eng
     from ds_distil.schema.distill import TrainConfig
 

@@ -56,7 +56,7 @@ def _fixed_batches(feats: list[dict], batch: int, max_length: int, pad_id: int, 
     """n batches of exactly batch x max_length (the finetune collate, then padded on to max_length)."""
     import torch
 
-    from ds_distil.finetune.train import collate
+    from ds_distil.finetune.features import collate
 
     fn = collate(pad_id)
     out = []
@@ -92,7 +92,8 @@ def measure(spec: dict) -> dict:
     from benchmarks.reference import ReferenceFinetune
     from ds_distil.data.tasks import load_task
     from ds_distil.data.tokenizer import load_tokenizer
-    from ds_distil.finetune.train import build_model, featurise
+    from ds_distil.finetune.features import featurise
+    from ds_distil.finetune.model import build_model
     from ds_distil.runtime import engine as eng
     from ds_distil.runtime.precision import auto_precision
 

@@ -72,7 +72,8 @@ def _finetune_steppers(spec, d):
     from benchmarks.reference import ReferenceFinetune
     from ds_distil.data.tasks import load_task
     from ds_distil.data.tokenizer import load_tokenizer
-    from ds_distil.finetune.train import build_model, featurise
+    from ds_distil.finetune.features import featurise
+    from ds_distil.finetune.model import build_model
 
     tok = load_tokenizer(str(DATA / "mbert_tokenizer"))
     task = load_task("hatespeech", str(DATA / "hatespeech"))

@@ -146,22 +146,37 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json."""
-    from ds_distil.core.signals import exit_on_stop_signal, ignore_stop_signals
+    """Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/model, DIR/predictions,
+    DIR/results.json."""
+    from ds_distil.core.signals import ignore_stop_signals
     from ds_distil.finetune.summary import result_lines
     from ds_distil.finetune.train import run_finetune
     from ds_distil.runtime.engine import close_distributed
 
     cfg, recipe = commands.finetune_config(args)
-    exit_on_stop_signal("finetune")
-    res = run_finetune(args.model, args.task, args.out, cfg, overwrite=args.overwrite, recipe=recipe)
-    ignore_stop_signals()  # results.json is written: a late signal must not turn this run into a "stopped" one
-    close_distributed()
+    status, res = run_finetune(args.model, args.task, args.out, cfg, overwrite=args.overwrite, recipe=recipe, resume=args.resume)
+    ignore_stop_signals()  # the work is saved (results, or a checkpoint): a late signal must not turn this exit into "killed"
+    close_distributed()  # every rank returns the same status (finished, or stopped by a signal at the same step)
+    if status != 0:
+        return status
     if res["score"] is not None:
         print("\n".join(result_lines(res)))
         print(f"{res['model_name']} | {res['task']} / {res['dataset']} | test {res['metric']} {res['score']:.4f} | "
               f"macro-F1 {res['macro_f1']:.4f} | valid {res['valid_score']:.4f} | train {res['train_runtime_s']:.1f} s | "
               f"{args.out}/results.json")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict the labels of a file's rows with a finetuned model; one JSON line per row."""
+    from ds_distil.finetune.predict import run_predict, summary_lines
+    from ds_distil.runtime.engine import close_distributed
+
+    cfg = commands.stage_config(args)
+    found = run_predict(args.model, args.input, args.out, cfg, overwrite=args.overwrite)
+    close_distributed()
+    if found is not None:
+        print("\n".join(summary_lines(found)))
     return 0
 
 
@@ -203,7 +218,7 @@ def cmd_build_nli(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"prepare": cmd_prepare, "vocab": cmd_vocab, "trim": cmd_trim, "inspect": cmd_inspect, "distill": cmd_distill, "teacher-cache": cmd_teacher_cache,
-            "export": cmd_export, "finetune": cmd_finetune, "report": cmd_report, "experiment": cmd_experiment,
+            "export": cmd_export, "finetune": cmd_finetune, "predict": cmd_predict, "report": cmd_report, "experiment": cmd_experiment,
             "tasks build-nli": cmd_build_nli}
 
 

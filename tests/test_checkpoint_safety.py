@@ -24,7 +24,7 @@ import pytest
 import torch
 from conftest import ROOT, one_line_error, run_cli, tree
 
-from ds_distil.distill.checkpoint import MARKER, _prune, latest_tag
+from ds_distil.runtime.checkpoint import MARKER, _prune, latest_tag
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
@@ -217,7 +217,7 @@ def test_export_falls_back_from_a_checkpoint_whose_record_lists_nothing_and_neve
             opened.append(str(self))
         return real_stat(self, *a, **k)
 
-    from ds_distil.distill.checkpoint import verify
+    from ds_distil.runtime.checkpoint import verify
 
     try:
         Path.stat = spy

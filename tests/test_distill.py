@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, free_port, run_cli
 
-from ds_distil.distill.checkpoint import MARKER, latest_tag
+from ds_distil.runtime.checkpoint import MARKER, latest_tag
 
 HELPER = ROOT / "tests" / "helpers" / "distill_run.py"
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

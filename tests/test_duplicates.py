@@ -27,16 +27,23 @@ def test_copies_within_and_across_splits_are_counted_and_warned():
     assert rep["across"]["valid_in_train"] == {"rows": 1, "share": 0.25, "distinct": 1}
     assert rep["across"]["test_in_train"] == {"rows": 1, "share": pytest.approx(1 / 3), "distinct": 1}
     assert rep["across"]["test_in_valid"]["rows"] == 1
-    warned = duplicates.warnings(rep)
-    assert len(warned) == 3 and warned[0].startswith("1 of the 4 validation rows (25.0%; 1 distinct texts) also occur in training")
-    assert "task.dedup=drop" in warned[0]
+    warned = duplicates.warnings(rep, steps=40)
+    # training and validation are more than 20% repeats: a warning each, training's with the steps the repeats take
+    assert warned[0].startswith("3 of the 6 training rows (50.0%) repeat an earlier row (3 distinct texts, one of them 3 times; ")
+    assert "about 20 of the run's 40 optimizer steps go to texts the model has seen already" in warned[0]
+    assert warned[1].startswith("1 of the 4 validation rows (25.0%) repeat an earlier row") and "counts a text once per copy" in warned[1]
+    assert all("task.dedup=drop keeps one copy of each text in training and in validation" in w for w in warned[:2])
+    assert len(warned) == 5 and warned[2].startswith("1 of the 4 validation rows (25.0%; 1 distinct texts) also occur in training")
+    assert "task.dedup=drop" in warned[2]
 
-    dropped = duplicates.drop(task)  # training: one copy per text, none of the held-out texts; valid and test untouched
+    dropped = duplicates.drop(task)  # training: one copy per text, none of the held-out texts; validation: one copy; test untouched
     assert [e.text for e in dropped.splits["train"]] == ["Ang ganda  NITO"]
-    assert dropped.splits["valid"] == valid and dropped.splits["test"] == test
-    assert dropped.provenance["dedup_dropped"] == {"train_duplicates": 2, "train_in_valid_or_test": 3, "train_rows_left": 1}
+    assert dropped.splits["valid"] == valid[:3] and dropped.splits["test"] == test
+    assert dropped.provenance["dedup_dropped"] == {"train_duplicates": 2, "train_in_valid_or_test": 3, "train_rows_left": 1,
+                                                   "valid_duplicates": 1, "valid_rows_left": 3, "test": "kept as it is"}
     after = duplicates.report(dropped)
     assert after["across"]["valid_in_train"]["rows"] == after["across"]["test_in_train"]["rows"] == 0
+    assert after["splits"]["valid"]["duplicate_rows"] == 0
     assert [w.split(" also occur in ")[1].split(" ")[0] for w in duplicates.warnings(after)] == ["validation"]
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from conftest import ROOT, free_port, one_line_error, run_cli, run_prepare
 
-from ds_distil.distill.checkpoint import MARKER, latest_tag, verify
+from ds_distil.runtime.checkpoint import MARKER, latest_tag, verify
 
 HELPER = ROOT / "tests" / "helpers" / "distill_run.py"
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -25,10 +25,11 @@ def finetune_cmd(out, model, task, *overrides, ranks=1):
 def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
     import subprocess
 
-    common = ["train.max_steps=6", "train.micro_batch_size=8", "task.max_length=48", "eval_batch_size=128",
+    common = ["train.max_steps=6", "train.micro_batch_size=8", "task.max_length=48", "eval_batch_size=128", "checkpoint.every_steps=0",
               f"task.data_dir={data_dir / 'hatespeech'}", f"task.tokenizer={data_dir / 'mbert_tokenizer'}"]
     for model, ranks in (("micro", 2), ("tiny", 1)):
-        extra = ["eval_every_steps=3"] if ranks == 2 else []  # a mid-training evaluation gathers every rank's predictions
+        # a mid-training evaluation gathers every rank's predictions
+        extra = ["eval_every_steps=3"] if ranks == 2 else ["eval_every_steps=null"]
         proc = subprocess.run(finetune_cmd(tmp_path / model, model, "hatespeech", *common, *extra, ranks=ranks), capture_output=True,
                               text=True, env=ENV, cwd=ROOT, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -41,6 +42,16 @@ def test_two_ranks_finetune_hatespeech_and_report(tmp_path, data_dir):
     assert res["steps"] == 6 and res["config"]["train"]["micro_batch_size"] == 8
     assert res["recipe"]["name"] == "blank" and res["config"]["train"]["lr"] == 5e-4  # a preset: the blank recipe, no flag
     assert (tmp_path / "micro" / "finetune_config.yaml").exists() and list((tmp_path / "micro" / "tensorboard").glob("events.*"))
+    # `ds-distil predict` on 2 ranks (each a share of the rows, batched by length, gathered): the run's own test predictions
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), "-m",
+                           "ds_distil", "predict", "--model", str(tmp_path / "micro" / "model"), "--input",
+                           str(data_dir / "hatespeech" / "test.csv"), "--out", str(tmp_path / "p.jsonl"), "batch_size=256"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mine, run = ([json.loads(line) for line in f.read_text().splitlines()]
+                 for f in (tmp_path / "p.jsonl", tmp_path / "micro" / "predictions" / "test.jsonl"))
+    assert len(mine) == 4232 and [(p["id"], p["predicted"]) for p in mine] == [(p["id"], p["predicted"]) for p in run]
+    assert max(abs(a - b) for p, q in zip(mine, run) for a, b in zip(p["logits"], q["logits"])) < 1e-5  # batched otherwise
 
     # the table: rows per model, score and runtime per task, speedup against a chosen baseline row
     rep = run_cli("report", "--runs", str(tmp_path / "micro"), str(tmp_path / "tiny"), "--out", str(tmp_path / "report"),
@@ -68,7 +79,7 @@ def test_two_zero2_ranks_finetune_as_one_rank_without_zero(tmp_path, data_dir):
                                 "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64,
                                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "pad_token_id": 0}))
     common = ["train.max_steps=8", "log_every_steps=1", "task.max_length=32", "task.max_train_examples=400", "train.lr=1e-3",
-              f"task.data_dir={data_dir / 'hatespeech'}"]
+              "eval_every_steps=null", "checkpoint.every_steps=0", f"task.data_dir={data_dir / 'hatespeech'}"]
     losses, results = {}, {}
     for ranks, batch in ((2, 4), (1, 8)):
         out = tmp_path / f"r{ranks}"
@@ -124,7 +135,7 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
 
     proc = subprocess.run(finetune_cmd(tmp_path / "out", str(model), "csv", f"task.data_dir={d}", "task.valid_fraction=0.2",
                                        "train.lr=5e-5", "train.max_steps=3", "train.micro_batch_size=8", "task.max_length=auto",
-                                       "eval_every_steps=2"),
+                                       "eval_every_steps=2", "checkpoint.every_steps=0"),
                           capture_output=True, text=True, env={**ENV, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # one process builds no DeepSpeed op, nor waits on another process's build lock
@@ -165,11 +176,18 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     assert res["baselines"]["majority"]["label"] == "ok" and res["baselines"]["majority"]["test"]["accuracy"] == 0.8
     collapsed = max(test["predicted_counts"].values()) / 20 > 0.95
     assert any("the model predicts" in w for w in res["warnings"]) == collapsed and ("WARNING: the model predicts" in proc.stdout) == collapsed
-    # the leaked test tweet: counted, warned before training (log) and after it (console, results.json)
+    # the leaked test tweet: counted, warned once, before training (the console), and kept in results.json
     assert res["duplicates"]["across"]["test_in_train"] == {"rows": 1, "share": 0.05, "distinct": 1}
     assert res["duplicates"]["across"]["valid_in_train"]["rows"] == 0  # the held-out split keeps copies together
     leak = "1 of the 20 test rows (5.0%; 1 distinct texts) also occur in training"
-    assert any(w.startswith(leak) for w in res["warnings"]) and leak in proc.stderr and "WARNING: " + leak in proc.stdout
+    assert any(w.startswith(leak) for w in res["warnings"]) and (proc.stderr + proc.stdout).count(leak) == 1
+    assert "(1 warning about the data, printed before training, is in results.json too)" in proc.stdout
+    # held-out splits of 8 and 20 rows: their scores' 95% intervals, warned once, at the end
+    for split, n in (("validation", 8), ("test", 20)):
+        lo, hi = res["evaluation"]["valid" if split == "validation" else "test"]["interval95"]
+        line = f"the {split} split has {n} rows: its accuracy "
+        assert lo <= res["evaluation"]["valid" if split == "validation" else "test"]["score"] <= hi
+        assert (proc.stderr + proc.stdout).count(line) == 1 and f"WARNING: {line}" in proc.stdout and "95% interval of" in proc.stdout
     assert "duplicate rows (Unicode NFKC, case folded, white space collapsed): train " in proc.stderr
     # task.max_length=auto: 99% of the training tweets, within the model's 64 positions; what it cut, per split
     trunc = res["truncation"]
@@ -182,3 +200,101 @@ def test_finetune_on_a_users_imbalanced_csv(tmp_path, data_dir):
     # the pretraining head and the new classifier are one line of ours, not transformers' key table; no op-build chatter
     assert "new (trained from scratch): bert.pooler.dense, classifier" in proc.stderr
     assert "LOAD REPORT" not in proc.stderr + proc.stdout and "built successfully" not in proc.stdout
+
+    check_model_dir_and_predict(tmp_path / "out", d / "test.csv", res)
+
+
+def check_model_dir_and_predict(out, test_csv, res):
+    """DIR/model loads with transformers alone (a process that never imports ds_distil) and predicts, for every test row,
+    the label DIR/predictions/test.jsonl says; `ds-distil predict` on the test file says the same, and refuses a file
+    that does not fit the model in one line."""
+    import subprocess
+
+    preds = [json.loads(line) for line in (out / "predictions" / "test.jsonl").read_text().splitlines()]
+    assert len(preds) == 20 and preds[0]["id"] == "test.csv:2" and set(preds[0]) == {"id", "text", "gold", "predicted", "probabilities",
+                                                                                     "logits", "truncated"}
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 and p["predicted"] == max(p["probabilities"], key=p["probabilities"].get)
+               for p in preds)
+    assert [p["gold"] for p in preds] == ["bad" if i % 5 == 0 else "ok" for i in range(20)]
+    assert sum(p["predicted"] == p["gold"] for p in preds) / 20 == res["score"]  # the scores are these predictions'
+    assert len((out / "predictions" / "valid.jsonl").read_text().splitlines()) == 8
+    assert res["keep"] == {"setting": "last", "chosen": "last", "step": 3, "valid_score": res["valid_score"]}
+    assert not (out / "checkpoints").exists() and "watch it: tensorboard --logdir" in (out / "finetune.log").read_text()
+    model_dir = out / "model"
+    spec = json.loads((model_dir / "ds_distil_task.json").read_text())
+    assert spec["kind"] == "sequence" and spec["labels"] == ["bad", "ok"] and spec["text_column"] == "text"
+    card = (model_dir / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card and "## Scores" in card and "majority" in card
+    assert "AutoModelForSequenceClassification" in card
+    code = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        "m = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval()\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "texts = [json.loads(line)['text'] for line in open(sys.argv[2])]\n"
+        "with torch.no_grad():\n"
+        "    ids = m(**tok(texts, truncation=True, padding=True, return_tensors='pt')).logits.argmax(-1).tolist()\n"
+        "assert 'ds_distil' not in sys.modules\n"
+        "print(json.dumps([m.config.id2label[i] for i in ids]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(model_dir), str(out / "predictions" / "test.jsonl")], capture_output=True,
+                          text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [p["predicted"] for p in preds]
+
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(test_csv), "--out", str(out.parent / "p.jsonl"), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = [json.loads(line) for line in (out.parent / "p.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["predicted"], p["gold"]) for p in again] == [(p["id"], p["predicted"], p["gold"]) for p in preds]
+    assert f"against the file's gold labels: accuracy {res['score']:.4f}" in proc.stdout
+    bad = out.parent / "other-labels.csv"
+    bad.write_text("text,label\nisang tweet,ok\nisa pa,neutral\n", encoding="utf-8")
+    proc = run_cli("predict", "--model", str(model_dir), "--input", str(bad), "--out", str(out.parent / "q.jsonl"), env=ENV)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"ds-distil predict: error: {bad}:3: label 'neutral' is not one of the model's labels (bad, ok); fix the label (a file without the "
+        "label column is predicted without gold labels), or set skip_bad_rows=true to skip such rows and count them"]
+    assert not (out.parent / "q.jsonl").exists()
+
+
+def test_a_duplicated_set_is_warned_once_each_and_dedup_drop_says_what_it_dropped(tmp_path, data_dir):
+    """Issue 40's tweets, in small: training rows mostly repeats, a validation split of copies, held-out splits far under
+    200 rows, texts longer than max_length. Each warning is a WARNING, printed once; task.dedup=drop dedupes training and
+    validation, says so, and leaves test as it is."""
+    import csv
+    import subprocess
+
+    with open(data_dir / "hatespeech" / "train.csv", encoding="utf-8") as f:
+        texts = [r["text"] for r in csv.DictReader(f)][:40]
+    d = tmp_path / "dups"
+    d.mkdir()
+    rows = {"train": [t for i, t in enumerate(texts[:20]) for _ in range(1 + i % 5)],  # 60 rows, 20 distinct: 66.7% repeats
+            "valid": [t for t in texts[20:30] for _ in range(3)], "test": texts[30:40] + texts[:2]}
+    for split, split_rows in rows.items():
+        with open(d / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows([t, "a" if texts.index(t) % 2 else "b"] for t in split_rows)
+    common = ["task.max_length=16", "train.epochs=1", "train.micro_batch_size=8", "eval_every_steps=null", "checkpoint.every_steps=0",
+              f"task.data_dir={d}", f"task.tokenizer={data_dir / 'mbert_tokenizer'}"]
+    proc = subprocess.run(finetune_cmd(tmp_path / "keep", "micro", "csv", *common), capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    both = proc.stderr + proc.stdout
+    repeats = ("40 of the 60 training rows (66.7%) repeat an earlier row (20 distinct texts, one of them 5 times; ",
+               "about 5 of the run's 8 optimizer steps go to texts the model has seen already")
+    for needle in (*repeats, "20 of the 30 validation rows (66.7%) repeat an earlier row", "2 of the 12 test rows (16.7%",
+                   "task.max_length=16 cuts ", "the validation split has 30 rows: its accuracy",
+                   "the test split has 12 rows: its accuracy"):
+        assert both.count(needle) == 1, (needle, both[-4000:])
+    assert f"WARNING ds_distil.finetune.setup: {repeats[0]}" in proc.stderr  # a warning, not an INFO line
+    res = json.loads((tmp_path / "keep" / "results.json").read_text())
+    assert res["steps"] == 8 and res["duplicates"]["splits"]["valid"]["duplicate_rows"] == 20
+
+    proc = subprocess.run(finetune_cmd(tmp_path / "drop", "micro", "csv", *common, "task.dedup=drop"), capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("task.dedup=drop: training: dropped 39 repeated rows and 3 rows whose text is in validation or test, 18 left; "
+            "validation: dropped 20 repeated rows, 10 left; test: left as it is") in proc.stderr
+    assert "repeat an earlier row" not in proc.stderr + proc.stdout
+    res = json.loads((tmp_path / "drop" / "results.json").read_text())
+    assert res["splits"]["train"]["examples"] == 18 and res["splits"]["valid"]["examples"] == 10 and res["splits"]["test"]["examples"] == 12

@@ -60,5 +60,5 @@ def test_the_recipe_line_says_what_was_set_and_what_the_user_kept():
 
     _, recipe = resolve("--model", "tiny", "train.lr=0.001")
     line = recipe_line(recipe)
-    assert line.startswith("recipe: blank (") and "because 'tiny' has random weights: task.max_length=64" in line
+    assert line.startswith("recipe: blank (") and "because 'tiny' has random weights: task.max_length=auto" in line
     assert "; yours kept: train.lr=0.001 (recipe=blank|pretrained|none chooses another)" in line

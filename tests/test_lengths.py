@@ -38,7 +38,7 @@ def test_truncated_examples_and_tokens_per_split(tok):
     pairs = Task("nli", "pair", "accuracy", {s: [Example(words(10), "a", words(6)), Example(words(2), "b", words(2))]
                                              for s in ("train", "valid", "test")})
     assert lengths.token_lengths(pairs, "test", tok) == [19, 7]
-    from ds_distil.finetune.train import featurise
+    from ds_distil.finetune.features import featurise
 
     assert [len(f["input_ids"]) for f in featurise(pairs, "test", tok, 12)] == [12, 7]  # 19 - 12 = 7 tokens cut, as counted
     assert lengths.truncation([19, 7], 12)["tokens_cut"] == 7

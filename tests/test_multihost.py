@@ -24,7 +24,7 @@ import torch
 from conftest import ROOT
 from test_slurm import job_field, wait_done, wait_for
 
-from ds_distil.distill.checkpoint import latest_tag, verify
+from ds_distil.runtime.checkpoint import latest_tag, verify
 
 HOSTS_SH = ROOT / "tests" / "multihost" / "hosts.sh"
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -96,3 +96,17 @@ def test_a_checkpoint_from_before_elastic_resume_resumes_on_its_own_layout_only(
     check(old, fingerprint(BASE, MANIFEST, 2, ds(), "rule"), "step00000010", derived=True)
     with pytest.raises(UserError, match="written before elastic resume resumes on its own number of ranks"):
         check(old, fingerprint(BASE, MANIFEST, 1, ds(accum=2, world=1), "rule"), "step00000010", derived=True)
+
+
+def test_finetune_still_refuses_another_number_of_ranks():
+    """Elastic resume is distillation's: finetuning's comparison (the same runtime/resume.py, without distill's layout
+    keys) refuses a change of world size, naming the run's own settings."""
+    from ds_distil.finetune.setup import DERIVED
+    from ds_distil.runtime import resume as common
+    from ds_distil.schema.finetune import FinetuneConfig
+
+    saved, now = {"train.lr": 0.002, "world_size": 2}, {"train.lr": 0.002, "world_size": 1}
+    args = {"derived_keys": DERIVED, "cls": FinetuneConfig, "settings_file": "DIR/finetune_config.yaml"}
+    common.check(saved, now, "step00000004", derived=False, **args)  # no setting changed
+    with pytest.raises(UserError, match=r"--resume would change world_size from 2 to 1 .*\(DIR/finetune_config.yaml\)"):
+        common.check(saved, now, "step00000004", derived=True, **args)

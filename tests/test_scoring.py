@@ -3,6 +3,7 @@ the one-class warning, progress lines without a terminal, third-party output kep
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -74,6 +75,40 @@ def test_progress_without_a_terminal_logs_lines_with_eta(caplog):
     caplog.clear()
     silent.update(5)
     assert not caplog.messages  # other ranks say nothing
+
+
+def test_the_95_percent_interval_brackets_the_score_and_counts_entities_as_seqeval_does():
+    import random
+
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    from ds_distil.finetune.scoring import _row_counts, interval
+
+    rng = random.Random(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC"]
+    gold = [[rng.choice(tags[:2] + tags[3:]) for _ in range(6)] for _ in range(80)]
+    pred = [[t if rng.random() < 0.7 else rng.choice(tags) for t in row] for row in gold]
+    ex = [Example(["w"] * 6, g) for g in gold]
+    task = Task("ner", "token", "f1", {"train": ex, "valid": ex, "test": ex}, labels=sorted({t for r in gold + pred for t in r}))
+    counts = _row_counts(task, gold, pred).sum(0)
+    assert 2 * counts[0] / (counts[1] + counts[2]) == pytest.approx(f1_score(gold, pred, mode="strict", scheme=IOB2))
+    feats = [{"index": i, "labels": [task.labels.index(t) for t in g]} for i, g in enumerate(gold)]
+    preds = {i: [task.labels.index(t) for t in p] for i, p in enumerate(pred)}
+    score = evaluate(task, preds, feats)["score"]
+    lo, hi = interval(task, preds, feats)
+    assert lo < score < hi and hi - lo < 0.3 and interval(task, preds, feats) == [lo, hi]  # seeded
+
+
+def test_hparams_leave_unset_settings_out(tmp_path):
+    """TensorBoard's HParams tab showed max_steps as the string "None" for a run trained by epochs."""
+    from ds_distil.runtime.metrics import Metrics
+
+    m = Metrics(tmp_path, True, False, 10, 0)
+    m.hparams(10, {"lr": 0.1, "max_steps": None, "epochs": 3.0}, {"hparam/test_score": 0.5})
+    m.close()
+    record = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "hparams" in line][0]
+    assert record["hparams"] == {"lr": 0.1, "epochs": 3.0}
 
 
 def test_third_party_stdout_is_swallowed_unless_verbose_or_failing(capsys, monkeypatch):

@@ -160,25 +160,30 @@ def test_a_distill_job_requeued_onto_fewer_ranks_continues_with_its_global_batch
     assert [(e["step"], e["world_size"], e["was_world_size"]) for e in events] == [(stopped_at, 1, 2)]
 
 
-def test_preempted_finetune_job_keeps_finished_runs_and_redoes_the_stopped_one(cluster, tmp_path):
+def test_preempted_finetune_job_keeps_finished_runs_and_resumes_the_stopped_one(cluster, tmp_path):
+    """USR1 while the second task trains: it checkpoints and exits 75, the job requeues, the finished task is skipped and the
+    stopped one continues from its checkpoint (finetune --resume) to its results."""
     run_dir, log = tmp_path / "ft", tmp_path / "ft.log"
     job = sbatch(cluster, "finetune.sbatch", log, ntasks=2, MODEL="micro", TASKS="hatespeech pos", RUN_DIR=str(run_dir),
-                 EXTRA="task.max_train_examples=2000 train.lr=0.001 train.epochs=1 task.max_length=64")
+                 EXTRA="task.max_train_examples=2000 train.lr=0.001 train.epochs=1 task.max_length=64 log_every_steps=1 "
+                       "checkpoint.every_steps=0 eval_every_steps=null")
     first = run_dir / "hatespeech" / "seed42" / "results.json"
-    wait_for(lambda: first.exists() and log.exists() and "finetune micro on pos" in log.read_text(), cluster, job, log)
+    metrics = run_dir / "pos" / "seed42" / "metrics.jsonl"
+    wait_for(lambda: first.exists() and metrics.exists() and len(metrics.read_text().splitlines()) >= 2, cluster, job, log)
     finished = first.read_text()
-    signal_batch(cluster, job)  # pos is training (1,405 sentences, ~4 s)
+    signal_batch(cluster, job)  # pos is training (1,405 sentences: 22 steps)
     assert wait_done(cluster, job) == "COMPLETED", log.read_text()[-3000:]
     text = log.read_text()
     assert job_field(cluster, job, "Restarts") == "1", text[-3000:]
-    assert "received SIGUSR1: finetune stops now without results" in text
-    # 75 from every rank, or SLURM's status for a rank it ended once another exited: requeued either way
-    status = int(text.split("pos seed 42: ranks exited with status ")[1].split()[0])
-    assert status != 0 and "requeueing" in text
+    assert "received SIGUSR1: will checkpoint after the current step and stop" in text
+    stopped_at = int(text.split("stop requested by signal: checkpoint step")[1][:8])
+    assert "pos seed 42: ranks exited with status 75" in text and "requeueing" in text
     assert "(restart 1): hatespeech seed 42: done earlier" in text and "(restart 1): pos seed 42: start" in text
+    assert f"resumed from step {stopped_at}" in text
     assert first.read_text() == finished  # not redone
     pos = json.loads((run_dir / "pos" / "seed42" / "results.json").read_text())
-    assert pos["task"] == "pos" and pos["world_size"] == 2 and 0 <= pos["score"] <= 1
+    assert pos["task"] == "pos" and pos["world_size"] == 2 and 0 <= pos["score"] <= 1 and pos["resumed_at"] == [stopped_at]
+    assert (run_dir / "pos" / "seed42" / "model" / "model.safetensors").is_file()
     report = (run_dir / "report" / "report.md").read_text()
     assert "hatespeech" in report and "pos" in report
 

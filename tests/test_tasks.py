@@ -91,7 +91,7 @@ def test_nli_builder_is_balanced_deterministic_and_never_repeats_a_pair(data_dir
 
 def test_first_subword_label_alignment(mbert_tokenizer_dir):
     from ds_distil.data.tokenizer import load_tokenizer
-    from ds_distil.finetune.train import featurise
+    from ds_distil.finetune.features import featurise
 
     tok = load_tokenizer(str(mbert_tokenizer_dir))
     words = ["Pinagsasabihan", "si", "Juan", "ng", "Maynila"]

@@ -44,5 +44,14 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False, en
     return Path(path)
 
 
+def atomic_write_lines(path: str | Path, lines, *, encoding: str = "utf-8") -> Path:
+    """Lines (each written with a newline) to `path` whole or not at all (`atomic_file`), streamed: a large file is never
+    held whole."""
+    with atomic_file(path) as f:
+        for line in lines:
+            f.write((line + "\n").encode(encoding))
+    return Path(path)
+
+
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 1, fsync: bool = False, **dumps: Any) -> Path:
     return atomic_write(path, json.dumps(obj, indent=indent, **dumps), fsync=fsync)

@@ -18,6 +18,13 @@ log = logging.getLogger("ds_distil.core.progress")
 EVERY_S = 30.0  # the longest silence of long work without a terminal
 
 
+POSTFIX_EVERY_S = 1.0  # a bar's figures are read at most this often
+
+
+def plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -33,6 +40,7 @@ class Progress:
         self.log_every_s = log_every_s
         self.unit_scale = unit_scale
         self.t0 = self.last_log = time.perf_counter()
+        self.last_postfix = float("-inf")
         self.start = initial
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -41,14 +49,18 @@ class Progress:
                             unit_scale=unit_scale, file=sys.stderr)
 
     def update(self, n: int = 1, **postfix) -> None:
+        """Count `n` more; `postfix` figures shown beside (a callable is called only when shown: at most once a second
+        on a bar, once per log line, so that reading e.g. a loss off the GPU does not happen every step)."""
         if not self.enabled:
             return
         self.n += n
         if postfix:
             self.postfix.update(postfix)
         if self.bar is not None:
-            if postfix:
-                self.bar.set_postfix(self.postfix, refresh=False)
+            now = time.perf_counter()
+            if postfix and now - self.last_postfix >= POSTFIX_EVERY_S:
+                self.last_postfix = now
+                self.bar.set_postfix(self._figures(), refresh=False)
             self.bar.update(n)
         elif self.log_every_s is not None and time.perf_counter() - self.last_log >= self.log_every_s:
             self._log_line()
@@ -57,6 +69,9 @@ class Progress:
         """The caller logged a line of its own with the same news: the next progress line waits a full interval."""
         self.last_log = time.perf_counter()
 
+    def _figures(self) -> dict:
+        return {k: v() if callable(v) else v for k, v in self.postfix.items()}
+
     def _log_line(self) -> None:
         from tqdm import tqdm
 
@@ -64,11 +79,13 @@ class Progress:
         rate = (self.n - self.start) / max(now - self.t0, 1e-9)
         count = tqdm.format_sizeof if self.unit_scale else (lambda x: f"{x:,}")
         speed = tqdm.format_sizeof if self.unit_scale else (lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.2f}")
-        unit = self.unit if self.unit_scale else self.unit + "s"
+        unit = self.unit if self.unit_scale else plural(self.unit)
         done = f"{count(self.n)}/{count(self.total)} {unit} ({100 * self.n / max(self.total, 1):.0f}%)" if self.total else f"{count(self.n)} {unit}"
         eta = f" | ETA {_clock((self.total - self.n) / rate)}" if rate > 0 and self.total else ""
-        extra = "".join(f" | {k} {v}" for k, v in self.postfix.items())
-        log.info("%s: %s%s | %s %s/s%s", self.desc, done, extra, speed(rate), unit, eta)
+        extra = "".join(f" | {k} {v}" for k, v in self._figures().items())
+        # slower than one a second: the time each takes (what a training step is read by), else how many a second
+        pace = f"{1 / rate:.2f} s/{self.unit}" if 0 < rate < 1 and not self.unit_scale else f"{speed(rate)} {unit}/s"
+        log.info("%s: %s%s | %s%s", self.desc, done, extra, pace, eta)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -13,12 +13,15 @@ Every command that writes an `--out` claims it first (`claim`):
   killed run never blocks --resume; a second run is refused naming the PID and host that hold it.
   POSIX locks are what NFS supports across nodes (NFSv4 natively, v3 through lockd); a file system
   mounted without lock support gets a warning and no guard.
-* **Whole outputs.** One-shot commands (prepare, finetune, export, report, build-nli) write into a
+* **Whole outputs.** One-shot commands (prepare, export, report, build-nli) write into a
   hidden sibling `.NAME.ds-distil-new-PID` and swap it in on success (`commit`, an atomic
   renameat2 exchange where the file system has it): a failed or interrupted run leaves the old
   output as it was. The old output is then deleted if it was ds-distil's, or kept beside as
-  `NAME.replaced-DATE` if it was not. distill writes in place (it resumes); with --overwrite it
-  writes into the sibling and swaps it in at its first complete checkpoint.
+  `NAME.replaced-DATE` if it was not. distill and finetune write in place (they resume, and a user
+  watches their TensorBoard and metrics there); with --overwrite they write into the sibling and swap
+  it in: distill at its first complete checkpoint, finetune once its set-up succeeded (data read and
+  checked, model built). finetune's final outputs (model/, predictions/, results.json) appear whole
+  at the end (`swap_in`, results.json last).
 """
 
 from __future__ import annotations
@@ -48,11 +51,11 @@ LOCK = ".ds-distil.lock"
 STAGING_INFIX = ".ds-distil-new-"
 
 # What to do with an existing output of the same command:
-#   keep:       refused without --overwrite (expensive to make: shards, finetuning results)
+#   keep:       refused without --overwrite (expensive to make: shards, vocabularies)
 #   replace:    replaced without asking (derived from other outputs, cheap to make again)
 #   accumulate: the command adds its files to the folder (benchmark results)
-#   resume:     distill: continued with --resume, replaced with --overwrite
-POLICY = {"prepare": "keep", "finetune": "keep", "export": "replace", "report": "replace", "build-nli": "replace",
+#   resume:     distill, finetune: continued with --resume, replaced with --overwrite (the command refuses the rest)
+POLICY = {"prepare": "keep", "finetune": "resume", "export": "replace", "report": "replace", "build-nli": "replace",
           "benchmarks": "accumulate", "distill": "resume", "vocab": "keep", "trim": "replace", "teacher-cache": "resume"}
 
 # Files that only ds-distil writes: directories made before run markers existed still count as ours.
@@ -292,6 +295,21 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # e.g. NFS: two renames instead
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(new: Path, final: Path) -> None:
+    """Put the directory `new` at `final` in one step (an exchange where the file system has it): a reader sees the old
+    `final` or the new one, never a half-written one; the old one (an earlier output of the same run) is deleted."""
+    if not final.exists():
+        os.rename(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # now the old content
+        return
+    old = final.with_name(f".{final.name}.ds-distil-old-{os.getpid()}")
+    os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _aside_name(out: Path) -> Path:

@@ -1,10 +1,10 @@
 """SLURM's warning before a time limit or preemption (SIGUSR1, or SIGTERM) and what our commands do with it.
 
-`distill` finishes its step, checkpoints and exits EXIT_PREEMPTED (`StopRequest`, read by the trainer); while it
-waits for a batch that does not come (a stuck data loader, a hung file system) it exits EXIT_PREEMPTED without a
-checkpoint after a grace period. `finetune` has no checkpoints and exits EXIT_PREEMPTED at once; so does
-`teacher-cache`, whose finished files are its checkpoints (its --resume keeps them). slurm/*.sbatch requeue the job on
-that status, and the same command continues (distill --resume) or redoes the work (finetune).
+`distill` and `finetune` finish their step, checkpoint and exit EXIT_PREEMPTED (`StopRequest`, read by the loop); while
+distill waits for a batch that does not come (a stuck data loader, a hung file system) it exits EXIT_PREEMPTED without
+a checkpoint after a grace period. `teacher-cache` exits EXIT_PREEMPTED at once: its finished files are its
+checkpoints (its --resume keeps them). slurm/*.sbatch requeue the job on that status, and the same command continues
+(--resume).
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ tasks compare their words joined by spaces. Nothing fuzzier: "word for word, up 
 `report(task)` counts, per split, the rows, the distinct texts, the rows that repeat an earlier one
 and the texts that carry more than one label; across splits, the validation and test rows whose text
 also occurs in training (leakage: a held-out score that rewards memorising) and the test rows whose
-text occurs in validation. `warnings(report)` says so in one line per leak. `drop(task)`
-(`task.dedup=drop`) keeps one copy of each text in training and removes from training every text that
-occurs in validation or test; validation and test are left as they are, so their scores stay
-comparable with other runs on the same files.
+text occurs in validation. `warnings(report)` says so in one line per leak, and in one line per split
+whose rows are more than REPEAT_WARN_SHARE repeats (training: with the optimizer steps they take). `drop(task)`
+(`task.dedup=drop`) keeps one copy of each text in training and in validation, and removes from training every
+text that occurs in validation or test; test is left as it is, so that its scores stay comparable with other
+runs on the same files.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import Counter, defaultdict
 
 from ds_distil.core.errors import UserError
 from ds_distil.data.examples import Example, Task
+from ds_distil.schema.finetune import REPEAT_WARN_SHARE
 
 NORMALISATION = "Unicode NFKC, case folded, white space collapsed"
 _SPACE = re.compile(r"\s+")
@@ -84,9 +86,36 @@ def report(task: Task) -> dict:
 NAMES = {"train": "training", "valid": "validation", "test": "test"}
 
 
-def warnings(rep: dict) -> list[str]:
-    """One line per held-out split that shares texts (or groups) with training, or test with validation."""
+DEDUP = ("task.dedup=drop keeps one copy of each text in training and in validation, and drops the training rows whose "
+         "text is in validation or test (test stays as it is)")
+
+
+def repeat_warnings(rep: dict, steps: int | None = None) -> list[str]:
+    """One line per split whose rows are more than REPEAT_WARN_SHARE repeats of an earlier row; for training, with the
+    share of the run's `steps` (optimizer steps) they take."""
     out = []
+    for split, v in rep["splits"].items():
+        if v["duplicate_share"] <= REPEAT_WARN_SHARE:
+            continue
+        head = (f"{v['duplicate_rows']:,} of the {v['rows']:,} {NAMES[split]} rows ({v['duplicate_share']:.1%}) repeat an earlier "
+                f"row ({v['distinct']:,} distinct texts, one of them {v['most_copies']:,} times; {NORMALISATION})")
+        if split == "train":
+            cost = f"about {round(steps * v['duplicate_share']):,} of the run's {steps:,} optimizer steps" if steps else "that share of the steps"
+            out.append(f"{head}: {cost} go to texts the model has seen already, and the most copied texts weigh most in "
+                       f"what it learns; {DEDUP}")
+        elif split == "valid":
+            out.append(f"{head}: the validation score counts a text once per copy, and what is chosen on validation (train.keep=best, "
+                       f"the bag of words' model) leans to the most copied texts; {DEDUP}")
+        else:
+            out.append(f"{head}: the test score counts a text once per copy; task.dedup=drop leaves test as it is, so that its scores "
+                       "compare with other runs on the same file: to score each text once, remove the copies from the test file")
+    return out
+
+
+def warnings(rep: dict, steps: int | None = None) -> list[str]:
+    """One line per held-out split that shares texts (or groups) with training, or test with validation; one line per
+    split of more than REPEAT_WARN_SHARE repeats (repeat_warnings)."""
+    out = repeat_warnings(rep, steps)
     for name, held, other in PAIRS:
         o = rep["across"][name]
         n = rep["splits"][held]["rows"]
@@ -105,22 +134,32 @@ def warnings(rep: dict) -> list[str]:
     return out
 
 
-def drop(task: Task) -> Task:
-    """`task.dedup=drop`: training keeps the first copy of each text and none of the texts in validation or test."""
-    held = {text_key(e) for s in ("valid", "test") for e in task.splits[s]}
-    seen, kept, repeats, leaked = set(), [], 0, 0
-    for e in task.splits["train"]:
+def _first_copies(examples: list[Example], exclude: set = frozenset()) -> tuple[list[Example], int, int]:
+    """(the first copy of each text not in `exclude`, repeats dropped, rows dropped for `exclude`)."""
+    seen, kept, repeats, excluded = set(), [], 0, 0
+    for e in examples:
         k = text_key(e)
-        if k in held:
-            leaked += 1
+        if k in exclude:
+            excluded += 1
         elif k in seen:
             repeats += 1
         else:
             seen.add(k)
             kept.append(e)
-    dropped = {"train_duplicates": repeats, "train_in_valid_or_test": leaked, "train_rows_left": len(kept)}
-    if not kept:  # said here: Task would only see an empty training split
+    return kept, repeats, excluded
+
+
+def drop(task: Task) -> Task:
+    """`task.dedup=drop`: training keeps the first copy of each text and none of the texts in validation or test;
+    validation keeps the first copy of each text; test stays as it is."""
+    held = {text_key(e) for s in ("valid", "test") for e in task.splits[s]}
+    train, repeats, leaked = _first_copies(task.splits["train"], held)
+    if not train:  # said here: Task would only see an empty training split
         raise UserError(f"task.dedup=drop removed every one of the {len(task.splits['train']):,} training rows of {task.source or task.name} "
                         f"({leaked:,} also in validation or test, {repeats:,} repeats): the training file holds the held-out texts; "
                         "give training data of its own, or set task.dedup=keep")
-    return dataclasses.replace(task, splits={**task.splits, "train": kept}, provenance={**task.provenance, "dedup_dropped": dropped})
+    valid, valid_repeats, _ = _first_copies(task.splits["valid"])
+    dropped = {"train_duplicates": repeats, "train_in_valid_or_test": leaked, "train_rows_left": len(train),
+               "valid_duplicates": valid_repeats, "valid_rows_left": len(valid), "test": "kept as it is"}
+    return dataclasses.replace(task, splits={**task.splits, "train": train, "valid": valid},
+                               provenance={**task.provenance, "dedup_dropped": dropped})

@@ -16,6 +16,8 @@ class Example:
     label: str | list[str]  # a class, or one tag per token
     text_pair: str | None = None
     group: str | None = None  # task.group_column's value: rows of one group are never split across held-out splits
+    # what names it in predictions: task.id_column's value, or FILE:LINE where it was read; not part of its content
+    id: str | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "dev"), "test": ("test",)}
 FORMATS = (".csv", ".tsv", ".jsonl", ".json")
-SKIP_HINT = "or set task.skip_bad_rows=true to skip such rows and count them"
+SKIP_HINT = "or set {prefix}skip_bad_rows=true to skip such rows and count them"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,7 @@ class ReadOptions:
     seed: int = 0  # of the valid_fraction and test_fraction splits
     test_fraction: float | None = None
     group_column: str | None = None
+    id_column: str | None = None
 
 
 class BadRow(Exception):
@@ -255,10 +256,12 @@ def _cell(record: dict, column: str, what: str) -> str:
     return text
 
 
-def _check_columns(path: Path, header: list[str] | None, rows: list, opts: ReadOptions) -> None:
-    wanted = [c for c in (opts.text_column, opts.label_column, opts.text_pair_column, opts.group_column) if c]
-    setting = {opts.text_column: "task.text_column", opts.label_column: "task.label_column", opts.text_pair_column: "task.text_pair_column",
-               opts.group_column: "task.group_column"}
+def _check_columns(path: Path, header: list[str] | None, rows: list, opts: ReadOptions, prefix: str = "task.") -> list[str]:
+    """Refuse a file without a column the settings name; returns its columns."""
+    wanted = [c for c in (opts.text_column, opts.label_column, opts.text_pair_column, opts.group_column, opts.id_column) if c]
+    setting = {c: prefix + name for name, c in (("id_column", opts.id_column), ("group_column", opts.group_column),
+                                                ("text_pair_column", opts.text_pair_column), ("label_column", opts.label_column),
+                                                ("text_column", opts.text_column)) if c}
     if header is None:  # JSON: a field missing from every record is a setting, not a row, to fix
         records = [r for _, r in rows if isinstance(r, dict)]
         header = sorted({k for r in records for k in r})
@@ -266,7 +269,7 @@ def _check_columns(path: Path, header: list[str] | None, rows: list, opts: ReadO
     else:
         missing = [c for c in wanted if c not in header]
     if not missing:
-        return
+        return header
     col = missing[0]
     close = difflib.get_close_matches(col, header, n=1, cutoff=0.6) or [h for h in header if h.lower() == col.lower()]
     hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -275,19 +278,29 @@ def _check_columns(path: Path, header: list[str] | None, rows: list, opts: ReadO
     raise UserError(f"{path} has no column '{col}'{hint} (columns: {', '.join(header) or 'none'}); set {setting[col]}=NAME")
 
 
+def has_column(path: Path, column: str, encoding: str = "auto") -> bool:
+    """Whether a table file has `column` (a CSV/TSV header's name; a field of some JSON record)."""
+    header, rows, _ = read_rows(path, encoding)
+    if header is not None:
+        return column in header
+    return any(isinstance(r, dict) and column in r for _, r in rows)
+
+
 @dataclasses.dataclass
 class SplitData:
     examples: list
     record: dict  # file_record + rows, skipped by reason, encoding
 
 
-def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, train_path: Path | None):
-    """Examples of one file, every row checked; `known_labels` (valid/test): labels training has. The group
-    column (task.group_column) is required in the training file, read where present in the others."""
+def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, train_path: Path | None, prefix: str = "task."):
+    """Examples of one file, every row checked; `known_labels` (valid/test, or a model's input): labels training has,
+    `train_path` where they come from (None: a model's input, whose labels are the model's). The group column (task.group_column) is required in the training file, read
+    where present in the others. Without a label column (opts.label_column None) the examples have no label.
+    `prefix`: of the settings a message names (task.text_column, or predict's text_column)."""
     from ds_distil.data.examples import Example
 
     header, rows, used = read_rows(path, opts.encoding)
-    _check_columns(path, header, rows, opts if known_labels is None else dataclasses.replace(opts, group_column=None))
+    _check_columns(path, header, rows, opts if known_labels is None else dataclasses.replace(opts, group_column=None), prefix)
     examples, skipped, first_skipped = [], Counter(), {}
     for line, rec in rows:
         try:
@@ -295,25 +308,29 @@ def read_split(path: Path, opts: ReadOptions, known_labels: set[str] | None, tra
                 raise rec
             text = _cell(rec, opts.text_column, "text")
             pair = _cell(rec, opts.text_pair_column, "text") if opts.text_pair_column else None
-            label = _cell(rec, opts.label_column, "label").strip()
+            label = _cell(rec, opts.label_column, "label").strip() if opts.label_column else None
+            row_id = _cell(rec, opts.id_column, "id").strip() if opts.id_column else f"{path.name}:{line}"
             group = None
             if opts.group_column and known_labels is None:
                 group = _cell(rec, opts.group_column, "group").strip()
             elif opts.group_column and isinstance(rec.get(opts.group_column), (str, int, float)):
                 group = str(rec[opts.group_column]).strip() or None
-            if known_labels is not None and label not in known_labels:
+            if known_labels is not None and label is not None and label not in known_labels:
                 shown = ", ".join(sorted(known_labels)[:10])
+                if train_path is None:  # a model's input: the labels are the model's
+                    raise BadRow("label not in the model", f"label '{label}' is not one of the model's labels ({shown})",
+                                 "fix the label (a file without the label column is predicted without gold labels)")
                 raise BadRow("label not in training", f"label '{label}' never occurs in the training data ({train_path.name}: {shown})",
                              "fix the label or add training rows with it")
         except BadRow as bad:
             if not opts.skip_bad_rows:
-                raise UserError(f"{path}:{line}: {bad.detail}; {bad.fix}, {SKIP_HINT}") from None
+                raise UserError(f"{path}:{line}: {bad.detail}; {bad.fix}, {SKIP_HINT.format(prefix=prefix)}") from None
             skipped[bad.reason] += 1
             first_skipped.setdefault(bad.reason, line)
             continue
-        examples.append(Example(text, label, pair, group))
+        examples.append(Example(text, label, pair, group, row_id))
     if skipped:
-        log.warning("%s: skipped %d bad row(s) (task.skip_bad_rows): %s", path, sum(skipped.values()),
+        log.warning("%s: skipped %d bad row(s) (%sskip_bad_rows): %s", path, sum(skipped.values()), prefix,
                     "; ".join(f"{n} {r} (first: line {first_skipped[r]})" for r, n in skipped.items()))
     if not examples:
         raise UserError(f"{path} has no usable rows" + (f" ({sum(skipped.values())} skipped as bad)" if skipped else "") + "; add data")
@@ -365,4 +382,4 @@ def read_options(task) -> ReadOptions:
     """How the `task` section of a finetune config (schema.finetune.TaskConfig) says users' files are read."""
     return ReadOptions(text_column=task.text_column, label_column=task.label_column, text_pair_column=task.text_pair_column,
                        encoding=task.encoding, skip_bad_rows=task.skip_bad_rows, valid_fraction=task.valid_fraction, seed=task.seed,
-                       test_fraction=task.test_fraction, group_column=task.group_column)
+                       test_fraction=task.test_fraction, group_column=task.group_column, id_column=task.id_column)

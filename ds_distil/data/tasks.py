@@ -78,12 +78,12 @@ def _provenance(*paths: Path) -> dict:
 
 def read_iob2(path: Path) -> list[Example]:
     """Sentences of an IOB2 file: `index token tag ...` (tab-separated) or `token tag` per line, blank line between."""
-    sentences, tokens, tags = [], [], []
+    sentences, tokens, tags, start = [], [], [], [0]
 
     def flush(lineno):
         if tokens:
             check_iob2(tags, f"{path}:{lineno}")
-            sentences.append(Example(list(tokens), list(tags)))
+            sentences.append(Example(list(tokens), list(tags), id=f"{path.name}:{start[0]}"))
             tokens.clear()
             tags.clear()
 
@@ -94,6 +94,8 @@ def read_iob2(path: Path) -> list[Example]:
             continue
         if line.startswith("#"):
             continue
+        if not tokens:
+            start[0] = lineno
         cols = line.split("\t") if "\t" in line else line.split()
         if len(cols) >= 3 and cols[0].isdigit():
             token, tag = cols[1], cols[2]
@@ -129,11 +131,11 @@ def check_iob2(tags: list[str], where: str) -> None:
 
 def read_conllu_upos(path: Path) -> list[Example]:
     """Sentences of a CoNLL-U file as (forms, UPOS tags); multiword-token ranges and empty nodes skipped."""
-    sentences, forms, tags = [], [], []
+    sentences, forms, tags, start = [], [], [], 0
     for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
         if not line.strip():
             if forms:
-                sentences.append(Example(forms, tags))
+                sentences.append(Example(forms, tags, id=f"{path.name}:{start}"))
                 forms, tags = [], []
             continue
         if line.startswith("#"):
@@ -143,10 +145,12 @@ def read_conllu_upos(path: Path) -> list[Example]:
             raise UserError(f"{path}:{lineno}: a CoNLL-U token line has 10 tab-separated columns, this has {len(cols)}")
         if "-" in cols[0] or "." in cols[0]:
             continue
+        if not forms:
+            start = lineno
         forms.append(cols[1])
         tags.append(cols[3])
     if forms:
-        sentences.append(Example(forms, tags))
+        sentences.append(Example(forms, tags, id=f"{path.name}:{start}"))
     return sentences
 
 
@@ -162,10 +166,27 @@ def carve(examples: list[Example], fraction: float, seed: int) -> tuple[list[Exa
 # ----------------------------------------------------------------------------------- the tasks
 
 
+# the columns of the named table tasks (text, second text, label); the csv task's come from the config
+FIXED_COLUMNS = {"hatespeech": ("text", None, "label"), "nli": ("premise", "hypothesis", "label")}
+TOKEN_COLUMNS = ("tokens", None, "tags")  # a token task's words and tags as JSON fields (ds-distil predict's input)
+
+
+def columns(name: str, read: ReadOptions) -> tuple[str, str | None, str]:
+    """(text, second text, label) columns task `name` reads its rows from (token tasks: their JSON fields)."""
+    if name in ("pos", "ner"):
+        return TOKEN_COLUMNS
+    return FIXED_COLUMNS.get(name, (read.text_column, read.text_pair_column, read.label_column))
+
+
+def _fixed(name: str, read: ReadOptions) -> ReadOptions:
+    text, pair, label = FIXED_COLUMNS[name]
+    return dataclasses.replace(read, text_column=text, label_column=label, text_pair_column=pair)
+
+
 def hatespeech(data_dir: Path | None = None, hub: bool = False, read: ReadOptions = ReadOptions()) -> Task:
     if hub:
         return _hub_classification("hatespeech", "hate_speech_filipino", None, "text", "label")
-    read = dataclasses.replace(read, text_column="text", label_column="label", text_pair_column=None)
+    read = _fixed("hatespeech", read)
     return table_task("hatespeech", Path(data_dir or default_data_dir() / "hatespeech"), read)
 
 
@@ -218,8 +239,7 @@ def nli(data_dir: Path | None = None, hub: bool = False, read: ReadOptions = Rea
         return _hub_classification("nli", "jcblaisecruz02/newsph-nli", None, "premise", "label", text_pair="hypothesis")
     if data_dir is None:
         raise UserError("task nli: set task.data_dir=DIR to a directory with train/valid/test CSVs (make them with `ds-distil tasks build-nli`), or task.hub=true")
-    read = dataclasses.replace(read, text_column="premise", label_column="label", text_pair_column="hypothesis")
-    return table_task("nli", Path(data_dir), read)
+    return table_task("nli", Path(data_dir), _fixed("nli", read))
 
 
 def _hub_load(name: str, config: str | None):
@@ -254,7 +274,8 @@ def _hub_classification(task: str, name: str, config: str | None, text: str, lab
     splits = {}
     for split, d in _hub_splits(ds).items():
         names = _label_names(d, label)
-        splits[split] = [Example(r[text], names[r[label]] if names else str(r[label]), r[text_pair] if text_pair else None) for r in d]
+        splits[split] = [Example(r[text], names[r[label]] if names else str(r[label]), r[text_pair] if text_pair else None,
+                                 id=f"{name}/{split}:{i}") for i, r in enumerate(d)]
     return Task(task, "pair" if text_pair else "sequence", "accuracy", splits, source=name, dataset=name)
 
 
@@ -263,7 +284,8 @@ def _hub_tokens(task: str, name: str, tokens: str, tags: str) -> Task:
     splits = {}
     for split, d in _hub_splits(ds).items():
         names = _label_names(d, tags)
-        splits[split] = [Example(list(r[tokens]), [names[t] if names else str(t) for t in r[tags]]) for r in d]
+        splits[split] = [Example(list(r[tokens]), [names[t] if names else str(t) for t in r[tags]], id=f"{name}/{split}:{i}")
+                         for i, r in enumerate(d)]
     return Task(task, "token", "f1", splits, source=name, dataset=name)
 
 

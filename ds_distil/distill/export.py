@@ -17,8 +17,8 @@ from ds_distil.core.errors import UserError, os_errors_at
 from ds_distil.core.rundir import claim
 from ds_distil.core.safe_load import weights_only_loads
 from ds_distil.distill.card import write_card
-from ds_distil.distill.checkpoint import MARKER, choose_tag, complete_tags, verify, zero_stage
 from ds_distil.model.surgery import unpad_vocab
+from ds_distil.runtime.checkpoint import MARKER, choose_tag, complete_tags, verify, zero_stage
 
 log = logging.getLogger(__name__)
 PREFIX = "model."  # the student's weights in the engine's state dict (model.forward.MaskedLM)

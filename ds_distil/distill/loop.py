@@ -22,10 +22,10 @@ import torch
 from ds_distil.core import dist
 from ds_distil.core.errors import UserError
 from ds_distil.core.signals import EXIT_PREEMPTED, StopRequest, StopWhileWaiting
-from ds_distil.distill.checkpoint import Checkpoints, latest_tag, tag_for
 from ds_distil.distill.evaluate import Validator, console_line
 from ds_distil.distill.objectives.base import Objective
 from ds_distil.distill.step import DistillStep
+from ds_distil.runtime.checkpoint import Checkpoints, latest_tag, tag_for
 from ds_distil.runtime.engine import Dist, loss_scale
 from ds_distil.runtime.flops import Arch, distill_step_flops
 from ds_distil.runtime.metrics import Metrics

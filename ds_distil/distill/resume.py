@@ -1,4 +1,5 @@
-"""Resume is exact or refused: the settings a checkpoint was made under, compared on --resume.
+"""Resume is exact or refused: what a distillation checkpoint's fingerprint holds (the comparison itself is
+ds_distil/runtime/resume.py's, shared with finetuning).
 
 Every setting of the run config is recorded in the checkpoint (trainer_state.json, "resume") and compared on
 --resume, except those the schema marks as changeable (`setting(..., resume=True)` in schema/distill.py): the ones
@@ -16,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ds_distil.core.config import flat_fields, flatten, to_dict
-from ds_distil.core.errors import UserError
+from ds_distil.core.config import flatten, to_dict
+from ds_distil.runtime import resume as common
+from ds_distil.runtime.resume import saved_fingerprint  # noqa: F401 - distill's callers read it from here
 from ds_distil.schema.distill import DistillConfig
 
-DS_UNCOMPARED = ("steps_per_print", "wall_clock_breakdown")
 DS_LAYOUT = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "checkpoint")  # follow from the split
 DERIVED = ("world_size", "shards.content_sha256", "shards.seq_len", "shards.vocab_sha256", "data.masking_rule",
            "deepspeed.resolved_json_sha256", "deepspeed.json_sha256", "student.vocab_kept_sha256")  # follow from the data, ranks, JSON
@@ -35,14 +36,14 @@ HINTS = {LEGACY_JSON: " (the JSON, its precision, its ZeRO stage or the run's la
 
 def changeable() -> list[str]:
     """The config keys a resumed run may change (the schema's resume=True fields)."""
-    return [key for key, f in flat_fields(DistillConfig).items() if f.metadata.get("resume")]
+    return common.changeable(DistillConfig)
 
 
 def json_sha256(ds_config: dict) -> str:
     """The DeepSpeed JSON less what follows from the layout: batch sizes, the schedule's length (kept from the run's
     start, or rescaled by samples: elastic.Schedule), and the ZeRO stage where deepspeed.zero_stage=auto picks it by the
     number of ranks (the checkpoint is converted between stages: runtime/universal.py)."""
-    ds = {k: v for k, v in ds_config.items() if k not in DS_UNCOMPARED + DS_LAYOUT}
+    ds = {k: v for k, v in ds_config.items() if k not in common.DS_UNCOMPARED + DS_LAYOUT}
     if "scheduler" in ds:
         params = {k: v for k, v in ds["scheduler"].get("params", {}).items() if k not in ("total_num_steps", "warmup_num_steps")}
         ds["scheduler"] = {**ds["scheduler"], "params": params}
@@ -53,10 +54,7 @@ def json_sha256(ds_config: dict) -> str:
 
 def changeable_text() -> str:
     """`changeable()` for a message: a section whose every key may change as `section.*`."""
-    keys, fields = changeable(), flat_fields(DistillConfig)
-    sections = {k.rsplit(".", 1)[0] for k in keys}
-    whole = {s for s in sections if all(k in keys for k in fields if k.startswith(s + "."))}
-    return ", ".join([f"{s}.*" for s in sorted(whole)] + [k for k in keys if k.rsplit(".", 1)[0] not in whole])
+    return common.changeable_text(DistillConfig)
 
 
 def fingerprint(cfg: DistillConfig, manifest, world_size: int, ds_config: dict, masking_rule: str,
@@ -72,8 +70,7 @@ def fingerprint(cfg: DistillConfig, manifest, world_size: int, ds_config: dict, 
     fp["shards.vocab_sha256"] = manifest.tokenizer["vocab_sha256"]
     fp["data.masking_rule"] = masking_rule
     fp["deepspeed.json_sha256"] = json_sha256(ds_config)
-    legacy = {k: v for k, v in (legacy_ds_config or ds_config).items() if k not in DS_UNCOMPARED}
-    fp[LEGACY_JSON] = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()
+    fp[LEGACY_JSON] = common.ds_json_sha256(legacy_ds_config or ds_config)
     return fp
 
 
@@ -82,28 +79,8 @@ def recorded(fp: dict) -> dict:
     return {k: v for k, v in fp.items() if k != LEGACY_JSON}
 
 
-def saved_fingerprint(trainer_state: dict) -> dict:
-    """A checkpoint's fingerprint; for one written before fingerprints, its resolved config."""
-    if "resume" in trainer_state:
-        return trainer_state["resume"]
-    return flatten(trainer_state.get("config", {}))
-
-
 def check(saved: dict, now: dict, checkpoint: str, derived: bool) -> None:
     """Refuse a resume whose settings differ from the checkpoint's: the config keys (derived=False; checked first,
-    so the message names what the user changed), or the derived ones. Only keys the checkpoint records are compared
-    (a setting added since takes its default, which is what the run did), and never one the schema now lets change
-    (an older checkpoint may record it)."""
-    may_change = set(changeable()) | set(LAYOUT)
-    keys = [k for k in saved if (k in DERIVED) == derived and k not in may_change]
-    changed = [(k, saved[k], now.get(k, "(not set)")) for k in keys if now.get(k, "(not set)") != saved[k]]
-    if not changed:
-        return
-    key, old, new = changed[0]
-    hint = HINTS.get(key, "")
-    more = f" (and {len(changed) - 1} more: {', '.join(k for k, _, _ in changed[1:4])})" if len(changed) > 1 else ""
-    raise UserError(
-        f"--resume would change {key} from {old!r} to {new!r}{more} against checkpoint {checkpoint}: the run would no "
-        "longer be the one it continues (other samples, masking or arithmetic); resume with the run's own settings "
-        f"(RUN/run_config.yaml){hint}, or start a new run with another --out. Changeable on resume: {changeable_text()}"
-    )
+    so the message names what the user changed), or the derived ones (the layout, LAYOUT, may change)."""
+    common.check(saved, now, checkpoint, derived=derived, derived_keys=DERIVED, cls=DistillConfig,
+                 settings_file="RUN/run_config.yaml", hints=HINTS, also_changeable=LAYOUT)

@@ -6,7 +6,7 @@ check the vocabularies of everything pretrained, build teacher and student (mode
 the objective (it checks the pair) and the stream, fill the DeepSpeed config, compare a resumed run's settings with its
 checkpoint's (refused before anything is written or loaded), write the run's record (resolved config, DeepSpeed
 JSON, environment, the student's config and tokenizer), start the engine, place the teacher, restore the
-checkpoint (on any number of ranks: distill/checkpoint.py), then the step, the teacher signal, validation,
+checkpoint (on any number of ranks: runtime/checkpoint.py), then the step, the teacher signal, validation,
 checkpoints and metrics, and say what runs where (and, resumed on another layout, what changed).
 """
 
@@ -31,7 +31,7 @@ from ds_distil.data.masking import MASKING_RULE
 from ds_distil.data.stream import MLMStream
 from ds_distil.data.teacher_cache import REBUILD, TeacherCache, load_cache, vocab_made_for
 from ds_distil.data.vocab import load_vocab_map
-from ds_distil.distill import checkpoint, elastic, evaluate, objectives
+from ds_distil.distill import elastic, evaluate, objectives
 from ds_distil.distill import resume as resume_settings
 from ds_distil.distill.batch import Translation
 from ds_distil.distill.loop import Components, TrainerState
@@ -42,6 +42,7 @@ from ds_distil.model.build import build_student, build_teacher, count_parameters
 from ds_distil.model.forward import MaskedLM
 from ds_distil.model.surgery import TrimmedRun, prepare_trimmed_run
 from ds_distil.model.validate import check_seq_len
+from ds_distil.runtime import checkpoint
 from ds_distil.runtime import engine as eng
 from ds_distil.runtime.flops import Arch, peak_flops
 from ds_distil.runtime.memory import check_micro_batch

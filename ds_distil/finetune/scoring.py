@@ -16,6 +16,9 @@ from ds_distil.data.examples import Task
 
 COLLAPSE_SHARE = 0.95  # one predicted class on more than this share of the test set: warn
 UNDERPREDICTED_SHARE = 0.1  # a class predicted fewer times than this share of its support (never, at worst): warn
+SMALL_SPLIT = 200  # a held-out split of fewer rows: its score's 95% interval is warned
+RESAMPLES = 1000  # of the bootstrap interval
+NAMES = {"valid": "validation", "test": "test"}
 
 
 def aligned(task: Task, preds: dict, feats: list[dict]) -> tuple[list, list]:
@@ -108,3 +111,48 @@ def class_warnings(task: Task, evaluation: dict, split: str = "test") -> list[st
                        f"{c['recall']:.4f}; the model has not learnt it (macro-F1 {evaluation['macro_f1']:.4f} says so, accuracy "
                        "does not); try more epochs, another train.lr, or more training rows of the class")
     return out
+
+
+def _row_counts(task: Task, gold: list, pred: list):
+    """Per row, the counts the task metric sums: (correct, total) for accuracy (a row, or a sentence's words),
+    (true positives, predicted entities, gold entities) for NER's strict IOB2 entity F1 (seqeval's definition)."""
+    import numpy as np
+
+    if task.kind != "token":
+        return np.array([[float(g == p), 1.0] for g, p in zip(gold, pred)])
+    if task.metric != "f1":
+        return np.array([[float(sum(a == b for a, b in zip(g, p))), float(len(g))] for g, p in zip(gold, pred)])
+    from seqeval.scheme import IOB2, Entities
+
+    def entities(rows):
+        return [{e.to_tuple()[1:] for e in sent} for sent in Entities(rows, IOB2).entities]
+
+    return np.array([[float(len(g & p)), float(len(p)), float(len(g))] for g, p in zip(entities(gold), entities(pred))])
+
+
+def interval(task: Task, preds: dict, feats: list[dict], resamples: int = RESAMPLES, seed: int = 0) -> list[float]:
+    """The 95% interval of the task metric on these rows: a percentile bootstrap over rows (sentences for token tasks),
+    `resamples` draws, seeded."""
+    import numpy as np
+
+    counts = _row_counts(task, *aligned(task, preds, feats))
+    draws = np.random.default_rng(seed).integers(0, len(counts), size=(resamples, len(counts)))
+    sums = counts[draws].sum(axis=1)  # (resamples, columns of _row_counts)
+    if sums.shape[1] == 2:  # accuracy: correct / total
+        scores = sums[:, 0] / np.maximum(sums[:, 1], 1.0)
+    else:  # entity F1: 2 tp / (predicted + gold)
+        scores = 2 * sums[:, 0] / np.maximum(sums[:, 1] + sums[:, 2], 1.0)
+    return [float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))]
+
+
+def small_split_warning(task: Task, evaluation: dict, split: str) -> str | None:
+    """A warning for a held-out split of fewer than SMALL_SPLIT rows, with its score's 95% interval."""
+    n = evaluation["examples"]
+    if n >= SMALL_SPLIT or "interval95" not in evaluation:
+        return None
+    lo, hi = evaluation["interval95"]
+    rows = "sentences" if task.kind == "token" else "rows"
+    name = "entity F1" if task.metric == "f1" else "accuracy"
+    return (f"the {NAMES[split]} split has {n:,} {rows}: its {name} {evaluation['score']:.4f} has a 95% interval of {lo:.4f} to {hi:.4f} "
+            f"(bootstrap over its {rows}, {RESAMPLES:,} resamples); differences between models smaller than that are noise: "
+            "compare on a larger split (task.valid_fraction / task.test_fraction, or bigger files) or over several seeds")

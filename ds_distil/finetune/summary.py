@@ -1,7 +1,9 @@
 """What a finetuning run found, for results.json and the console: the data (dataset name, files read
-with their sha256, label map, label distribution per split), the evaluation of each split (beside
-accuracy and macro-F1: per-class scores and the confusion matrix), the baselines (ds_distil.finetune.baselines)
-and warnings (one class predicted for nearly everything)."""
+with their sha256, label map, label distribution per split, duplicates), the evaluation of each split (beside
+accuracy and macro-F1: per-class scores, the confusion matrix and the score's 95% interval), the baselines
+(ds_distil.finetune.baselines) and warnings (leaked or repeated rows, truncation, one class predicted for nearly
+everything, classes never predicted, held-out splits too small to tell models apart). Each warning is printed once:
+the data's before training, the evaluation's in the final summary."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from ds_distil.data import duplicates
 from ds_distil.data.examples import Task
 from ds_distil.finetune import lengths
 from ds_distil.finetune.baselines import run_baselines
-from ds_distil.finetune.scoring import class_warnings, collapse_warning, evaluate, label_counts
+from ds_distil.finetune.scoring import class_warnings, collapse_warning, evaluate, interval, label_counts, small_split_warning
 
 MAX_CONSOLE_CLASSES = 12  # more classes (POS tags): the confusion matrix is in results.json only
 
@@ -25,16 +27,21 @@ def describe_data(task: Task) -> dict:
     }
 
 
-def data_warnings(data: dict) -> list[str]:
-    """What makes scores mislead before any training: held-out rows that also occur in training, text cut by max_length."""
-    return duplicates.warnings(data["duplicates"]) + (lengths.warnings(data["truncation"]) if "truncation" in data else [])
+def data_warnings(data: dict, steps: int | None = None) -> list[str]:
+    """What makes scores mislead before any training: held-out rows that also occur in training, splits made mostly of
+    repeats (training: with the share of the run's `steps` they take), text cut by max_length."""
+    return duplicates.warnings(data["duplicates"], steps) + (lengths.warnings(data["truncation"]) if "truncation" in data else [])
 
 
 def evaluate_run(task: Task, preds: dict[str, dict], feats: dict[str, list[dict]]) -> dict:
-    """{evaluation: {valid, test}, baselines, warnings, one_class} from the model's predictions of valid and test."""
+    """{evaluation: {valid, test}, baselines, warnings, one_class} from the model's predictions of valid and test; each
+    split's evaluation with the 95% interval of its score, warned for a split under SMALL_SPLIT rows."""
     evaluation = {split: evaluate(task, preds[split], feats[split]) for split in ("valid", "test")}
+    for split, ev in evaluation.items():
+        ev["interval95"] = interval(task, preds[split], feats[split])
     collapse = collapse_warning(task, evaluation["test"])
-    warnings = [w for w in [collapse] if w] + class_warnings(task, evaluation["test"])
+    small = [small_split_warning(task, evaluation[split], split) for split in ("valid", "test")]
+    warnings = [w for w in [collapse] if w] + class_warnings(task, evaluation["test"]) + [w for w in small if w]
     return {"evaluation": evaluation, "baselines": run_baselines(task, feats), "warnings": warnings, "one_class": collapse is not None}
 
 
@@ -81,8 +88,11 @@ def duplicate_lines(dup: dict) -> list[str]:
             f"{name.replace('_in_', ' rows in ')} {o['rows']:,} ({o['share']:.1%})" for name, o in dup["groups_across"].items()))
     if "dropped" in dup:
         d = dup["dropped"]
-        lines.append(f"  task.dedup=drop: dropped {d['train_duplicates']:,} repeated training rows and {d['train_in_valid_or_test']:,} "
-                     f"training rows whose text is in validation or test; {d['train_rows_left']:,} training rows left")
+        valid = (f"validation: dropped {d['valid_duplicates']:,} repeated rows, {d['valid_rows_left']:,} left; "
+                 if "valid_duplicates" in d else "")
+        lines.append(f"  task.dedup=drop: training: dropped {d['train_duplicates']:,} repeated rows and {d['train_in_valid_or_test']:,} "
+                     f"rows whose text is in validation or test, {d['train_rows_left']:,} left; {valid}test: left as it is "
+                     "(its scores compare with other runs on the same files)")
     return lines
 
 
@@ -134,5 +144,10 @@ def result_lines(res: dict) -> list[str]:
             lines.append("  " + str(lab).ljust(width) + "".join(f"{n:,}".rjust(col) for n in row))
     else:
         lines.append(f"  {len(labels)} classes: per-class scores and the confusion matrix are in results.json")
-    lines += [f"  WARNING: {w}" for w in res.get("warnings", [])]
+    shown = res.get("warnings_before_training", [])  # printed once, before training; all of them are in results.json
+    lines += [f"  WARNING: {w}" for w in res.get("warnings", []) if w not in shown]
+    if shown:
+        many = len(shown) != 1
+        lines.append(f"  ({len(shown)} warning{'s' * many} about the data, printed before training, {'are' if many else 'is'} in "
+                     "results.json too)")
     return lines

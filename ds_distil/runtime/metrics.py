@@ -80,7 +80,8 @@ class Metrics:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            # purge_step: TensorBoard drops what an earlier, killed session logged from this step on (a resumed run logs it again)
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
             self.writer.flush()  # its thread opens the event file: an error there (a full disk) surfaces here, at the start
         path = run_dir / "metrics.jsonl"
         if path.exists():  # drop what a killed run logged after the checkpoint we continue from
@@ -121,7 +122,7 @@ class Metrics:
         event file (SummaryWriter.add_hparams would start a run of its own in a subdirectory), metrics as scalars."""
         if not self.enabled:
             return
-        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items() if v is not None}  # unset: not "None"
         if self.writer is not None:
             from torch.utils.tensorboard.summary import hparams as hparams_summary
 

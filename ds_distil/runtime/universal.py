@@ -20,7 +20,7 @@ counters come back exactly; parameters without optimizer state (frozen ones) and
 The universal form of checkpoint TAG is made once, by rank 0, into CKPT/universal/TAG through a temporary directory
 renamed when complete (with a record of the COMPLETE it was made from): a run killed while converting leaves no
 half-made copy that a later resume would take for good. It is a cache of the checkpoint, dropped once a newer
-checkpoint exists (distill.checkpoint._prune).
+checkpoint exists (runtime.checkpoint._prune).
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ import typing
 from collections.abc import Callable, Mapping
 
 from ds_distil import __version__
-from ds_distil.core.config import ConfigError, flatten, from_dict, keys_help, literal_value, load_dict, merge as _merge_over
+from ds_distil.core.config import ConfigError, flatten, from_dict, keys_help, literal_value, load_dict
+from ds_distil.core.config import merge as _merge_over
 from ds_distil.schema.cache import TeacherCacheConfig
 from ds_distil.schema.distill import DataConfig, DistillConfig
-from ds_distil.schema.finetune import FT_PRESETS, RECIPES, TASK_NAMES, FinetuneConfig, random_weights
+from ds_distil.schema.finetune import FT_PRESETS, RECIPES, TASK_NAMES, FinetuneConfig, PredictConfig, random_weights
 from ds_distil.schema.prepare import PrepareConfig
 from ds_distil.schema.vocab import VocabConfig
 
@@ -32,7 +33,10 @@ HELP = {
                      "distil from without it (teacher.cache=DIR).",
     "distill": "Distil a student from a frozen teacher on prepared shards (DeepSpeed, ZeRO-2 on several ranks); exports DIR/student.",
     "export": "Turn a run's ZeRO checkpoint into a Hugging Face model directory (config, safetensors, tokenizer).",
-    "finetune": "Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/results.json.",
+    "finetune": "Finetune a model (hub name, HF directory, or architecture preset) on a Tagalog task; writes DIR/model (the "
+                "classifier, for transformers), DIR/predictions and DIR/results.json.",
+    "predict": "Predict the labels of a file's rows (CSV, TSV, JSON Lines, JSON; CoNLL-U or IOB2 for token tasks) with a "
+               "finetuned model (a finetune run's DIR/model): one JSON line per row with its class probabilities.",
     "report": "Collect finetuning results into one table per task and dataset, baselines included (Markdown, JSON, PNG).",
     "experiment": "Run a whole study (configs/studies/*.yaml): data, teacher, students, ablations, baselines, finetuning, the "
                   "paper's tables; resumes.",
@@ -119,7 +123,9 @@ def _own(command: str, data: dict) -> dict:
 
 
 def config_from_args(args: argparse.Namespace, cls: type):
-    data = _own(args.command, load_dict(args.config, args.overrides))
+    data = load_dict(args.config, args.overrides)
+    if args.command in CONFIGS:  # a config file shared by the pipeline's commands (predict's keys are its own)
+        data = _own(args.command, data)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in vars(args):
@@ -136,6 +142,8 @@ def stage_config(args: argparse.Namespace):
         return config_from_args(args, PrepareConfig if command == "prepare" else VocabConfig)
     if command == "finetune":
         return finetune_config(args)[0]
+    if command == "predict":
+        return config_from_args(args, PredictConfig)
     if command in ("distill", "teacher-cache"):
         return from_dict(CONFIGS[command], _own(command, load_dict(args.config, args.overrides)))
     if command == "inspect":
@@ -234,13 +242,26 @@ def build_parser(handlers: Mapping[str, Handler] | None = None) -> argparse.Argu
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. step00001000 (default: the newest complete one)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
-    p = command("finetune", formatter_class=raw, epilog=_keys_epilog(FinetuneConfig, FinetuneConfig()))
+    p = command("finetune", description=HELP["finetune"] + " DIR is where the run is watched from its first step "
+                "(finetune.log, tensorboard/, metrics.jsonl); it checkpoints, and a stopped run continues with --resume.",
+                formatter_class=raw, epilog=_keys_epilog(FinetuneConfig, FinetuneConfig(), resume_note=True))
     p.add_argument("--model", required=True, help=f"hub name, local HF directory, a config.json (random weights), or preset: {', '.join(FT_PRESETS)}")
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASK_NAMES)}")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
-    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--resume", action="store_true", help="continue the stopped run in DIR from its newest complete checkpoint "
+                   "(start from the beginning if it has none): the same settings, the same result as a run never stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in DIR: the new run is written beside it and swapped "
+                   "in once its set-up has succeeded (data read and checked, model built); until then the old run stays whole")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 train.lr=5e-5 task.max_length=128 (all keys below)")
+
+    p = command("predict", formatter_class=raw, epilog=_keys_epilog(PredictConfig))
+    p.add_argument("--model", required=True, metavar="DIR", help="a finetuned classifier: a finetune run's DIR/model (or any Hugging "
+                   "Face sequence or token classification directory, with text_column=... set)")
+    p.add_argument("--input", required=True, metavar="FILE", help="the rows to predict; with the model's label column, also scored")
+    p.add_argument("--out", required=True, metavar="FILE", help="the predictions, one JSON line per row (written whole at the end)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    add_config_flags(p, PredictConfig)
 
     p = command("report")
     p.add_argument("--runs", nargs="+", required=True, help="finetune output directories (searched for results.json)")

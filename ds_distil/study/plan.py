@@ -41,7 +41,7 @@ class Stage:
 
     @property
     def resumable(self) -> bool:
-        return self.command in ("distill", "teacher-cache")  # both continue in place with --resume
+        return self.command in ("distill", "teacher-cache", "finetune")  # they continue in place with --resume
 
 
 # ------------------------------------------------------------------------------------ the plan

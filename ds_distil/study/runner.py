@@ -6,8 +6,8 @@ the stages it depends on are done (up to the study's `parallel` at a time), and 
 
 * a **marker** per stage, DIR/.experiment/stages/NAME.json: written as `running` before the command starts and
   as `done` (with its key and duration) only after it exited 0. On a rerun a `done` stage with the
-  same key is skipped; a `running` one (interrupted, failed) is redone: distill with `--resume`
-  from its newest complete checkpoint, teacher-cache with `--resume` keeping its finished files, the others from their start after their partial output is
+  same key is skipped; a `running` one (interrupted, failed) is redone: distill and finetune with `--resume`
+  from their newest complete checkpoint, teacher-cache with `--resume` keeping its finished files, the others from their start after their partial output is
   removed; a `done` one whose key changed is redone from scratch (its output is removed first:
   it was made by this study, as its marker proves, for settings that no longer hold).
 * a **log** per stage, DIR/logs/NAME.log (appended per attempt). A failing stage stops the study with one
@@ -20,10 +20,11 @@ the stages it depends on are done (up to the study's `parallel` at a time), and 
   micro batch and accumulation that keep its global batch (micro x accumulation x ranks) as it was
   (`train.micro_batch_size=... train.grad_accum_steps=...`, shown with its command, in no key), or the study is
   refused before anything runs where no whole number keeps it; an interrupted distillation resumes on the new ranks
-  with the same global batch (ds_distil/distill/elastic.py), a teacher cache's files do not depend on the ranks.
+  with the same global batch (ds_distil/distill/elastic.py), a teacher cache's files do not depend on the ranks, and an
+  interrupted finetuning run (which resumes on its own number of ranks only: its marker records them) is redone.
 
-Signals: SIGUSR1, SIGTERM or Ctrl-C ask the running stage to stop at a safe point (distill
-checkpoints, finetune stops at once) and the runner exits 75; the same command continues. Under
+Signals: SIGUSR1, SIGTERM or Ctrl-C ask the running stage to stop at a safe point (distill and
+finetune checkpoint) and the runner exits 75; the same command continues. Under
 SLURM (`--launcher srun`, slurm/experiment.sbatch) rank stages run as `srun` steps and the batch
 script requeues the job on 75 (one job that requeues, not one job per stage).
 
@@ -141,7 +142,7 @@ class _Running:
         for p in self.procs:
             if p.poll() is None:
                 try:
-                    os.killpg(p.pid, signal.SIGUSR1)  # distill: checkpoint and exit 75; finetune: exit 75
+                    os.killpg(p.pid, signal.SIGUSR1)  # distill, finetune: checkpoint and exit 75
                 except ProcessLookupError:
                     pass
 
@@ -191,6 +192,14 @@ class Runner:
                             f"(micro {micro} x accumulation {accum} x {began}), which {stage.ranks} rank(s) cannot keep; run it with "
                             f"ranks dividing {g}, or start the study again in a new --out")
         return dataclasses.replace(stage, args=[*stage.args, f"train.micro_batch_size={split[0]}", f"train.grad_accum_steps={split[1]}"])
+
+    def resumes(self, stage: Stage) -> bool:
+        """Whether a stage started earlier and not finished continues with --resume: distill and teacher-cache on any
+        number of ranks; finetune on the ranks its attempt ran on (its marker's; elastic resume is distill's only), else
+        it is redone from its start."""
+        if self.status(stage) != "retry" or not stage.resumable:
+            return False
+        return stage.command != "finetune" or (self.marker(stage) or {}).get("ranks", self.began_on()) == stage.ranks
 
     # --- markers
     def marker_path(self, stage: Stage) -> Path:
@@ -275,12 +284,13 @@ class Runner:
             print(f"sized down: {self.study.sized_down}")
         for i, s in enumerate(self.stages, 1):
             st = self.status(s)
-            what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": "started earlier: "
-                    + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run",
+            retry = "resume" if self.resumes(s) else "redo (it ran on other ranks)" if s.resumable else "redo"
+            what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": f"started earlier: {retry}",
+                    "changed": "started with other settings: redo", "new": "to run",
                     "lost": f"done, but {self.output_missing(s)} is gone: redo"}[st]
             note = self.stage_note(s, with_minutes=st != "done")
             print(f"[{i}/{len(self.stages)}] {s.name} ({what}{'; ' + note if note else ''})")
-            print(f"    {shown(s if st == 'done' else self.launched(s), self.launcher, st == 'retry' and s.resumable)}")
+            print(f"    {shown(s if st == 'done' else self.launched(s), self.launcher, self.resumes(s))}")
         self.say_estimate([s for s in self.stages if self.status(s) != "done"])
         return 0
 
@@ -411,13 +421,12 @@ class Runner:
 
     # --- one stage
     def _start(self, stage: Stage, index: int) -> _Running:
-        st = self.status(stage)
-        resume = st == "retry" and stage.resumable
+        resume = self.resumes(stage)
         if not resume and stage.out.exists():
             if self.marker(stage) is None:
                 raise UserError(f"{stage.out} exists but no stage of this study made it; move it away and run again")
             shutil.rmtree(stage.out)  # ours (its marker says so): partial, or made for settings that changed
-        self.write_marker(stage, state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.write_marker(stage, state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"), ranks=stage.ranks)
         logf = self.log_path(stage)
         logf.parent.mkdir(parents=True, exist_ok=True)
         stage = self.launched(stage)

@@ -1,10 +1,11 @@
-"""Checkpoints: DeepSpeed's ZeRO checkpoint plus our trainer state, committed only when complete (the export of a
-checkpoint to a Hugging Face directory is ds_distil/distill/export.py).
+"""Checkpoints of a training run (distillation and finetuning alike): DeepSpeed's ZeRO checkpoint plus the trainer's
+state, committed only when complete (distillation's export of a checkpoint to a Hugging Face directory is
+ds_distil/distill/export.py).
 
 Layout under RUN/checkpoints/:
     step00000100/            DeepSpeed's files (model states, each rank's optimizer partition)
-        trainer_state.json   step, tokens, data-stream position, resolved config, resume fingerprint, the
-                             objective's declaration (rank 0)
+        trainer_state.json   the trainer's state (step, data position, ...), resolved config, resume fingerprint,
+                             what else the command records (distill: the objective's declaration) (rank 0)
         rng_rank{R}.pt       each rank's RNG states (dropout must resume exactly on every rank)
         COMPLETE             written last (atomically), after every rank has finished and files are
                              synced: step, world size, and the size and sha256 of every file
@@ -19,9 +20,10 @@ writing) is never resumed from and is removed by the next successful save. --res
 the newest complete checkpoint against its COMPLETE and falls back to the newest one that
 matches, saying which. Loading never unpickles arbitrary objects (ds_distil.core.safe_load).
 
-Any number of ranks resumes any checkpoint: on the ranks and ZeRO stage that wrote it, DeepSpeed loads it as it is;
-otherwise through its universal form. Each rank that existed gets its own RNG state back; a rank that did not gets
-one seeded by (train.seed, its rank, the step), the same on every try.
+Distillation resumes any checkpoint on any number of ranks (elastic resume: `load` given the optimizer's parameter
+groups): on the ranks and ZeRO stage that wrote it, DeepSpeed loads it as it is; otherwise through its universal form.
+Each rank that existed gets its own RNG state back; a rank that did not gets one seeded by (train.seed, its rank, the
+step), the same on every try. Finetuning resumes on the checkpoint's own number of ranks only (check_world_size).
 """
 
 from __future__ import annotations
@@ -232,6 +234,17 @@ def written_by(run_dir: Path, tag: str) -> tuple[int, int]:
     return int(marker.get("world_size", 1)), _stage(marker)
 
 
+def check_world_size(run_dir: Path, tag: str, world_size: int) -> None:
+    """Refuse a checkpoint of another world size (a command without elastic resume: finetune, whose fingerprint
+    refuses it first, naming the run's own settings)."""
+    ranks, _ = written_by(run_dir, tag)
+    if ranks != world_size:
+        raise UserError(
+            f"{run_dir / 'checkpoints' / tag} was written by {ranks} ranks, this run has {world_size}; "
+            "resume with the same number of ranks (ZeRO partitions optimizer state per rank)"
+        )
+
+
 def needs_universal(run_dir: Path, tag: str, world_size: int, stage: int) -> bool:
     """Whether an engine of `world_size` ranks under ZeRO stage `stage` loads checkpoint `tag` through its universal form:
     a partitioned checkpoint on other ranks or another stage; an unpartitioned one (stage 0) under ZeRO. A stage-0
@@ -240,16 +253,19 @@ def needs_universal(run_dir: Path, tag: str, world_size: int, stage: int) -> boo
     return (saved, stage) != (0, 0) and (ranks != world_size or saved != stage)
 
 
-def load(engine, run_dir: Path, tag: str, group_names: list[list[str]], seed: int) -> dict:
+def load(engine, run_dir: Path, tag: str, group_names: list[list[str]] | None = None, seed: int = 0) -> dict:
     """Restore engine (model, optimizer, scheduler, loss scaler) and RNG from checkpoint `tag` (chosen and verified by
-    choose_tag), on any number of ranks; returns its trainer state. `group_names`: the trained parameters by optimizer
-    group (engine.param_group_names); `seed`: train.seed, for the RNG of a rank the checkpoint has none of."""
+    choose_tag); returns its trainer state. With `group_names` (the trained parameters by optimizer group:
+    engine.param_group_names), on any number of ranks and ZeRO stage (distill), `seed` (train.seed) seeding the RNG of
+    a rank the checkpoint has none of; without (finetune), on the checkpoint's own number of ranks only."""
     import torch.distributed as dist
 
     ckpt_dir = run_dir / "checkpoints"
     rank, world = dist.get_rank(), dist.get_world_size()
     state = json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
-    if needs_universal(run_dir, tag, world, engine.zero_optimization_stage()):
+    if group_names is None:
+        check_world_size(run_dir, tag, world)
+    if group_names is not None and needs_universal(run_dir, tag, world, engine.zero_optimization_stage()):
         ranks, stage = written_by(run_dir, tag)
         error = None
         if rank == 0:  # one process converts; the others wait for the outcome, whatever it is
@@ -290,8 +306,8 @@ def load(engine, run_dir: Path, tag: str, group_names: list[list[str]], seed: in
 class Checkpoints:
     """The loop's checkpoints of one run. `save(step, trainer=..., data=...)`, called on every rank, writes a complete
     checkpoint of the engine, the loop's state and the data position, with what every checkpoint of the run records
-    beside them (`record`: the resolved config, the resume fingerprint, the objective's declaration). The first
-    save of an --overwrite run swaps the new run in for the old one (core.rundir)."""
+    beside them (`record`: the resolved config, the resume fingerprint, distill's objective declaration). The first
+    save of a run still in its staging directory (distill --overwrite) swaps the new run in for the old one (core.rundir)."""
 
     def __init__(self, engine, run: RunDir, rank: int, keep: int, record: dict):
         self.engine, self.run, self.rank, self.keep, self.record = engine, run, rank, keep, record
