@@ -5,7 +5,8 @@ A command records a flat fingerprint {setting: value} in each checkpoint (traine
 its resolved config except those its schema marks as changeable (`setting(..., resume=True)`: they change neither the
 samples a rank sees nor the arithmetic), and derived facts the user does not type (the world size, the data's content,
 the resolved DeepSpeed JSON). On --resume the two are compared, the config keys first (so the message names what the
-user changed), and a difference is refused naming the key, the old value and the new one.
+user changed), and a difference is refused naming the key, the old value and the new one. A command may let derived
+facts change too (`check`'s also_changeable: distill's world size, its elastic resume; finetune refuses it).
 """
 
 from __future__ import annotations
