@@ -25,7 +25,10 @@ require_writable_dir() {  # require_writable_dir DIR VARIABLE
 }
 
 # expand_nodes: HOSTS (array) from SLURM_JOB_NODELIST; TASKS_PER_HOST (array) from SLURM_TASKS_PER_NODE
-# ("2(x3),1" = 2,2,2,1); MASTER_ADDR/MASTER_PORT for torch.distributed's rendezvous.
+# ("2(x3),1" = 2,2,2,1); RANKS, their sum; MASTER_ADDR/MASTER_PORT for torch.distributed's rendezvous.
+# All from the allocation this run of the script got: a job submitted with --nodes=MIN-MAX, or requeued and
+# given other resources, may get another count on each start (SLURM_NTASKS keeps the first submission's
+# value across a requeue), and `ds-distil distill --resume` continues on whatever it is.
 expand_nodes() {
   local list
   # scontrol prints "Invalid hostlist: ..." and exits 0 on some bad lists, and turns others ("n[1-")
@@ -49,6 +52,8 @@ expand_nodes() {
   done
   [ "${#TASKS_PER_HOST[@]}" -eq "${#HOSTS[@]}" ] \
     || fail "SLURM_TASKS_PER_NODE='${SLURM_TASKS_PER_NODE:-}' does not match the ${#HOSTS[@]} node(s) of '$SLURM_JOB_NODELIST'"
+  RANKS=0
+  for count in "${TASKS_PER_HOST[@]}"; do RANKS=$((RANKS + count)); done
   # from the allocation, never from the submitting shell (sbatch exports its environment)
   export MASTER_ADDR=${HOSTS[0]}
   export MASTER_PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))
@@ -88,7 +93,7 @@ choose_device() {
 run_ranks() {
   if [ -n "$SIGNALLED" ]; then STATUS=$EXIT_PREEMPTED; return; fi  # signalled between two runs: start none
   # shellcheck disable=SC2016  # the variables expand in each task, not here
-  srun --kill-on-bad-exit=1 "${SRUN_ARGS[@]}" bash -c \
+  srun --ntasks="$RANKS" --kill-on-bad-exit=1 "${SRUN_ARGS[@]}" bash -c \
     'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' rank "$@" &
   RANKS_PID=$!
   STATUS=0

@@ -227,6 +227,6 @@ def test_export_falls_back_from_a_checkpoint_whose_record_lists_nothing_and_neve
     assert opened == []
     proc = run_cli("export", "--run", str(run_copy), env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "checkpoint step00000006 is damaged: mp_rank_00_model_states.pt is missing" in proc.stderr
+    assert "checkpoint step00000006 is damaged: mp_rank_00_model_states.pt" in proc.stderr  # (every missing file named)
     assert "checkpoint step00000004 is damaged: its COMPLETE names a file outside the checkpoint" in proc.stderr
     assert json.loads((run_copy / "student" / "ds_distil_export.json").read_text())["checkpoint"].endswith("step00000002")

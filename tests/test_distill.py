@@ -279,9 +279,6 @@ def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shard
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
     changed = run_cli("distill", "--out", str(out), "--resume", *common, "train.lr=0.5", env=ENV)
     assert changed.returncode == 2 and "train.lr" in changed.stderr
-    other_size = run_cli("distill", "--out", str(out), "--resume", *common, env=ENV)  # 1 rank, checkpoint of 2
-    assert other_size.returncode == 2 and "written by 2 ranks, this run has 1" in other_size.stderr, other_size.stderr[-2000:]
-    assert f"student.pretrained={out}/student" in other_size.stderr
 
     resumed = run(torchrun_distill(out, "--resume", *common))
     assert "resumed from step 8" in resumed.stderr
@@ -294,7 +291,7 @@ def test_killed_and_resumed_two_rank_run_equals_an_uninterrupted_one(small_shard
     assert losses(tmp_path / "whole")[-1] == losses(out)[-1]
     assert validations(tmp_path / "whole") == validations(out) and len(validations(out)) == 1
 
-    # resizing as the error says: a new run (here 1 rank) starting from the exported student's weights
+    # a new run (here 1 rank) starting from the exported student's weights
     # (with lr 1e-10, so that its own export must stay within 1e-8 of the one it started from; lr 0 is refused)
     resized = run_cli("distill", "--out", str(tmp_path / "resized"), *common, f"student.pretrained={out}/student",
                       "train.max_steps=2", "train.lr=1.0e-10", env=ENV)

@@ -330,6 +330,27 @@ def test_local_ranks_run_a_stage_as_several_processes(tmp_path, data_dir, corpus
     assert res["world_size"] == 2 and res["model_name"] == "teacher"
 
 
+def test_a_finetune_stage_stopped_on_other_ranks_is_redone_where_a_distillation_resumes(tmp_path, data_dir, capsys):
+    """A study stopped on 2 ranks during a distill and a finetune stage, run again on 1: the distillation resumes on 1
+    (elastic resume), the finetuning run, whose --resume keeps its own number of ranks, is redone from its start; on the
+    ranks it ran on it resumes."""
+    from ds_distil.schema.study import load_study
+    from ds_distil.study.runner import Runner
+
+    path = tmp_path / "cached.yaml"
+    path.write_text(CACHED)
+    runner = Runner(load_study(path, ["ranks=1"]), path, tmp_path / "o")
+    ft, student = (next(s for s in runner.stages if s.command == c) for c in ("finetune", "distill"))
+    for stage in (ft, student):
+        runner.write_marker(stage, state="running", ranks=2)
+    assert runner.resumes(student) and not runner.resumes(ft)
+    runner.dry_run()
+    out = capsys.readouterr().out
+    assert f"{ft.name} (started earlier: redo (it ran on other ranks)" in out and f"{student.name} (started earlier: resume" in out
+    runner.write_marker(ft, state="running", ranks=1)
+    assert runner.resumes(ft)
+
+
 def test_a_stage_marked_done_whose_output_is_gone_is_redone_and_said(tmp_path, data_dir, capsys):
     """A shard directory deleted by hand after its stage was marked done: it was "(done, skipped)", the study looked
     complete with a student missing."""

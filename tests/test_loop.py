@@ -32,8 +32,8 @@ class FakeEngine:
     def __init__(self, accum: int = 1):
         self.accum, self.calls, self.skipped_steps, self.config = accum, 0, 0, {}
 
-    def is_gradient_accumulation_boundary(self) -> bool:
-        return (self.calls + 1) % self.accum == 0
+    def gradient_accumulation_steps(self) -> int:
+        return self.accum
 
     def get_lr(self):
         return [0.001]
@@ -59,6 +59,9 @@ class FakeStep:
         bad = self.nonfinite_from is not None and n >= self.nonfinite_from
         return torch.tensor([float("nan") if bad else sum(terms), *terms, 100.0, 2.0, 15.0, float(bad)], dtype=torch.float64)
 
+    def window(self, batches) -> torch.Tensor:
+        return sum(self(b) for b in batches)
+
 
 class FakeCheckpoints:
     def __init__(self, run_dir):
@@ -74,7 +77,7 @@ def components(tmp_path, steps=6, accum=1, nonfinite_from=None, signal_at=None, 
                                        "log": {"every_steps": 2, "eval_every_steps": 3}, "checkpoint": {"every_steps": 4}, **cfg})
     objective = Extra(config.loss)
     engine = FakeEngine(accum)
-    stream = SimpleNamespace(seq_len=16, steps_per_epoch=100, position=SimpleNamespace(epoch=0, step=0),
+    stream = SimpleNamespace(seq_len=16, steps_per_epoch=100, position=SimpleNamespace(epoch=0, step=0), epoch_progress=lambda: 0.0,
                              state_dict=lambda: {"position": {"epoch": 0, "step": engine.calls}}, abandon=lambda: None)
     return Components(config, Dist(0, 1, 0, torch.device("cpu"), "none"), engine, stream, objective,
                       SimpleNamespace(arch=None, log_values=lambda b: {}), FakeStep(engine, objective, nonfinite_from, signal_at),

@@ -118,6 +118,48 @@ def test_preempted_distill_job_checkpoints_requeues_and_ends_like_an_uninterrupt
         assert torch.equal(a[k], b[k]), k
 
 
+def requeue_onto(env, job: str, **resources) -> None:
+    """After `scancel --signal=USR1` made the job checkpoint and requeue itself: give it other resources while it waits
+    to start again (SLURM holds a requeued job for cred_expire seconds), e.g. NumTasks=1, or NumNodes=1 on a test bed
+    of several hosts (tests/multihost/, issue 38), as a cluster would when only those are free."""
+    deadline = time.time() + 120
+    while not (job_field(env, job, "JobState") == "PENDING" and job_field(env, job, "Restarts") == "1"):
+        assert time.time() < deadline, f"job {job} was not requeued: {job_field(env, job, 'JobState')}"
+        time.sleep(0.1)
+    fields = [f"{k}={v}" for k, v in resources.items()]
+    subprocess.run(["scontrol", "update", f"JobId={job}", *fields], check=True, env=env, capture_output=True)
+    for k, v in resources.items():
+        assert job_field(env, job, k) == str(v), (k, job_field(env, job, k))
+
+
+def test_a_distill_job_requeued_onto_fewer_ranks_continues_with_its_global_batch(cluster, small_shards, small_vocab, tmp_path):
+    """Issue 39: a job of 2 ranks (submitted with --nodes=1-2) is preempted and requeued onto 1 task: the requeued start
+    runs 1 rank (from the allocation, not the first submission's SLURM_NTASKS), resumes the checkpoint of 2 with the
+    same global batch (accumulation 1 -> 2) and finishes."""
+    run_dir, log = tmp_path / "elastic", tmp_path / "elastic.log"
+    extra = (f"data.shards={small_shards} student.vocab={small_vocab} data.verify_checksums=false train.max_steps=24 "
+             "checkpoint.every_steps=50 log.every_steps=1 data.num_workers=1 log.eval_max_samples=16")
+    out = subprocess.run(["sbatch", "--parsable", "--nodes=1-2", "--ntasks=2", f"--output={log}", str(ROOT / "slurm" / "distill.sbatch")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={**cluster, "CONFIG": str(ROOT / "configs" / "smoke.yaml"), "RUN_DIR": str(run_dir), "EXTRA": extra})
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    metrics = run_dir / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 6, cluster, job, log)
+    signal_batch(cluster, job)
+    requeue_onto(cluster, job, NumTasks=1)
+    assert wait_done(cluster, job, timeout=600) == "COMPLETED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert "(restart 0): nodes" in text and "| ranks 2 on cpu |" in text
+    assert "(restart 1): nodes" in text and "| ranks 1 on cpu |" in text, text[-3000:]
+    stopped_at = int(text.split("stop requested by signal: checkpoint step")[1][:8])
+    assert f"resumed from step {stopped_at}" in text
+    assert "resumed on 1 rank(s) (was 2): accumulation 1 -> 2, same global batch 16" in text
+    assert "done: student in" in text and (run_dir / "student" / "model.safetensors").is_file()
+    events = [json.loads(line) for line in metrics.read_text().splitlines() if '"event"' in line]
+    assert [(e["step"], e["world_size"], e["was_world_size"]) for e in events] == [(stopped_at, 1, 2)]
+
+
 def test_preempted_finetune_job_keeps_finished_runs_and_resumes_the_stopped_one(cluster, tmp_path):
     """USR1 while the second task trains: it checkpoints and exits 75, the job requeues, the finished task is skipped and the
     stopped one continues from its checkpoint (finetune --resume) to its results."""

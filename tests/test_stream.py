@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import free_port
 
+from ds_distil.core.errors import UserError
 from ds_distil.data.manifest import load_manifest
 from ds_distil.data.masking import IGNORE_INDEX, mask_tokens
 from ds_distil.data.stream import MLMStream, plan_rank
@@ -88,12 +89,26 @@ def test_resume_mid_epoch_continues_with_exactly_the_remaining_batches(small_sha
     assert head + tail == full  # same samples, same order, same masking; into the next epoch too
 
 
-def test_resume_with_another_layout_is_refused_mid_epoch(small_shards):
-    s = stream(small_shards, workers=2)
-    list(itertools.islice(iter(s), 3))
-    other = stream(small_shards, workers=1)
-    with pytest.raises(Exception, match="cannot resume mid-epoch"):
-        other.load_state_dict(s.state_dict())
+def test_resume_mid_epoch_on_another_layout_continues_the_epoch_and_other_data_is_refused(small_shards):
+    """Issue 39: 2 workers x micro batch 16 stopped at step 3, resumed with 1 worker x micro batch 8: the rest of the epoch
+    is the rest of its own sequence (each sample once, in the order the first layout would have given them), the next
+    epoch is laid out for the new one; another shuffle seed mid-epoch is refused."""
+    ref = stream(small_shards, workers=2, batch_size=16)
+    whole = [i for b in ref.epoch_batches() for i in b["index"].tolist()]
+    s = stream(small_shards, workers=2, batch_size=16)
+    head = [i for b in itertools.islice(iter(s), 3) for i in b["index"].tolist()]
+    state = json.loads(json.dumps(s.state_dict()))
+    other = stream(small_shards, workers=1, batch_size=8)
+    other.load_state_dict(state)
+    assert other.resharded and other.origin == 48 and other.steps_this_epoch() == (len(whole) - 48) // 8
+    tail = [i for b in other.epoch_batches() for i in b["index"].tolist()]
+    assert head + tail == whole  # one rank: the slot sequence is the rank's own batches, in order
+    assert sorted(i for i in head + tail if i >= 0) == list(range(other.n_samples))
+    fresh = stream(small_shards, workers=1, batch_size=8)
+    fresh.position.epoch = 1  # the next epoch of a run on the new layout from the start
+    assert not other.resharded and as_lists(itertools.islice(iter(other), 2)) == as_lists(itertools.islice(iter(fresh), 2))
+    with pytest.raises(UserError, match="cannot resume mid-epoch .* on other data"):
+        stream(small_shards, workers=1, batch_size=8, seed=3).load_state_dict(state)
 
 
 def test_masking_rates_and_special_tokens(small_shards):

@@ -28,6 +28,16 @@ def rank_share(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
 
 
+def keep_global_batch(global_batch: int, max_micro: int, world_size: int) -> tuple[int, int] | None:
+    """(micro batch, accumulation) making `global_batch` on `world_size` ranks, the micro batch the largest up to
+    `max_micro` that does; None where `world_size` does not divide `global_batch` (no whole number keeps it)."""
+    if global_batch % world_size:
+        return None
+    per_rank = global_batch // world_size
+    micro = max(m for m in range(1, min(max_micro, per_rank) + 1) if per_rank % m == 0)
+    return micro, per_rank // micro
+
+
 def broadcast(box: list) -> list:
     """Rank 0's `box` (a list of picklable values) on every rank."""
     if initialized():

@@ -53,3 +53,37 @@ def read_shard(path: str | Path, seq_len: int, vocab_size: int, samples: int, sk
         raise CorruptShardError(shard, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if got < take:
         raise CorruptShardError(shard, f"ended after {skip + got} samples, the manifest says {samples} (truncated?)")
+
+
+class ShardIndex:
+    """Where each sample of a shard lies in its tar (the members `read_shard` yields, in its order), for reading single
+    samples by their place in the shard: the rest of an epoch resumed on another layout reads scattered samples."""
+
+    def __init__(self, path: str | Path, seq_len: int, vocab_size: int, samples: int):
+        import re
+        import tarfile
+
+        self.shard, self.seq_len, self.vocab_size = str(path), seq_len, vocab_size
+        meta = re.compile(r"__[^/]*__($|/)")  # what webdataset's tar_file_iterator skips
+        self.members: list[tuple[str, int, int]] = []
+        try:
+            with tarfile.open(self.shard, mode="r:") as tar:  # headers only: member data is seeked over, not read
+                for info in tar:
+                    name = info.name
+                    if not info.isreg() or ("/" not in name and name.startswith("__") and name.endswith("__")) or meta.match(name):
+                        continue
+                    self.members.append((name, info.offset_data, info.size))
+        except Exception as e:  # tarfile.ReadError, EOFError, ...: the tar itself is broken
+            raise CorruptShardError(self.shard, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if len(self.members) < samples:
+            raise CorruptShardError(self.shard, f"ended after {len(self.members)} samples, the manifest says {samples} (truncated?)")
+
+    def read(self, i: int) -> tuple[np.ndarray, int]:
+        """Sample `i` of the shard, checked as `read_shard` checks it."""
+        name, offset, size = self.members[i]
+        with open(self.shard, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise CorruptShardError(self.shard, f"sample {name} is cut short (truncated?)")
+        return decode(self.shard, name, data, self.seq_len, self.vocab_size)

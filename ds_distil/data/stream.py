@@ -19,6 +19,10 @@ tar range and shuffle buffer up to the samples it had already produced (no maski
 collation), so no sample is repeated or skipped. We split shards by sample ranges rather than
 with `wds.split_by_node` because whole-shard splitting cannot give equal steps or
 exactly-once epochs when the shard count is not a multiple of ranks x workers.
+
+Resumed on another layout (ranks, workers, micro batch), the rest of the epoch is the rest of the
+epoch's own sequence of slots, split for the new ranks (ds_distil/data/reshard.py); the position
+then also holds the epoch's layout and where in its sequence this process began (`origin`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ds_distil.core.dist import rank_share, rank_world
 from ds_distil.core.errors import CorruptShardError, UserError
 from ds_distil.data.manifest import Manifest
 from ds_distil.data.masking import mask_tokens, max_masked_per_sample, static_positions
+from ds_distil.data.reshard import Layout, PositionReader, SlotSource
 from ds_distil.data.samples import read_shard
 from ds_distil.data.teacher_cache import TeacherCache, data_made_for
 from ds_distil.schema.distill import DataConfig
@@ -110,10 +115,13 @@ class StreamPosition:
 
 
 class _EpochDataset(IterableDataset):
-    """One rank's batches of one epoch, from batch `start_step` on. Plain data: picklable."""
+    """One rank's batches of one epoch, from batch `start_step` on; with `segment` (origin, the epoch's layout), the rest
+    of an epoch laid out otherwise, from slot `origin` of its sequence (reshard.py). Plain data: picklable."""
 
-    def __init__(self, stream: MLMStream, epoch: int, start_step: int):
+    def __init__(self, stream: MLMStream, epoch: int, start_step: int, segment: tuple[int, Layout] | None = None):
         self.shards = [(str(s.path), s.samples) for s in stream.shards]
+        self.n_samples = stream.n_samples
+        self.segment = segment
         self.cfg = stream.cfg
         self.split_seed = stream.seed
         self.shuffle = stream.shuffle
@@ -131,7 +139,7 @@ class _EpochDataset(IterableDataset):
 
     # -- reading
 
-    def _epoch_order(self) -> list[tuple[str, int]]:
+    def epoch_order(self) -> list[tuple[str, int]]:
         if not self.shuffle:
             return self.shards
         perm = np.random.default_rng(derive_seed(self.split_seed, self.epoch, "shards")).permutation(len(self.shards))
@@ -144,7 +152,7 @@ class _EpochDataset(IterableDataset):
         corrupt shard is named here, or with skip_corrupt_shards the rest of it is skipped and counted.
         """
         pos = 0
-        for path, n in self._epoch_order():
+        for path, n in self.epoch_order():
             if count <= 0:
                 return
             if pos + n <= start:
@@ -169,15 +177,43 @@ class _EpochDataset(IterableDataset):
             count -= take
             start = pos
 
+    def worker_plans(self, layout: Layout, rank: int) -> list[WorkerPlan]:
+        """Each worker's share of rank `rank` of this epoch laid out as `layout`."""
+        return plan_rank(self.n_samples, layout.world_size, layout.batch_size, layout.workers, rank)[1]
+
+    def positions(self, start: int, count: int) -> Iterator[int]:
+        """The positions `_read_range(start, count)` reads, without reading: those of shards known to be corrupt
+        (skipped) left out."""
+        pos = 0
+        for path, n in self.epoch_order():
+            if count <= 0:
+                return
+            if pos + n <= start:
+                pos += n
+                continue
+            skip = max(0, start - pos)
+            take = min(n - skip, count)
+            if path not in self.bad_shards:
+                yield from range(pos + skip, pos + skip + take)
+            pos += n
+            count -= take
+            start = pos
+
+    def shuffled(self, items: Iterator, plan: WorkerPlan, rank: int) -> Iterator:
+        """A worker's items in the order the worker hands them out: webdataset's buffer shuffle, seeded by (seed, epoch,
+        rank, the worker's range). It draws without looking at the items, so samples and their positions come out in the
+        same order."""
+        if not self.shuffle:
+            return items
+        from webdataset.filters import _shuffle
+
+        rng = random.Random(derive_seed(self.split_seed, self.epoch, rank, plan.start, "buffer"))
+        size = min(self.cfg.shuffle_buffer, max(plan.real, 1))
+        return _shuffle(items, bufsize=size, initial=size, rng=rng)
+
     def _worker_items(self, plan: WorkerPlan) -> Iterator[tuple[np.ndarray, int] | None]:
         """The worker's slots in order: its real samples (shuffled), then None for padding."""
-        items = self._read_range(plan.start, plan.real)
-        if self.shuffle:
-            from webdataset.filters import _shuffle
-
-            rng = random.Random(derive_seed(self.split_seed, self.epoch, self.rank, plan.start, "buffer"))
-            size = min(self.cfg.shuffle_buffer, max(plan.real, 1))
-            items = _shuffle(items, bufsize=size, initial=size, rng=rng)
+        items = self.shuffled(self._read_range(plan.start, plan.real), plan, self.rank)
         n = 0
         for item in items:
             n += 1
@@ -193,14 +229,15 @@ class _EpochDataset(IterableDataset):
                             self.mask_id, self.cfg)
 
 
-    def _batch(self, items: list, step: int) -> dict[str, torch.Tensor]:
+    def _batch(self, items: list, step: int, slot: int | None = None) -> dict[str, torch.Tensor]:
         pad = (np.full(self.seq_len, self.pad_id, dtype=np.int32), -1)
         decoded = [pad if it is None else it for it in items]
         ids = torch.from_numpy(np.stack([d[0] for d in decoded]).astype(np.int64))
         if self.cfg.masking == "static":
             batch = self._static_masks(ids, [d[1] for d in decoded])
-        else:
-            g = torch.Generator().manual_seed(derive_seed(self.split_seed, self.epoch, self.rank, step, "mask") % 2**63)
+        else:  # dynamic masks of a batch of the rest of a resharded epoch: seeded by its first slot
+            parts = (self.rank, step) if slot is None else ("slot", slot)
+            g = torch.Generator().manual_seed(derive_seed(self.split_seed, self.epoch, *parts, "mask") % 2**63)
             batch = mask_tokens(ids, self.special_ids, self.random_ids, self.mask_id, self.cfg, g)
         batch["attention_mask"] = (ids != self.pad_id).long()
         batch["index"] = torch.tensor([d[1] for d in decoded], dtype=torch.long)
@@ -214,7 +251,10 @@ class _EpochDataset(IterableDataset):
         info = get_worker_info()
         physical, n_physical = (info.id, info.num_workers) if info else (0, 1)
         assert n_physical == self.workers, "the DataLoader must have the stream's worker count"
-        steps, plans = plan_rank(sum(n for _, n in self.shards), self.world_size, self.batch_size, self.workers, self.rank)
+        if self.segment is not None:
+            yield from self._segment(physical)
+            return
+        steps, plans = plan_rank(self.n_samples, self.world_size, self.batch_size, self.workers, self.rank)
         # DataLoader always starts its round-robin at worker 0; the next batch due is start_step.
         plan = plans[(self.start_step + physical) % self.workers]
         done = sum(1 for j in plan.batches if j < self.start_step)
@@ -227,6 +267,22 @@ class _EpochDataset(IterableDataset):
         except UserError as e:  # a corrupt shard or cache file, a cache masked otherwise than this run
             # Raised in a DataLoader worker, it would reach the main process as a RuntimeError wrapping a
             # traceback; handed over as data, the main process raises the same one-line error as the start-up check.
+            yield {ERROR_KEY: (e.shard, e.what, e.advice) if isinstance(e, CorruptShardError) else (str(e),)}
+
+    def _segment(self, physical: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This worker's batches of the rest of an epoch laid out otherwise: batch i (from start_step on, every workers-th
+        one: the DataLoader's round-robin starts at worker 0) holds slots origin + (i W + rank) B .. + B of the epoch's
+        sequence."""
+        origin, layout = self.segment
+        end = layout.slots(self.n_samples)
+        steps = math.ceil((end - origin) / (self.world_size * self.batch_size))
+        slots, reader = SlotSource(self, layout), PositionReader(self, keep=max(16, 2 * layout.world_size * layout.workers))
+        try:
+            for i in range(self.start_step + physical, steps, self.workers):
+                first = origin + (i * self.world_size + self.rank) * self.batch_size
+                places = [slots.position(f) if f < end else None for f in range(first, first + self.batch_size)]
+                yield self._batch([None if p is None else reader.read(p) for p in places], i, slot=first)
+        except UserError as e:
             yield {ERROR_KEY: (e.shard, e.what, e.advice) if isinstance(e, CorruptShardError) else (str(e),)}
 
 
@@ -289,6 +345,9 @@ class MLMStream:
             cache.check(data_made_for(manifest, cfg))
         self.steps_per_epoch, _ = plan_rank(self.n_samples, world_size, batch_size, self.workers, rank)
         self.position = StreamPosition()
+        self.layout = Layout(world_size, self.workers, batch_size)
+        self.epoch_layout = self.layout  # the layout the current epoch began under (reshard.py)
+        self.origin = 0  # the slot of the epoch's sequence this process's part of the epoch began at
         self._live = None  # the DataLoader iterator batches come from now
         self.bad_shards = self._verify(rank, world_size)
 
@@ -312,8 +371,27 @@ class MLMStream:
                             "keeps its step count", path, what)
         return bad
 
+    @property
+    def resharded(self) -> bool:
+        """The current epoch goes on on another layout than it began under (or from a slot that is not a row of ours)."""
+        return self.epoch_layout != self.layout or self.origin != 0
+
+    def steps_this_epoch(self) -> int:
+        """This rank's micro batches of the current epoch from `origin` (all of it: steps_per_epoch)."""
+        if not self.resharded:
+            return self.steps_per_epoch
+        return math.ceil((self.epoch_layout.slots(self.n_samples) - self.origin) / self.layout.row)
+
+    def consumed(self) -> int:
+        """Slots of the current epoch's sequence taken by all ranks so far: the position in global terms."""
+        return self.origin + self.position.step * self.layout.row
+
+    def epoch_progress(self) -> float:
+        """The epoch and the fraction of it taken, e.g. 1.25."""
+        return self.position.epoch + self.consumed() / self.epoch_layout.slots(self.n_samples)
+
     def loader(self, epoch: int, start_step: int) -> DataLoader:
-        dataset = _EpochDataset(self, epoch, start_step)
+        dataset = _EpochDataset(self, epoch, start_step, (self.origin, self.epoch_layout) if self.resharded else None)
         k = self.cfg.num_workers
         # Its own generator: creating a DataLoader iterator draws a seed, and from the global RNG that
         # would shift dropout after a resume. (Our data does not depend on worker seeds.)
@@ -323,7 +401,7 @@ class MLMStream:
     def epoch_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """The rest of the current epoch; the position advances as batches are handed out."""
         pos = self.position
-        if pos.step < self.steps_per_epoch:
+        if pos.step < self.steps_this_epoch():
             self._live = iter(self.loader(pos.epoch, pos.step))
             for batch in self._live:
                 if ERROR_KEY in batch:
@@ -332,6 +410,7 @@ class MLMStream:
                 pos.step += 1
                 yield batch
         pos.epoch, pos.step = pos.epoch + 1, 0
+        self.epoch_layout, self.origin = self.layout, 0  # the next epoch is laid out for the ranks running now
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
@@ -367,17 +446,30 @@ class MLMStream:
                 "shuffle": self.shuffle, "split": self.split, "shards_sha256": shard_ids}
 
     def state_dict(self) -> dict:
-        return {"position": asdict(self.position), "layout": self._layout()}
+        """position: (epoch, batches this rank took since `origin`); layout: this process's; epoch_layout: the one the
+        epoch began under. The slots taken, `origin + step x world_size x batch_size`, are the same on every rank."""
+        return {"position": asdict(self.position), "layout": self._layout(), "origin": self.origin,
+                "epoch_layout": asdict(self.epoch_layout)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue where `state` (of this or any other layout) stopped. Ranks, workers and micro batch may differ: the
+        rest of the epoch is then the rest of its own sequence, split for this layout; the data itself (seed, shuffle,
+        split, shards) may not, mid-epoch."""
         pos = StreamPosition(**state["position"])
-        if pos.step and state["layout"] != self._layout():
-            changed = {k: (v, self._layout()[k]) for k, v in state["layout"].items() if self._layout().get(k) != v}
-            raise UserError(
-                f"cannot resume mid-epoch (epoch {pos.epoch}, step {pos.step}) with a different data layout "
-                f"{changed} (saved, now); resume with the same ranks, data.num_workers, micro batch and shards"
-            )
-        self.position = pos
+        saved = state["layout"]
+        now = self._layout()
+        fixed = ("seed", "shuffle", "split", "shards_sha256")
+        changed = {k: (saved[k], now[k]) for k in fixed if k in saved and saved[k] != now[k]}
+        consumed = int(state.get("origin", 0)) + pos.step * Layout.of(saved).row
+        if consumed and changed:
+            raise UserError(f"cannot resume mid-epoch (epoch {pos.epoch}, {consumed} slots of it taken) on other data {changed} "
+                            "(saved, now); resume with the run's data.seed, data.shuffle and shards")
+        epoch_layout = Layout.of(state.get("epoch_layout", saved))  # a checkpoint from before: its epoch began on its layout
+        if epoch_layout == self.layout and consumed % self.layout.row == 0:  # this epoch's own layout: the plain path
+            self.origin, self.position = 0, StreamPosition(pos.epoch, consumed // self.layout.row)
+        else:
+            self.origin, self.position = consumed, StreamPosition(pos.epoch, 0)
+        self.epoch_layout = epoch_layout
 
 
 def _ordinary_ids(manifest: Manifest) -> torch.Tensor:

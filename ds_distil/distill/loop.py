@@ -1,7 +1,8 @@
 """The distillation loop: `fit(components)` trains a run that ds_distil/distill/setup.py has built.
 
-A micro step is `DistillStep` (ds_distil/distill/step.py): teacher signal and student at the masked positions
-only, the objective's per-global-token terms, DeepSpeed's backward and step, no host sync. The loop accumulates
+An optimizer step is `DistillStep.window` over its micro batches (ds_distil/distill/step.py): teacher signal and
+student at the masked positions only, the objective's terms per token of the whole global batch, DeepSpeed's backward
+and step, no host sync. The loop accumulates
 the step's statistics on the device; once per optimizer step the ranks exchange one small vector (the statistics,
 a stop request) and the host reads it: the one sync, where DeepSpeed's own step (grad norm, overflow check)
 synchronises anyway. Every `log.every_steps` it logs the total and each of the objective's terms; validation and
@@ -48,8 +49,8 @@ class TrainerState:
 @dataclass
 class Components:
     """A distillation run, set up: everything the loop needs, nothing it builds. `setup()` makes the real one; a test
-    hands in small fakes (an engine needs is_gradient_accumulation_boundary, get_lr, get_global_grad_norm, skipped_steps
-    and config; a stream state_dict, position, steps_per_epoch, seq_len, abandon)."""
+    hands in small fakes (an engine needs gradient_accumulation_steps, get_lr, get_global_grad_norm, skipped_steps
+    and config; a stream state_dict, position, epoch_progress, seq_len, abandon; a step window and stat_names)."""
 
     cfg: DistillConfig
     dist: Dist
@@ -135,24 +136,19 @@ def fit(c: Components) -> int:
 
 
 def optimizer_step(c: Components, stop_requested: StopRequest) -> tuple[torch.Tensor, int, bool]:
-    """Micro steps up to the next optimizer-step boundary; then the one exchange between ranks (with whether a stop
-    was requested on this rank by then). Returns (the step's statistics summed over ranks and micro steps, micro
-    steps, stop requested on any rank). Raises StopWhileWaiting when a stop was requested and the next batch does not
-    come within the grace period."""
+    """The micro batches of the next optimizer step (its accumulation window), trained on together; then the one
+    exchange between ranks (with whether a stop was requested on this rank by then). Returns (the step's statistics
+    summed over ranks and micro steps, micro steps, stop requested on any rank). Raises StopWhileWaiting when a stop
+    was requested and a batch does not come within the grace period (before any of the step is computed)."""
     device = c.dist.device
-    step_acc = torch.zeros(len(c.step.stat_names), dtype=torch.float64, device=device)
-    micro = 0
-    while True:
-        boundary = c.engine.is_gradient_accumulation_boundary()
+    batches = []
+    for _ in range(c.engine.gradient_accumulation_steps()):
         with stop_requested.waiting():
-            batch = next(c.batches)
-        step_acc += c.step(batch)
-        micro += 1
-        if boundary:
-            break
-    exchange = torch.cat([step_acc, torch.tensor([float(stop_requested())], dtype=torch.float64, device=device)])
+            batches.append(next(c.batches))
+    step_acc = c.step.window(batches)
+    exchange = torch.cat([step_acc.to(device), torch.tensor([float(stop_requested())], dtype=torch.float64, device=device)])
     exchange = dist.all_reduce(exchange).cpu()  # the sync
-    return exchange[:-1], micro, bool(exchange[-1] > 0)
+    return exchange[:-1], len(batches), bool(exchange[-1] > 0)
 
 
 def log_window(c: Components, acc: torch.Tensor, micro: int, elapsed: float) -> None:
@@ -171,7 +167,7 @@ def log_window(c: Components, acc: torch.Tensor, micro: int, elapsed: float) -> 
         "throughput/tokens_per_s": acc[names.index("tokens")].item() / elapsed,
         "throughput/samples_per_s": acc[names.index("samples")].item() / elapsed,
         "train/tokens_seen": float(st.tokens),
-        "train/epoch": c.stream.position.epoch + c.stream.position.step / c.stream.steps_per_epoch,
+        "train/epoch": c.stream.epoch_progress(),
         "train/overflow_skipped_steps": float(e.skipped_steps),
         "train/nonfinite_skipped_steps": float(st.nonfinite_total),
     })

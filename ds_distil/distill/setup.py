@@ -1,15 +1,18 @@
 """Set-up of a distillation run: from the run config to the `Components` the loop trains with.
 
-In order: claim --out (core.rundir), read the shards' manifest and a target-language vocabulary, check the
-vocabularies of everything pretrained, build teacher and student (model surgery for a trimmed vocabulary), the
-objective (it checks the pair) and the stream, fill the DeepSpeed config, compare a resumed run's settings with its
+In order: claim --out (core.rundir), read the shards' manifest, choose the checkpoint a --resume continues from and
+the split of its global batch over the ranks there are now (distill/elastic.py), read a target-language vocabulary,
+check the vocabularies of everything pretrained, build teacher and student (model surgery for a trimmed vocabulary),
+the objective (it checks the pair) and the stream, fill the DeepSpeed config, compare a resumed run's settings with its
 checkpoint's (refused before anything is written or loaded), write the run's record (resolved config, DeepSpeed
 JSON, environment, the student's config and tokenizer), start the engine, place the teacher, restore the
-checkpoint, then the step, the teacher signal, validation, checkpoints and metrics, and say what runs where.
+checkpoint (on any number of ranks: runtime/checkpoint.py), then the step, the teacher signal, validation,
+checkpoints and metrics, and say what runs where (and, resumed on another layout, what changed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -28,7 +31,7 @@ from ds_distil.data.masking import MASKING_RULE
 from ds_distil.data.stream import MLMStream
 from ds_distil.data.teacher_cache import REBUILD, TeacherCache, load_cache, vocab_made_for
 from ds_distil.data.vocab import load_vocab_map
-from ds_distil.distill import evaluate, objectives
+from ds_distil.distill import elastic, evaluate, objectives
 from ds_distil.distill import resume as resume_settings
 from ds_distil.distill.batch import Translation
 from ds_distil.distill.loop import Components, TrainerState
@@ -76,6 +79,14 @@ def setup(cfg: DistillConfig, out: str | Path, resume: bool = False, overwrite: 
 def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> Components:
     run_dir = rd.path
     manifest = load_manifest(cfg.data.shards)
+    tag = _resume_tag(run_dir, d) if resume else None
+    saved_state = json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()) if tag else None
+    split = elastic.Split(cfg.train.micro_batch_size, cfg.train.grad_accum_steps, d.world_size)
+    saved_split = split
+    if saved_state is not None:  # the global batch the run began with, on the ranks there are now (or refused)
+        saved_split = elastic.saved_split(saved_state)
+        split = elastic.choose(saved_split, cfg, d.world_size, tag)
+        cfg = elastic.apply(cfg, split)
     tok = manifest.tokenizer
     vocab, pad = int(tok["vocab_size"]), int(tok["pad_id"])
     vmap = None
@@ -116,8 +127,8 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
 
     stream = MLMStream(manifest, cfg.data, batch_size=cfg.train.micro_batch_size, rank=d.rank, world_size=d.world_size,
                        keep_ids=vmap.is_kept() if vmap else None, cache=cache)
-    num_steps = eng.total_steps(cfg.train, stream.steps_per_epoch)
-    ds_config = eng.build_ds_config(cfg, d.world_size, num_steps, d.device)
+    schedule, num_steps = _schedule(cfg, stream, saved_state, saved_split, split)
+    ds_config = eng.build_ds_config(cfg, d.world_size, schedule.total_steps, d.device, warmup_steps=schedule.warmup_steps)
     check_micro_batch(student.config, cfg.train.micro_batch_size, manifest.seq_len, cfg.train.micro_batch_size * stream.max_masked,
                       s_vocab, 4 if eng.precision(ds_config) == "fp32" else 2, d.device, teacher_logits=cache is None)  # before anything big is allocated
     settings = resume_settings.fingerprint(cfg, manifest, d.world_size, ds_config, MASKING_RULE)
@@ -125,28 +136,39 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
         settings["student.vocab_kept_sha256"] = vmap.content_sha256
     if cache is not None:  # the cache's content, not its path
         settings["teacher.cache_content_sha256"] = cache.content_sha256
-    tag = _resume_tag(run_dir, d) if resume else None
+    universal = False
     if tag is not None:  # refused before anything is written or loaded
-        saved = resume_settings.saved_fingerprint(json.loads((run_dir / "checkpoints" / tag / "trainer_state.json").read_text()))
+        saved = resume_settings.saved_fingerprint(saved_state)
         resume_settings.check(saved, settings, tag, derived=False)
-        checkpoint.check_world_size(run_dir, tag, d.world_size, f", or to change size, `ds-distil export --run {run_dir}` and "
-                                    f"start a new run with student.pretrained={run_dir}/student")  # its own way out (export, resize)
         resume_settings.check(saved, settings, tag, derived=True)
+        universal = checkpoint.needs_universal(run_dir, tag, d.world_size, ds_config["zero_optimization"]["stage"])
     t_dtype = eng.teacher_dtype(cfg.teacher.dtype, d.device)
     _prepare_run_dir(cfg, run_dir, resume, d, student, vmap.directory if vmap else manifest.tokenizer_dir, ds_config, t_dtype)
     t_params, s_params = count_parameters(teacher), count_parameters(student)
     trained = (MaskedLM(student, s_vocab) if objective.module is None else StudentWithObjective(student, s_vocab, objective.module))
-    model_engine = eng.initialize(trained, ds_config, cfg.train.weight_decay)
+    group_names = eng.param_group_names(trained, cfg.train.weight_decay)
+    engine_config = ds_config
+    if universal and ds_config["zero_optimization"]["stage"] > 0:  # DeepSpeed cuts this engine's partitions from it
+        engine_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
+    model_engine = eng.initialize(trained, engine_config, cfg.train.weight_decay)
     teacher = eng.place_teacher(teacher, d.device, t_dtype)
     if trimmed is not None and trimmed.full_head is not None:
         trimmed.full_head.to(device=d.device, dtype=t_dtype)
 
-    state = TrainerState()
+    state, change = TrainerState(), None
     if tag is not None:
-        saved = checkpoint.load(model_engine, run_dir, tag)
+        saved = checkpoint.load(model_engine, run_dir, tag, group_names, cfg.train.seed)
         state = TrainerState(**saved["trainer"], data=saved["data"])
         stream.load_state_dict(saved["data"])
-        log.info("resumed from step %d (%s; epoch %d, micro batch %d of it)", state.step, tag, stream.position.epoch, stream.position.step)
+        if split.global_batch != saved_split.global_batch:  # allow_global_batch_change: the schedule goes on by samples
+            num_steps = _rescale_position(model_engine, saved_state, saved_split, split, schedule, state.step)
+        log.info("resumed from step %d (%s; epoch %d, %.0f%% of it%s)", state.step, tag, stream.position.epoch,
+                 100 * (stream.epoch_progress() - stream.position.epoch),
+                 f"; its rest laid out for {stream.layout.text()}" if stream.resharded else "")
+        if split != saved_split:
+            change = elastic.change_line(saved_split, split)
+            if d.rank == 0:
+                log.info("%s", change)
     elif resume:
         log.info("--resume: no complete checkpoint in %s yet; starting from the beginning", run_dir)
 
@@ -167,14 +189,54 @@ def _build(cfg: DistillConfig, rd: rundir.RunDir, resume: bool, d: eng.Dist) -> 
                                objective if val_teacher is not None else objectives.MLM(), d.rank, d.world_size,
                                keep_ids=stream.keep_ids, teacher=val_teacher, translation=step.translation, cache=val_cache)
     device_stats = DeviceStats(d.device)
-    record = {"config": to_dict(cfg), "resume": settings, "objective": objective.declaration()}
+    record = {"config": to_dict(cfg), "resume": resume_settings.recorded(settings), "objective": objective.declaration(),
+              "split": dataclasses.asdict(split), "schedule": dataclasses.asdict(schedule), "num_steps": num_steps}
     c = Components(cfg, d, model_engine, stream, objective, step.teacher, step, validator,
                    checkpoint.Checkpoints(model_engine, rd, d.rank, cfg.checkpoint.keep, record),
                    Metrics(run_dir, d.rank == 0, cfg.log.tensorboard, num_steps, state.step), state, num_steps,
                    Arch.of(student, s_vocab), peak_flops(device_stats.name, cfg.log.peak_tflops), device_stats)
     if d.rank == 0:
         _banner(c, manifest, ds_config, vmap, vocab, t_params, s_params, t_dtype, student)
+    if tag is not None:  # at the resumed step, in metrics.jsonl too (a later resume from the same step replaces it)
+        c.metrics.event(state.step, "resumed", change or f"resumed on {d.world_size} rank(s), as before",
+                        world_size=split.world, was_world_size=saved_split.world, accumulation=split.accum,
+                        was_accumulation=saved_split.accum, micro_batch=split.micro, was_micro_batch=saved_split.micro,
+                        global_batch=split.global_batch, was_global_batch=saved_split.global_batch, checkpoint=tag)
     return c
+
+
+def _schedule(cfg: DistillConfig, stream: MLMStream, saved_state: dict | None, saved_split: elastic.Split,
+              split: elastic.Split) -> tuple[elastic.Schedule, int]:
+    """The LR schedule (length, warm-up, in steps of the global batch) and the optimizer steps of the run: fixed when the
+    run begins (a resume on another layout, whose epochs have other step counts, keeps them); rescaled by samples where
+    the global batch changes (train.allow_global_batch_change; the run's length is then set after loading)."""
+    if saved_state is None:
+        total = eng.total_steps(cfg.train, stream.steps_per_epoch)
+        return elastic.Schedule(total, elastic.warmup_steps(cfg, total), split.global_batch), total
+    if "schedule" in saved_state:
+        schedule, num_steps = elastic.Schedule(**saved_state["schedule"]), int(saved_state["num_steps"])
+    else:  # a checkpoint from before: the schedule its run computed, on its own layout
+        train = dataclasses.replace(cfg.train, grad_accum_steps=saved_split.accum)
+        total = eng.total_steps(train, elastic.epoch_micro_steps(stream.n_samples, saved_split))
+        schedule, num_steps = elastic.Schedule(total, elastic.warmup_steps(cfg, total), saved_split.global_batch), total
+    if schedule.global_batch != split.global_batch:
+        schedule = schedule.rescaled(split.global_batch)
+    return schedule, num_steps
+
+
+def _rescale_position(engine, saved_state: dict, saved_split: elastic.Split, split: elastic.Split,
+                      schedule: elastic.Schedule, step: int) -> int:
+    """The global batch changed: move the loaded LR schedule to the same sample position in steps of the new global
+    batch; returns the run's new length in optimizer steps (it ends where the schedule does)."""
+    scheduler = engine.lr_scheduler
+    g_old = saved_state["schedule"]["global_batch"] if "schedule" in saved_state else saved_split.global_batch
+    done = int(scheduler.last_batch_iteration) + 1  # schedule steps taken (DeepSpeed's iteration is the last one's index)
+    now = round(done * g_old / split.global_batch)  # as many samples, in steps of the new global batch
+    scheduler.step(now - 1)  # the LR of that position of the rescaled schedule (the engine's config has its length)
+    num_steps = step + max(0, schedule.total_steps - now)
+    log.info("global batch %d -> %d: LR schedule continued by samples (%d steps of %d samples = %d steps of %d of %d); the run "
+             "now ends at step %d", g_old, split.global_batch, done, g_old, now, split.global_batch, schedule.total_steps, num_steps)
+    return num_steps
 
 
 def build_step(engine, objective: Objective, teacher: torch.nn.Module | None, vocab: int, temperature: float,

@@ -3,7 +3,9 @@
 The teacher signal gives the teacher's outputs for the batch (the frozen teacher running, without autograd), the
 student runs through its DeepSpeed engine, both LM heads at the masked positions only, over the real vocabulary
 (padding rows cut off); the objective turns them into its terms, each a mean over the masked (or real) tokens of the
-whole global batch (counts all-reduced), so any split over ranks gives the same loss. DeepSpeed does the backward,
+whole global batch: `window` takes an optimizer step's micro batches together, sums their counts and all-reduces them
+once, so any split of the same global batch over ranks and accumulation gives the same loss and update (to rounding;
+distill/elastic.py relies on it when a run resumes on other ranks). DeepSpeed does the backward,
 the ZeRO-2 reduction (none on one fp32 rank: runtime/engine.zero_stage), clipping, loss scaling, optimizer and
 schedule, and skips an optimizer step whose gradients are not finite.
 
@@ -55,14 +57,39 @@ class DistillStep:
         return self.loss(student, teacher, b, counts)
 
     def __call__(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Forward, backward and (at an accumulation boundary) the optimizer step; returns the statistics on the device."""
+        """One micro batch that is a whole optimizer step's (no accumulation): forward, backward, the optimizer step;
+        returns the statistics on the device."""
         b, local, counts = self.prepare(raw)
+        return self._micro(b, local, counts, 1)
+
+    def window(self, raws: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """An optimizer step's micro batches (its accumulation window), each forward and backward with the window's
+        global counts, the optimizer step at the last; returns the statistics summed over them."""
+        if len(raws) == 1:
+            return self(raws[0])
+        batches = [to_device(raw, self.device, self.translation) for raw in raws]
+        locals_ = [b.counts() for b in batches]
+        counts = torch.stack(locals_).sum(0)
+        if self.world_size > 1:
+            dist.all_reduce(counts)  # once per optimizer step: what every micro batch of every rank divides by
+        stats = None
+        for b, local in zip(batches, locals_):
+            self.last = b
+            s = self._micro(b, local, counts, len(batches))
+            stats = s if stats is None else stats + s
+        return stats
+
+    def _micro(self, b: Batch, local: torch.Tensor, counts: torch.Tensor, micro: int) -> torch.Tensor:
+        """Forward and backward of one micro batch of a window of `micro` (its terms: shares of the window's global
+        means), and DeepSpeed's step (the update at the window's last). The statistics are scaled by `micro`, so that
+        summed over the window's micro batches and divided by their number they give the window's means, as a window
+        of one does."""
         total, means = self.student_loss(b, self.teacher(b), counts)
-        # DeepSpeed averages gradients over ranks; our terms are already shares of the global mean.
-        # A non-finite loss gives non-finite gradients, and DeepSpeed skips that optimizer step.
-        self.engine.backward(total * self.world_size)
+        # DeepSpeed averages gradients over ranks and divides by the accumulation steps; our terms are already shares
+        # of the window's global mean. A non-finite loss gives non-finite gradients, and DeepSpeed skips that step.
+        self.engine.backward(total * (self.world_size * micro))
         self.engine.step()
         total = total.detach()
         samples = (b.index >= 0).sum().float()
-        return torch.stack([total, *(m.detach() for m in means), local[1], samples, local[0],
+        return torch.stack([total * micro, *(m.detach() * micro for m in means), local[1], samples, local[0],
                             (~torch.isfinite(total)).float()]).to(torch.float64)

@@ -11,12 +11,19 @@ Layout under RUN/checkpoints/:
                              synced: step, world size, and the size and sha256 of every file
     latest                   the newest complete tag, replaced atomically (DeepSpeed's convention)
     stepNNNNNNNN.damaged/    a complete checkpoint whose files no longer match COMPLETE, set aside
+    universal/stepNNNNNNNN/  its universal form, made to resume it on another number of ranks or ZeRO stage
+                             (ds_distil/runtime/universal.py); dropped once a newer checkpoint exists
 
 DeepSpeed itself writes `latest` from rank 0 without waiting for the other ranks' files, so we
 save with save_latest=False and commit ourselves. A tag without COMPLETE (a run killed while
 writing) is never resumed from and is removed by the next successful save. --resume verifies
 the newest complete checkpoint against its COMPLETE and falls back to the newest one that
 matches, saying which. Loading never unpickles arbitrary objects (ds_distil.core.safe_load).
+
+Distillation resumes any checkpoint on any number of ranks (elastic resume: `load` given the optimizer's parameter
+groups): on the ranks and ZeRO stage that wrote it, DeepSpeed loads it as it is; otherwise through its universal form.
+Each rank that existed gets its own RNG state back; a rank that did not gets one seeded by (train.seed, its rank, the
+step), the same on every try. Finetuning resumes on the checkpoint's own number of ranks only (check_world_size).
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ds_distil.core.dist import broadcast
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write, atomic_write_json
 from ds_distil.core.rundir import RunDir, commit_on_rank0
-from ds_distil.core.safe_load import weights_only_loads
+from ds_distil.core.safe_load import UnsafeCheckpointError, weights_only_loads
 from ds_distil.data.manifest import sha256_file
+from ds_distil.data.stream import derive_seed
+from ds_distil.runtime import universal
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +106,10 @@ def verify(tag_dir: Path, world_size: int | None = None) -> str | None:
     # optimizer partition, the model states (DeepSpeed's file names; without ZeRO they hold the optimizer state)
     needed = ["trainer_state.json", "mp_rank_00_model_states.pt", *(f"rng_rank{r}.pt" for r in range(ranks))]
     missing = [n for n in needed if not (tag_dir / n).is_file()]
-    missing += [f"rank {r}'s optimizer states" for r in range(ranks) if partitioned and not any(tag_dir.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))]
-    if missing:
-        return f"{missing[0]} is missing"
+    missing += [f"rank {r}'s optimizer states (zero_pp_rank_{r}_mp_rank_00_optim_states.pt)" for r in range(ranks)
+                if partitioned and not any(tag_dir.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))]
+    if missing:  # every one named: a checkpoint of many ranks may miss the files of several
+        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
     files = marker.get("files")
     if files is None:  # written before COMPLETE carried checksums
         return None
@@ -210,33 +221,86 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
             shutil.rmtree(d, ignore_errors=True)  # an interrupted save
     for _, tag in complete[: max(0, len(complete) - keep)]:
         shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+    converted = ckpt_dir / universal.UNIVERSAL
+    if converted.is_dir():  # universal forms of older checkpoints (and any half-made one): the newest resumes without them
+        for d in converted.iterdir():
+            if d.name != tag_for(newest):
+                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
 
 
-def check_world_size(run_dir: Path, tag: str, world_size: int, way_out: str = "") -> None:
-    """Refuse a checkpoint of another world size; `way_out`: the command's own advice for changing it."""
+def written_by(run_dir: Path, tag: str) -> tuple[int, int]:
+    """(ranks, ZeRO stage) that wrote complete checkpoint `tag`."""
     marker = json.loads((run_dir / "checkpoints" / tag / MARKER).read_text())
-    if marker["world_size"] != world_size:
+    return int(marker.get("world_size", 1)), _stage(marker)
+
+
+def check_world_size(run_dir: Path, tag: str, world_size: int) -> None:
+    """Refuse a checkpoint of another world size (a command without elastic resume: finetune, whose fingerprint
+    refuses it first, naming the run's own settings)."""
+    ranks, _ = written_by(run_dir, tag)
+    if ranks != world_size:
         raise UserError(
-            f"{run_dir / 'checkpoints' / tag} was written by {marker['world_size']} ranks, this run has {world_size}; "
-            f"resume with the same number of ranks (ZeRO partitions optimizer state per rank){way_out}"
+            f"{run_dir / 'checkpoints' / tag} was written by {ranks} ranks, this run has {world_size}; "
+            "resume with the same number of ranks (ZeRO partitions optimizer state per rank)"
         )
 
 
-def load(engine, run_dir: Path, tag: str) -> dict:
-    """Restore engine (model, optimizer, scheduler, loss scaler) and RNG from checkpoint `tag`
-    (chosen and verified by choose_tag); returns its trainer state."""
+def needs_universal(run_dir: Path, tag: str, world_size: int, stage: int) -> bool:
+    """Whether an engine of `world_size` ranks under ZeRO stage `stage` loads checkpoint `tag` through its universal form:
+    a partitioned checkpoint on other ranks or another stage; an unpartitioned one (stage 0) under ZeRO. A stage-0
+    checkpoint into a stage-0 engine loads as it is, on any ranks."""
+    ranks, saved = written_by(run_dir, tag)
+    return (saved, stage) != (0, 0) and (ranks != world_size or saved != stage)
+
+
+def load(engine, run_dir: Path, tag: str, group_names: list[list[str]] | None = None, seed: int = 0) -> dict:
+    """Restore engine (model, optimizer, scheduler, loss scaler) and RNG from checkpoint `tag` (chosen and verified by
+    choose_tag); returns its trainer state. With `group_names` (the trained parameters by optimizer group:
+    engine.param_group_names), on any number of ranks and ZeRO stage (distill), `seed` (train.seed) seeding the RNG of
+    a rank the checkpoint has none of; without (finetune), on the checkpoint's own number of ranks only."""
     import torch.distributed as dist
 
     ckpt_dir = run_dir / "checkpoints"
-    check_world_size(run_dir, tag, dist.get_world_size())
-    with weights_only_loads(ckpt_dir / tag):
-        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
-        rng_file = ckpt_dir / tag / f"rng_rank{dist.get_rank()}.pt"
-        rng = torch.load(rng_file, weights_only=True)
-    if path is None:
-        raise UserError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}; it may be damaged: delete it to resume from an older one")
-    set_rng_state(rng)
-    return json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
+    rank, world = dist.get_rank(), dist.get_world_size()
+    state = json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
+    if group_names is None:
+        check_world_size(run_dir, tag, world)
+    if group_names is not None and needs_universal(run_dir, tag, world, engine.zero_optimization_stage()):
+        ranks, stage = written_by(run_dir, tag)
+        error = None
+        if rank == 0:  # one process converts; the others wait for the outcome, whatever it is
+            try:
+                if not universal.ready(ckpt_dir, tag):
+                    log.info("converting checkpoint %s (%d rank(s), ZeRO stage %d) to its universal form for %d rank(s), "
+                             "ZeRO stage %d", tag, ranks, stage, world, engine.zero_optimization_stage())
+                universal.prepare(ckpt_dir, tag, stage, group_names)
+            except UnsafeCheckpointError as e:
+                error = str(e)
+            except Exception as e:  # a one-line error on every rank instead of a traceback on one and a hang on the others
+                log.exception("converting checkpoint %s failed", tag)
+                error = (f"cannot convert checkpoint {ckpt_dir / tag} ({ranks} rank(s), ZeRO stage {stage}) for "
+                         f"{world} rank(s): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; resume on "
+                         f"{ranks} rank(s), or delete it to resume from an older one")
+        error = broadcast([error])[0]
+        if error:
+            raise UserError(error)
+        universal.load(engine, ckpt_dir, tag, group_names)
+    else:
+        with weights_only_loads(ckpt_dir / tag):
+            path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise UserError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}; it may be damaged: delete it to resume "
+                            "from an older one")
+    rng_file = ckpt_dir / tag / f"rng_rank{rank}.pt"
+    if rng_file.is_file():
+        with weights_only_loads(rng_file):
+            set_rng_state(torch.load(rng_file, weights_only=True))
+    else:  # a rank the checkpoint's run did not have: seeded by what it is, the same on every try
+        seeded = derive_seed(seed, "resumed-rank", rank, state["trainer"]["step"])
+        random.seed(seeded)
+        np.random.seed(seeded % 2**32)
+        torch.manual_seed(seeded % 2**63)
+    return state
 
 
 class Checkpoints:

@@ -145,10 +145,10 @@ def compile_enabled(perf: PerfConfig, device: torch.device) -> bool:
     return perf.compile is True or (perf.compile == "auto" and device.type == "cuda")
 
 
-def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int, device: torch.device) -> dict:
+def build_ds_config(cfg: DistillConfig, world_size: int, num_steps: int, device: torch.device, warmup_steps: int | None = None) -> dict:
     """The DeepSpeed JSON named by cfg.deepspeed.config, completed from cfg.train and cfg.perf."""
     return ds_config_from(cfg.train, resolve_ds_json(cfg.deepspeed.config, device), world_size, num_steps,
-                          fused=fused_adamw(cfg.perf.fused_adamw, device), stage=cfg.deepspeed.zero_stage)
+                          fused=fused_adamw(cfg.perf.fused_adamw, device), stage=cfg.deepspeed.zero_stage, warmup_steps=warmup_steps)
 
 
 def zero_stage(choice: int | str, ds: dict, world_size: int) -> int:
@@ -163,9 +163,10 @@ def zero_stage(choice: int | str, ds: dict, world_size: int) -> int:
 
 
 def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: int, fused: bool = False,
-                   stage: int | str = "auto") -> dict:
+                   stage: int | str = "auto", warmup_steps: int | None = None) -> dict:
     """A DeepSpeed JSON (ZeRO, precision) completed with batch sizes, optimizer, schedule and clipping from `t`, and
-    the ZeRO stage `stage` chooses (`zero_stage`)."""
+    the ZeRO stage `stage` chooses (`zero_stage`). The schedule runs `num_steps` steps, warming up for `warmup_steps`
+    (default: t.warmup_ratio of them)."""
     path = Path(json_path)
     if not path.is_file():
         raise UserError(f"deepspeed.config {path} does not exist; pass one of ds_configs/*.json")
@@ -176,7 +177,7 @@ def ds_config_from(t: TrainConfig, json_path: str, world_size: int, num_steps: i
     if owned:
         raise UserError(f"{path} sets {', '.join(owned)}: these come from the run config's `train` section "
                         "(one source of truth); remove them from the JSON")
-    warmup = max(1, round(t.warmup_ratio * num_steps))
+    warmup = max(1, round(t.warmup_ratio * num_steps)) if warmup_steps is None else warmup_steps
     if t.schedule == "linear":
         scheduler = {"type": "WarmupDecayLR", "params": {"total_num_steps": num_steps, "warmup_min_lr": 0.0, "warmup_max_lr": t.lr,
                                                           "warmup_num_steps": warmup, "warmup_type": "linear"}}
@@ -289,6 +290,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def param_group_names(model: nn.Module, weight_decay: float) -> list[list[str]]:
+    """The names of `param_groups`' parameters, group by group: the order a torch optimizer numbers them in its
+    state_dict (how a checkpoint without ZeRO refers to them)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in param_groups(model, weight_decay)]
 
 
 def initialize(model: nn.Module, ds_config: dict, weight_decay: float):

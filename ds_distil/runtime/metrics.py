@@ -49,13 +49,14 @@ class DeviceStats:
 
 
 def _lines_up_to(path: Path, step: int) -> list[str]:
-    """The lines of metrics.jsonl up to `step`; a torn last line (a run killed mid-write) or a line that is
-    not ours is dropped and reported rather than stopping the resume."""
+    """The lines of metrics.jsonl up to `step`, less the events of an earlier start from `step` (a resume killed before
+    its next checkpoint: this one writes its own); a torn last line (a run killed mid-write) or a line that is not ours
+    is dropped and reported rather than stopping the resume."""
     kept, dropped = [], []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         try:
             record = json.loads(line)
-            if record["step"] <= step:
+            if record["step"] < step or (record["step"] == step and "event" not in record):
                 kept.append(line)
             continue
         except (ValueError, KeyError, TypeError):
@@ -106,6 +107,14 @@ class Metrics:
             if self.writer is not None and v is not None:
                 self.writer.add_scalar(k, v, step)
         self.jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self.jsonl.flush()
+
+    def event(self, step: int, name: str, text: str, **fields) -> None:
+        """A line of metrics.jsonl saying what happened at `step` (e.g. a resume on another number of ranks), not a
+        scalar: {"step", "time", "event", "text", ...fields}."""
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "time": time.time(), "event": name, "text": text, **fields}) + "\n")
         self.jsonl.flush()
 
     def hparams(self, step: int, hparams: dict, metrics: dict[str, float]) -> None:

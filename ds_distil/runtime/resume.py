@@ -5,7 +5,8 @@ A command records a flat fingerprint {setting: value} in each checkpoint (traine
 its resolved config except those its schema marks as changeable (`setting(..., resume=True)`: they change neither the
 samples a rank sees nor the arithmetic), and derived facts the user does not type (the world size, the data's content,
 the resolved DeepSpeed JSON). On --resume the two are compared, the config keys first (so the message names what the
-user changed), and a difference is refused naming the key, the old value and the new one.
+user changed), and a difference is refused naming the key, the old value and the new one. A command may let derived
+facts change too (`check`'s also_changeable: distill's world size, its elastic resume; finetune refuses it).
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def saved_fingerprint(trainer_state: dict) -> dict:
 
 
 def check(saved: dict, now: dict, checkpoint: str, *, derived: bool, derived_keys: tuple[str, ...], cls: type,
-          settings_file: str, hints: dict[str, str] | None = None) -> None:
+          settings_file: str, hints: dict[str, str] | None = None, also_changeable: tuple[str, ...] = ()) -> None:
     """Refuse a resume whose settings differ from the checkpoint's: the config keys (derived=False), or the derived
     ones (`derived_keys`). Only keys the checkpoint records are compared (a setting added since takes its default,
-    which is what the run did), and never one the schema of `cls` now lets change (an older checkpoint may record it).
+    which is what the run did), and never one the schema of `cls` now lets change (an older checkpoint may record it)
+    nor one of `also_changeable` (derived keys the command lets change: distill's world size).
     `settings_file`: where the run's own settings are (RUN/run_config.yaml)."""
-    may_change = set(changeable(cls))
+    may_change = set(changeable(cls)) | set(also_changeable)
     keys = [k for k in saved if (k in derived_keys) == derived and k not in may_change]
     changed = [(k, saved[k], now.get(k, "(not set)")) for k in keys if now.get(k, "(not set)") != saved[k]]
     if not changed:

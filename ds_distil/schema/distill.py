@@ -16,7 +16,8 @@ class DataConfig:
     """How prepared shards are streamed to the ranks (section `data`)."""
 
     shards: str = setting("directory written by `ds-distil prepare`", resume=True)
-    num_workers: int = setting("DataLoader worker processes per rank", default=2)
+    num_workers: int = setting("DataLoader worker processes per rank (may change on --resume: the epoch in progress keeps "
+                               "its order; the next one is laid out for the new count)", default=2, resume=True)
     shuffle: bool = setting("shuffle shard order and samples (per-epoch seed)", default=True)
     shuffle_buffer: int = setting("samples in each worker's shuffle buffer", default=10000)
     mlm_probability: float = setting("fraction of maskable tokens chosen for MLM", default=0.15)
@@ -178,8 +179,13 @@ class LossConfig:
 class TrainConfig:
     """Batch sizes, schedule, optimizer: the one source the DeepSpeed config is filled from (section `train`)."""
 
-    micro_batch_size: int = setting("samples per rank per forward pass", default=32)
-    grad_accum_steps: int = setting("micro batches per optimizer step; global batch = micro x accum x ranks", default=1)
+    micro_batch_size: int = setting("samples per rank per forward pass (on --resume: the largest the run may use; the "
+                                    "global batch it began with is kept)", default=32, resume=True)
+    grad_accum_steps: int = setting("micro batches per optimizer step; global batch = micro x accum x ranks (on --resume "
+                                    "re-chosen to keep the run's global batch on the ranks it has now)", default=1, resume=True)
+    allow_global_batch_change: bool = setting(
+        "--resume on a number of ranks that cannot keep the run's global batch: continue with micro_batch_size x "
+        "grad_accum_steps x ranks instead, the LR schedule continued by samples (logged)", default=False, resume=True)
     epochs: float = setting("passes over the training data (the paper: 3)", default=3.0)
     max_steps: int | None = setting("stop after this many optimizer steps instead of epochs", default=None)
     lr: float = setting("peak learning rate", default=5e-4)

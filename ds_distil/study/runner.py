@@ -14,6 +14,14 @@ the stages it depends on are done (up to the study's `parallel` at a time), and 
   line naming the stage, the error it printed and its log.
 * a **lock**, DIR/.experiment/lock (ds_distil/core/rundir.py's `Lock`), held while the study runs: one
   runner per DIR at a time. `--dry-run` takes no lock and writes nothing.
+* the **ranks it began on**, DIR/.experiment/ranks.json. The study's `ranks` is a resource, not a setting: it is in
+  no stage's key, so a study run again on another number of ranks keeps its finished stages. So that the stages it
+  still runs compute what they would have on the ranks it began on, each distill and finetune stage then gets the
+  micro batch and accumulation that keep its global batch (micro x accumulation x ranks) as it was
+  (`train.micro_batch_size=... train.grad_accum_steps=...`, shown with its command, in no key), or the study is
+  refused before anything runs where no whole number keeps it; an interrupted distillation resumes on the new ranks
+  with the same global batch (ds_distil/distill/elastic.py), a teacher cache's files do not depend on the ranks, and an
+  interrupted finetuning run (which resumes on its own number of ranks only: its marker records them) is redone.
 
 Signals: SIGUSR1, SIGTERM or Ctrl-C ask the running stage to stop at a safe point (distill and
 finetune checkpoint) and the runner exits 75; the same command continues. Under
@@ -48,6 +56,7 @@ import time
 from pathlib import Path
 
 from ds_distil.core.config import to_dict
+from ds_distil.core.dist import keep_global_batch
 from ds_distil.core.env_info import free_port
 from ds_distil.core.errors import UserError
 from ds_distil.core.io import atomic_write, atomic_write_json
@@ -60,6 +69,7 @@ from ds_distil.study.relay import Relay
 
 STATE = ".experiment"
 RANK_COMMANDS = ("distill", "finetune", "teacher-cache")  # the commands that run as ranks (srun steps under SLURM)
+BATCHED = ("distill", "finetune")  # the rank commands with a global batch (micro x accumulation x ranks)
 # A file of each command's finished output (outputs appear whole: a staging directory swapped in, or a manifest written
 # last): a stage marked done whose file is gone (deleted by hand, a disk restored in part) is redone, not skipped.
 FINISHED = {"prepare": "manifest.json", "vocab": "vocab_map.json", "teacher-cache": "manifest.json",
@@ -157,6 +167,40 @@ class Runner:
         self.stopped_at: str | None = None
         self._lock: Lock | None = None
 
+    # --- the ranks the study began on
+    def began_on(self) -> int:
+        """The number of ranks the study's first run had (DIR/.experiment/ranks.json), or, before its first run, this one's."""
+        try:
+            return int(json.loads((self.state / "ranks.json").read_text())["ranks"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.study.ranks
+
+    def launched(self, stage: Stage) -> Stage:
+        """The stage as it runs now: a distill or finetune stage of a study run on other ranks than it began on with the
+        micro batch and accumulation that keep its global batch (appended to its command; its key is the plan's)."""
+        began = self.began_on()
+        if stage.command not in BATCHED or began == stage.ranks:
+            return stage
+        from ds_distil.schema import commands
+
+        cfg = commands.stage_config(commands.build_parser().parse_args(stage.args))
+        micro, accum = cfg.train.micro_batch_size, cfg.train.grad_accum_steps
+        g = micro * accum * began
+        split = keep_global_batch(g, micro, stage.ranks)
+        if split is None:
+            raise UserError(f"study {self.study_path}: it began on {began} rank(s) and stage {stage.name} has a global batch of {g} "
+                            f"(micro {micro} x accumulation {accum} x {began}), which {stage.ranks} rank(s) cannot keep; run it with "
+                            f"ranks dividing {g}, or start the study again in a new --out")
+        return dataclasses.replace(stage, args=[*stage.args, f"train.micro_batch_size={split[0]}", f"train.grad_accum_steps={split[1]}"])
+
+    def resumes(self, stage: Stage) -> bool:
+        """Whether a stage started earlier and not finished continues with --resume: distill and teacher-cache on any
+        number of ranks; finetune on the ranks its attempt ran on (its marker's; elastic resume is distill's only), else
+        it is redone from its start."""
+        if self.status(stage) != "retry" or not stage.resumable:
+            return False
+        return stage.command != "finetune" or (self.marker(stage) or {}).get("ranks", self.began_on()) == stage.ranks
+
     # --- markers
     def marker_path(self, stage: Stage) -> Path:
         return self.state / "stages" / f"{stage.name}.json"
@@ -240,12 +284,13 @@ class Runner:
             print(f"sized down: {self.study.sized_down}")
         for i, s in enumerate(self.stages, 1):
             st = self.status(s)
-            what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": "started earlier: "
-                    + ("resume" if s.resumable else "redo"), "changed": "started with other settings: redo", "new": "to run",
+            retry = "resume" if self.resumes(s) else "redo (it ran on other ranks)" if s.resumable else "redo"
+            what = {"done": "done, skipped", "stale": "done with other settings: redo", "retry": f"started earlier: {retry}",
+                    "changed": "started with other settings: redo", "new": "to run",
                     "lost": f"done, but {self.output_missing(s)} is gone: redo"}[st]
             note = self.stage_note(s, with_minutes=st != "done")
             print(f"[{i}/{len(self.stages)}] {s.name} ({what}{'; ' + note if note else ''})")
-            print(f"    {shown(s, self.launcher, st == 'retry' and s.resumable)}")
+            print(f"    {shown(s if st == 'done' else self.launched(s), self.launcher, self.resumes(s))}")
         self.say_estimate([s for s in self.stages if self.status(s) != "done"])
         return 0
 
@@ -282,6 +327,13 @@ class Runner:
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         todo = [s for s in self.stages if self.status(s) != "done"]
+        for s in todo:  # refused before anything runs where the global batch cannot be kept
+            self.launched(s)
+        if self.began_on() != self.study.ranks:
+            print(f"experiment: the study began on {self.began_on()} rank(s) and runs on {self.study.ranks} now: its distill and "
+                  "finetune stages keep their global batch (micro x accumulation x ranks)", flush=True)
+        elif not (self.state / "ranks.json").exists():
+            atomic_write_json(self.state / "ranks.json", {"ranks": self.study.ranks})
         lost = [s for s in todo if self.status(s) == "lost"]
         if lost:
             print(f"experiment: {len(lost)} stage(s) marked done have lost their output, redone from scratch: "
@@ -369,15 +421,15 @@ class Runner:
 
     # --- one stage
     def _start(self, stage: Stage, index: int) -> _Running:
-        st = self.status(stage)
-        resume = st == "retry" and stage.resumable
+        resume = self.resumes(stage)
         if not resume and stage.out.exists():
             if self.marker(stage) is None:
                 raise UserError(f"{stage.out} exists but no stage of this study made it; move it away and run again")
             shutil.rmtree(stage.out)  # ours (its marker says so): partial, or made for settings that changed
-        self.write_marker(stage, state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        self.write_marker(stage, state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"), ranks=stage.ranks)
         logf = self.log_path(stage)
         logf.parent.mkdir(parents=True, exist_ok=True)
+        stage = self.launched(stage)
         cmd = shown(stage, self.launcher, resume)
         note = self.stage_note(stage)
         self.relay.newline()

@@ -5,15 +5,22 @@ ranks 0..K-1 of a K-rank job would get, so a 1-rank run sees exactly the global 
 K-rank run. --probe FILE: rank 0 saves the teacher's parameter digest before and after training,
 the trained student's parameters and its logits on a fixed input. --objective-extra: train with the test
 objective of extra_objective.py (registered here only, as a contributor's new objective would be), and save
-the engine's state dict keys in the probe.
+the engine's state dict keys in the probe. --resume: continue the run in --out (on any number of ranks).
+--stop-at-step N: ask the loop to stop at step N (SIGUSR1 to this process while it takes step N, as SLURM would: a
+checkpoint, exit 75). --record FILE: each rank appends the sample indices of every micro batch it trains on to
+FILE.rank{R}.jsonl, with the epoch and optimizer step. --dump-loaded / --dump-saved FILE: the engine's whole state
+(runtime.universal.full_state, gathered from every rank) after set-up (what a resume loaded) / at the end (what the
+last checkpoint saved).
 """
 
 import argparse
 import dataclasses
 import hashlib
+import json
+import os
+import signal
 
 import torch
-import torch.distributed as dist
 
 from ds_distil.cli import setup_logging
 from ds_distil.core.config import load
@@ -22,6 +29,7 @@ from ds_distil.distill.export import export_student
 from ds_distil.distill.loop import fit
 from ds_distil.distill.setup import setup
 from ds_distil.distill.teacher import LiveTeacher
+from ds_distil.runtime.engine import close_distributed
 from ds_distil.schema.distill import DistillConfig
 
 p = argparse.ArgumentParser()
@@ -30,6 +38,11 @@ p.add_argument("--out", required=True)
 p.add_argument("--merge-ranks", type=int, default=1)
 p.add_argument("--probe", default=None)
 p.add_argument("--objective-extra", action="store_true")
+p.add_argument("--resume", action="store_true")
+p.add_argument("--stop-at-step", type=int, default=None)
+p.add_argument("--record", default=None)
+p.add_argument("--dump-loaded", default=None)
+p.add_argument("--dump-saved", default=None)
 p.add_argument("overrides", nargs="*")
 args = p.parse_args()
 
@@ -40,7 +53,19 @@ if args.objective_extra:
 
     extra_objective.register()
     cfg.loss = dataclasses.replace(cfg.loss, objective=extra_objective.NAME)
-c = setup(cfg, args.out)
+c = setup(cfg, args.out, resume=args.resume)
+
+
+def dump(path):
+    from ds_distil.runtime.universal import full_state
+
+    state = full_state(c.engine)  # every rank: it gathers
+    if c.dist.rank == 0:
+        torch.save(state, path)
+
+
+if args.dump_loaded:
+    dump(args.dump_loaded)
 
 
 def digest(module):
@@ -66,11 +91,30 @@ if args.merge_ranks > 1:
 
     c.batches = merged()
 
+if args.stop_at_step is not None or args.record:
+    inner = c.batches
+    log = open(f"{args.record}.rank{c.dist.rank}.jsonl", "a") if args.record else None
+
+    def watched():
+        fired = False
+        for batch in inner:
+            if args.stop_at_step is not None and c.state.step == args.stop_at_step - 1 and c.dist.rank == 0 and not fired:
+                os.kill(os.getpid(), signal.SIGUSR1)  # the loop finishes this step, checkpoints it and stops
+                fired = True
+            if log is not None:
+                log.write(json.dumps({"epoch": c.stream.position.epoch, "step": c.state.step + 1, "index": batch["index"].tolist()}) + "\n")
+                log.flush()
+            yield batch
+
+    c.batches = watched()
+
 teacher = c.teacher.model if isinstance(c.teacher, LiveTeacher) else None
 teacher_before = digest(teacher) if teacher is not None else None
 status = fit(c)
-assert status == 0
-if c.dist.rank == 0:
+assert status in (0, 75), status
+if args.dump_saved:
+    dump(args.dump_saved)
+if c.dist.rank == 0 and status == 0:
     export_student(c.checkpoints.run_dir)
     if args.probe:
         student = c.engine.module.model.eval()
@@ -85,4 +129,5 @@ if c.dist.rank == 0:
             "ids": ids, "logits": logits, "engine_keys": sorted(c.engine.module.state_dict()),
             "objective": {k: v.detach().clone() for k, v in c.engine.module.state_dict().items() if k.startswith("objective.")},
         }, args.probe)
-dist.barrier()
+close_distributed()  # every rank leaves together (as `ds-distil distill` does), whatever its status
+raise SystemExit(status)
