@@ -77,6 +77,7 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     elif tc.transfer_file:
         transfer = transfer_set.read_file(tc.transfer_file, task, read_options(tc))
     source = teacher.open_source(cfg.teacher, cfg.teacher_predictions, task)  # checked before anything is built
+    taught = transfer if source is not None and cfg.kd.transfer else None  # the transfer rows the student learns from
     tokenizer = tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
@@ -89,10 +90,10 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     data["truncation"] = lengths.report(full, max_length, tc.max_length, limit)
     kd, targets = None, None
     if source is not None:
-        targets = teacher.targets(source, task, pool, transfer, cfg.kd.batch_size, teacher.teacher_dtype(cfg.kd.teacher_dtype, d.device), d)
-        if transfer:  # indexed after the training rows: a feature's index names its teacher target
+        targets = teacher.targets(source, task, pool, taught, cfg.kd.batch_size, teacher.teacher_dtype(cfg.kd.teacher_dtype, d.device), d)
+        if taught:  # indexed after the training rows: a feature's index names its teacher target
             feats["transfer"] = [{**f, "index": len(feats["train"]) + f["index"]}
-                                 for f in encode(task.kind, task.labels, transfer.examples, tokenizer, max_length)]
+                                 for f in encode(task.kind, task.labels, taught.examples, tokenizer, max_length)]
             targets.record["transfer"]["truncated"] = sum(f["truncated"] for f in feats["transfer"])
         kd = TaskKD(task.kind, training_rows(feats), targets.train + targets.transfer, cfg.kd.alpha, cfg.kd.temperature)
     steps_per_epoch = math.ceil(len(training_rows(feats)) / (d.world_size * cfg.train.micro_batch_size))
@@ -139,7 +140,7 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     checkpoints = checkpoint.Checkpoints(engine, rd, d.rank, cfg.checkpoint.keep, {"config": to_dict(cfg), "resume": settings})
     t = Trainer(cfg, d, task, engine, tokenizer.pad_token_id, feats, num_steps, eval_every, ckpt_every, checkpoints, metrics, state, stop,
                 fp32_model(engine), kd)
-    s = Setup(t, task, tokenizer, max_length, data, data_warnings, ds_config, distillation(cfg, targets, transfer))
+    s = Setup(t, task, tokenizer, max_length, data, data_warnings, ds_config, distillation(cfg, targets, taught, transfer))
     if d.rank == 0:
         _banner(s, model, recipe)
     barrier()
@@ -215,21 +216,24 @@ def _banner(s: Setup, model: str, recipe: dict) -> None:
     if kd and kd.get("teacher"):
         for line in teacher.lines(kd["teacher"], kd["alpha"], kd["temperature"]):
             log.info("%s", line)
-    elif kd:
-        log.info("%s=%d without a teacher: those rows are left out; the student trains on the %s labelled rest",
-                 kd["transfer"]["setting"], kd["transfer"]["rows"], f"{len(t.feats['train']):,}")
+    if kd and kd.get("left_out"):
+        why = "kd.transfer=false" if kd.get("teacher") else "no teacher"
+        log.info("%s, %s: those rows are left out; the student trains on the %s labelled rest", kd["left_out"]["setting"], why,
+                 f"{len(t.feats['train']):,}")
 
 
-def distillation(cfg: FinetuneConfig, targets: teacher.Targets | None, transfer: transfer_set.Transfer | None) -> dict | None:
-    """results.json's `distillation`: the teacher, its settings and what it said of the rows; or, for
-    task.transfer_from_train without a teacher, the rows held back and left out; None for plain finetuning."""
+def distillation(cfg: FinetuneConfig, targets: teacher.Targets | None, taught: transfer_set.Transfer | None,
+                 held: transfer_set.Transfer | None) -> dict | None:
+    """results.json's `distillation`: the teacher, its settings and what it said of the rows, and the held-back rows left
+    out (task.transfer_from_train without a teacher, or kd.transfer=false); None for plain finetuning."""
+    out = {}
     if targets is not None:
-        return {"teacher": targets.record, "alpha": cfg.kd.alpha, "temperature": cfg.kd.temperature,
-                "loss": "alpha * CE(gold) + (1 - alpha) * T^2 * KL(teacher_T || student_T); transfer rows: T^2 * KL alone",
-                "transfer_rows": len(transfer.examples) if transfer else 0}
-    if transfer is not None:
-        return {"teacher": None, "transfer": {**transfer.source, "left_out": True}}
-    return None
+        out = {"teacher": targets.record, "alpha": cfg.kd.alpha, "temperature": cfg.kd.temperature,
+               "loss": "alpha * CE(gold) + (1 - alpha) * T^2 * KL(teacher_T || student_T); transfer rows: T^2 * KL alone",
+               "transfer_rows": len(taught.examples) if taught else 0}
+    if held is not None and taught is None:
+        out["left_out"] = held.source
+    return out or None
 
 
 def recipe_line(recipe: dict) -> str:

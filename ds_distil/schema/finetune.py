@@ -110,6 +110,8 @@ class TaskKDConfig:
         "precision of the live teacher's pass; auto: bf16 where the device has it natively, else fp16 on a GPU, fp32 on a CPU. "
         "`ds-distil predict` runs in fp32: with teacher_dtype=fp32 a live teacher and its predictions file teach the same "
         "student", default="auto")
+    transfer: bool = setting("learn from the transfer set; false: task.transfer_from_train's rows are left out as without a teacher "
+                             "(the teacher on the labelled rows alone: the KD row of a study beside KD + transfer set)", default=True)
     batch_size: int = setting("examples per rank per batch of the live teacher's pass (batched by length as `ds-distil predict` "
                               "batches: with its batch_size, the same logits)", default=64)
 
@@ -174,6 +176,8 @@ class FinetuneConfig:
             raise ValueError("eval_batch_size, log_every_steps and eval_every_steps must be >= 1")
         if self.teacher and self.teacher_predictions:
             raise ValueError("teacher and teacher_predictions are two sources of the same targets: set one of them")
+        if self.task.transfer_file and not self.kd.transfer:
+            raise ValueError("task.transfer_file with kd.transfer=false: the file would not be read; drop one of them")
         if self.task.transfer_file and not (self.teacher or self.teacher_predictions):
             raise ValueError("task.transfer_file is a transfer set for a teacher to label: set teacher=DIR or teacher_predictions=FILE")
 
