@@ -256,6 +256,7 @@ def test_a_live_teacher_and_its_predictions_file_teach_the_same_student(tmp_path
     assert res["live"]["train_examples"] == res["alone"]["train_examples"] == 80 and res["live"]["transfer_examples"] == 160
     assert res["alone"]["distillation"]["left_out"]["rows"] == 160 and res["alone"]["transfer_examples"] == 0
     assert any(not torch.equal(weights["live"][k], weights["alone"][k]) for k in weights["live"])  # the teacher taught something
+    assert "Distilled on the task from teacher=" in (tmp_path / "live" / "model" / "README.md").read_text()  # the model card says so
 
     # a file that misses rows: one line naming the first row it lacks, and no --out
     lines = (tmp_path / "teacher.jsonl").read_text().splitlines()
