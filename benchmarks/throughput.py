@@ -125,7 +125,7 @@ def measure(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from benchmarks.reference import ReferenceDistill, bound_objective
-    from ds_distil.distill.objectives.losses import kl_sum
+    from ds_distil.runtime.losses import kl_sum
     from ds_distil.distill.setup import StudentWithObjective, build_step
     from ds_distil.model.build import build_student, build_teacher
     from ds_distil.model.forward import MaskedLM

@@ -31,7 +31,10 @@ def test_every_shipped_study_is_loaded_and_planned(study, tmp_path, data_dir):
     commands = [ln.strip() for ln in lines if ln.startswith("    ds-distil ")]
     assert len(stages) == len(commands) >= 5
     assert stages[-1].split()[1] == "report" and "--study" in commands[-1]
-    assert any(c.startswith("ds-distil prepare ") for c in commands) and any(c.startswith("ds-distil finetune ") for c in commands)
+    from ds_distil.schema.study import load_study
+
+    distils = load_study(study).teacher.source != "none"  # task-kd-cpu: finetuning rows only
+    assert any(c.startswith("ds-distil prepare ") for c in commands) == distils and any(c.startswith("ds-distil finetune ") for c in commands)
     total = next(ln for ln in lines if "stages to run; estimated" in ln)
     assert "some stages have no estimate" not in total  # every stage of a shipped study is estimated
     for c in commands:  # the recipes are referenced, not copied
@@ -72,6 +75,15 @@ BAD = [
      "ablations.teacher_signal compares the cache with the live teacher: it needs cache.enabled: true"),
     ("name: x\nranks: 1\nteacher: {source: hub}\nranks: 2\nfinetune: {tasks: {hatespeech: {}}}\n",
      "line 4 is not valid YAML: the key 'ranks' is given twice, at lines 2 and 4"),
+    ("name: x\nteacher: {source: none}\nstudents: {s: {label: S}}\nfinetune: {tasks: {hatespeech: {}}}\n",
+     "teacher.source: none distils nothing, but the study sets students"),
+    ("name: x\nteacher: {source: none}\nfinetune: {tasks: {hatespeech: {}}}\ntask_kd: {students: {s: {model: micro, label: S}}}\n",
+     "task_kd.students need task_kd.teacher"),
+    ("name: x\nteacher: {source: none}\nfinetune: {tasks: {hatespeech: {}, pos: {}}}\ntask_kd: {teacher: {model: tiny, label: T}, "
+     "students: {s: {model: micro, label: S}}, transfer_from_train: {hatespeech: 10}}\n", "task_kd.transfer_from_train: no rows held back on pos"),
+    ("name: x\nteacher: {source: none}\nfinetune: {tasks: {hatespeech: {}}}\ntask_kd: {teacher: {model: tiny, label: T}, "
+     "students: {s: {model: micro, label: S}}, transfer_from_train: {hatespeech: 10}, settings: {kd.alpha: 2}}\n",
+     "stage finetune/s@kd/hatespeech/seed1: config section 'kd': alpha must be in [0, 1]"),
 ]
 
 

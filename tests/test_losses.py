@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import objective_losses
 
-from ds_distil.distill.objectives.losses import kl_sum
+from ds_distil.runtime.losses import kl_sum
 from ds_distil.model.build import bert_config
 from ds_distil.model.forward import masked_lm_forward
 from ds_distil.schema.distill import LossConfig

@@ -110,3 +110,38 @@ def test_the_objectives_table_compares_each_objective_with_its_students_own_row(
     assert "| S, objective: tinybert | tinybert | 75.00 | +5.00 | 900.0 | 0.250 |" in md
     assert "| S | kd | 70.00 | - | 900.0 | 0.500 |" in md
     assert "| From Scratch | - | 60.00 | -10.00 | - | - |" in md
+
+
+def test_the_task_distillation_table_sets_each_student_row_against_the_student_alone(tmp_path):
+    """Table 8 of a study without distillation (teacher.source: none): the task teacher, the student alone, with KD and with
+    KD + a transfer set, each Δ against the student alone marked where it exceeds the seed spread, what the teacher said of
+    the rows (from results.json), and bag of words on the students' labelled rows and on every labelled row."""
+    runs = tmp_path / "finetune"
+    rows = [{"id": "kd-teacher", "label": "Teacher", "kind": "kd-teacher", "run_dir": None, "tables": [8], "student": None},
+            *({"id": f"s{suffix}", "label": f"S{suffix}", "kind": "kd-student", "run_dir": None, "tables": [8], "student": "s"}
+              for suffix in ("", "@kd", "@kd-transfer"))]
+    p = {"study": {"name": "t", "teacher": {"source": "none"}, "estimates": {}}, "rows": rows, "tasks": ["hatespeech"], "seeds": [1, 2],
+         "stages": []}
+    scores = {"kd-teacher": [0.80], "s": [0.70, 0.72], "s@kd": [0.71, 0.72], "s@kd-transfer": [0.76, 0.78]}
+    for rid, values in scores.items():
+        for seed, score in enumerate(values, 1):
+            result(runs / rid / "hatespeech" / f"seed{seed}", rid, "hatespeech", seed, score, 10.0, bow=0.74 if rid == "kd-teacher" else 0.66)
+            if rid != "kd-teacher" and rid != "s":
+                f = runs / rid / "hatespeech" / f"seed{seed}" / "results.json"
+                r = json.loads(f.read_text())
+                said = {"train": {"agreement": 0.9}, **({"transfer": {"agreement": 0.79, "mean_confidence": 0.86, "rows": 4000}}
+                                                        if rid == "s@kd-transfer" else {})}
+                f.write_text(json.dumps({**r, "distillation": {"teacher": said}}))
+    from ds_distil.reporting.report import collect
+
+    tables = build(p, collect([runs]), {})
+    assert set(tables["tables"]) == {8}  # no teacher row: none of the paper's tables
+    t8 = {r["id"]: r for r in tables["tables"][8]["rows"]}
+    assert list(t8) == ["kd-teacher", "s", "s@kd", "s@kd-transfer", "bow", "bow-all", "majority"]
+    assert t8["s@kd-transfer"]["diff"]["hatespeech"] == pytest.approx(0.06) and t8["s@kd-transfer"]["beyond_spread"]["hatespeech"]
+    assert t8["s@kd"]["diff"]["hatespeech"] == pytest.approx(0.005) and not t8["s@kd"]["beyond_spread"]["hatespeech"]
+    assert t8["bow"]["cells"]["hatespeech"]["mean"] == 0.66 and t8["bow-all"]["cells"]["hatespeech"]["mean"] == 0.74
+    md = render(tables, p)
+    assert "**No distillation teacher** (teacher.source: none)" in md and "## Table 8 (beyond the paper): task distillation" in md
+    assert "| S@kd-transfer | 77.00 ± 1.41 | +6.00 * | 90.0 / 79.0 | 86.0 |" in md
+    assert "| S@kd | 71.50 ± 0.71 | +0.50 | 90.0 / - | - |" in md and "| Teacher | 80.00 | - | - | - |" in md

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ds_distil.distill import sparse_targets
-from ds_distil.distill.objectives.losses import kl_sum, sampled_kl_sum
+from ds_distil.runtime.losses import kl_sum, sampled_kl_sum
 
 V, N, K, T = 40, 20_000, 4, 2.0
 

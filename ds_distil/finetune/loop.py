@@ -32,6 +32,7 @@ from ds_distil.data.examples import Task
 from ds_distil.finetune.features import collate, epoch_batches
 from ds_distil.finetune.inference import argmax, infer
 from ds_distil.finetune.scoring import evaluate
+from ds_distil.finetune.task_kd import TaskKD
 from ds_distil.runtime.checkpoint import Checkpoints, complete_tags, tag_for
 from ds_distil.runtime.engine import Dist
 from ds_distil.runtime.metrics import Metrics
@@ -83,10 +84,20 @@ class Trainer:
     state: FinetuneState
     stop: StopRequest
     eval_model: torch.nn.Module  # what every evaluation scores and DIR/model holds: the model in fp32 (fp32_model)
+    kd: TaskKD | None = None  # task distillation's targets and loss (finetune/task_kd.py); None: the model's own loss
+
+    @property
+    def train_rows(self) -> list[dict]:
+        return training_rows(self.feats)
 
     @property
     def best_dir(self) -> Path:
         return self.checkpoints.run_dir / "checkpoints" / BEST
+
+
+def training_rows(feats: dict[str, list[dict]]) -> list[dict]:
+    """What the loop trains on: the labelled training rows, then the transfer rows (task distillation), if any."""
+    return feats["train"] + feats.get("transfer", [])
 
 
 def fp32_model(engine) -> torch.nn.Module:
@@ -129,7 +140,7 @@ class Clock:
 def fit(t: Trainer) -> int:
     """Train to t.num_steps (or a stop signal); returns a process exit status (0, or EXIT_PREEMPTED)."""
     cfg, st, d = t.cfg, t.state, t.d
-    train, fn = t.feats["train"], collate(t.pad_id)
+    train, fn = t.train_rows, collate(t.pad_id)
     loss_sum, micro = torch.tensor(st.window[d.rank][0] if st.window else 0.0, device=d.device), st.window[d.rank][1] if st.window else 0
     step_loss, step_micro = torch.zeros((), device=d.device), 0
     batches = _micro_batches(t)
@@ -140,8 +151,10 @@ def fit(t: Trainer) -> int:
         return EXIT_PREEMPTED
     while st.step < t.num_steps:
         rows = next(batches)
-        batch = {k: v.to(d.device) for k, v in fn([train[i] for i in rows]).items() if k != "index"}
-        loss = t.engine(**batch).loss
+        batch = fn([train[i] for i in rows])
+        index = batch.pop("index")
+        batch = {k: v.to(d.device) for k, v in batch.items()}
+        loss = t.engine(**batch).loss if t.kd is None else t.kd.loss(t.engine, batch, index)
         t.engine.backward(loss)
         boundary = t.engine.is_gradient_accumulation_boundary()
         t.engine.step()
@@ -181,7 +194,7 @@ def _micro_batches(t: Trainer):
     """This rank's micro batches from the state's data position on, epoch after epoch; the position moves as they go."""
     st, tr = t.state, t.cfg.train
     while True:
-        order = epoch_batches(len(t.feats["train"]), tr.micro_batch_size, tr.seed, st.epoch, t.d.rank, t.d.world_size)
+        order = epoch_batches(len(t.train_rows), tr.micro_batch_size, tr.seed, st.epoch, t.d.rank, t.d.world_size)
         while st.batch < len(order):
             st.batch += 1
             yield order[st.batch - 1]

@@ -58,6 +58,16 @@ def _device(info: dict) -> str:
     return info["gpu"] if info.get("gpu") else f"{info.get('cpu', 'a CPU')} ({info.get('cpu_cores', '?')} cores)"
 
 
+def _taught(kd: dict | None) -> list[str]:
+    """The card's line on task distillation: what taught the model besides its labels."""
+    if not kd or not kd.get("teacher"):
+        return []
+    t = kd["teacher"]
+    transfer = f", and {kd['transfer_rows']:,} transfer rows it labelled ({t['transfer']['source']['setting']})" if kd["transfer_rows"] else ""
+    return [f"Distilled on the task from {t['setting']} ({t['source']}): {kd['alpha']:g} * cross-entropy + {1 - kd['alpha']:g} * "
+            f"T^2 * KL at T = {kd['temperature']:g}{transfer}."]
+
+
 def card(res: dict, task_spec: dict) -> str:
     """README.md of the model directory, from the run's results (results.json's content)."""
     kind, metric, ev = task_spec["kind"], res["metric"], res["evaluation"]
@@ -105,7 +115,7 @@ def card(res: dict, task_spec: dict) -> str:
         f"{tr['weight_decay']:g}, seed {res['seed']}, {res['precision']}; {res['train_runtime_s']:.0f} s of training on "
         f"{_device(res['device'])}.",
         f"Kept: the model {'at the end of training' if keep['chosen'] == 'last' else 'of the best validation score'} "
-        f"(train.keep={keep['setting']}, step {keep['step']:,} of {res['steps']:,}).", ""]
+        f"(train.keep={keep['setting']}, step {keep['step']:,} of {res['steps']:,}).", *_taught(res.get("distillation")), ""]
     if res.get("warnings"):
         lines += ["## Warnings", "", *(f"- {w}" for w in res["warnings"]), ""]
     lines += ["## Use", "", "```python", f"from transformers import AutoTokenizer, {auto}", "",

@@ -32,7 +32,7 @@ from ds_distil.schema.finetune import PredictConfig
 log = logging.getLogger(__name__)
 
 
-def _labels(config: dict, model_dir: Path) -> list[str]:
+def labels_of(config: dict, model_dir: Path) -> list[str]:
     id2label = config.get("id2label") or {}
     try:
         labels = [id2label[k] for k in sorted(id2label, key=int)]
@@ -49,7 +49,7 @@ def model_input(model_dir: Path, cfg: PredictConfig) -> tuple[ModelInput, dict]:
         raise UserError(f"--model {model_dir} is not a model directory (no config.json); pass a finetune run's DIR/model")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     spec = json.loads((model_dir / SPEC).read_text(encoding="utf-8")) if (model_dir / SPEC).is_file() else {}
-    labels = _labels(config, model_dir)
+    labels = labels_of(config, model_dir)
     arch = " ".join(config.get("architectures") or [])
     if "TokenClassification" not in arch and "SequenceClassification" not in arch:
         raise UserError(f"--model {model_dir} is not a classifier ({arch or 'no architectures in config.json'}); pass a "
@@ -68,6 +68,22 @@ def model_input(model_dir: Path, cfg: PredictConfig) -> tuple[ModelInput, dict]:
     return m, spec
 
 
+def load(model_dir: Path, kind: str, spec: dict, device, dtype=None, max_length: int | None = None):
+    """(model on `device` in inference mode, its tokenizer, the max_length its inputs are cut at: `max_length`, else the
+    one it was finetuned with, within its position embeddings); `dtype`: None keeps the saved weights' fp32."""
+    from ds_distil.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    try:
+        net = auto_class(kind).from_pretrained(str(model_dir)).to(device)
+    except Exception as e:  # OSError, ValueError, safetensors' own error for a corrupt file
+        raise UserError(f"cannot load the model in {model_dir}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+    if dtype is not None:
+        net = net.to(dtype)
+    limit = getattr(net.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return net.eval(), tokenizer, min(max_length or spec.get("max_length") or min(tokenizer.model_max_length, 512), limit)
+
+
 def _check_out(out: Path, input_path: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; pass the file to write, e.g. {out / 'predictions.jsonl'}")
@@ -84,15 +100,7 @@ def run_predict(model: str, input_path: str, out: str, cfg: PredictConfig, overw
     m, spec = model_input(model_dir, cfg)
     examples, record = read_input(inp, m)  # bad input fails before anything is loaded
     d = eng.init_distributed()
-    from ds_distil.data.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(str(model_dir))
-    try:
-        net = auto_class(m.kind).from_pretrained(str(model_dir)).to(d.device)
-    except Exception as e:  # OSError, ValueError, safetensors' own error for a corrupt file
-        raise UserError(f"cannot load the model in {model_dir}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
-    limit = getattr(net.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    max_length = min(cfg.max_length or spec.get("max_length") or min(tokenizer.model_max_length, 512), limit)
+    net, tokenizer, max_length = load(model_dir, m.kind, spec, d.device, max_length=cfg.max_length)
     feats = encode(m.kind, list(m.labels), examples, tokenizer, max_length)
     if d.rank == 0:
         log.info("predict: %s rows of %s with %s (%s classification, %d labels, max_length %d), %d rank(s) on %s", f"{len(feats):,}", inp,

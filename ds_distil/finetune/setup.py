@@ -27,13 +27,15 @@ from ds_distil.core.errors import UserError
 from ds_distil.core.runlog import RunLog
 from ds_distil.core.signals import StopRequest
 from ds_distil.data import duplicates, sampling
+from ds_distil.data import transfer as transfer_set
 from ds_distil.data.examples import Task
 from ds_distil.data.readers import read_options
 from ds_distil.data.tasks import load_task
-from ds_distil.finetune import lengths, summary
-from ds_distil.finetune.features import featurise
-from ds_distil.finetune.loop import FinetuneState, Trainer, banner_line, fp32_model, snapshot_of
+from ds_distil.finetune import lengths, summary, teacher
+from ds_distil.finetune.features import encode, featurise
+from ds_distil.finetune.loop import FinetuneState, Trainer, banner_line, fp32_model, snapshot_of, training_rows
 from ds_distil.finetune.model import build_model, tokenizer_for
+from ds_distil.finetune.task_kd import TaskKD
 from ds_distil.model.validate import check_max_length, max_positions
 from ds_distil.runtime import checkpoint
 from ds_distil.runtime import engine as eng
@@ -44,7 +46,8 @@ from ds_distil.schema.finetune import FinetuneConfig
 log = logging.getLogger(__name__)
 
 FINAL = ".ds-distil-final"  # DIR/.ds-distil-final/: the final outputs being written, before they are swapped in
-DERIVED = ("world_size", "data.train_sha256", "data.valid_sha256", "data.labels", "max_length", "deepspeed.resolved_json_sha256")
+DERIVED = ("world_size", "data.train_sha256", "data.valid_sha256", "data.transfer_sha256", "data.teacher_sha256", "data.labels",
+           "max_length", "deepspeed.resolved_json_sha256")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Setup:
     data: dict  # summary.describe_data, with the truncation report
     data_warnings: list[str]
     ds_config: dict
+    distillation: dict | None = None  # what the student learnt from besides its labels (results.json's `distillation`)
 
 
 def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, recipe: dict, resume: bool, d: eng.Dist,
@@ -66,6 +70,14 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     if tc.dedup == "drop":
         task = duplicates.drop(task)
     task = sampling.sample_train(task, tc.max_train_examples, tc.seed)
+    pool = task.splits["train"]  # what a live teacher runs over, as `ds-distil predict` over the training file
+    transfer = None
+    if tc.transfer_from_train:
+        task, transfer = transfer_set.hold_back(task, tc.transfer_from_train, tc.seed)
+    elif tc.transfer_file:
+        transfer = transfer_set.read_file(tc.transfer_file, task, read_options(tc))
+    source = teacher.open_source(cfg.teacher, cfg.teacher_predictions, task)  # checked before anything is built
+    taught = transfer if source is not None and cfg.kd.transfer else None  # the transfer rows the student learns from
     tokenizer = tokenizer_for(model, tc)
     torch.manual_seed(cfg.train.seed)
     net = build_model(model, task, tokenizer)
@@ -76,13 +88,23 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     feats = {s: featurise(task, s, tokenizer, max_length, lengths=full[s]) for s in task.splits}
     data = summary.describe_data(task)
     data["truncation"] = lengths.report(full, max_length, tc.max_length, limit)
-    steps_per_epoch = math.ceil(len(feats["train"]) / (d.world_size * cfg.train.micro_batch_size))
+    kd, targets = None, None
+    if source is not None:
+        targets = teacher.targets(source, task, pool, taught, cfg.kd.batch_size, teacher.teacher_dtype(cfg.kd.teacher_dtype, d.device), d)
+        if taught:  # indexed after the training rows: a feature's index names its teacher target
+            feats["transfer"] = [{**f, "index": len(feats["train"]) + f["index"]}
+                                 for f in encode(task.kind, task.labels, taught.examples, tokenizer, max_length)]
+            targets.record["transfer"]["truncated"] = sum(f["truncated"] for f in feats["transfer"])
+        kd = TaskKD(task.kind, training_rows(feats), targets.train + targets.transfer, cfg.kd.alpha, cfg.kd.temperature)
+    steps_per_epoch = math.ceil(len(training_rows(feats)) / (d.world_size * cfg.train.micro_batch_size))
     num_steps = eng.total_steps(cfg.train, steps_per_epoch)
     data_warnings = summary.data_warnings(data, num_steps)
     ds_path = eng.resolve_ds_json(cfg.deepspeed.config, d.device)
     ds_config = eng.ds_config_from(cfg.train, ds_path, d.world_size, num_steps, fused=eng.fused_adamw("auto", d.device),
                                    stage=cfg.deepspeed.zero_stage)
     settings = fingerprint(model, task_name, cfg, task, feats, max_length, d.world_size, ds_config)
+    if targets is not None:
+        settings["data.teacher_sha256"] = targets.sha256()
     tag = _resume_tag(rd.path, d.rank) if resume else None
     if tag is not None:  # refused before anything is loaded
         saved = resume_settings.saved_fingerprint(json.loads((rd.path / "checkpoints" / tag / "trainer_state.json").read_text()))
@@ -117,8 +139,8 @@ def setup(model: str, task_name: str, rd: rundir.RunDir, cfg: FinetuneConfig, re
     metrics = Metrics(out, d.rank == 0, True, num_steps, state.step, desc="finetune")
     checkpoints = checkpoint.Checkpoints(engine, rd, d.rank, cfg.checkpoint.keep, {"config": to_dict(cfg), "resume": settings})
     t = Trainer(cfg, d, task, engine, tokenizer.pad_token_id, feats, num_steps, eval_every, ckpt_every, checkpoints, metrics, state, stop,
-                fp32_model(engine))
-    s = Setup(t, task, tokenizer, max_length, data, data_warnings, ds_config)
+                fp32_model(engine), kd)
+    s = Setup(t, task, tokenizer, max_length, data, data_warnings, ds_config, distillation(cfg, targets, taught, transfer))
     if d.rank == 0:
         _banner(s, model, recipe)
     barrier()
@@ -166,7 +188,9 @@ def fingerprint(model: str, task_name: str, cfg: FinetuneConfig, task: Task, fea
     fp = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in may_change}
     fp.update({"model": model, "task": task_name, "world_size": world_size, "data.labels": list(task.labels),
                "max_length": max_length, "deepspeed.resolved_json_sha256": resume_settings.ds_json_sha256(ds_config)})
-    for split in ("train", "valid"):
+    for split in ("train", "valid", "transfer"):
+        if split not in feats:
+            continue
         rows = [[f["input_ids"], f["labels"], f.get("token_type_ids")] for f in feats[split]]
         fp[f"data.{split}_sha256"] = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
     return fp
@@ -188,6 +212,28 @@ def _banner(s: Setup, model: str, recipe: dict) -> None:
         log.info("%s", line)
     for warning in s.data_warnings:
         log.warning("%s", warning)
+    kd = s.distillation
+    if kd and kd.get("teacher"):
+        for line in teacher.lines(kd["teacher"], kd["alpha"], kd["temperature"]):
+            log.info("%s", line)
+    if kd and kd.get("left_out"):
+        why = "kd.transfer=false" if kd.get("teacher") else "no teacher"
+        log.info("%s, %s: those rows are left out; the student trains on the %s labelled rest", kd["left_out"]["setting"], why,
+                 f"{len(t.feats['train']):,}")
+
+
+def distillation(cfg: FinetuneConfig, targets: teacher.Targets | None, taught: transfer_set.Transfer | None,
+                 held: transfer_set.Transfer | None) -> dict | None:
+    """results.json's `distillation`: the teacher, its settings and what it said of the rows, and the held-back rows left
+    out (task.transfer_from_train without a teacher, or kd.transfer=false); None for plain finetuning."""
+    out = {}
+    if targets is not None:
+        out = {"teacher": targets.record, "alpha": cfg.kd.alpha, "temperature": cfg.kd.temperature,
+               "loss": "alpha * CE(gold) + (1 - alpha) * T^2 * KL(teacher_T || student_T); transfer rows: T^2 * KL alone",
+               "transfer_rows": len(taught.examples) if taught else 0}
+    if held is not None and taught is None:
+        out["left_out"] = held.source
+    return out or None
 
 
 def recipe_line(recipe: dict) -> str:

@@ -126,7 +126,8 @@ def finish(s: Setup, model_arg: str, cfg: FinetuneConfig, recipe: dict) -> dict:
         "macro_f1": test.get("macro_f1"), **s.data, **found, "warnings": s.data_warnings + found.get("warnings", []),
         "warnings_before_training": s.data_warnings, "keep": keep, "validation_curve": st.curve, "resumed_at": st.resumed_at,
         "train_runtime_s": st.train_s, "samples_per_s": st.samples / st.train_s if st.train_s else None,
-        "train_examples": len(t.feats["train"]), "steps": t.num_steps, "world_size": d.world_size,
+        "train_examples": len(t.feats["train"]), "transfer_examples": len(t.feats.get("transfer", [])), "distillation": s.distillation,
+        "steps": t.num_steps, "world_size": d.world_size,
         "precision": eng.precision(s.ds_config), "zero_stage": s.ds_config["zero_optimization"]["stage"],
         "device": device_info(), "seed": cfg.train.seed, "recipe": recipe, "versions": versions(), "config": to_dict(cfg),
         "model_dir": str(out / "model"), "predictions": {split: str(out / "predictions" / f"{split}.jsonl") for split in ("valid", "test")},
@@ -174,4 +175,6 @@ def hyperparameters(model: str, task, cfg: FinetuneConfig, res: dict) -> dict:
             "epochs": tr.epochs if tr.max_steps is None else None, "max_steps": tr.max_steps, "steps": res["steps"],
             "micro_batch_size": tr.micro_batch_size, "world_size": res["world_size"], "warmup_ratio": tr.warmup_ratio,
             "weight_decay": tr.weight_decay, "max_length": res["truncation"]["max_length"], "seed": tr.seed, "task_seed": cfg.task.seed,
-            "train_examples": res["train_examples"], "precision": res["precision"], "keep": tr.keep}
+            "train_examples": res["train_examples"], "precision": res["precision"], "keep": tr.keep,
+            "teacher": cfg.teacher or cfg.teacher_predictions, "kd_alpha": cfg.kd.alpha if res["distillation"] else None,
+            "kd_temperature": cfg.kd.temperature if res["distillation"] else None, "transfer_examples": res["transfer_examples"] or None}

@@ -14,6 +14,7 @@
   perplexity, KL(teacher || student) and top-1 agreement, and each distillation's wall time (and its cache's build).
 * With a study's `cache` on, a section on what the caches cost and saved: each cache's build time, the students that
   read it, and the teacher time they would have paid running it live (their samples at the build's measured rate).
+* Table 8 (not in the paper; a study's `task_kd`): task distillation, in reporting/task_kd_table.py.
 * Every table ends with two reference rows computed on the same splits at finetuning time
   (ds_distil/finetune/baselines.py): the bag-of-words linear model and the majority class.
 
@@ -32,6 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ds_distil.core.errors import UserError
+from ds_distil.reporting import task_kd_table
 from ds_distil.reporting.report import collect, dataset_key, model_name
 
 REFERENCE = {"bow": "Bag of words (linear model on unigrams + bigrams)", "majority": "Majority class"}
@@ -103,9 +105,9 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
         reference.append({"id": name, "label": label, "kind": "reference", "cells": cells_ref, "description": desc.rstrip("; "),
                           "val_perplexity": None, "train_mlm_loss": None})
 
-    teacher = model_row("teacher")
     tables = {}
-    for number in (2, 3, 4, 5, 6, 7):
+    teacher = model_row("teacher") if "teacher" in rows_by_id else None  # none: a study of finetuning alone (teacher.source: none)
+    for number in (2, 3, 4, 5, 6, 7) if teacher else ():
         ids = [row["id"] for row in plan["rows"] if number in row["tables"]]
         if number != 2:
             ids = _ablation_order(plan["rows"], number)
@@ -126,6 +128,9 @@ def build(plan: dict, results: list[dict], stage_times: dict[str, float]) -> dic
             for row in rows:
                 row["speedup"] = _speedup(row, teacher, tasks)
         tables[number] = {"title": TITLES[number], "rows": rows, "tasks": cols}
+    kd = task_kd_table.build(plan, cells, tasks)
+    if kd:
+        tables[8] = kd
     mixed = {t: len(v) for t, v in datasets.items() if len(v) > 1}
     return {"study": plan["study"]["name"], "tasks": tasks, "metric": metric, "seeds": plan["seeds"], "tables": tables,
             "mixed_datasets": mixed, "stage_times": stage_times, "caches": cache_costs(plan, stage_times)}
@@ -244,6 +249,8 @@ def render(tables: dict, plan: dict) -> str:
     if study.get("sized_down"):
         lines += [f"**Sized down, not the paper's setting:** {study['sized_down'].strip()}", ""]
     lines += [("**Teacher:** the hub model " + study["teacher"]["hub"] + " (teacher.source: hub)." if teacher_src == "hub" else
+               "**No distillation teacher** (teacher.source: none): every row is a finetuning run; the task teacher of Table 8 "
+               "is a model finetuned here." if teacher_src == "none" else
                "**Teacher:** no mBERT weights were used. The teacher row is a model pretrained here with MLM from random "
                "weights on the corpus (teacher.source: pretrain), the stand-in for mBERT; the differences in Tables 3-5 "
                "are to that row."), "",
@@ -255,6 +262,9 @@ def render(tables: dict, plan: dict) -> str:
     for t, n in tables["mixed_datasets"].items():
         lines += [f"⚠ task {t}: results from {n} different datasets (or test files) are averaged here; check the runs.", ""]
     for number, table in sorted(tables["tables"].items()):
+        if number == 8:
+            lines += task_kd_table.render(table, metric)
+            continue
         tasks = table["tasks"]
         lines += [f"## {table['title']}", ""]
         head = ["model", *[f"{t} ({metric[t]})" for t in tasks]]

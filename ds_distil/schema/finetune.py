@@ -56,6 +56,14 @@ class TaskConfig:
         f"multiple of 8, at least {AUTO_MIN} and at most {AUTO_CAP} or the model's position embeddings", default=128)
     max_train_examples: int | None = setting("train on a sample of N examples (stratified by label, seeded by task.seed)", default=None)
     tokenizer: str | None = setting("tokenizer for architecture presets (default: the mBERT tokenizer in the data directory)", default=None)
+    transfer_file: str | None = setting(
+        "task distillation: a transfer set, rows in the task's format (a file like its training file, read the same way) that the "
+        "teacher labels and the student learns from by KD alone; gold labels in it are not trained on, they measure the "
+        "teacher's agreement (needs teacher or teacher_predictions)", default=None)
+    transfer_from_train: int | None = setting(
+        "hold the labels back from N training rows (seeded by task.seed, stratified by label; after task.max_train_examples): "
+        "with a teacher, they are a transfer set it labels; without one, they are left out (the student alone on the rest, "
+        "the row a study compares with)", default=None)
 
     def __post_init__(self) -> None:
         if self.valid_fraction is not None and not 0.0 < self.valid_fraction < 1.0:
@@ -68,6 +76,10 @@ class TaskConfig:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
         if self.max_train_examples is not None and self.max_train_examples < 2:
             raise ValueError(f"max_train_examples must be >= 2 (or null for all), got {self.max_train_examples}")
+        if self.transfer_from_train is not None and self.transfer_from_train < 1:
+            raise ValueError(f"transfer_from_train must be >= 1 (or null: none), got {self.transfer_from_train}")
+        if self.transfer_from_train is not None and self.transfer_file:
+            raise ValueError("transfer_file and transfer_from_train are two transfer sets: set one of them")
 
 
 
@@ -82,6 +94,34 @@ class FinetuneTrainConfig(TrainConfig):
 
 def _ft_train_defaults() -> FinetuneTrainConfig:
     return FinetuneTrainConfig(micro_batch_size=32, epochs=3.0, lr=5e-5, warmup_ratio=0.1, adam_betas=[0.9, 0.999], adam_eps=1e-8)
+
+
+@dataclasses.dataclass
+class TaskKDConfig:
+    """Section `kd`: task distillation from `teacher` or `teacher_predictions` (finetune/teacher.py): per labelled example
+    (per word for token tasks) `alpha * CE(gold) + (1 - alpha) * T^2 * KL(teacher_T || student_T)`, on transfer rows the KL
+    term alone. The defaults are DistilBERT's (alpha_ce 0.5 beside 0.5 for the task loss, T 2)."""
+
+    alpha: float = setting("weight of the cross-entropy with the gold labels; 1 - alpha weighs the KL to the teacher (0: the "
+                           "teacher alone, 1: the gold labels alone)", default=0.5)
+    temperature: float = setting("softmax temperature T of teacher and student in the KL, which is scaled by T^2 so that its "
+                                 "gradients keep their size (DistilBERT: 2, TextBrewer: up to 8)", default=2.0)
+    teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = setting(
+        "precision of the live teacher's pass; auto: bf16 where the device has it natively, else fp16 on a GPU, fp32 on a CPU. "
+        "`ds-distil predict` runs in fp32: with teacher_dtype=fp32 a live teacher and its predictions file teach the same "
+        "student", default="auto")
+    transfer: bool = setting("learn from the transfer set; false: task.transfer_from_train's rows are left out as without a teacher "
+                             "(the teacher on the labelled rows alone: the KD row of a study beside KD + transfer set)", default=True)
+    batch_size: int = setting("examples per rank per batch of the live teacher's pass (batched by length as `ds-distil predict` "
+                              "batches: with its batch_size, the same logits)", default=64)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (the share of the gold labels' cross-entropy), got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 EVALUATIONS_PER_RUN = 5  # eval_every_steps=auto: validation this many times per run (the last one at the end)
@@ -115,6 +155,15 @@ class FinetuneConfig:
         "none: only the defaults shown here. Your --config files and key=value settings always win, key by key", default="auto")
     model_name: str | None = setting("name of the model in results.json and the report (default: from its card or config)", default=None,
                                      resume=True)
+    teacher: str | None = setting(
+        "task distillation: a finetuned classifier (a finetune run's DIR/model, or a Hugging Face directory with a sequence- or "
+        "token-classification head over the task's labels, in the task's order) that teaches the student (section kd); it runs "
+        "once over the training and transfer rows, frozen, before the first step", default=None)
+    teacher_predictions: str | None = setting(
+        "task distillation from a file instead of a live teacher: JSON lines, one per row (what `ds-distil predict` writes): the "
+        "row's text (words for token tasks) and its class probabilities or logits (per word for token tasks), for every "
+        "training and transfer row", default=None)
+    kd: TaskKDConfig = dataclasses.field(default_factory=TaskKDConfig)
     eval_batch_size: int = setting("examples per rank per evaluation batch", default=64, resume=True)
     log_every_steps: int = setting("log training loss every N steps", default=20, resume=True)
     eval_every_steps: int | Literal["auto"] | None = setting(
@@ -125,6 +174,12 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.eval_batch_size < 1 or self.log_every_steps < 1 or (isinstance(self.eval_every_steps, int) and self.eval_every_steps < 1):
             raise ValueError("eval_batch_size, log_every_steps and eval_every_steps must be >= 1")
+        if self.teacher and self.teacher_predictions:
+            raise ValueError("teacher and teacher_predictions are two sources of the same targets: set one of them")
+        if self.task.transfer_file and not self.kd.transfer:
+            raise ValueError("task.transfer_file with kd.transfer=false: the file would not be read; drop one of them")
+        if self.task.transfer_file and not (self.teacher or self.teacher_predictions):
+            raise ValueError("task.transfer_file is a transfer set for a teacher to label: set teacher=DIR or teacher_predictions=FILE")
 
     def eval_every(self, num_steps: int) -> int:
         """eval_every_steps for a run of `num_steps` optimizer steps (0: only at the end)."""

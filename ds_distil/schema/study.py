@@ -29,6 +29,9 @@ What a study holds (every section is optional except `name` and `teacher.source`
   directories with weights).
 * `finetune`: the recipes (`configs/finetune/blank.yaml` for random weights, `pretrained.yaml` for
   pretrained and distilled encoders), the seeds, and the tasks with their own settings.
+* `task_kd`: task distillation (Table 8): a teacher finetuned on every task, and students finetuned alone with the
+  labels of some training rows held back, with KD from the teacher, and with KD + those rows as a transfer set.
+  With `teacher.source: none` the study distils nothing (no shards, no pretraining): finetuning rows only.
 
 Settings are mappings of dotted keys (`train.max_steps: 600`) or nested sections, passed to the
 command as `key=value` overrides, after the config files and before what the study itself sets
@@ -79,7 +82,9 @@ class ConditionStudy:
 
 @dataclasses.dataclass
 class TeacherStudy:
-    source: Literal["hub", "pretrain"] = setting("hub: the pretrained hub model `hub`; pretrain: MLM from random weights on the corpus")
+    source: Literal["hub", "pretrain", "none"] = setting("hub: the pretrained hub model `hub`; pretrain: MLM from random weights on "
+                                                         "the corpus; none: no distillation at all (a study of finetuning "
+                                                         "alone, e.g. task distillation: `task_kd`)")
     hub: str = setting("hub name or local directory of the pretrained teacher (source: hub)", default="bert-base-multilingual-cased")
     label: str | None = setting("the teacher's row name (default: mBERT, or a stand-in description)", default=None)
     config: list[str] = setting("distill config file(s) of the pretraining run (source: pretrain; student.* is the teacher's architecture)",
@@ -158,6 +163,28 @@ class FinetuneStudy:
 
 
 @dataclasses.dataclass
+class TaskKDModel:
+    model: str = setting("architecture preset (random weights) or config.json file, or a hub name / directory with weights")
+    label: str = setting("row name in the table")
+    settings: dict[str, Any] = setting("its finetuning settings (after the recipe and finetune.settings)", default_factory=dict)
+
+
+@dataclasses.dataclass
+class TaskKDStudy:
+    teacher: TaskKDModel | None = setting("the task teacher: finetuned on every task, one seed (teacher_seed), on all the labelled "
+                                          "rows the students' runs start from (none held back); its DIR/model teaches them",
+                                          default=None)
+    teacher_seed: int = setting("the training seed of the teacher's run per task", default=1)
+    students: dict[str, TaskKDModel] = setting("the students: each finetuned alone (labels of task.transfer_from_train's rows held "
+                                               "back and left out), with KD from the teacher on its labelled rows (kd.transfer=false), "
+                                               "and with KD + the held-back rows as a transfer set the teacher labels",
+                                               default_factory=dict)
+    transfer_from_train: dict[str, int] = setting("per task: the training rows whose labels the students do not see "
+                                                  "(task.transfer_from_train)", default_factory=dict)
+    settings: dict[str, Any] = setting("settings of the KD rows (kd.alpha, kd.temperature, ...)", default_factory=dict)
+
+
+@dataclasses.dataclass
 class EstimatesProbe:
     machine: str = setting("the machine the estimates were measured on (CPU model, cores, bf16 native or not)")
     precision: Literal["bf16", "fp32"] = setting("the precision the study's training stages ran in there")
@@ -188,6 +215,7 @@ class Study:
     ablations: AblationStudy = dataclasses.field(default_factory=AblationStudy)
     baselines: BaselineStudy = dataclasses.field(default_factory=BaselineStudy)
     finetune: FinetuneStudy = dataclasses.field(default_factory=FinetuneStudy)
+    task_kd: TaskKDStudy = dataclasses.field(default_factory=TaskKDStudy)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -246,8 +274,37 @@ def check(study: Study) -> list[str]:
     if study.vocab.enabled and study.teacher.source == "hub":
         out.append("vocab.enabled needs teacher.source: pretrain (a hub teacher keeps its vocabulary: distil into a trimmed "
                    "student with distill.settings student.vocab instead)")
+    out += _check_task_kd(study)
     if study.teacher.source == "pretrain" and not (study.teacher.config or study.teacher.settings):
         out.append("teacher.source: pretrain needs the teacher's architecture and training in teacher.settings or teacher.config")
+    return out
+
+
+def _check_task_kd(study: Study) -> list[str]:
+    k, out = study.task_kd, []
+    if study.teacher.source == "none":
+        distilling = [name for name, on in (("students", study.students), ("ablations", study.ablations.students or
+                      study.ablations.data_fractions or study.ablations.embeddings or study.ablations.objectives),
+                      ("cache.enabled", study.cache.enabled), ("vocab.enabled", study.vocab.enabled),
+                      ("teacher.condition.enabled", study.teacher.condition.enabled)) if on]
+        if distilling:
+            out.append(f"teacher.source: none distils nothing, but the study sets {', '.join(distilling)}")
+        if not k.students and not study.baselines.models:
+            out.append("teacher.source: none: the study has no rows; name task_kd.students or baselines.models")
+    if k.students and k.teacher is None:
+        out.append("task_kd.students need task_kd.teacher: the finetuned model that teaches them")
+    for name in k.students:
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            out.append(f"task_kd.students: '{name}': names may hold letters, digits, '-', '_' and '.' only")
+    missing = [t for t in study.finetune.tasks if t not in k.transfer_from_train]
+    if k.students and missing:
+        out.append(f"task_kd.transfer_from_train: no rows held back on {', '.join(missing)}; the students' rows compare the "
+                   "student with and without a transfer set: hold back rows on every task")
+    for task, n in k.transfer_from_train.items():
+        if task not in study.finetune.tasks:
+            out.append(f"task_kd.transfer_from_train: '{task}' is not one of finetune.tasks ({', '.join(study.finetune.tasks)})")
+        elif n < 1:
+            out.append(f"task_kd.transfer_from_train.{task}: {n} rows; hold back at least 1 (or leave the task out)")
     return out
 
 

@@ -82,7 +82,8 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
             task_dirs[task] = str(out / "data" / "nli")
         else:
             task_dirs[task] = str(data / TASK_DIRS[task])
-    fractions = [1.0] + [f for f in study.ablations.data_fractions if f != 1.0]
+    distilling = study.teacher.source != "none"  # none: finetuning rows only (task_kd, baselines.models): no shards, no teacher
+    fractions = [1.0] + [f for f in study.ablations.data_fractions if f != 1.0] if distilling else []
     prep_deps = []
     if study.vocab.enabled:  # the corpus in the full vocabulary, the tokens it uses, then everything in those
         full = out / "shards" / "full-vocab"
@@ -99,11 +100,13 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
         stages.append(Stage(_prepare_stage(f), ["prepare", "--input", corpus, "--tokenizer", tokenizer, "--out", str(shards[f]),
                                                 "--seq-len", str(p.seq_len), "--fraction", str(f), "--seed", str(p.seed),
                                                 *overrides_of(p.settings)], shards[f], deps=list(prep_deps)))
-    main, prep_main = shards[1.0], _prepare_stage(1.0)  # the main shard set (the whole corpus) and its stage
+    main, prep_main = shards.get(1.0), _prepare_stage(1.0)  # the main shard set (the whole corpus) and its stage
 
     # --- the teacher: hub weights, or MLM from random weights on the corpus
     t = study.teacher
-    if t.source == "hub":
+    if t.source == "none":
+        teacher_model, teacher_stage, teacher_run, teacher_label = None, [], None, None
+    elif t.source == "hub":
         teacher_model, teacher_stage, teacher_run = t.hub, [], None
         teacher_label = t.label or f"mBERT ({t.hub}, hub weights)"
     else:
@@ -112,8 +115,6 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
                                [*overrides_of(t.settings), f"data.shards={main}", "teacher.enabled=false"], [prep_main]))
         teacher_model, teacher_stage = str(teacher_run / "student"), ["teacher"]
         teacher_label = t.label or "Teacher (MLM from random weights on the corpus; stand-in for mBERT)"
-    rows.append(_row("teacher", teacher_label, "teacher", teacher_model, "pretrained", teacher_stage, teacher_run, tables=[2, 3, 4, 5]))
-
     ablation_tasks = study.ablations.tasks or list(ft.tasks)
 
     def finetunes(row: dict, tasks: list[str] | None = None) -> None:
@@ -121,7 +122,9 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
             for seed in ft.seeds:
                 stages.append(_finetune(study, row, task, task_dirs[task], seed, out, tokenizer))
 
-    finetunes(rows[-1])
+    if distilling:
+        rows.append(_row("teacher", teacher_label, "teacher", teacher_model, "pretrained", teacher_stage, teacher_run, tables=[2, 3, 4, 5]))
+        finetunes(rows[-1])
 
     # --- students (Table 2), their From Scratch rows and the other baselines
     caches = _Caches(study, out, stages)
@@ -212,6 +215,7 @@ def build_plan(study: Study, out: Path) -> tuple[list[Stage], list[dict]]:
             finetunes(rows[-1], ablation_tasks)
     for row in rows:  # the cache each distilled row read (the report's saved-time section)
         row["cache"] = caches.used.get(f"distill/{row['id']}")
+    _task_kd(study, out, task_dirs, tokenizer, stages, rows)
 
     # --- the report: every finetuning result, the paper's tables
     ft_names = [s.name for s in stages if s.command == "finetune"]
@@ -289,16 +293,57 @@ def _distill(study: Study, name: str, run: Path, configs: list[str], overrides: 
     return Stage(name, args, run, deps=deps, files=list(configs), ranks=study.ranks)
 
 
-def _finetune(study: Study, row: dict, task: str, data_dir: str, seed: int, out: Path, tokenizer: str) -> Stage:
+def _finetune(study: Study, row: dict, task: str, data_dir: str, seed: int, out: Path, tokenizer: str, settings: tuple[str, ...] = (),
+              deps: tuple[str, ...] = ()) -> Stage:
+    """`settings`: the row's own on this task (after the study's and the task's); `deps`: its stages on this task."""
     ft = study.finetune
     recipe = ft.blank_recipe if row["recipe"] == "blank" else ft.pretrained_recipe
     run = out / "finetune" / row["id"] / task / f"seed{seed}"
     extra = [f"task.tokenizer={tokenizer}"] if row["recipe"] == "blank" else []  # weights-free models take the study's tokenizer
     args = ["finetune", "--model", row["model"], "--task", task, "--out", str(run), "--config", recipe,
-            *overrides_of(ft.settings), *overrides_of(ft.tasks[task].settings), f"task.data_dir={data_dir}", *extra,
+            *overrides_of(ft.settings), *overrides_of(ft.tasks[task].settings), *settings, f"task.data_dir={data_dir}", *extra,
             f"train.seed={seed}", f"model_name={row['id']}"]
-    deps = list(row["deps"]) + (["data/nli"] if task == "nli" and data_dir == str(out / "data" / "nli") else [])
+    deps = list(row["deps"]) + list(deps) + (["data/nli"] if task == "nli" and data_dir == str(out / "data" / "nli") else [])
     return Stage(f"finetune/{row['id']}/{task}/seed{seed}", args, run, deps=deps, files=[recipe], ranks=study.ranks)
+
+
+KD_VARIANTS = (  # task_kd's rows per student: (id suffix, label suffix, taught by the teacher, from the transfer set)
+    ("", "alone (held-back rows left out)", False, False),
+    ("@kd", "+ KD on its labelled rows", True, False),
+    ("@kd-transfer", "+ KD + the held-back rows as a transfer set", True, True),
+)
+
+
+def _task_kd(study: Study, out: Path, task_dirs: dict, tokenizer: str, stages: list[Stage], rows: list[dict]) -> None:
+    """Table 8: the task teacher finetuned on every task (one seed, every labelled row), then each student alone, with KD
+    and with KD + a transfer set, on the same labelled rows (the labels of task_kd.transfer_from_train's rows held back),
+    over the study's seeds."""
+    from ds_distil.schema.finetune import random_weights
+
+    k, ft = study.task_kd, study.finetune
+    if k.teacher is None:
+        return
+    teacher = _row("kd-teacher", k.teacher.label, "kd-teacher", k.teacher.model, "blank" if random_weights(k.teacher.model) else "pretrained",
+                   [], None, tables=[8])
+    rows.append(teacher)
+    runs = {}
+    for task in ft.tasks:
+        stage = _finetune(study, teacher, task, task_dirs[task], k.teacher_seed, out, tokenizer, tuple(overrides_of(k.teacher.settings)))
+        stages.append(stage)
+        runs[task] = stage
+    for sid, m in k.students.items():
+        for suffix, label, taught, transfer in KD_VARIANTS:
+            row = _row(f"{sid}{suffix}", f"{m.label} {label}", "kd-student", m.model, "blank" if random_weights(m.model) else "pretrained",
+                       [], None, tables=[8], student=sid, variant={"kd": taught, "transfer": transfer})
+            rows.append(row)
+            for task in ft.tasks:
+                settings = [*overrides_of(m.settings), f"task.transfer_from_train={k.transfer_from_train[task]}"]
+                deps = ()
+                if taught:
+                    settings += [*overrides_of(k.settings), f"teacher={runs[task].out / 'model'}", f"kd.transfer={'true' if transfer else 'false'}"]
+                    deps = (runs[task].name,)
+                for seed in ft.seeds:
+                    stages.append(_finetune(study, row, task, task_dirs[task], seed, out, tokenizer, tuple(settings), deps))
 
 
 def _check_unique(stages: list[Stage]) -> None:

@@ -10,7 +10,7 @@ import torch
 from ds_distil.core.errors import UserError
 from ds_distil.distill.batch import Batch
 from ds_distil.distill.objectives.base import Needs, Objective, Outputs, Term, check_teacher, kl_term, mlm_term
-from ds_distil.distill.objectives.losses import hidden_sum, kl_sum, mlm_sum, sampled_kl_sum
+from ds_distil.runtime.losses import hidden_sum, kl_sum, mlm_sum, sampled_kl_sum
 from ds_distil.distill.sparse_targets import SparseTargets
 from ds_distil.schema.distill import LossConfig
 

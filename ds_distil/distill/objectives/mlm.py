@@ -7,7 +7,7 @@ import torch
 
 from ds_distil.distill.batch import Batch
 from ds_distil.distill.objectives.base import Needs, Objective, Outputs, mlm_term
-from ds_distil.distill.objectives.losses import mlm_sum
+from ds_distil.runtime.losses import mlm_sum
 
 
 class MLM(Objective):

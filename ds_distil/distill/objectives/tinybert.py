@@ -21,7 +21,7 @@ from torch import nn
 from ds_distil.core.errors import UserError
 from ds_distil.distill.batch import Batch
 from ds_distil.distill.objectives.base import Needs, Objective, Outputs, Term, check_teacher, kl_term, mlm_term
-from ds_distil.distill.objectives.losses import attention_score_sum, hidden_sum, kl_sum, mlm_sum
+from ds_distil.runtime.losses import attention_score_sum, hidden_sum, kl_sum, mlm_sum
 from ds_distil.schema.distill import LossConfig
 
 

@@ -1,4 +1,6 @@
-"""The loss functions objectives are made of: pure functions on masked-position logits and hidden states.
+"""The loss functions objectives are made of: pure functions on masked-position logits and hidden states. They live
+on the runtime floor, below both distill/ and finetune/: task distillation (finetune/task_kd.py) uses the same KL at
+temperature T as distillation, on a classifier's rows or words in place of masked positions.
 
 Each function returns a SUM over tokens; the caller divides by the number of masked tokens in the
 global batch (all ranks), so the loss is a per-token mean however the batch is split over ranks
