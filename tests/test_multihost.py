@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from test_slurm import job_field, wait_done, wait_for
+from test_slurm import job_field, requeue_onto, wait_done, wait_for
 
 from ds_distil.runtime.checkpoint import latest_tag, verify
 
@@ -282,6 +282,29 @@ def test_two_hosts_train_as_one_host_and_resume_bit_identically_after_a_requeue(
     # the updated parameters: at least one fp32 copy of the student each way per step, over node2's only link
     params = sum(t.numel() for t in a.values())
     assert tx1 - tx0 >= steps * params * 4 and rx1 - rx0 >= steps * params * 4, (tx1 - tx0, rx1 - rx0, params)
+
+
+def test_a_two_host_job_requeued_onto_one_host_finishes_there_with_its_global_batch(bed, small_shards, tmp_path):
+    """Issue 39: a job on 2 hosts (one rank each, submitted with --nodes=1-2) is preempted and requeued onto 1 node, as a
+    cluster does when only one is free: the requeued start runs 1 rank on one host, resumes the checkpoint the 2 hosts
+    wrote (converted for 1 rank, the global batch kept: accumulation 1 -> 2) and finishes, every step logged once."""
+    steps = 8
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    job = bed.sbatch("distill.sbatch", log, "--nodes=1-2", "--ntasks-per-node=1", CONFIG=SMOKE, RUN_DIR=str(run_dir),
+                     EXTRA=" ".join(distill_overrides(small_shards, steps)))
+    wait_for(lambda: len(losses(run_dir)) >= 3, bed.client, job, log)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, env=bed.client)
+    requeue_onto(bed.client, job, NumNodes=1, NumTasks=1)
+    assert wait_done(bed.client, job, timeout=600) == "COMPLETED", log.read_text()[-3000:]
+    text = log.read_text()
+    first, second = text.split("(restart 1)", 1)
+    assert placement(first) == {0: TWO_BY_TWO[0], 1: TWO_BY_TWO[2]} and "nodes node1 node2 | ranks 2 on cpu" in first, first[-3000:]
+    assert re.search(r"\(restart 1\): nodes node\d \| ranks 1 on cpu", text) and "rank 1 of" not in second, second[-3000:]
+    stopped_at = int(first.split("stop requested by signal: checkpoint step")[1][:8])
+    assert 3 <= stopped_at < steps and f"resumed from step {stopped_at}" in second
+    assert "resumed on 1 rank(s) (was 2): accumulation 1 -> 2, same global batch 8" in second, second[-3000:]
+    assert "done: student in" in second and (run_dir / "student" / "model.safetensors").is_file()
+    assert [r["step"] for r in metric_lines(run_dir) if "loss/total" in r] == list(range(1, steps + 1))
 
 
 def test_a_host_whose_ranks_die_ends_the_job_on_every_host_and_the_last_checkpoint_stays_whole(bed, small_shards, tmp_path):
