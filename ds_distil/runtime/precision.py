@@ -57,7 +57,8 @@ def auto_precision(device: torch.device) -> str:
 
 def cpu_capability() -> str:
     """What the CPU offers, for a console line or a benchmark's header: torch's SIMD level and the bf16 answer."""
-    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'native' if cpu_bf16_native() else 'emulated'}"
+    forced = f" ({CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]})" if os.environ.get(CPU_BF16_ENV) else ""
+    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 {'native' if cpu_bf16_native() else 'emulated'}{forced}"
 
 
 def matmul_factor(n: int = 256, budget_s: float = 2.0) -> dict:
