@@ -285,16 +285,16 @@ def test_two_hosts_train_as_one_host_and_resume_bit_identically_after_a_requeue(
 
 
 def test_a_two_host_job_requeued_onto_one_host_finishes_there_with_its_global_batch(bed, small_shards, tmp_path):
-    """Issue 39: a job on 2 hosts (one rank each, submitted with --nodes=1-2) is preempted and requeued onto 1 node, as a
+    """Issue 39: a job on 2 hosts (2 tasks, at most one per node: --nodes=1-2 alone lets SLURM start it on one) is preempted and requeued onto 1 node, as a
     cluster does when only one is free: the requeued start runs 1 rank on one host, resumes the checkpoint the 2 hosts
     wrote (converted for 1 rank, the global batch kept: accumulation 1 -> 2) and finishes, every step logged once."""
     steps = 8
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
-    job = bed.sbatch("distill.sbatch", log, "--nodes=1-2", "--ntasks-per-node=1", CONFIG=SMOKE, RUN_DIR=str(run_dir),
+    job = bed.sbatch("distill.sbatch", log, "--nodes=1-2", "--ntasks=2", "--ntasks-per-node=1", CONFIG=SMOKE, RUN_DIR=str(run_dir),
                      EXTRA=" ".join(distill_overrides(small_shards, steps)))
     wait_for(lambda: len(losses(run_dir)) >= 3, bed.client, job, log)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, env=bed.client)
-    requeue_onto(bed.client, job, NumNodes=1, NumTasks=1)
+    requeue_onto(bed.client, job, NumTasks=1, NumCPUs=1, NumNodes="1-1")
     assert wait_done(bed.client, job, timeout=600) == "COMPLETED", log.read_text()[-3000:]
     text = log.read_text()
     first, second = text.split("(restart 1)", 1)
