@@ -285,9 +285,10 @@ def test_two_hosts_train_as_one_host_and_resume_bit_identically_after_a_requeue(
 
 
 def test_a_two_host_job_requeued_onto_one_host_finishes_there_with_its_global_batch(bed, small_shards, tmp_path):
-    """Issue 39: a job on 2 hosts (2 tasks, at most one per node: --nodes=1-2 alone lets SLURM start it on one) is preempted and requeued onto 1 node, as a
-    cluster does when only one is free: the requeued start runs 1 rank on one host, resumes the checkpoint the 2 hosts
-    wrote (converted for 1 rank, the global batch kept: accumulation 1 -> 2) and finishes, every step logged once."""
+    """Issue 39: a job on 2 hosts (2 tasks, at most one per node: --nodes=1-2 alone lets SLURM start it on one) is
+    preempted and requeued onto 1 node, as a cluster does when only one is free: the requeued start runs 1 rank on one
+    host, resumes the checkpoint the 2 hosts wrote (converted for 1 rank, the global batch kept: accumulation 1 -> 2)
+    and finishes, every step logged once."""
     steps = 8
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     job = bed.sbatch("distill.sbatch", log, "--nodes=1-2", "--ntasks=2", "--ntasks-per-node=1", CONFIG=SMOKE, RUN_DIR=str(run_dir),
