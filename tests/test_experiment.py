@@ -206,6 +206,7 @@ TINY = """
 name: tiny
 sized_down: a test study, micro models and a handful of steps
 estimates: {{"*": 0.1}}
+estimates_probe: {{machine: "a test machine", precision: fp32, fp32_s: 0.2}}
 prepare:
   corpus: {corpus}
   tokenizer: {tokenizer}
@@ -295,7 +296,10 @@ def test_tiny_study_runs_stops_on_a_failing_stage_is_interrupted_and_resumes(tmp
     slog = (out / "logs" / "distill" / "s.log").read_text()
     assert slog.count("=== ") == 2 and "--resume" in slog.split("=== ")[-1].splitlines()[0] and "resumed from step" in slog
     assert all(v["state"] == "done" for v in _markers(out).values())
+    # each stage's estimate for this machine (the study's 0.1 min scaled by the probe here) is kept, and is the report's
+    assert all(isinstance(v["estimate_min"], float) and v["estimate_min"] > 0 for v in _markers(out).values())
     tables = (out / "report" / "tables.md").read_text()
+    assert "against the estimates for the machine they ran on" in tables
     assert "Table 2" in tables and "Table 5" in tables and "Table 3" not in tables
     for row in ("Teacher (MLM from random weights", "| Student S |", "From Scratch: Student S's architecture", "Student S, embeddings: copy",
                 "Bag of words", "Majority class", "Sized down", "Stage times"):

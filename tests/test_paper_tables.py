@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ds_distil.reporting.paper_tables import build, render, stage_times, write_tables
+from ds_distil.reporting.paper_tables import build, render, stage_estimates, stage_times, write_tables
 
 
 def result(path, row, task, seed, score, runtime, bow=0.7, majority=0.5):
@@ -65,6 +65,12 @@ def test_tables_from_results(tmp_path):
     # estimates are first-match in the study's order: the teacher's finetuning is 3.0, not the later catch-all's 1.0
     assert "| finetune/teacher/hatespeech | 1 | 2.0 | 3.0 |" in md and "| finetune/s/hatespeech | 1 | 0.5 | 1.0 |" in md
     assert md.index("| teacher | 1 | 10.0 | 10.0 |") < md.index("| finetune/teacher/hatespeech |")  # in plan order
+    assert "against the study's estimates as written" in md
+    # where the runner scaled the study's figures to the machine it ran on (a probe), its markers hold them: those count
+    tables["stage_estimates"] = {"teacher": 7.5}
+    md = render(tables, p)
+    assert "| teacher | 1 | 10.0 | 7.5 |" in md and "| finetune/s/hatespeech | 1 | 0.5 | 1.0 |" in md
+    assert "against the estimates for the machine they ran on" in md
 
 
 def test_stage_times_come_from_done_markers_only(tmp_path):
@@ -74,6 +80,8 @@ def test_stage_times_come_from_done_markers_only(tmp_path):
     (stages / "b.json").write_text(json.dumps({"name": "finetune/b", "state": "running"}))
     (stages / "c.json").write_text("{torn")
     assert stage_times(tmp_path) == {"finetune/a": 12.5}
+    (stages / "d.json").write_text(json.dumps({"name": "finetune/d", "state": "done", "seconds": 3.0, "estimate_min": 0.25}))
+    assert stage_estimates(tmp_path) == {"finetune/d": 0.25}  # a marker without one (an older runner's, unscaled) gives none
 
 
 def test_a_file_that_is_not_a_plan_is_refused(tmp_path):

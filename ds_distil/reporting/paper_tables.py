@@ -309,7 +309,7 @@ def render(tables: dict, plan: dict) -> str:
     lines += _cache_lines(tables.get("caches") or [])
     order = [st["name"] for st in plan.get("stages", [])]
     lines += _stage_lines(dict(sorted(tables["stage_times"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))),
-                          study.get("estimates") or {})
+                          study.get("estimates") or {}, tables.get("stage_estimates") or {})
     return "\n".join(lines) + "\n"
 
 
@@ -335,18 +335,23 @@ def _cache_lines(caches: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _stage_lines(times: dict[str, float], estimates: dict[str, float]) -> list[str]:
+def _stage_lines(times: dict[str, float], estimates: dict[str, float], here: dict[str, float] | None = None) -> list[str]:
+    """Measured minutes per group of stages against the estimate: the runner's for the machine a stage ran on (`here`,
+    from its marker) where recorded, else the study's figure as written."""
     if not times:
         return []
+    here = here or {}
     groups: dict[str, list] = defaultdict(lambda: [0.0, 0, 0.0, True])
     for name, secs in times.items():
         g = groups[_group(name)]
         g[0] += secs
         g[1] += 1
-        est = next((m for p, m in estimates.items() if fnmatch.fnmatchcase(name, p)), None)
+        est = here.get(name, next((m for p, m in estimates.items() if fnmatch.fnmatchcase(name, p)), None))
         g[2] += est or 0.0
         g[3] &= est is not None
-    lines = ["## Stage times (measured wall time of this run's stages, against the study's estimates)", "",
+    whose = ("the estimates for the machine they ran on (the study's figures scaled by a probe step there)" if here
+             else "the study's estimates as written")
+    lines = [f"## Stage times (measured wall time of this run's stages, against {whose})", "",
              "| stages | count | measured (min) | estimate (min) |", "|---|---:|---:|---:|"]
     for name, (secs, n, est, known) in groups.items():
         lines.append(f"| {name} | {n} | {secs / 60:.1f} | {f'{est:.1f}' if known else '-'} |")
@@ -362,18 +367,29 @@ def _group(name: str) -> str:
     return parts[0]
 
 
-def stage_times(out: Path) -> dict[str, float]:
-    """Seconds of every finished stage, from the runner's markers under OUT/.experiment/stages."""
-    times = {}
+def _done_markers(out: Path) -> list[dict]:
+    """The runner's markers of finished stages under OUT/.experiment/stages (a torn or foreign file is skipped)."""
+    done = []
     root = out / ".experiment" / "stages"
     for p in sorted(root.rglob("*.json")) if root.is_dir() else []:
         try:
             m = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if m.get("state") == "done" and "seconds" in m:
-            times[m["name"]] = m["seconds"]
-    return times
+        if isinstance(m, dict) and m.get("state") == "done" and isinstance(m.get("name"), str):
+            done.append(m)
+    return done
+
+
+def stage_times(out: Path) -> dict[str, float]:
+    """Seconds of every finished stage, from the runner's markers."""
+    return {m["name"]: m["seconds"] for m in _done_markers(out) if isinstance(m.get("seconds"), (int, float))}
+
+
+def stage_estimates(out: Path) -> dict[str, float]:
+    """Minutes the runner estimated for every finished stage on the machine it ran on (the study's figures scaled by the
+    probe: study/estimate.py), where its marker records them."""
+    return {m["name"]: m["estimate_min"] for m in _done_markers(out) if isinstance(m.get("estimate_min"), (int, float))}
 
 
 def write_tables(plan_path: str | Path, run_dirs: list[str], out: str | Path) -> Path:
@@ -385,6 +401,7 @@ def write_tables(plan_path: str | Path, run_dirs: list[str], out: str | Path) ->
         raise UserError(f"{plan_path} is not a study's plan.json (written by `ds-distil experiment`)") from None
     results = collect(run_dirs)
     tables = build(plan, results, stage_times(plan_path.parent))
+    tables["stage_estimates"] = stage_estimates(plan_path.parent)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(render(tables, plan))

@@ -463,7 +463,9 @@ class Runner:
         seconds = time.time() - r.t0
         self.relay.newline()
         if code == 0:
-            self.write_marker(r.stage, state="done", seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            e = self.estimator.stage(r.stage.name)  # this machine's estimate, as the plan said it: the report's column
+            self.write_marker(r.stage, state="done", seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+                              estimate_min=round(e.minutes, 3) if e.scaled else None)
             print(f"    {r.stage.name}: done in {seconds:.0f} s{self._summary(r.stage)}", flush=True)
         return code
 
