@@ -151,16 +151,7 @@ class _EpochDataset(IterableDataset):
         Each sample is checked as it is read (.npy of int32[seq_len], ids inside the vocabulary), so a
         corrupt shard is named here, or with skip_corrupt_shards the rest of it is skipped and counted.
         """
-        pos = 0
-        for path, n in self.epoch_order():
-            if count <= 0:
-                return
-            if pos + n <= start:
-                pos += n
-                continue
-            skip = max(0, start - pos)
-            take = min(n - skip, count)
-            pos += n
+        for path, n, _, skip, take in self._spans(start, count):
             got = 0
             try:
                 if path in self.bad_shards:
@@ -174,8 +165,6 @@ class _EpochDataset(IterableDataset):
                 self.skipped_shards += 1
                 log.warning("skipping the rest of corrupt shard %s (%d samples; %d shard(s) skipped by this worker): %s",
                             path, take - got, self.skipped_shards, e.what)
-            count -= take
-            start = pos
 
     def worker_plans(self, layout: Layout, rank: int) -> list[WorkerPlan]:
         """Each worker's share of rank `rank` of this epoch laid out as `layout`."""
@@ -184,20 +173,23 @@ class _EpochDataset(IterableDataset):
     def positions(self, start: int, count: int) -> Iterator[int]:
         """The positions `_read_range(start, count)` reads, without reading: those of shards known to be corrupt
         (skipped) left out."""
+        for path, _, first, skip, take in self._spans(start, count):
+            if path not in self.bad_shards:
+                yield from range(first + skip, first + skip + take)
+
+    def _spans(self, start: int, count: int) -> Iterator[tuple[str, int, int, int, int]]:
+        """Positions [start, start+count) of the epoch's sequence, shard by shard: (shard, its samples, the position of
+        its first sample, samples of it skipped, samples of it taken). What `_read_range` reads and `positions` counts."""
         pos = 0
         for path, n in self.epoch_order():
             if count <= 0:
                 return
-            if pos + n <= start:
-                pos += n
-                continue
-            skip = max(0, start - pos)
-            take = min(n - skip, count)
-            if path not in self.bad_shards:
-                yield from range(pos + skip, pos + skip + take)
+            if pos + n > start:
+                skip = max(0, start - pos)
+                take = min(n - skip, count)
+                yield path, n, pos, skip, take
+                count -= take
             pos += n
-            count -= take
-            start = pos
 
     def shuffled(self, items: Iterator, plan: WorkerPlan, rank: int) -> Iterator:
         """A worker's items in the order the worker hands them out: webdataset's buffer shuffle, seeded by (seed, epoch,
