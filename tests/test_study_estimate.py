@@ -34,6 +34,21 @@ def test_estimates_scale_by_the_probe_in_each_stages_precision(monkeypatch):
     assert "scaled by a probe step (bf16 0.300 s, fp32 0.400 s here against bf16 0.100 s there" in e.source()
 
 
+@pytest.mark.parametrize("probe, message", [
+    ("{machine: m, precision: bf16, fp32_s: 0.2}", "config section 'estimates_probe': precision bf16 needs bf16_s"),
+    ("{machine: m, precision: fp32, fp32_s: -0.2}", "config section 'estimates_probe': fp32_s must be a positive number of seconds"),
+    ("{machine: m, precision: fp32, fp32_s: 0.2, bf16: 0.1}", "unknown config key 'estimates_probe.bf16' (did you mean 'estimates_probe.bf16_s'?)"),
+])
+def test_bad_probe_figures_are_one_line_naming_the_key(probe, message, tmp_path):
+    study = tmp_path / "study.yaml"
+    text = DEMO.read_text()
+    start = text.index("estimates_probe:")
+    end = text.index("\n", text.index("bf16_s:", start))
+    study.write_text(text[:start] + f"estimates_probe: {probe}" + text[end:])
+    proc = run_cli("experiment", str(study), "--out", str(tmp_path / "out"), "--dry-run")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_without_probe_figures_the_studys_estimates_stand_and_say_so(monkeypatch):
     e = _estimator(monkeypatch, {"teacher": "bf16"}, {"fp32": 1.0, "bf16": 1.0}, None)
     assert e.stage("teacher").minutes == 3.0 and not e.stage("teacher").scaled

@@ -84,14 +84,16 @@ def _convert(value: Any, tp: Any, key: str, finite: bool = True) -> Any:
     finite number (NaN and infinities are refused unless the field allows them: setting(..., nonfinite=True))."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
+        section_error = None  # a mapping given where a section is one option: that section's own complaint says more
         for arg in get_args(tp):
             try:
                 return _convert(value, arg, key, finite)
             except _NotFinite:
                 raise
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+            except ConfigError as e:
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    section_error = section_error or e
+        raise section_error or ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):
             return value

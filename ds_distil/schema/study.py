@@ -191,6 +191,14 @@ class EstimatesProbe:
     fp32_s: float = setting("seconds of one probe step in fp32 there (ds_distil/study/estimate.py: PROBE)")
     bf16_s: float | None = setting("seconds of one probe step in bf16 there (where bf16 was native)", default=None)
 
+    def __post_init__(self) -> None:
+        if not 0 < self.fp32_s < float("inf"):
+            raise ValueError(f"fp32_s must be a positive number of seconds, got {self.fp32_s}")
+        if self.bf16_s is not None and not 0 < self.bf16_s < float("inf"):
+            raise ValueError(f"bf16_s must be a positive number of seconds, got {self.bf16_s}")
+        if self.precision == "bf16" and self.bf16_s is None:
+            raise ValueError("precision bf16 needs bf16_s, the probe's bf16 time there (or precision: fp32)")
+
 
 @dataclasses.dataclass
 class Study:
